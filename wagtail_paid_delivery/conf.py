@@ -1,0 +1,109 @@
+"""The one place the app's settings are read.
+
+Everything lives in one ``WAGTAIL_PAID_DELIVERY`` dict. Values are read when used, never at import
+time, and the cache is dropped on ``setting_changed`` so ``override_settings`` works in tests.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import timedelta
+from typing import Any
+
+from django.conf import settings as django_settings
+from django.core.exceptions import ImproperlyConfigured
+from django.core.signals import setting_changed
+from django.dispatch import receiver
+
+SETTINGS_NAME = "WAGTAIL_PAID_DELIVERY"
+
+#: Every key the app reads, with its default. The README's settings table documents each one.
+DEFAULTS: dict[str, Any] = {
+    # Stripe secret key (sk_test_… / sk_live_… or a restricted rk_… key). Empty: checkout is off.
+    "STRIPE_SECRET_KEY": "",
+    # Webhook signing secrets (whsec_…). A list, so a rotated secret and its successor both verify.
+    "STRIPE_WEBHOOK_SECRETS": [],
+    # Base URL of a Stripe stand-in (stripe-mock, the sandbox emulator). None: Stripe itself.
+    "STRIPE_API_BASE": None,
+    # Seconds a webhook signature stays valid; stripe-python's own default.
+    "WEBHOOK_TOLERANCE": 300,
+    # How long a download link works after it is issued. A product may override it.
+    "LINK_LIFETIME": timedelta(hours=24),
+    # Downloads allowed per file per link. None: unlimited. A product may override it.
+    "DOWNLOAD_LIMIT": 5,
+    # Marks this site's Checkout Sessions in their metadata, so other integrations on the same
+    # Stripe account are told apart. None: derived from SECRET_KEY (stable while it is).
+    "INSTALLATION_ID": None,
+    # Callable (or dotted path to one) returning the Storage for product files.
+    "STORAGE": "wagtail_paid_delivery.storage.PrivateProductStorage",
+}
+
+
+class PaidDeliverySettings:
+    """Attribute access to the settings dict, with defaults, validation and caching."""
+
+    def __init__(self) -> None:
+        self._cache: dict[str, Any] = {}
+
+    @property
+    def user_settings(self) -> dict[str, Any]:
+        value = getattr(django_settings, SETTINGS_NAME, {}) or {}
+        if not isinstance(value, dict):
+            raise ImproperlyConfigured(f"{SETTINGS_NAME} must be a dict.")
+        unknown = sorted(set(value) - set(DEFAULTS))
+        if unknown:
+            raise ImproperlyConfigured(
+                f"Unknown key(s) in {SETTINGS_NAME}: {', '.join(unknown)}. "
+                f"Known keys: {', '.join(sorted(DEFAULTS))}."
+            )
+        return value
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_") or name not in DEFAULTS:
+            raise AttributeError(f"Invalid {SETTINGS_NAME} key: {name!r}")
+        if name not in self._cache:
+            self._cache[name] = self.user_settings.get(name, DEFAULTS[name])
+        return self._cache[name]
+
+    def reload(self) -> None:
+        self._cache.clear()
+
+    # Derived values, normalised so callers never repeat the same coercions.
+
+    @property
+    def webhook_secrets(self) -> list[str]:
+        secrets = self.STRIPE_WEBHOOK_SECRETS
+        if isinstance(secrets, str):
+            # A single string is accepted for convenience; a list is the documented form.
+            secrets = [secrets]
+        return [s for s in secrets if s]
+
+    @property
+    def installation_id(self) -> str:
+        if self.INSTALLATION_ID:
+            return str(self.INSTALLATION_ID)
+        digest = hashlib.sha256(
+            f"wagtail-paid-delivery:{django_settings.SECRET_KEY}".encode()
+        ).hexdigest()
+        return digest[:16]
+
+    @property
+    def link_lifetime(self) -> timedelta:
+        value = self.LINK_LIFETIME
+        return value if isinstance(value, timedelta) else timedelta(seconds=int(value))
+
+    def require_secret_key(self) -> str:
+        if not self.STRIPE_SECRET_KEY:
+            raise ImproperlyConfigured(
+                f"Set {SETTINGS_NAME}['STRIPE_SECRET_KEY'] to your Stripe secret key."
+            )
+        return str(self.STRIPE_SECRET_KEY)
+
+
+app_settings = PaidDeliverySettings()
+
+
+@receiver(setting_changed)
+def _reload_settings(*, setting: str, **kwargs: Any) -> None:
+    if setting in (SETTINGS_NAME, "SECRET_KEY"):
+        app_settings.reload()

@@ -1,0 +1,82 @@
+"""The product page's admin form: the price in major units, and what publishing requires."""
+
+from __future__ import annotations
+
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from django import forms
+from django.core.exceptions import ValidationError
+from django.utils.translation import gettext_lazy as _
+from wagtail.admin.forms import WagtailAdminPageForm
+
+from . import currencies
+
+
+class ProductPageForm(WagtailAdminPageForm):
+    """Editors type 12.50 and pick a currency; the page stores 1250 minor units, as Stripe does."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if "price_amount" in self.fields:
+            model_field = self.fields["price_amount"]
+            self.fields["price_amount"] = forms.DecimalField(
+                label=model_field.label,
+                help_text=_("What the buyer pays, for example 12.50 (USD) or 1200 (JPY)."),
+                required=model_field.required,
+                min_value=Decimal("0"),
+            )
+            amount = self.instance.price_amount
+            currency = self.instance.currency or "USD"
+            if amount is not None and not self.is_bound:
+                self.initial["price_amount"] = currencies.to_major(amount, currency)
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean()
+        self._clean_price(cleaned)
+        if not self.is_deferred_validation:
+            self._require_files()
+        return cleaned
+
+    def _clean_price(self, cleaned: dict[str, Any]) -> None:
+        major = cleaned.get("price_amount")
+        currency = cleaned.get("currency")
+        if major is None or not currency:
+            return
+        try:
+            major = Decimal(major)
+        except InvalidOperation:  # pragma: no cover - DecimalField already refused it
+            return
+        places = currencies.exponent(currency)
+        minor = major.scaleb(places)
+        if minor != minor.to_integral_value():
+            message = (
+                _("%(currency)s has no minor unit: enter a whole number.")
+                if places == 0
+                else _("%(currency)s allows at most %(places)d decimal places.")
+            )
+            self.add_error(
+                "price_amount",
+                ValidationError(message, params={"currency": currency, "places": places}),
+            )
+            return
+        if minor <= 0:
+            self.add_error("price_amount", _("Enter a price above zero."))
+            return
+        cleaned["price_amount"] = int(minor)
+
+    def _require_files(self) -> None:
+        formset = self.formsets.get("files")
+        if formset is None:
+            return
+        kept = [
+            form
+            for form in formset.forms
+            if form.has_changed() or form.instance.pk
+            if not (formset.can_delete and formset._should_delete_form(form))
+        ]
+        if not any(f.cleaned_data.get("file") or f.instance.file for f in kept if f.is_valid()):
+            raise ValidationError(
+                _("Add at least one file before publishing: buyers need something to download."),
+                code="no_files",
+            )

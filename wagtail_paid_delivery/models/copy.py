@@ -1,0 +1,221 @@
+"""DeliveryCopy: every word a buyer reads, written by editors in the Wagtail admin."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from django.core.exceptions import ValidationError
+from django.db import models, transaction
+from django.utils.html import escape, linebreaks
+from django.utils.safestring import SafeString, mark_safe
+from django.utils.translation import gettext_lazy as _
+
+#: Placeholders editors may use in any copy field, with what they stand for.
+PLACEHOLDERS: dict[str, Any] = {
+    "product": _("the product's title"),
+    "email": _("the buyer's email address"),
+    "expires": _("when the download link expires"),
+    "downloads_left": _("how many downloads are left per file"),
+}
+PLACEHOLDER_RE = re.compile(r"\{(\w+)\}")
+PLACEHOLDER_HELP = _("You may use {product}, {email}, {expires} and {downloads_left}.")
+
+
+def fill_placeholders(text: str, values: Mapping[str, Any], *, html: bool = True) -> str:
+    """Replace ``{name}`` placeholders in editor text, escaping both the text and the values.
+
+    Editor text is never treated as a template, so it cannot reach template tags, attributes or
+    Python objects; unknown names are left exactly as written.
+    """
+
+    def replace(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name not in PLACEHOLDERS or name not in values:
+            return match.group(0)
+        value = str(values[name])
+        return escape(value) if html else value
+
+    if not html:
+        return PLACEHOLDER_RE.sub(replace, text)
+    # Escape the editor's text first, then fill escaped values in: nothing they type becomes HTML.
+    return PLACEHOLDER_RE.sub(replace, str(escape(text)))
+
+
+def render_paragraphs(text: str, values: Mapping[str, Any]) -> SafeString:
+    """Editor text as safe HTML paragraphs, placeholders filled."""
+    filled = fill_placeholders(text, values, html=True)
+    # linebreaks() escapes unless told the text is already safe: it is, we escaped it above.
+    return mark_safe(linebreaks(filled, autoescape=False))  # noqa: S308
+
+
+def validate_placeholders(value: str) -> None:
+    unknown = sorted({n for n in PLACEHOLDER_RE.findall(value or "") if n not in PLACEHOLDERS})
+    if unknown:
+        raise ValidationError(
+            _("Unknown placeholder(s): %(names)s. %(help)s"),
+            params={"names": ", ".join("{%s}" % n for n in unknown), "help": PLACEHOLDER_HELP},
+            code="unknown_placeholder",
+        )
+
+
+def _copy_field(verbose_name: Any, default: Any, *, short: bool = False) -> models.Field:
+    if short:
+        return models.CharField(
+            verbose_name,
+            max_length=255,
+            default=default,
+            validators=[validate_placeholders],
+            help_text=PLACEHOLDER_HELP,
+        )
+    return models.TextField(
+        verbose_name, default=default, validators=[validate_placeholders], help_text=PLACEHOLDER_HELP
+    )
+
+
+class DeliveryCopyQuerySet(models.QuerySet["DeliveryCopy"]):
+    def get_default(self) -> DeliveryCopy:
+        """The site default copy; created with the built-in words if a site has none."""
+        copy = self.filter(is_default=True).order_by("pk").first()
+        if copy is None:
+            copy = self.order_by("pk").first() or self.create(
+                name=str(_("Default delivery copy")), is_default=True
+            )
+        return copy
+
+
+class DeliveryCopy(models.Model):
+    """The words on the success, download and resend pages and in the delivery email."""
+
+    name = models.CharField(_("name"), max_length=255, unique=True)
+    is_default = models.BooleanField(
+        _("site default"),
+        default=False,
+        help_text=_("Used for every product that does not choose its own copy."),
+    )
+
+    checkout_unavailable_title = _copy_field(
+        _("checkout unavailable: title"), _("Checkout is unavailable right now"), short=True
+    )
+    checkout_unavailable_message = _copy_field(
+        _("checkout unavailable: message"),
+        _(
+            "We could not start the payment for {product}. You have not been charged. "
+            "Please try again in a few minutes."
+        ),
+    )
+    success_title = _copy_field(_("success: title"), _("Thank you for your purchase"), short=True)
+    success_message = _copy_field(
+        _("success: message"),
+        _(
+            "Your payment for {product} is confirmed. Your download is ready below, and we "
+            "have sent a link to {email} as well."
+        ),
+    )
+    pending_title = _copy_field(_("pending: title"), _("Your payment is processing"), short=True)
+    pending_message = _copy_field(
+        _("pending: message"),
+        _(
+            "We are waiting for your bank to confirm the payment for {product}. As soon as it "
+            "does, we will email your download link to {email}. You can close this page."
+        ),
+    )
+    failed_title = _copy_field(_("failed: title"), _("The payment did not go through"), short=True)
+    failed_message = _copy_field(
+        _("failed: message"),
+        _("Your payment for {product} failed and you have not been charged. Please try again."),
+    )
+    neutral_title = _copy_field(_("neutral: title"), _("Check your email"), short=True)
+    neutral_message = _copy_field(
+        _("neutral: message"),
+        _(
+            "If you completed a purchase, your download link is on its way to the email address "
+            "you paid with. It can take a minute to arrive; please check your spam folder too."
+        ),
+    )
+    email_subject = _copy_field(
+        _("delivery email: subject"), _("Your download: {product}"), short=True
+    )
+    email_body = _copy_field(
+        _("delivery email: body"),
+        _(
+            "Thank you for buying {product}.\n\n"
+            "Use the button below to download your files. The link works until {expires}, "
+            "for {downloads_left} downloads per file. If it expires, you can ask for a new one "
+            "at any time."
+        ),
+    )
+    download_intro = _copy_field(
+        _("download page: introduction"),
+        _(
+            "Here are your files for {product}. This link works until {expires}; "
+            "each file can be downloaded {downloads_left} more times."
+        ),
+    )
+    expired_message = _copy_field(
+        _("expired link: message"),
+        _("This download link has expired. Enter your email address to get a fresh one."),
+    )
+    used_up_message = _copy_field(
+        _("used-up link: message"),
+        _(
+            "This link has reached its download limit. Enter your email address to get a fresh "
+            "one."
+        ),
+    )
+    revoked_message = _copy_field(
+        _("revoked link: message"),
+        _(
+            "This download link is no longer valid. If you think this is a mistake, please "
+            "contact us."
+        ),
+    )
+    resend_intro = _copy_field(
+        _("resend form: introduction"),
+        _(
+            "Lost your download link? Enter the email address you paid with and we will send "
+            "you fresh links."
+        ),
+    )
+    resend_confirmation = _copy_field(
+        _("resend form: confirmation"),
+        _(
+            "If that address has bought from us, a message with fresh download links is on "
+            "its way. Please check your inbox and spam folder."
+        ),
+    )
+
+    objects = DeliveryCopyQuerySet.as_manager()
+
+    class Meta:
+        verbose_name = _("delivery copy")
+        verbose_name_plural = _("delivery copy")
+        ordering = ["-is_default", "name"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["is_default"],
+                condition=models.Q(is_default=True),
+                name="wagtail_paid_delivery_one_default_copy",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        # Marking a copy as default takes the mark from the previous one, atomically.
+        with transaction.atomic():
+            if self.is_default:
+                DeliveryCopy.objects.filter(is_default=True).exclude(pk=self.pk).update(
+                    is_default=False
+                )
+            super().save(*args, **kwargs)
+
+    def render(self, field_name: str, **values: Any) -> SafeString:
+        """One copy field as safe HTML paragraphs, with placeholders filled."""
+        return render_paragraphs(getattr(self, field_name), values)
+
+    def render_text(self, field_name: str, **values: Any) -> str:
+        """One copy field as plain text (email subject and text part), placeholders filled."""
+        return fill_placeholders(getattr(self, field_name), values, html=False)

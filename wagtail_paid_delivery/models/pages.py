@@ -1,0 +1,197 @@
+"""The product page behaviour (a mixin for any Wagtail base Page) and its private files."""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import timedelta
+from typing import Any
+
+from django.core.validators import MinValueValidator, RegexValidator
+from django.db import models
+from django.template.defaultfilters import filesizeformat
+from django.utils.functional import cached_property
+from django.utils.translation import gettext_lazy as _
+from wagtail.admin.panels import FieldPanel, FieldRowPanel, InlinePanel, MultiFieldPanel
+from wagtail.fields import RichTextField
+from wagtail.models import Orderable
+
+from .. import currencies
+from ..conf import app_settings
+from ..forms import ProductPageForm
+from ..storage import get_product_storage, product_file_upload_to
+from .copy import DeliveryCopy
+
+DEFAULT_TEMPLATE = "wagtail_paid_delivery/product_page.html"
+
+
+class ProductPageMixin(models.Model):
+    """Everything a product page needs; combine with your site's base Page.
+
+    A site using Wagtail's own Page installs ``wagtail_paid_delivery.product`` instead; a site
+    with its own base Page writes the same few lines against that base::
+
+        class ProductPage(ProductPageMixin, BasePage):
+            content_panels = BasePage.content_panels + ProductPageMixin.product_panels
+
+        class ProductFile(AbstractProductFile):
+            page = ParentalKey(ProductPage, related_name="files", on_delete=models.CASCADE)
+    """
+
+    intro = models.TextField(_("introduction"), blank=True)
+    body = RichTextField(_("description"), blank=True)
+    price_amount = models.PositiveIntegerField(
+        _("price"),
+        validators=[MinValueValidator(1, _("Enter a price above zero."))],
+        help_text=_("What the buyer pays, in the chosen currency."),
+    )
+    currency = models.CharField(
+        _("currency"), max_length=3, choices=currencies.CHOICES, default="USD"
+    )
+    stripe_price_id = models.CharField(
+        _("Stripe Price id"),
+        max_length=255,
+        blank=True,
+        validators=[
+            RegexValidator(r"^price_[A-Za-z0-9]+$", _("A Stripe Price id starts with 'price_'."))
+        ],
+        help_text=_(
+            "Optional. An existing Price in your Stripe account; it must have the same amount "
+            "and currency. Leave empty and the price above is sent to Stripe as it is."
+        ),
+    )
+    delivery_copy = models.ForeignKey(
+        DeliveryCopy,
+        verbose_name=_("delivery copy"),
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        help_text=_("The words buyers read after paying. Empty: the site default."),
+    )
+    link_lifetime_hours = models.PositiveIntegerField(
+        _("download link lifetime (hours)"),
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1, _("A link must live at least one hour."))],
+        help_text=_("Empty: the site default."),
+    )
+    download_limit = models.PositiveIntegerField(
+        _("downloads per file"),
+        null=True,
+        blank=True,
+        help_text=_("Per file, per link. Empty: the site default. 0: unlimited."),
+    )
+
+    #: Panels for the product's own fields; add them to your base page's ``content_panels``.
+    product_panels = [
+        FieldPanel("intro"),
+        FieldPanel("body"),
+        MultiFieldPanel(
+            [
+                FieldRowPanel([FieldPanel("price_amount"), FieldPanel("currency")]),
+                FieldPanel("stripe_price_id"),
+            ],
+            heading=_("Price"),
+        ),
+        InlinePanel("files", heading=_("Files"), label=_("File")),
+        MultiFieldPanel(
+            [
+                FieldPanel("delivery_copy"),
+                FieldRowPanel([FieldPanel("link_lifetime_hours"), FieldPanel("download_limit")]),
+            ],
+            heading=_("Delivery"),
+        ),
+    ]
+
+    base_form_class = ProductPageForm
+
+    class Meta:
+        abstract = True
+
+    # Shown to buyers and editors.
+
+    @property
+    def price_display(self) -> str:
+        return currencies.format_price(self.price_amount, self.currency)
+
+    @cached_property
+    def product_files(self) -> list[AbstractProductFile]:
+        return list(self.files.all())  # type: ignore[attr-defined]
+
+    @property
+    def is_purchasable(self) -> bool:
+        return bool(self.live) and self.files.exists()  # type: ignore[attr-defined]
+
+    # Delivery rules: the product's own value, else the site default.
+
+    def get_delivery_copy(self) -> DeliveryCopy:
+        return self.delivery_copy or DeliveryCopy.objects.get_default()
+
+    def get_link_lifetime(self) -> timedelta:
+        if self.link_lifetime_hours:
+            return timedelta(hours=self.link_lifetime_hours)
+        return app_settings.link_lifetime
+
+    def get_download_limit(self) -> int | None:
+        """Downloads allowed per file per link; None means unlimited."""
+        if self.download_limit is None:
+            return app_settings.DOWNLOAD_LIMIT
+        return self.download_limit or None
+
+    def get_template(self, request: Any, *args: Any, **kwargs: Any) -> list[str]:
+        # The page's own template first (a site may override it), then ours.
+        own = super().get_template(request, *args, **kwargs)  # type: ignore[misc]
+        return [own, DEFAULT_TEMPLATE] if own != DEFAULT_TEMPLATE else [own]
+
+
+class AbstractProductFile(Orderable):
+    """One private file of a product. Subclasses add ``page = ParentalKey(...)``."""
+
+    title = models.CharField(_("title"), max_length=255)
+    file = models.FileField(
+        _("file"),
+        storage=get_product_storage,
+        upload_to=product_file_upload_to,
+        max_length=500,
+    )
+    size = models.BigIntegerField(_("size in bytes"), default=0, editable=False)
+    sha256 = models.CharField(_("SHA-256"), max_length=64, blank=True, editable=False)
+
+    panels = [
+        FieldPanel("title"),
+        FieldPanel("file"),
+        FieldRowPanel([FieldPanel("size", read_only=True), FieldPanel("sha256", read_only=True)]),
+    ]
+
+    class Meta(Orderable.Meta):
+        abstract = True
+        verbose_name = _("product file")
+        verbose_name_plural = _("product files")
+
+    def __str__(self) -> str:
+        return self.title
+
+    @property
+    def size_display(self) -> str:
+        return filesizeformat(self.size)
+
+    @property
+    def filename(self) -> str:
+        return self.file.name.rsplit("/", 1)[-1] if self.file else ""
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        # A new upload (not yet committed to storage) gets its size and checksum recorded.
+        if self.file and not getattr(self.file, "_committed", True):
+            self.size, self.sha256 = _measure(self.file)
+        super().save(*args, **kwargs)
+
+
+def _measure(field_file: Any) -> tuple[int, str]:
+    digest = hashlib.sha256()
+    size = 0
+    field_file.seek(0)
+    for chunk in field_file.chunks():
+        digest.update(chunk)
+        size += len(chunk)
+    field_file.seek(0)
+    return size, digest.hexdigest()

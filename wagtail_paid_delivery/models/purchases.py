@@ -1,0 +1,181 @@
+"""Purchases and the download links that deliver them."""
+
+from __future__ import annotations
+
+import uuid
+
+import swapper
+from django.conf import settings
+from django.db import models
+from django.utils import timezone
+from django.utils.translation import gettext_lazy as _
+
+from .. import currencies
+
+
+class Purchase(models.Model):
+    """One buyer's purchase of one product, driven by Stripe's state (see DESIGN "Purchase states")."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending", _("pending")
+        PAID = "paid", _("paid")
+        FAILED = "failed", _("failed")
+        EXPIRED = "expired", _("expired")
+        REFUNDED = "refunded", _("refunded")
+        DISPUTED = "disputed", _("disputed")
+        REVOKED = "revoked", _("revoked")
+
+    class Source(models.TextChoices):
+        CHECKOUT = "checkout", _("Stripe Checkout")
+        GRANT = "grant", _("granted by an editor")
+
+    public_id = models.UUIDField(_("public id"), default=uuid.uuid4, unique=True, editable=False)
+    # SET_NULL, not PROTECT: unpaid purchases must not block deleting a page. Deleting a product
+    # with paid purchases is refused earlier, in the admin, with a message.
+    product = models.ForeignKey(
+        swapper.get_model_name("wagtailcore", "Page"),
+        verbose_name=_("product"),
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+    )
+    # A snapshot of what was sold, kept even if the page changes or goes.
+    product_title = models.CharField(_("product title"), max_length=255)
+    amount = models.PositiveIntegerField(_("amount (minor units)"))
+    currency = models.CharField(_("currency"), max_length=3)
+    amount_refunded = models.PositiveIntegerField(_("amount refunded"), default=0)
+
+    email = models.EmailField(_("buyer email"), blank=True)
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        verbose_name=_("user"),
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="paid_delivery_purchases",
+    )
+    source = models.CharField(
+        _("source"), max_length=16, choices=Source.choices, default=Source.CHECKOUT
+    )
+    stripe_checkout_session_id = models.CharField(
+        _("Checkout Session id"), max_length=255, unique=True, null=True, blank=True
+    )
+    stripe_payment_intent_id = models.CharField(
+        _("PaymentIntent id"), max_length=255, blank=True, db_index=True
+    )
+    livemode = models.BooleanField(_("live mode"), default=False)
+    status = models.CharField(
+        _("status"), max_length=16, choices=Status.choices, default=Status.PENDING, db_index=True
+    )
+    status_reason = models.TextField(_("status reason"), blank=True)
+
+    created_at = models.DateTimeField(_("created"), default=timezone.now, db_index=True)
+    updated_at = models.DateTimeField(_("updated"), auto_now=True)
+    paid_at = models.DateTimeField(_("paid"), null=True, blank=True)
+    failed_at = models.DateTimeField(_("failed"), null=True, blank=True)
+    expired_at = models.DateTimeField(_("expired"), null=True, blank=True)
+    refunded_at = models.DateTimeField(_("refunded"), null=True, blank=True)
+    disputed_at = models.DateTimeField(_("disputed"), null=True, blank=True)
+    revoked_at = models.DateTimeField(_("revoked"), null=True, blank=True)
+    delivery_email_sent_at = models.DateTimeField(_("delivery email sent"), null=True, blank=True)
+
+    class Meta:
+        verbose_name = _("purchase")
+        verbose_name_plural = _("purchases")
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["email", "status"])]
+
+    def __str__(self) -> str:
+        return f"{self.product_title} – {self.email or self.public_id}"
+
+    @property
+    def price_display(self) -> str:
+        return currencies.format_price(self.amount, self.currency)
+
+    @property
+    def is_paid(self) -> bool:
+        return self.status == self.Status.PAID
+
+
+class DownloadLink(models.Model):
+    """An expiring, revocable entitlement to a purchase's files. Only the token's hash is kept."""
+
+    class Reason(models.TextChoices):
+        WEBHOOK = "webhook", _("payment confirmed")
+        SUCCESS_PAGE = "success_page", _("success page")
+        RESEND = "resend", _("resend request")
+        LIBRARY = "library", _("buyer's library")
+        ADMIN = "admin", _("editor")
+
+    purchase = models.ForeignKey(
+        Purchase, verbose_name=_("purchase"), on_delete=models.CASCADE, related_name="links"
+    )
+    token_hash = models.CharField(_("token hash"), max_length=64, unique=True, editable=False)
+    reason = models.CharField(_("issued for"), max_length=16, choices=Reason.choices)
+    created_at = models.DateTimeField(_("created"), default=timezone.now)
+    expires_at = models.DateTimeField(_("expires"))
+    download_limit = models.PositiveIntegerField(
+        _("downloads per file"), null=True, blank=True, help_text=_("Empty: unlimited.")
+    )
+    #: Downloads counted on this link, all files together.
+    download_count = models.PositiveIntegerField(_("downloads"), default=0)
+    revoked_at = models.DateTimeField(_("revoked"), null=True, blank=True)
+
+    class Meta:
+        verbose_name = _("download link")
+        verbose_name_plural = _("download links")
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.purchase} ({self.get_reason_display()})"
+
+
+class FileDownloadCount(models.Model):
+    """The per-file counter a download locks and increments (the limit is per file, per link)."""
+
+    link = models.ForeignKey(DownloadLink, on_delete=models.CASCADE, related_name="file_counts")
+    # The id of the product's file; product file models are site-defined, hence no foreign key.
+    file_id = models.PositiveBigIntegerField()
+    count = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        verbose_name = _("file download count")
+        verbose_name_plural = _("file download counts")
+        constraints = [
+            models.UniqueConstraint(
+                fields=["link", "file_id"], name="wagtail_paid_delivery_one_count_per_file"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.link_id}/{self.file_id}: {self.count}"
+
+
+class DownloadEvent(models.Model):
+    """Every request for a file's bytes: served, or refused and why."""
+
+    link = models.ForeignKey(
+        DownloadLink,
+        verbose_name=_("link"),
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="events",
+    )
+    file_id = models.PositiveBigIntegerField(_("file id"), null=True, blank=True)
+    created_at = models.DateTimeField(_("time"), default=timezone.now, db_index=True)
+    outcome = models.CharField(_("outcome"), max_length=32)
+    counted = models.BooleanField(_("counted"), default=False)
+    range_header = models.CharField(_("range"), max_length=100, blank=True)
+    bytes_sent = models.BigIntegerField(_("bytes sent"), null=True, blank=True)
+    ip_address = models.GenericIPAddressField(_("IP address (truncated)"), null=True, blank=True)
+    user_agent = models.CharField(_("user agent"), max_length=255, blank=True)
+
+    class Meta:
+        verbose_name = _("download event")
+        verbose_name_plural = _("download events")
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.created_at:%Y-%m-%d %H:%M} {self.outcome}"

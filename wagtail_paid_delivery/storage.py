@@ -1,0 +1,51 @@
+"""Private storage for product files.
+
+Files are written with django-private-storage under ``PRIVATE_STORAGE_ROOT``. Their ``url()`` is
+our own permission-checked admin view (``views/admin_files.py``), so a storage URL never serves a
+file to a buyer or a stranger: buyers get bytes only through a download link.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import uuid
+from typing import Any
+
+from django.conf import settings
+from django.core.files.storage import Storage
+from django.urls import reverse
+from django.utils.deconstruct import deconstructible
+from django.utils.module_loading import import_string
+from django.utils.text import get_valid_filename
+from private_storage.storage.files import PrivateFileSystemStorage
+
+from .conf import app_settings
+
+
+@deconstructible
+class PrivateProductStorage(PrivateFileSystemStorage):
+    """PrivateFileSystemStorage whose URLs point at the editors' permission-checked view."""
+
+    def __init__(self, location: str | None = None, **kwargs: Any) -> None:
+        # django-private-storage reads PRIVATE_STORAGE_ROOT at import; read it when used instead.
+        super().__init__(location=location or settings.PRIVATE_STORAGE_ROOT, **kwargs)
+
+    def url(self, name: str | None) -> str:
+        return reverse("wagtail_paid_delivery_admin:product_file", args=[name])
+
+
+def get_product_storage() -> Storage:
+    """The storage product files use; the ``STORAGE`` setting may name another (S3 and so on).
+
+    Passed to the FileField as a callable, so changing it needs no migration.
+    """
+    factory = app_settings.STORAGE
+    if isinstance(factory, str):
+        factory = import_string(factory)
+    return factory()
+
+
+def product_file_upload_to(instance: Any, filename: str) -> str:
+    """A random folder per upload: names cannot be guessed and never collide."""
+    name = get_valid_filename(posixpath.basename(filename)) or "file"
+    return f"products/{uuid.uuid4().hex}/{name}"
