@@ -1,0 +1,162 @@
+"""Every system check id in wagtail_paid_delivery/checks.py, through Django's own check runner."""
+
+import pytest
+from django.conf import settings
+from django.core.checks import run_checks
+from django.test import override_settings
+
+from wagtail_paid_delivery import checks
+
+
+def our_ids(*, deploy=False):
+    return sorted(
+        m.id for m in run_checks(include_deployment_checks=deploy) if m.id.startswith(checks.ID)
+    )
+
+
+def test_the_test_settings_pass_every_check_including_deploy():
+    assert our_ids() == []
+    assert our_ids(deploy=True) == []
+
+
+def test_e001_private_storage_root_missing():
+    with override_settings(PRIVATE_STORAGE_ROOT=None):
+        messages = [m for m in run_checks() if m.id == "wagtail_paid_delivery.E001"]
+    assert len(messages) == 1
+    assert "PRIVATE_STORAGE_ROOT" in messages[0].msg
+    assert messages[0].hint
+
+
+@pytest.mark.parametrize("public", ["MEDIA_ROOT", "STATIC_ROOT"])
+def test_e002_private_storage_root_inside_a_public_folder(tmp_path, public):
+    with override_settings(**{public: str(tmp_path), "PRIVATE_STORAGE_ROOT": str(tmp_path / "p")}):
+        messages = [m for m in run_checks() if m.id == "wagtail_paid_delivery.E002"]
+    assert len(messages) == 1
+    assert public in messages[0].msg
+
+
+def test_e002_also_when_private_root_is_the_public_root(tmp_path):
+    with override_settings(MEDIA_ROOT=str(tmp_path), PRIVATE_STORAGE_ROOT=str(tmp_path)):
+        assert "wagtail_paid_delivery.E002" in our_ids()
+
+
+def test_e002_not_raised_for_a_sibling_folder_with_a_common_prefix(tmp_path):
+    # /x/media-private is not inside /x/media.
+    with override_settings(
+        MEDIA_ROOT=str(tmp_path / "media"), PRIVATE_STORAGE_ROOT=str(tmp_path / "media-private")
+    ):
+        assert our_ids() == []
+
+
+@pytest.mark.parametrize(
+    ("app", "check_id"),
+    [("private_storage", "wagtail_paid_delivery.E003"), ("django_q", "wagtail_paid_delivery.E004")],
+)
+def test_e003_e004_required_apps_missing(monkeypatch, app, check_id):
+    # override_settings(INSTALLED_APPS=...) would rebuild the app registry, which Wagtail 8's
+    # django-ninja API refuses to do twice in one process ("Router is already mounted"); so the
+    # registry is asked the same question with one app hidden instead.
+    from django.apps import apps
+
+    real = apps.is_installed
+    monkeypatch.setattr(apps, "is_installed", lambda name: name != app and real(name))
+    messages = [m for m in run_checks() if m.id.startswith(checks.ID)]
+    assert [m.id for m in messages] == [check_id]
+    assert app in messages[0].msg
+    assert f"'{app}'" in messages[0].hint
+
+
+def test_e005_q_cluster_without_timeout():
+    with override_settings(Q_CLUSTER={"name": "x", "retry": 90}):
+        assert our_ids() == ["wagtail_paid_delivery.E005"]
+
+
+def test_e006_q_cluster_retry_not_greater_than_timeout():
+    with override_settings(Q_CLUSTER={"name": "x", "timeout": 60, "retry": 60}):
+        assert our_ids() == ["wagtail_paid_delivery.E006"]
+    # django-q2's default retry is 60 s, so a longer timeout alone is a mistake too.
+    with override_settings(Q_CLUSTER={"name": "x", "timeout": 120}):
+        assert our_ids() == ["wagtail_paid_delivery.E006"]
+
+
+def _with(**values):
+    return override_settings(WAGTAIL_PAID_DELIVERY={**settings.WAGTAIL_PAID_DELIVERY, **values})
+
+
+@pytest.mark.parametrize("tolerance", [0, -5, None])
+def test_e007_webhook_tolerance_that_disables_the_replay_check(tolerance):
+    with _with(WEBHOOK_TOLERANCE=tolerance):
+        assert our_ids() == ["wagtail_paid_delivery.E007"]
+
+
+@pytest.mark.parametrize("limit", [0, -1, "5", 2.5])
+def test_e008_download_limit_that_is_not_a_positive_whole_number(limit):
+    with _with(DOWNLOAD_LIMIT=limit):
+        assert our_ids() == ["wagtail_paid_delivery.E008"]
+
+
+def test_download_limit_none_means_unlimited_and_passes():
+    with _with(DOWNLOAD_LIMIT=None):
+        assert our_ids() == []
+
+
+def test_e000_unknown_settings_key_is_reported_by_check_not_a_crash():
+    with _with(TYPO_KEY=1):
+        messages = [m for m in run_checks() if m.id == "wagtail_paid_delivery.E000"]
+    assert len(messages) == 1
+    assert "TYPO_KEY" in messages[0].msg
+
+
+def test_e009_product_app_with_a_swapped_base_page():
+    # In-process we can only flip the setting, not load a swapped Page (it is read when
+    # wagtail.models is imported): tests/test_custom_base_page.py runs the real thing in a
+    # subprocess. Here the check function is called directly, because the rest of Django's model
+    # checks would rightly complain about a swapped-out Page model that is still installed.
+    with override_settings(WAGTAIL_PAGE_MODEL="basepage.BasePage"):
+        messages = checks.check_product_app_with_custom_base_page()
+    assert [m.id for m in messages] == ["wagtail_paid_delivery.E009"]
+    assert "WAGTAIL_PAGE_MODEL" in messages[0].msg
+    assert checks.check_product_app_with_custom_base_page() == []
+
+
+def test_w001_w002_missing_stripe_credentials_are_warnings_in_normal_checks():
+    with override_settings(WAGTAIL_PAID_DELIVERY={}):
+        messages = [m for m in run_checks() if m.id.startswith(checks.ID)]
+    assert sorted(m.id for m in messages) == [
+        "wagtail_paid_delivery.W001",
+        "wagtail_paid_delivery.W002",
+    ]
+    assert all(not m.is_serious() for m in messages)
+    with _with(STRIPE_WEBHOOK_SECRETS=[]):
+        assert our_ids() == ["wagtail_paid_delivery.W002"]
+    with _with(STRIPE_SECRET_KEY=""):
+        assert our_ids() == ["wagtail_paid_delivery.W001"]
+
+
+def test_e101_e102_missing_stripe_credentials_are_errors_only_under_deploy():
+    with override_settings(WAGTAIL_PAID_DELIVERY={}):
+        assert "wagtail_paid_delivery.E101" not in our_ids()
+        deploy = [
+            m for m in run_checks(include_deployment_checks=True) if m.id.startswith(checks.ID)
+        ]
+    ids = sorted(m.id for m in deploy)
+    assert "wagtail_paid_delivery.E101" in ids and "wagtail_paid_delivery.E102" in ids
+    assert all(
+        m.is_serious()
+        for m in deploy
+        if m.id in {"wagtail_paid_delivery.E101", "wagtail_paid_delivery.E102"}
+    )
+    with _with(STRIPE_WEBHOOK_SECRETS=[""]):
+        assert "wagtail_paid_delivery.E102" in our_ids(deploy=True)
+        assert "wagtail_paid_delivery.E101" not in our_ids(deploy=True)
+
+
+def test_every_check_id_in_checks_py_is_covered_here():
+    import inspect
+    import re
+    from pathlib import Path
+
+    source = inspect.getsource(checks)
+    ids = set(re.findall(r"\{ID\}\.([EW]\d{3})", source))
+    tested = set(re.findall(r"wagtail_paid_delivery\.([EW]\d{3})", Path(__file__).read_text()))
+    assert ids and ids <= tested
