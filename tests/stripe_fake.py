@@ -1,0 +1,487 @@
+"""An in-memory Stripe for tests, plugged in below stripe-python at the HTTP layer.
+
+``FakeStripe`` is a ``stripe.HTTPClient``: stripe-python builds, encodes, sends, retries and parses
+requests for real, and only the socket is replaced. Objects are shaped like the ones in Stripe's
+OpenAPI fixtures (``checkout.session``, ``item``, ``price``, ``payment_intent``, ``event``).
+
+Use the ``fake_stripe`` fixture (tests/conftest.py), then::
+
+    session = stripe_api.create_checkout_session({...}, idempotency_key="k")
+    fake_stripe.pay(session.id, email="buyer@example.com")
+    payload = json.dumps(event_for(fake_stripe.sessions[session.id])).encode()
+    client.post(url, payload, content_type="application/json",
+                HTTP_STRIPE_SIGNATURE=sign_payload(payload, "whsec_tests"))
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import hmac
+import itertools
+import json
+import re
+import secrets
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+import stripe
+
+WEBHOOK_URL = "/shop/stripe/webhook/"
+DEFAULT_SECRET = "whsec_tests"
+
+_ids = itertools.count(1)
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}_test_{next(_ids):06d}{secrets.token_hex(8)}"
+
+
+def sign_payload(payload: bytes, secret: str = DEFAULT_SECRET, timestamp: int | None = None) -> str:
+    """A real ``Stripe-Signature`` header: ``t=<unix time>,v1=<HMAC-SHA256 of "t.payload">``."""
+    ts = int(time.time()) if timestamp is None else int(timestamp)
+    signed = f"{ts}.".encode() + payload
+    signature = hmac.new(secret.encode(), signed, hashlib.sha256).hexdigest()
+    return f"t={ts},v1={signature}"
+
+
+def event_for(
+    session: dict[str, Any],
+    type: str = "checkout.session.completed",  # noqa: A002  (Stripe's field name)
+    livemode: bool = False,
+    *,
+    event_id: str | None = None,
+) -> dict[str, Any]:
+    """An event envelope around a copy of ``session``, as Stripe delivers it to a webhook."""
+    obj = copy.deepcopy(session)
+    # Webhook payloads carry the object as stored, never its expansions.
+    obj.pop("line_items", None)
+    if isinstance(obj.get("payment_intent"), dict):
+        obj["payment_intent"] = obj["payment_intent"]["id"]
+    obj["livemode"] = livemode
+    return {
+        "id": event_id or new_id("evt").replace("_test_", "_"),
+        "object": "event",
+        "api_version": "2026-10-28.endive",
+        "created": int(time.time()),
+        "data": {"object": obj},
+        "livemode": livemode,
+        "pending_webhooks": 1,
+        "request": {"id": None, "idempotency_key": None},
+        "type": type,
+    }
+
+
+def post_event(
+    client: Any,
+    event: dict[str, Any] | bytes,
+    *,
+    secret: str = DEFAULT_SECRET,
+    timestamp: int | None = None,
+    url: str = WEBHOOK_URL,
+) -> Any:
+    """POST ``event`` to the webhook with a valid signature through Django's test client."""
+    payload = event if isinstance(event, bytes) else json.dumps(event).encode()
+    return client.post(
+        url,
+        payload,
+        content_type="application/json",
+        HTTP_STRIPE_SIGNATURE=sign_payload(payload, secret, timestamp),
+    )
+
+
+def decode_form(body: str) -> dict[str, Any]:
+    """Stripe's form encoding (``a[b][0][c]=v``) back into nested dicts and lists."""
+    root: dict[str, Any] = {}
+    for raw_key, value in parse_qsl(body, keep_blank_values=True):
+        parts = re.findall(r"[^\[\]]+|\[\]", raw_key)
+        node = root
+        for i, part in enumerate(parts):
+            last = i == len(parts) - 1
+            if last:
+                node[part] = value
+            else:
+                node = node.setdefault(part, {})
+    return _listify(root)
+
+
+def _listify(node: Any) -> Any:
+    if isinstance(node, dict):
+        node = {k: _listify(v) for k, v in node.items()}
+        if node and all(k.isdigit() for k in node):
+            return [node[k] for k in sorted(node, key=int)]
+    return node
+
+
+@dataclass
+class FakeRequest:
+    method: str
+    path: str
+    params: dict[str, Any]
+    headers: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def idempotency_key(self) -> str | None:
+        return self.headers.get("idempotency-key")
+
+
+class FakeStripe(stripe.HTTPClient):
+    """An in-memory Stripe answering the few endpoints this package uses."""
+
+    name = "fake"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sessions: dict[str, dict[str, Any]] = {}
+        self.line_items: dict[str, list[dict[str, Any]]] = {}
+        self.payment_intents: dict[str, dict[str, Any]] = {}
+        self.prices: dict[str, dict[str, Any]] = {}
+        self.requests: list[FakeRequest] = []
+        self.down: str | None = None
+        self._idempotent: dict[str, tuple[str, tuple[str, int, dict[str, str]]]] = {}
+        self._lock = threading.RLock()
+
+    # stripe.HTTPClient ----------------------------------------------------------------------
+
+    def _sleep_time_seconds(self, num_retries: int) -> float:
+        return 0.0  # stripe-python's backoff is real; tests need not wait for it.
+
+    def request(
+        self,
+        method: str,
+        url: str,
+        headers: Any,
+        post_data: Any = None,
+        *,
+        _usage: Any = None,
+    ) -> tuple[str, int, dict[str, str]]:
+        parts = urlsplit(url)
+        body = post_data.decode() if isinstance(post_data, bytes) else (post_data or "")
+        params = decode_form(parts.query if method == "get" else body)
+        lower = {k.lower(): v for k, v in dict(headers or {}).items()}
+        with self._lock:
+            self.requests.append(FakeRequest(method.upper(), parts.path, params, lower))
+            if self.down == "connection":
+                raise stripe.APIConnectionError(
+                    "Fake Stripe is down (connection refused).", should_retry=True
+                )
+            if self.down == "500":
+                return self._error(500, "api_error", "Fake Stripe is down.")
+            if not lower.get("authorization", "").startswith("Bearer sk_"):
+                return self._error(401, "invalid_request_error", "Invalid API Key provided.")
+            key = lower.get("idempotency-key")
+            if method == "post" and key:
+                fingerprint = f"{parts.path}?{body}"
+                if key in self._idempotent:
+                    seen, response = self._idempotent[key]
+                    if seen != fingerprint:
+                        return self._error(
+                            400,
+                            "idempotency_error",
+                            "Keys for idempotent requests can only be used with the same "
+                            "parameters they were first used with.",
+                        )
+                    return response
+                response = self._route(method, parts.path, params)
+                if response[1] < 500:
+                    self._idempotent[key] = (fingerprint, response)
+                return response
+            return self._route(method, parts.path, params)
+
+    def request_stream(self, *args: Any, **kwargs: Any) -> Any:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+    # routing ---------------------------------------------------------------------------------
+
+    def _route(self, method: str, path: str, params: dict[str, Any]) -> tuple[str, int, dict]:
+        if method == "post" and path == "/v1/checkout/sessions":
+            try:
+                return self._ok(self.create_session(params))
+            except LookupError as exc:
+                return self._error(400, "invalid_request_error", str(exc), code="resource_missing")
+        match = re.fullmatch(r"/v1/checkout/sessions/([^/]+)", path)
+        if match and method == "get":
+            return self._get_session(match[1], params.get("expand") or [])
+        match = re.fullmatch(r"/v1/checkout/sessions/([^/]+)/line_items", path)
+        if match and match[1] in self.sessions and method == "get":
+            return self._ok(self._line_item_list(match[1]))
+        if match := re.fullmatch(r"/v1/prices/([^/]+)", path):
+            if method == "get" and match[1] in self.prices:
+                return self._ok(self.prices[match[1]])
+            return self._missing("price", match[1])
+        return self._error(404, "invalid_request_error", f"Unrecognized request URL ({path}).")
+
+    def _get_session(self, session_id: str, expand: list[str]) -> tuple[str, int, dict]:
+        session = self.sessions.get(session_id)
+        if session is None:
+            return self._missing("checkout.session", session_id)
+        obj = copy.deepcopy(session)
+        if "line_items" in expand:
+            obj["line_items"] = self._line_item_list(session_id)
+        if "payment_intent" in expand and obj["payment_intent"]:
+            obj["payment_intent"] = copy.deepcopy(self.payment_intents[obj["payment_intent"]])
+        return self._ok(obj)
+
+    def _line_item_list(self, session_id: str) -> dict[str, Any]:
+        return {
+            "object": "list",
+            "data": copy.deepcopy(self.line_items[session_id]),
+            "has_more": False,
+            "url": f"/v1/checkout/sessions/{session_id}/line_items",
+        }
+
+    @staticmethod
+    def _ok(obj: dict[str, Any]) -> tuple[str, int, dict[str, str]]:
+        return json.dumps(obj), 200, {"request-id": new_id("req")}
+
+    @staticmethod
+    def _error(
+        status: int, type_: str, message: str, *, code: str | None = None, param: str | None = None
+    ) -> tuple[str, int, dict[str, str]]:
+        body = {"error": {"type": type_, "message": message, "code": code, "param": param}}
+        headers = {"request-id": new_id("req")}
+        if status >= 500:
+            headers["stripe-should-retry"] = "true"
+        return json.dumps(body), status, headers
+
+    def _missing(self, kind: str, obj_id: str) -> tuple[str, int, dict[str, str]]:
+        return self._error(
+            404, "invalid_request_error", f"No such {kind}: '{obj_id}'", code="resource_missing"
+        )
+
+    # objects ---------------------------------------------------------------------------------
+
+    def add_price(
+        self,
+        unit_amount: int = 1250,
+        currency: str = "usd",
+        *,
+        price_id: str | None = None,
+        product_name: str = "Product",
+        active: bool = True,
+    ) -> dict[str, Any]:
+        """Register a one-time Price, as if created in the Stripe dashboard."""
+        price_id = price_id or new_id("price").replace("_test_", "_")
+        price = {
+            "active": active,
+            "billing_scheme": "per_unit",
+            "created": int(time.time()),
+            "currency": currency.lower(),
+            "custom_unit_amount": None,
+            "id": price_id,
+            "livemode": False,
+            "lookup_key": None,
+            "metadata": {},
+            "nickname": None,
+            "object": "price",
+            "product": new_id("prod").replace("_test_", "_"),
+            "recurring": None,
+            "tax_behavior": "unspecified",
+            "tiers_mode": None,
+            "transform_quantity": None,
+            "type": "one_time",
+            "unit_amount": unit_amount,
+            "unit_amount_decimal": str(unit_amount),
+        }
+        price["_product_name"] = product_name
+        with self._lock:
+            self.prices[price_id] = price
+        return price
+
+    def create_session(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Create a session from decoded params (what POST /v1/checkout/sessions does)."""
+        items = []
+        for raw in params.get("line_items") or []:
+            quantity = int(raw.get("quantity", 1))
+            if "price" in raw:
+                if raw["price"] not in self.prices:
+                    raise LookupError(f"No such price: '{raw['price']}'")
+                price = {k: v for k, v in self.prices[raw["price"]].items() if k[0] != "_"}
+                description = self.prices[raw["price"]]["_product_name"]
+            else:
+                data = raw["price_data"]
+                description = (data.get("product_data") or {}).get("name", "")
+                price = self.add_price(
+                    int(data["unit_amount"]), data["currency"], product_name=description
+                )
+                price = {k: v for k, v in price.items() if k[0] != "_"}
+            amount = int(price["unit_amount"]) * quantity
+            items.append(
+                {
+                    "amount_discount": 0,
+                    "amount_subtotal": amount,
+                    "amount_tax": 0,
+                    "amount_total": amount,
+                    "currency": price["currency"],
+                    "description": description,
+                    "id": new_id("li").replace("_test_", "_"),
+                    "object": "item",
+                    "price": price,
+                    "quantity": quantity,
+                    "metadata": {},
+                    "adjustable_quantity": None,
+                }
+            )
+        subtotal = sum(i["amount_subtotal"] for i in items)
+        session_id = new_id("cs")
+        session = {
+            "id": session_id,
+            "object": "checkout.session",
+            "allow_promotion_codes": params.get("allow_promotion_codes") == "true" or None,
+            "amount_subtotal": subtotal,
+            "amount_total": subtotal,
+            "cancel_url": params.get("cancel_url"),
+            "client_reference_id": params.get("client_reference_id"),
+            "created": int(time.time()),
+            "currency": items[0]["currency"] if items else None,
+            "customer": None,
+            "customer_details": None,
+            "customer_email": params.get("customer_email"),
+            "expires_at": int(time.time()) + 24 * 3600,
+            "invoice": None,
+            "livemode": False,
+            "locale": params.get("locale"),
+            "metadata": dict(params.get("metadata") or {}),
+            "mode": params.get("mode", "payment"),
+            "payment_intent": None,
+            "payment_link": None,
+            "payment_method_types": ["card"],
+            "payment_status": "unpaid",
+            "status": "open",
+            "submit_type": params.get("submit_type"),
+            "subscription": None,
+            "success_url": params.get("success_url"),
+            "total_details": {"amount_discount": 0, "amount_shipping": 0, "amount_tax": 0},
+            "url": f"https://checkout.stripe.com/c/pay/{session_id}",
+            # Not a Stripe field: what the session will copy onto its PaymentIntent.
+            "_payment_intent_data": dict(params.get("payment_intent_data") or {}),
+        }
+        with self._lock:
+            self.sessions[session_id] = session
+            self.line_items[session_id] = items
+        return self._public(session)
+
+    @staticmethod
+    def _public(session: dict[str, Any]) -> dict[str, Any]:
+        return {k: copy.deepcopy(v) for k, v in session.items() if not k.startswith("_")}
+
+    def session(self, session_id: str) -> dict[str, Any]:
+        """The session as Stripe stores it (no expansions): what a webhook event carries."""
+        return self._public(self.sessions[session_id])
+
+    # test controls ---------------------------------------------------------------------------
+
+    def pay(
+        self,
+        session_id: str,
+        email: str = "buyer@example.com",
+        *,
+        payment_status: str = "paid",
+        amount_discount: int = 0,
+    ) -> dict[str, Any]:
+        """The buyer completes the hosted page: session complete, PaymentIntent created.
+
+        ``payment_status="unpaid"`` models an asynchronous method (bank debit) still clearing.
+        """
+        with self._lock:
+            session = self.sessions[session_id]
+            total = max(0, (session["amount_subtotal"] or 0) - amount_discount)
+            pi_data = session["_payment_intent_data"]
+            pi_id = new_id("pi").replace("_test_", "_")
+            succeeded = payment_status == "paid"
+            self.payment_intents[pi_id] = {
+                "amount": total,
+                "amount_capturable": 0,
+                "amount_received": total if succeeded else 0,
+                "capture_method": "automatic",
+                "created": int(time.time()),
+                "currency": session["currency"],
+                "customer": None,
+                "description": None,
+                "id": pi_id,
+                "latest_charge": new_id("ch").replace("_test_", "_") if succeeded else None,
+                "livemode": session["livemode"],
+                "metadata": dict(pi_data.get("metadata") or {}),
+                "object": "payment_intent",
+                "payment_method_types": ["card"],
+                "receipt_email": None,
+                "status": "succeeded" if succeeded else "processing",
+            }
+            session.update(
+                status="complete",
+                payment_status=payment_status,
+                payment_intent=pi_id,
+                amount_total=total,
+                customer_details={
+                    "address": None,
+                    "email": email,
+                    "name": None,
+                    "phone": None,
+                    "tax_exempt": "none",
+                    "tax_ids": [],
+                },
+            )
+            session["total_details"]["amount_discount"] = amount_discount
+            return self._public(session)
+
+    def settle(self, session_id: str) -> dict[str, Any]:
+        """An asynchronous payment succeeds (``checkout.session.async_payment_succeeded``)."""
+        with self._lock:
+            session = self.sessions[session_id]
+            session["payment_status"] = "paid"
+            pi = self.payment_intents[session["payment_intent"]]
+            pi.update(status="succeeded", amount_received=pi["amount"])
+            pi["latest_charge"] = new_id("ch").replace("_test_", "_")
+            return self._public(session)
+
+    def expire(self, session_id: str) -> dict[str, Any]:
+        with self._lock:
+            self.sessions[session_id]["status"] = "expired"
+            return self._public(self.sessions[session_id])
+
+    def tamper_line_item(
+        self,
+        session_id: str,
+        *,
+        unit_amount: int | None = None,
+        currency: str | None = None,
+        quantity: int | None = None,
+        price_id: str | None = None,
+        add_item: bool = False,
+    ) -> None:
+        """Change what the session sold, as a manipulated or misconfigured checkout would."""
+        with self._lock:
+            items = self.line_items[session_id]
+            item = items[0]
+            if add_item:
+                extra = copy.deepcopy(item)
+                extra["id"] = new_id("li").replace("_test_", "_")
+                items.append(extra)
+            price = item["price"]
+            if unit_amount is not None:
+                price["unit_amount"] = unit_amount
+                price["unit_amount_decimal"] = str(unit_amount)
+            if currency is not None:
+                price["currency"] = item["currency"] = currency
+            if price_id is not None:
+                price["id"] = price_id
+            if quantity is not None:
+                item["quantity"] = quantity
+            item["amount_subtotal"] = item["amount_total"] = price["unit_amount"] * item["quantity"]
+
+    def set_down(self, down: bool = True, *, mode: str = "connection") -> None:
+        """Make every request fail: ``mode="connection"`` (refused) or ``"500"`` (server error)."""
+        self.down = mode if down else None
+
+    def calls(self, method: str | None = None, path_prefix: str = "") -> list[FakeRequest]:
+        return [
+            r
+            for r in self.requests
+            if (method is None or r.method == method.upper()) and r.path.startswith(path_prefix)
+        ]
