@@ -167,6 +167,9 @@ class DownloadEvent(models.Model):
     created_at = models.DateTimeField(_("time"), default=timezone.now, db_index=True)
     outcome = models.CharField(_("outcome"), max_length=32)
     counted = models.BooleanField(_("counted"), default=False)
+    #: The hand-off (one button press) the request came through; "counted once per hand-off
+    #: in ten minutes" looks it up.
+    handoff = models.CharField(_("hand-off"), max_length=32, blank=True, db_index=True)
     range_header = models.CharField(_("range"), max_length=100, blank=True)
     bytes_sent = models.BigIntegerField(_("bytes sent"), null=True, blank=True)
     ip_address = models.GenericIPAddressField(_("IP address (truncated)"), null=True, blank=True)
