@@ -31,7 +31,7 @@ class UserFactory(DjangoModelFactory):
 
     username = factory.Sequence(lambda n: f"user{n}")
     email = factory.LazyAttribute(lambda o: f"{o.username}@example.com")
-    password = factory.PostGenerationMethodCall("set_password", "password")
+    password = factory.django.Password("password")
 
 
 class SuperuserFactory(UserFactory):
@@ -167,3 +167,26 @@ class StripeEventFactory(DjangoModelFactory):
     payload = factory.LazyAttribute(
         lambda o: {"id": o.stripe_id, "object": "event", "type": o.type, "data": {"object": {}}}
     )
+
+
+def page_editor(page: Page, *, username: str = "editor", permissions=("add", "change", "publish")):
+    """A non-superuser who may use the Wagtail admin and has ``permissions`` on ``page``'s tree."""
+    from django.contrib.auth.models import Group, Permission
+    from wagtail.models import GroupPagePermission
+
+    group, _ = Group.objects.get_or_create(name=f"{username} group")
+    group.permissions.add(
+        Permission.objects.get(content_type__app_label="wagtailadmin", codename="access_admin")
+    )
+    for permission_type in permissions:
+        GroupPagePermission.objects.get_or_create(
+            group=group,
+            page=page,
+            permission=Permission.objects.get(
+                content_type__app_label=Page._meta.app_label,
+                codename=f"{permission_type}_{Page._meta.model_name}",
+            ),
+        )
+    user = UserFactory(username=username, is_staff=False)
+    user.groups.add(group)
+    return user

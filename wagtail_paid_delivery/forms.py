@@ -69,14 +69,16 @@ class ProductPageForm(WagtailAdminPageForm):
         formset = self.formsets.get("files")
         if formset is None:
             return
-        kept = [
-            form
-            for form in formset.forms
-            if form.has_changed() or form.instance.pk
-            if not (formset.can_delete and formset._should_delete_form(form))
-        ]
-        if not any(f.cleaned_data.get("file") or f.instance.file for f in kept if f.is_valid()):
-            raise ValidationError(
-                _("Add at least one file before publishing: buyers need something to download."),
-                code="no_files",
-            )
+        # A ClusterForm cleans itself before its formsets, so the file forms have no cleaned_data
+        # yet: clean them now (Django caches the result for the formset's own validation).
+        formset.is_valid()
+        for form in formset.forms:
+            cleaned = getattr(form, "cleaned_data", None)
+            if cleaned is None or (formset.can_delete and formset._should_delete_form(form)):
+                continue
+            if cleaned.get("file") or (form.instance.pk and form.instance.file):
+                return
+        raise ValidationError(
+            _("Add at least one file before publishing: buyers need something to download."),
+            code="no_files",
+        )
