@@ -1,0 +1,1 @@
+"""A runnable Wagtail site that uses wagtail-paid-delivery. Not part of the package."""

@@ -1,0 +1,1 @@
+"""The sandbox site's own pages (the home page listing the products) and its seed command."""

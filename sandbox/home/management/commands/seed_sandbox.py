@@ -1,0 +1,218 @@
+"""Seed the sandbox: home page, two live products with real files, default copy, an admin.
+
+Idempotent: a second run finds everything in place and changes nothing. Each run also points the
+default Wagtail Site at 127.0.0.1:<port>, so URLs built from the site root match the port in use.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.contrib.contenttypes.models import ContentType
+from django.core.files.base import ContentFile
+from django.core.management.base import BaseCommand, CommandParser
+from django.db import transaction
+from wagtail.models import Page, Site
+
+from sandbox.home import demo_files
+from sandbox.home.models import HomePage
+from wagtail_paid_delivery.models import DeliveryCopy
+from wagtail_paid_delivery.product.models import ProductFile, ProductPage
+
+ADMIN_USERNAME = "admin"
+ADMIN_PASSWORD = "admin"  # sandbox only
+
+
+@dataclass(frozen=True)
+class DemoFile:
+    title: str
+    filename: str
+    build: Any  # () -> bytes
+
+
+@dataclass(frozen=True)
+class DemoProduct:
+    slug: str
+    title: str
+    intro: str
+    body: str
+    price_amount: int  # minor units: cents for USD, whole yen for JPY
+    currency: str
+    files: tuple[DemoFile, ...]
+
+
+PRODUCTS = (
+    DemoProduct(
+        slug="field-guide",
+        title="Field Guide (PDF)",
+        intro="A printable pocket guide to the birds of the shoreline, with a checklist.",
+        body=(
+            "<p>Two pages you can print and fold into a pocket: what to look for, when to go, "
+            "and a checklist to tick off on the day.</p>"
+            "<ul><li>Eight common shorebirds, with the marks that tell them apart</li>"
+            "<li>Tide-line tips for better sightings</li><li>Letter-size PDF</li></ul>"
+        ),
+        price_amount=1900,
+        currency="USD",
+        files=(DemoFile("Field Guide", "field-guide.pdf", demo_files.field_guide_pdf),),
+    ),
+    DemoProduct(
+        slug="sample-pack",
+        title="Sample Pack (ZIP)",
+        intro="Four clean sine tones, ready to drop into your next track.",
+        body=(
+            "<p>A small pack of short, royalty-free tones (C4, E4, G4 and C5) as 16-bit WAV "
+            "files, in one ZIP archive.</p>"
+            "<ul><li>Four WAV files, 8 kHz mono</li><li>CC0: use them anywhere</li></ul>"
+        ),
+        price_amount=1200,
+        currency="JPY",
+        files=(DemoFile("Sample Pack", "sample-pack.zip", demo_files.sample_pack_zip),),
+    ),
+)
+
+
+class Command(BaseCommand):
+    help = (
+        "Create the sandbox's home page, demo products (with files), default delivery copy and "
+        "admin user, and point the default site at 127.0.0.1:<port>. Safe to run repeatedly."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument(
+            "--port",
+            type=int,
+            default=settings.SANDBOX_PORT,
+            help="Port of the default Wagtail Site (default: SANDBOX_PORT, else 8000).",
+        )
+
+    def handle(self, *args: Any, port: int, **options: Any) -> None:
+        self.changes: list[str] = []
+        with transaction.atomic():
+            home = self.ensure_home()
+            self.ensure_site(home, port)
+            DeliveryCopy.objects.get_default()  # post_migrate made it; recreate if deleted
+            products = [self.ensure_product(home, spec) for spec in PRODUCTS]
+            password_known = self.ensure_admin()
+
+        for change in self.changes:
+            self.stdout.write(f"  {change}")
+        if not self.changes:
+            self.stdout.write("Sandbox data already in place; nothing changed.")
+
+        base = f"http://127.0.0.1:{port}"
+        self.stdout.write("")
+        self.stdout.write(self.style.SUCCESS(f"Site:   {base}/"))
+        for page in products:
+            self.stdout.write(f"        {page.title}: {page.price_display}  {base}{page.url}")
+        self.stdout.write(self.style.SUCCESS(f"Admin:  {base}/admin/"))
+        if password_known:
+            self.stdout.write(
+                f"        username: {ADMIN_USERNAME}   password: {ADMIN_PASSWORD}   (sandbox only)"
+            )
+        else:
+            self.stdout.write(
+                f"        username: {ADMIN_USERNAME}   (password changed since it was seeded)"
+            )
+
+    # Each step finds what is there and only creates or fixes what is missing.
+
+    def ensure_home(self) -> HomePage:
+        home = HomePage.objects.order_by("path").first()
+        if home is not None:
+            return home
+        root = Page.get_first_root_node()
+        # Wagtail's first migration creates a plain "Welcome" page with the slug "home"; the
+        # sandbox's home page takes its place (deleting it also deletes the Site pointing at it,
+        # which ensure_site recreates).
+        welcome = Page.objects.filter(
+            depth=2, slug="home", content_type=ContentType.objects.get_for_model(Page)
+        ).first()
+        if welcome is not None and welcome.numchild == 0:
+            welcome.delete()
+            root.refresh_from_db()
+        home = HomePage(
+            title="Digital goods, delivered",
+            slug="home" if not root.get_children().filter(slug="home").exists() else "shop",
+            intro=(
+                "Pay securely with Stripe Checkout and download your files straight away. "
+                "Every purchase comes with a private, expiring link, sent by email too."
+            ),
+        )
+        root.add_child(instance=home)
+        home.save_revision().publish()
+        self.changes.append("Created the home page.")
+        return home
+
+    def ensure_site(self, home: HomePage, port: int) -> None:
+        site = Site.objects.filter(is_default_site=True).first()
+        wanted = {
+            "hostname": "127.0.0.1",
+            "port": port,
+            "root_page_id": home.pk,
+            "site_name": settings.WAGTAIL_SITE_NAME,
+        }
+        if site is None:
+            Site.objects.create(is_default_site=True, **wanted)
+            self.changes.append(f"Created the default site at 127.0.0.1:{port}.")
+            return
+        stale = {k: v for k, v in wanted.items() if getattr(site, k) != v}
+        if stale:
+            for key, value in stale.items():
+                setattr(site, key, value)
+            site.save()
+            self.changes.append(f"Pointed the default site at 127.0.0.1:{port}.")
+
+    def ensure_product(self, home: HomePage, spec: DemoProduct) -> ProductPage:
+        page = ProductPage.objects.child_of(home).filter(slug=spec.slug).first()
+        created = page is None
+        if page is None:
+            page = ProductPage(
+                title=spec.title,
+                slug=spec.slug,
+                intro=spec.intro,
+                body=spec.body,
+                price_amount=spec.price_amount,
+                currency=spec.currency,
+            )
+            home.add_child(instance=page)
+            self.changes.append(f"Created the product page {spec.title!r}.")
+
+        files_changed = False
+        for order, file_spec in enumerate(spec.files):
+            files_changed |= self.ensure_file(page, file_spec, order)
+
+        if created or files_changed or not page.live:
+            # Publish a revision that includes the files, so the editor shows them and a later
+            # publish from the admin keeps them.
+            page = ProductPage.objects.get(pk=page.pk)
+            page.save_revision().publish()
+        return page
+
+    def ensure_file(self, page: ProductPage, spec: DemoFile, order: int) -> bool:
+        product_file = ProductFile.objects.filter(page=page, title=spec.title).first()
+        if product_file is not None and product_file.file:
+            if product_file.file.storage.exists(product_file.file.name):
+                return False
+            self.changes.append(f"Re-created the missing file {spec.filename!r}.")
+        else:
+            product_file = ProductFile(page=page, title=spec.title, sort_order=order)
+            self.changes.append(f"Added the file {spec.filename!r} to {page.title!r}.")
+        # Saved through the model with an uncommitted file: size and sha256 are recorded, the
+        # bytes go to private storage (PRIVATE_STORAGE_ROOT), never under MEDIA_ROOT.
+        product_file.file = ContentFile(spec.build(), name=spec.filename)
+        product_file.save()
+        return True
+
+    def ensure_admin(self) -> bool:
+        """Create the sandbox admin if missing; True if its password is still the seeded one."""
+        User = get_user_model()
+        user = User.objects.filter(username=ADMIN_USERNAME).first()
+        if user is None:
+            User.objects.create_superuser(ADMIN_USERNAME, "admin@sandbox.invalid", ADMIN_PASSWORD)
+            self.changes.append(f"Created the superuser {ADMIN_USERNAME!r}.")
+            return True
+        return user.check_password(ADMIN_PASSWORD)

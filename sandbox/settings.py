@@ -1,0 +1,181 @@
+"""Settings for the sandbox: a runnable Wagtail shop that uses wagtail-paid-delivery.
+
+The only place in the project that reads the environment; it maps these variables into the
+``WAGTAIL_PAID_DELIVERY`` dict the package reads through its ``conf.py``:
+
+=========================  ==============================================================
+``DATABASE_URL``           a database URL (``postgres://…``); default SQLite in sandbox/var/
+``STRIPE_SECRET_KEY``      a Stripe test key; unset: placeholder credentials and the emulator
+``STRIPE_WEBHOOK_SECRET``  webhook signing secret(s), comma-separated for several
+``STRIPE_API_BASE``        a Stripe stand-in (stripe-mock, the sandbox emulator)
+``SANDBOX_PORT``           the port runserver listens on (default 8000)
+=========================  ==============================================================
+
+Not for production: a fixed SECRET_KEY, DEBUG on, e-mail written to files.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import dj_database_url
+
+SANDBOX_DIR = Path(__file__).resolve().parent
+VAR_DIR = SANDBOX_DIR / "var"
+# SQLite needs the folder to exist before the first connection; the rest is made on first use.
+VAR_DIR.mkdir(exist_ok=True)
+
+SANDBOX_PORT = int(os.environ.get("SANDBOX_PORT") or 8000)
+SANDBOX_URL = f"http://127.0.0.1:{SANDBOX_PORT}"
+
+SECRET_KEY = "sandbox-only-not-secret-do-not-deploy"
+DEBUG = True
+ALLOWED_HOSTS = ["127.0.0.1", "localhost", "[::1]"]
+
+# The Stripe emulator (sandbox/stripe_emulator/) is optional: installed only when it exists.
+STRIPE_EMULATOR_INSTALLED = importlib.util.find_spec("sandbox.stripe_emulator") is not None
+
+INSTALLED_APPS = [
+    "sandbox.home",
+    *(["sandbox.stripe_emulator"] if STRIPE_EMULATOR_INSTALLED else []),
+    "wagtail_paid_delivery",
+    "wagtail_paid_delivery.product",
+    "wagtail.contrib.redirects",
+    "wagtail.contrib.settings",
+    "wagtail.embeds",
+    "wagtail.sites",
+    "wagtail.users",
+    "wagtail.snippets",
+    "wagtail.documents",
+    "wagtail.images",
+    "wagtail.search",
+    "wagtail.admin",
+    "wagtail",
+    "modelcluster",
+    "taggit",
+    # For its storage class only: its URLconf is deliberately NOT mounted (see urls.py).
+    "private_storage",
+    "django_q",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+]
+
+MIDDLEWARE = [
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "django.middleware.security.SecurityMiddleware",
+    "wagtail.contrib.redirects.middleware.RedirectMiddleware",
+]
+
+ROOT_URLCONF = "sandbox.urls"
+WSGI_APPLICATION = "sandbox.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        # Before the apps' templates, so sandbox/templates may override the package's.
+        "DIRS": [SANDBOX_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.debug",
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ]
+        },
+    }
+]
+
+# Database: SQLite in sandbox/var/ unless DATABASE_URL says otherwise.
+DATABASES = {
+    "default": dj_database_url.config(default=f"sqlite:///{VAR_DIR / 'db.sqlite3'}", conn_max_age=0)
+}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # runserver's threads and the qcluster's processes write at the same time (webhooks, task
+    # results, sessions). WAL lets readers run beside a writer; IMMEDIATE transactions take the
+    # write lock when they begin, so two writers queue on the busy timeout instead of one failing
+    # with "database is locked" when it upgrades a read lock.
+    DATABASES["default"].setdefault("OPTIONS", {}).update(
+        {
+            "transaction_mode": "IMMEDIATE",
+            "timeout": 20,
+            "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+        }
+    )
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS: list[dict[str, str]] = []  # sandbox: "admin" / "admin" is fine
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "/static/"
+STATIC_ROOT = VAR_DIR / "static"
+STATICFILES_DIRS = [SANDBOX_DIR / "static"]
+MEDIA_URL = "/media/"
+MEDIA_ROOT = VAR_DIR / "media"
+# Paid files: outside MEDIA_ROOT and STATIC_ROOT, and no URL serves this folder.
+PRIVATE_STORAGE_ROOT = VAR_DIR / "private"
+
+# Every e-mail (delivery links, resends) is written to a file here instead of being sent.
+EMAIL_BACKEND = "django.core.mail.backends.filebased.EmailBackend"
+EMAIL_FILE_PATH = VAR_DIR / "mail"
+DEFAULT_FROM_EMAIL = "Sandbox Shop <shop@sandbox.invalid>"
+
+WAGTAIL_SITE_NAME = "Sandbox Shop"
+WAGTAILADMIN_BASE_URL = SANDBOX_URL
+WAGTAILSEARCH_BACKENDS = {"default": {"BACKEND": "wagtail.search.backends.database"}}
+WAGTAILDOCS_EXTENSIONS = ["csv", "docx", "key", "odt", "pdf", "pptx", "rtf", "txt", "xlsx", "zip"]
+
+# django-q2 with the ORM broker: `manage.py qcluster` runs beside runserver (see sandbox/run.py).
+Q_CLUSTER = {
+    "name": "sandbox",
+    "orm": "default",
+    "workers": 2,
+    "timeout": 60,
+    "retry": 90,
+    "poll": 0.5,
+    "catch_up": False,
+    "label": "Tasks",
+}
+
+# Stripe. With no key in the environment the sandbox uses fixed placeholder test credentials and
+# the sandbox's own Stripe emulator (served by this site under /stripe-emulator/), so it runs
+# offline. With STRIPE_SECRET_KEY set, it talks to Stripe (test mode) or to STRIPE_API_BASE.
+SANDBOX_STRIPE_SECRET_KEY = "sk_test_sandbox_placeholder"
+SANDBOX_STRIPE_WEBHOOK_SECRET = "whsec_sandbox_placeholder"
+STRIPE_EMULATOR_URL = f"{SANDBOX_URL}/stripe-emulator"
+
+STRIPE_PLACEHOLDER_CREDENTIALS = not os.environ.get("STRIPE_SECRET_KEY")
+if STRIPE_PLACEHOLDER_CREDENTIALS:
+    _stripe_secret_key = SANDBOX_STRIPE_SECRET_KEY
+    _stripe_webhook_secrets = [SANDBOX_STRIPE_WEBHOOK_SECRET]
+    # An explicit STRIPE_API_BASE (stripe-mock, say) still wins over the emulator.
+    _stripe_api_base: str | None = os.environ.get("STRIPE_API_BASE") or STRIPE_EMULATOR_URL
+else:
+    _stripe_secret_key = os.environ["STRIPE_SECRET_KEY"]
+    _stripe_webhook_secrets = [
+        s.strip() for s in os.environ.get("STRIPE_WEBHOOK_SECRET", "").split(",") if s.strip()
+    ]
+    _stripe_api_base = os.environ.get("STRIPE_API_BASE") or None
+
+WAGTAIL_PAID_DELIVERY = {
+    "STRIPE_SECRET_KEY": _stripe_secret_key,
+    "STRIPE_WEBHOOK_SECRETS": _stripe_webhook_secrets,
+    "STRIPE_API_BASE": _stripe_api_base,
+    "INSTALLATION_ID": "sandbox",
+}
