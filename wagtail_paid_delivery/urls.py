@@ -1,5 +1,18 @@
 """The public URLconf a site includes: ``path("shop/", include("wagtail_paid_delivery.urls"))``."""
 
+from django.urls import path
+
+from .views import checkout, download, success
+from .views.webhook import stripe_webhook
+
 app_name = "wagtail_paid_delivery"
 
-urlpatterns: list = []
+urlpatterns: list = [
+    path("checkout/<int:page_id>/", checkout.checkout, name="checkout"),
+    path("thanks/", success.success, name="success"),
+    path("stripe/webhook/", stripe_webhook, name="stripe_webhook"),
+    # Downloads: the hand-off first, so "d/h/..." is never read as a token.
+    path("d/h/<str:signed>/", download.handoff, name="handoff"),
+    path("d/<str:token>/", download.download, name="download"),
+    path("d/<str:token>/<int:file_id>/", download.download_file, name="download_file"),
+]

@@ -1,0 +1,328 @@
+"""The Buy button: POST checkout/<page id>/ makes a Purchase and a Checkout Session, 303s."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+from django.core import signing
+from django.test import Client, RequestFactory
+from django.urls import reverse
+
+from tests.factories import ProductPageFactory, UserFactory
+from wagtail_paid_delivery import binding
+from wagtail_paid_delivery.models import Purchase
+
+ORIGIN = "http://testserver"
+
+
+@pytest.fixture
+def product(home):
+    return ProductPageFactory(parent=home, title="Field guide", price_amount=1250, currency="USD")
+
+
+def checkout_url(page) -> str:
+    return reverse("wagtail_paid_delivery:checkout", args=[page.pk])
+
+
+def buy(client, page, **headers):
+    headers.setdefault("HTTP_ORIGIN", ORIGIN)
+    return client.post(checkout_url(page), **headers)
+
+
+def session_calls(fake_stripe):
+    return fake_stripe.calls("post", "/v1/checkout/sessions")
+
+
+def test_checkout_redirects_303_to_a_payment_session_built_from_the_page(
+    client, product, fake_stripe
+):
+    response = buy(client, product)
+
+    assert response.status_code == 303
+    purchase = Purchase.objects.get()
+    session = fake_stripe.sessions[purchase.stripe_checkout_session_id]
+    assert response["Location"] == session["url"]
+    assert "no-store" in response["Cache-Control"]
+
+    [call] = session_calls(fake_stripe)
+    params = call.params
+    assert params["mode"] == "payment"
+    assert params["line_items"] == [
+        {
+            "price_data": {
+                "currency": "usd",
+                "unit_amount": "1250",
+                "product_data": {"name": "Field guide"},
+            },
+            "quantity": "1",
+        }
+    ]
+    metadata = {
+        "wpd_installation": "tests",
+        "wpd_purchase": str(purchase.public_id),
+        "wpd_product": str(product.pk),
+    }
+    assert params["metadata"] == metadata
+    assert params["payment_intent_data"] == {"metadata": metadata}
+    assert params["client_reference_id"] == str(purchase.public_id)
+    assert (
+        params["success_url"] == "http://testserver/shop/thanks/?session_id={CHECKOUT_SESSION_ID}"
+    )
+    assert params["cancel_url"] == product.get_full_url() == f"http://testserver{product.url}"
+    assert "customer_email" not in params
+    assert call.idempotency_key == f"wpd-checkout-{purchase.public_id}"
+
+    assert purchase.status == Purchase.Status.PENDING
+    assert (purchase.product_id, purchase.product_title) == (product.pk, "Field guide")
+    assert (purchase.amount, purchase.currency, purchase.user) == (1250, "USD", None)
+
+
+def test_checkout_sets_a_signed_http_only_lax_binding_cookie_for_the_app_urls_only(
+    client, product, fake_stripe
+):
+    response = buy(client, product)
+
+    cookie = response.cookies[binding.COOKIE_NAME]
+    assert cookie["httponly"] is True
+    assert cookie["samesite"] == "Lax"
+    assert not cookie["secure"]  # plain http in tests; Secure on https (next test)
+    assert cookie["path"] == "/shop/"
+    purchase = Purchase.objects.get()
+    data = signing.loads(cookie.value, salt=binding.SALT)
+    assert data == {"purchases": [str(purchase.public_id)]}
+
+
+def test_binding_cookie_is_secure_on_https(client, product, fake_stripe):
+    response = buy(client, product, HTTP_ORIGIN="https://testserver", secure=True)
+    assert response.status_code == 303
+    assert response.cookies[binding.COOKIE_NAME]["secure"] is True
+
+
+def test_success_and_cancel_urls_come_from_the_site_even_with_a_forged_host(
+    client, product, fake_stripe
+):
+    # A non-browser client can send any Host (and a matching Origin); the URLs Stripe sends the
+    # buyer back to must still be the site's own.
+    response = buy(client, product, HTTP_HOST="evil.example", HTTP_ORIGIN="http://evil.example")
+
+    assert response.status_code == 303
+    [call] = session_calls(fake_stripe)
+    assert call.params["success_url"].startswith("http://testserver/shop/thanks/")
+    assert call.params["cancel_url"].startswith("http://testserver/")
+
+
+def test_signed_in_buyer_gets_email_prefilled_and_linked(client, product, fake_stripe):
+    user = UserFactory(email="reader@example.com")
+    client.force_login(user)
+
+    assert buy(client, product).status_code == 303
+
+    [call] = session_calls(fake_stripe)
+    assert call.params["customer_email"] == "reader@example.com"
+    assert Purchase.objects.get().user == user
+
+
+def test_stripe_price_id_is_used_when_it_matches_the_page(client, home, fake_stripe):
+    price = fake_stripe.add_price(1250, "usd")
+    product = ProductPageFactory(parent=home, stripe_price_id=price["id"])
+
+    assert buy(client, product).status_code == 303
+
+    [call] = session_calls(fake_stripe)
+    assert call.params["line_items"] == [{"price": price["id"], "quantity": "1"}]
+
+
+def test_double_click_reuses_the_open_purchase_and_session(client, product, fake_stripe):
+    first = buy(client, product)
+    second = buy(client, product)
+
+    assert first.status_code == second.status_code == 303
+    assert first["Location"] == second["Location"]
+    assert Purchase.objects.count() == 1
+    assert len(fake_stripe.sessions) == 1
+    keys = {call.idempotency_key for call in session_calls(fake_stripe)}
+    assert keys == {f"wpd-checkout-{Purchase.objects.get().public_id}"}
+
+
+def test_another_browser_gets_its_own_purchase(client, product, fake_stripe):
+    other_browser = Client()
+    buy(client, product)
+    buy(other_browser, product)
+
+    assert Purchase.objects.count() == 2
+    assert len(fake_stripe.sessions) == 2
+
+
+def test_a_new_price_after_the_first_click_starts_a_new_purchase(client, product, fake_stripe):
+    buy(client, product)
+    product.price_amount = 1500
+    product.save_revision().publish()
+
+    assert buy(client, product).status_code == 303
+
+    assert sorted(Purchase.objects.values_list("amount", flat=True)) == [1250, 1500]
+    # Both stay bound to this browser, newest first.
+    ids = binding.bound_purchase_ids(_request_with_cookies(client))
+    assert len(ids) == 2
+
+
+def _request_with_cookies(client):
+    request = RequestFactory().get("/")
+    request.COOKIES = {k: v.value for k, v in client.cookies.items()}
+    return request
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"HTTP_ORIGIN": "https://evil.example"},
+        {"HTTP_ORIGIN": "http://testserver.evil.example"},
+        {"HTTP_ORIGIN": "null"},
+        {"HTTP_ORIGIN": None, "HTTP_REFERER": "https://evil.example/shop/"},
+        {"HTTP_ORIGIN": None},
+    ],
+    ids=["foreign-origin", "lookalike-origin", "null-origin", "foreign-referer", "no-origin"],
+)
+def test_checkout_from_another_origin_is_forbidden(client, product, fake_stripe, headers):
+    headers = {k: v for k, v in headers.items() if v is not None}
+    if "HTTP_ORIGIN" not in headers:
+        response = client.post(checkout_url(product), **headers)
+    else:
+        response = buy(client, product, **headers)
+
+    assert response.status_code == 403
+    assert not Purchase.objects.exists()
+    assert fake_stripe.requests == []
+
+
+def test_referer_from_the_site_is_accepted_when_origin_is_absent(client, product, fake_stripe):
+    response = client.post(checkout_url(product), HTTP_REFERER=f"http://testserver{product.url}")
+    assert response.status_code == 303
+
+
+def test_trusted_origins_are_accepted(client, product, fake_stripe, settings):
+    settings.CSRF_TRUSTED_ORIGINS = ["https://*.example.com"]
+    response = buy(client, product, HTTP_ORIGIN="https://www.example.com")
+    assert response.status_code == 303
+
+
+def test_checkout_accepts_post_only(client, product, fake_stripe):
+    assert client.get(checkout_url(product), HTTP_ORIGIN=ORIGIN).status_code == 405
+
+
+def test_unpublished_product_cannot_be_bought(client, product, fake_stripe):
+    product.unpublish()
+
+    assert buy(client, product).status_code == 404
+    assert not Purchase.objects.exists()
+    assert fake_stripe.requests == []
+
+
+def test_a_page_that_is_not_a_product_cannot_be_bought(client, home, fake_stripe):
+    assert buy(client, home).status_code == 404
+    assert client.post("/shop/checkout/999999/", HTTP_ORIGIN=ORIGIN).status_code == 404
+
+
+def test_product_without_files_is_refused_with_copy(client, home, fake_stripe):
+    product = ProductPageFactory(parent=home, title="Empty box", files=0)
+
+    response = buy(client, product)
+
+    assert response.status_code == 409
+    assert "Checkout is unavailable right now" in response.content.decode()
+    assert not Purchase.objects.exists()
+    assert fake_stripe.requests == []
+
+
+@pytest.mark.parametrize(
+    "price_kwargs",
+    [
+        {"unit_amount": 999, "currency": "usd"},
+        {"unit_amount": 1250, "currency": "eur"},
+        {"unit_amount": 1250, "currency": "usd", "active": False},
+    ],
+    ids=["amount", "currency", "archived"],
+)
+def test_stripe_price_that_does_not_match_refuses_checkout(
+    client, home, fake_stripe, caplog, price_kwargs
+):
+    price = fake_stripe.add_price(**price_kwargs)
+    product = ProductPageFactory(parent=home, title="Atlas", stripe_price_id=price["id"])
+
+    with caplog.at_level(logging.ERROR, logger="wagtail_paid_delivery"):
+        response = buy(client, product)
+
+    assert response.status_code == 503
+    html = response.content.decode()
+    assert "Checkout is unavailable right now" in html
+    assert "We could not start the payment for Atlas" in html
+    assert not Purchase.objects.exists()
+    assert session_calls(fake_stripe) == []
+    assert any(price["id"] in r.getMessage() for r in caplog.records if r.levelname == "ERROR")
+
+
+def test_unknown_stripe_price_refuses_checkout(client, home, fake_stripe, caplog):
+    product = ProductPageFactory(parent=home, stripe_price_id="price_gone")
+
+    with caplog.at_level(logging.ERROR, logger="wagtail_paid_delivery"):
+        response = buy(client, product)
+
+    assert response.status_code == 503
+    assert not Purchase.objects.exists()
+    assert "price_gone" in caplog.text
+
+
+@pytest.mark.parametrize("mode", ["connection", "500"])
+def test_stripe_down_shows_copy_and_leaves_no_pending_purchase(
+    client, product, fake_stripe, caplog, mode
+):
+    fake_stripe.set_down(True, mode=mode)
+
+    with caplog.at_level(logging.ERROR, logger="wagtail_paid_delivery"):
+        response = buy(client, product)
+
+    assert response.status_code == 503
+    assert "Checkout is unavailable right now" in response.content.decode()
+    assert "no-store" in response["Cache-Control"]
+    assert binding.COOKIE_NAME not in response.cookies
+    assert not Purchase.objects.filter(status=Purchase.Status.PENDING).exists()
+    purchase = Purchase.objects.get()
+    assert purchase.status == Purchase.Status.FAILED
+    assert purchase.failed_at is not None
+    assert "could not be created" in purchase.status_reason
+    assert purchase.stripe_checkout_session_id is None
+    assert "Checkout for product Field guide" in caplog.text
+
+
+def test_stripe_down_on_a_second_click_leaves_the_first_purchase_alone(
+    client, product, fake_stripe
+):
+    buy(client, product)
+    fake_stripe.set_down(True)
+
+    assert buy(client, product).status_code == 503
+
+    statuses = sorted(Purchase.objects.values_list("status", flat=True))
+    assert statuses == [Purchase.Status.FAILED, Purchase.Status.PENDING]
+
+
+def test_product_page_shows_an_accessible_buy_button_without_per_visitor_data(client, product):
+    response = client.get(product.url)
+    html = response.content.decode()
+
+    assert f'action="{checkout_url(product)}"' in html
+    assert 'method="post"' in html
+    assert '<button class="pd-button" type="submit"' in html
+    assert "Buy now for $12.50" in html
+    assert "wagtail_paid_delivery/checkout.js" in html
+    # Cacheable: no CSRF token, no cookie set by the page.
+    assert "csrfmiddlewaretoken" not in html
+    assert "csrftoken" not in response.cookies
+
+
+def test_product_page_without_files_has_no_buy_button(client, home):
+    product = ProductPageFactory(parent=home, files=0)
+    html = client.get(product.url).content.decode()
+    assert "Buy now" not in html
+    assert "not for sale right now" in html
