@@ -9,9 +9,11 @@ from django.core import signing
 from django.test import Client, RequestFactory
 from django.urls import reverse
 
-from tests.factories import ProductPageFactory, UserFactory
+from tests.factories import ProductPageFactory, PurchaseFactory, UserFactory
+from tests.testapp.models import HomePage
 from wagtail_paid_delivery import binding
 from wagtail_paid_delivery.models import Purchase
+from wagtail_paid_delivery.product.models import ProductPage
 
 ORIGIN = "http://testserver"
 
@@ -326,3 +328,84 @@ def test_product_page_without_files_has_no_buy_button(client, home):
     html = client.get(product.url).content.decode()
     assert "Buy now" not in html
     assert "not for sale right now" in html
+
+
+# Deleting and unpublishing sold products ------------------------------------------------------
+
+
+def delete_url(page) -> str:
+    return reverse("wagtailadmin_pages:delete", args=[page.pk])
+
+
+def admin_messages(response) -> list[str]:
+    return [str(m) for m in response.context["messages"]] if response.context else []
+
+
+def test_deleting_a_product_with_paid_purchases_is_refused_with_a_message(admin_client, product):
+    PurchaseFactory(product=product, paid=True)
+
+    get = admin_client.get(delete_url(product), follow=True)
+    post = admin_client.post(delete_url(product), follow=True)
+
+    assert get.redirect_chain[0] == (reverse("wagtailadmin_pages:edit", args=[product.pk]), 302)
+    assert post.status_code == 200
+    assert len(admin_messages(get)) == 1
+    [message] = admin_messages(post)
+    assert "“Field guide” cannot be deleted" in message
+    assert "Unpublish" in message
+    assert ProductPage.objects.filter(pk=product.pk).exists()
+
+
+def test_deleting_a_parent_of_a_sold_product_is_refused(admin_client, home):
+    section = HomePage(title="Section", slug="section")
+    home.add_child(instance=section)
+    product = ProductPageFactory(parent=section, title="Nested")
+    PurchaseFactory(product=product, paid=True)
+
+    response = admin_client.post(delete_url(section), follow=True)
+
+    assert "“Nested” cannot be deleted" in admin_messages(response)[0]
+    assert ProductPage.objects.filter(pk=product.pk).exists()
+
+
+def test_a_product_with_only_pending_or_failed_purchases_can_be_deleted(admin_client, product):
+    pending = PurchaseFactory(product=product)
+    failed = PurchaseFactory(product=product, status=Purchase.Status.FAILED)
+
+    response = admin_client.post(delete_url(product))
+
+    assert response.status_code == 302
+    assert not ProductPage.objects.filter(pk=product.pk).exists()
+    pending.refresh_from_db()
+    failed.refresh_from_db()
+    assert pending.product is None and pending.product_title == "Field guide"
+    assert failed.product is None
+
+
+def test_bulk_deleting_a_sold_product_is_refused(admin_client, home, product):
+    unsold = ProductPageFactory(parent=home, title="Unsold")
+    PurchaseFactory(product=product, paid=True)
+    url = (
+        reverse("wagtail_bulk_action", args=["wagtailcore", "page", "delete"])
+        + f"?id={product.pk}&id={unsold.pk}&next=/admin/"
+    )
+
+    response = admin_client.post(url, follow=True)
+
+    assert response.status_code == 200
+    assert "“Field guide” cannot be deleted" in admin_messages(response)[0]
+    assert ProductPage.objects.filter(pk__in=[product.pk, unsold.pk]).count() == 2
+
+
+def test_unpublishing_stops_sales_but_buyers_keep_their_purchase(
+    admin_client, client, product, fake_stripe
+):
+    purchase = PurchaseFactory(product=product, paid=True)
+
+    response = admin_client.post(reverse("wagtailadmin_pages:unpublish", args=[product.pk]))
+
+    assert response.status_code == 302
+    assert buy(client, product).status_code == 404
+    purchase.refresh_from_db()
+    assert purchase.status == Purchase.Status.PAID
+    assert purchase.product_id == product.pk

@@ -1,15 +1,82 @@
-"""Wagtail admin registration: the copy snippet and the editors' private-file view."""
+"""Wagtail admin registration: the copy snippet, the editors' private-file view, and the guard
+that keeps sold products from being deleted."""
 
-from django.urls import include, path
+from __future__ import annotations
+
+from functools import reduce
+from operator import or_
+from typing import Any
+
+from django.db.models import Q
+from django.shortcuts import redirect
+from django.urls import include, path, reverse
+from django.utils.text import capfirst
+from django.utils.translation import ngettext
 from wagtail import hooks
+from wagtail.admin import messages
+from wagtail.admin.utils import get_valid_next_url_from_request
 from wagtail.snippets.models import register_snippet
 
 from . import admin_urls
+from .models import Purchase
 from .viewsets import DeliveryCopyViewSet
 
 register_snippet(DeliveryCopyViewSet)
+
+#: Purchases whose buyers have (or may get back) access: their product must not be deleted.
+#: Refunded, revoked, failed, expired and pending purchases do not hold a page (their foreign
+#: key is set to NULL and the snapshot of title and price stays).
+PROTECTING_STATUSES = (Purchase.Status.PAID, Purchase.Status.DISPUTED)
 
 
 @hooks.register("register_admin_urls")
 def register_admin_urls():
     return [path("paid-delivery/", include(admin_urls, namespace="wagtail_paid_delivery_admin"))]
+
+
+def sold_product_titles(pages: list[Any]) -> list[str]:
+    """Titles of ``pages`` (or their descendants, which a delete takes along) buyers paid for."""
+    pages = [p for p in pages if getattr(p, "path", None)]
+    if not pages:
+        return []
+    in_subtrees = reduce(or_, (Q(product__path__startswith=p.path) for p in pages))
+    titles = (
+        Purchase.objects.filter(in_subtrees, status__in=PROTECTING_STATUSES)
+        .values_list("product__title", flat=True)
+        .distinct()
+        .order_by("product__title")
+    )
+    return list(titles)
+
+
+def _refusal(titles: list[str]) -> str:
+    return ngettext(
+        "%(titles)s cannot be deleted: buyers have paid for it and still download its files. "
+        "Unpublish it to stop new sales; buyers keep their access.",
+        "These products cannot be deleted, buyers have paid for them and still download their "
+        "files: %(titles)s. Unpublish them to stop new sales; buyers keep their access.",
+        len(titles),
+    ) % {"titles": ", ".join(f"“{t}”" for t in titles)}
+
+
+@hooks.register("before_delete_page")
+def refuse_deleting_sold_products(request, page):
+    titles = sold_product_titles([page])
+    if not titles:
+        return None
+    messages.error(request, capfirst(_refusal(titles)))
+    next_url = get_valid_next_url_from_request(request)
+    return redirect(next_url or reverse("wagtailadmin_pages:edit", args=[page.pk]))
+
+
+@hooks.register("before_bulk_action")
+def refuse_bulk_deleting_sold_products(request, action_type, objects, action_class_instance):
+    if action_type != "delete":
+        return None
+    titles = sold_product_titles([o for o in objects if hasattr(o, "get_descendants")])
+    if not titles:
+        return None
+    messages.error(request, capfirst(_refusal(titles)))
+    return redirect(
+        getattr(action_class_instance, "next_url", None) or reverse("wagtailadmin_home")
+    )
