@@ -485,3 +485,40 @@ class FakeStripe(stripe.HTTPClient):
             for r in self.requests
             if (method is None or r.method == method.upper()) and r.path.startswith(path_prefix)
         ]
+
+
+def checkout_params(
+    purchase: Any, *, installation: str | None = "tests", price_id: str | None = None
+) -> dict[str, Any]:
+    """Session params shaped like the checkout view's, for tests that start from a Purchase."""
+    if price_id:
+        line_item: dict[str, Any] = {"price": price_id, "quantity": 1}
+    else:
+        line_item = {
+            "quantity": 1,
+            "price_data": {
+                "currency": purchase.currency.lower(),
+                "unit_amount": purchase.amount,
+                "product_data": {"name": purchase.product_title},
+            },
+        }
+    metadata = {"wpd_purchase": str(purchase.public_id), "wpd_product": str(purchase.product_id)}
+    if installation is not None:
+        metadata["wpd_installation"] = installation
+    return {
+        "mode": "payment",
+        "line_items": [line_item],
+        "client_reference_id": str(purchase.public_id),
+        "metadata": metadata,
+        "payment_intent_data": {"metadata": dict(metadata)},
+        "success_url": "http://testserver/shop/thanks/?session_id={CHECKOUT_SESSION_ID}",
+        "cancel_url": "http://testserver/",
+    }
+
+
+def start_checkout(fake: FakeStripe, purchase: Any, **kwargs: Any) -> str:
+    """Open a session for ``purchase`` in ``fake`` and record its id on the purchase."""
+    session = fake.create_session(json.loads(json.dumps(checkout_params(purchase, **kwargs))))
+    purchase.stripe_checkout_session_id = session["id"]
+    purchase.save(update_fields=["stripe_checkout_session_id"])
+    return session["id"]
