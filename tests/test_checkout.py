@@ -409,3 +409,72 @@ def test_unpublishing_stops_sales_but_buyers_keep_their_purchase(
     purchase.refresh_from_db()
     assert purchase.status == Purchase.Status.PAID
     assert purchase.product_id == product.pk
+
+
+# The Stripe Price id is checked when an editor publishes --------------------------------------
+
+
+def publish_with_price_id(admin_client, home, price_id, **fields):
+    from tests.test_product_admin import add_url, product_data, two_files
+
+    return admin_client.post(
+        add_url(home), product_data(two_files(), stripe_price_id=price_id, **fields)
+    )
+
+
+def price_id_errors(response) -> list[str]:
+    assert response.status_code == 200, response.status_code
+    return [str(e) for e in response.context["form"].errors.get("stripe_price_id", [])]
+
+
+def test_publishing_with_a_matching_stripe_price_succeeds(admin_client, home, fake_stripe):
+    price = fake_stripe.add_price(1250, "usd")
+
+    response = publish_with_price_id(admin_client, home, price["id"])
+
+    assert response.status_code == 302
+    assert ProductPage.objects.get().stripe_price_id == price["id"]
+    assert fake_stripe.calls("get", f"/v1/prices/{price['id']}")
+
+
+def test_publishing_with_a_mismatched_stripe_price_is_a_form_error(admin_client, home, fake_stripe):
+    price = fake_stripe.add_price(999, "usd")
+
+    response = publish_with_price_id(admin_client, home, price["id"])
+
+    assert price_id_errors(response) == [
+        "This Stripe Price charges $9.99, but this page says $12.50. Change the price above, "
+        "or use a Price that matches it."
+    ]
+    assert not ProductPage.objects.exists()
+
+
+def test_publishing_with_a_price_in_another_currency_is_a_form_error(
+    admin_client, home, fake_stripe
+):
+    price = fake_stripe.add_price(1250, "eur")
+    response = publish_with_price_id(admin_client, home, price["id"])
+    assert "charges €12.50, but this page says $12.50" in price_id_errors(response)[0]
+
+
+def test_publishing_with_an_unknown_stripe_price_is_a_form_error(admin_client, home, fake_stripe):
+    response = publish_with_price_id(admin_client, home, "price_unknown")
+    assert price_id_errors(response) == [
+        "Stripe has no Price with this id (in this account and mode)."
+    ]
+
+
+def test_publishing_while_stripe_is_down_is_a_readable_form_error(admin_client, home, fake_stripe):
+    fake_stripe.set_down(True)
+    response = publish_with_price_id(admin_client, home, "price_whatever")
+    assert "Stripe could not be reached to check this Price id" in price_id_errors(response)[0]
+
+
+def test_saving_a_draft_does_not_check_the_stripe_price(admin_client, home, fake_stripe):
+    from tests.test_product_admin import add_url, product_data
+
+    data = product_data(stripe_price_id="price_unknown", publish=False)
+    response = admin_client.post(add_url(home), data)
+
+    assert response.status_code == 302
+    assert fake_stripe.requests == []

@@ -5,12 +5,13 @@ from __future__ import annotations
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+import stripe
 from django import forms
-from django.core.exceptions import ValidationError
+from django.core.exceptions import ImproperlyConfigured, ValidationError
 from django.utils.translation import gettext_lazy as _
 from wagtail.admin.forms import WagtailAdminPageForm
 
-from . import currencies
+from . import currencies, stripe_api
 
 
 class ProductPageForm(WagtailAdminPageForm):
@@ -35,6 +36,7 @@ class ProductPageForm(WagtailAdminPageForm):
         cleaned = super().clean()
         self._clean_price(cleaned)
         if not self.is_deferred_validation:
+            self._check_stripe_price(cleaned)
             self._require_files()
         return cleaned
 
@@ -64,6 +66,60 @@ class ProductPageForm(WagtailAdminPageForm):
             self.add_error("price_amount", _("Enter a price above zero."))
             return
         cleaned["price_amount"] = int(minor)
+
+    def _check_stripe_price(self, cleaned: dict[str, Any]) -> None:
+        """At publish, a Stripe Price id must exist and charge exactly the page's price."""
+        price_id = cleaned.get("stripe_price_id")
+        amount = cleaned.get("price_amount")
+        currency = cleaned.get("currency")
+        if not price_id or not isinstance(amount, int) or not currency:
+            return
+        if any(self.has_error(f) for f in ("stripe_price_id", "price_amount", "currency")):
+            return
+        try:
+            price = stripe_api.retrieve_price(price_id)
+        except stripe_api.StripeUnavailable:
+            message = _(
+                "Stripe could not be reached to check this Price id. Try publishing again in "
+                "a minute (you can save a draft meanwhile)."
+            )
+        except ImproperlyConfigured:
+            message = _(
+                "Stripe is not configured on this site, so the Price id cannot be checked. "
+                "Leave it empty to charge the price above."
+            )
+        except stripe.InvalidRequestError as exc:
+            message = (
+                _("Stripe has no Price with this id (in this account and mode).")
+                if exc.code == "resource_missing"
+                else _("Stripe refused this Price id: %(error)s") % {"error": exc.user_message}
+            )
+        except stripe.StripeError as exc:
+            message = _("Stripe refused the check: %(error)s") % {"error": exc.user_message}
+        else:
+            message = self._price_mismatch(price, amount, currency)
+        if message:
+            self.add_error("stripe_price_id", message)
+
+    @staticmethod
+    def _price_mismatch(price: Any, amount: int, currency: str) -> str | None:
+        if getattr(price, "active", True) is False:
+            return _("This Stripe Price is archived. Use an active Price, or leave this empty.")
+        if getattr(price, "type", "one_time") != "one_time":
+            return _("This Stripe Price is recurring. Use a one-time Price, or leave this empty.")
+        unit_amount = getattr(price, "unit_amount", None)
+        price_currency = str(getattr(price, "currency", "")).upper()
+        if unit_amount is None:
+            return _("This Stripe Price has no fixed amount. Use a Price with a fixed amount.")
+        if unit_amount != amount or price_currency != currency.upper():
+            return _(
+                "This Stripe Price charges %(stripe)s, but this page says %(page)s. Change the "
+                "price above, or use a Price that matches it."
+            ) % {
+                "stripe": currencies.format_price(unit_amount, price_currency),
+                "page": currencies.format_price(amount, currency),
+            }
+        return None
 
     def _require_files(self) -> None:
         formset = self.formsets.get("files")
