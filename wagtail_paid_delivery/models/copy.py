@@ -55,7 +55,7 @@ def validate_placeholders(value: str) -> None:
     if unknown:
         raise ValidationError(
             _("Unknown placeholder(s): %(names)s. %(help)s"),
-            params={"names": ", ".join("{%s}" % n for n in unknown), "help": PLACEHOLDER_HELP},
+            params={"names": ", ".join(f"{{{n}}}" for n in unknown), "help": PLACEHOLDER_HELP},
             code="unknown_placeholder",
         )
 
@@ -70,7 +70,10 @@ def _copy_field(verbose_name: Any, default: Any, *, short: bool = False) -> mode
             help_text=PLACEHOLDER_HELP,
         )
     return models.TextField(
-        verbose_name, default=default, validators=[validate_placeholders], help_text=PLACEHOLDER_HELP
+        verbose_name,
+        default=default,
+        validators=[validate_placeholders],
+        help_text=PLACEHOLDER_HELP,
     )
 
 
@@ -159,10 +162,7 @@ class DeliveryCopy(models.Model):
     )
     used_up_message = _copy_field(
         _("used-up link: message"),
-        _(
-            "This link has reached its download limit. Enter your email address to get a fresh "
-            "one."
-        ),
+        _("This link has reached its download limit. Enter your email address to get a fresh one."),
     )
     revoked_message = _copy_field(
         _("revoked link: message"),
@@ -202,6 +202,14 @@ class DeliveryCopy(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    def validate_constraints(self, exclude: Any = None) -> None:
+        # save() takes the default mark from the previous default, so the one-default constraint
+        # must not refuse the admin form that moves it (it still guards the database).
+        exclude = set(exclude or ())
+        if self.is_default:
+            exclude.add("is_default")
+        super().validate_constraints(exclude=exclude)
 
     def save(self, *args: Any, **kwargs: Any) -> None:
         # Marking a copy as default takes the mark from the previous one, atomically.
