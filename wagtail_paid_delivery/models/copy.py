@@ -203,14 +203,6 @@ class DeliveryCopy(models.Model):
     def __str__(self) -> str:
         return self.name
 
-    def validate_constraints(self, exclude: Any = None) -> None:
-        # save() takes the default mark from the previous default, so the one-default constraint
-        # must not refuse the admin form that moves it (it still guards the database).
-        exclude = set(exclude or ())
-        if self.is_default:
-            exclude.add("is_default")
-        super().validate_constraints(exclude=exclude)
-
     def save(self, *args: Any, **kwargs: Any) -> None:
         # Marking a copy as default takes the mark from the previous one, atomically.
         with transaction.atomic():
@@ -219,6 +211,14 @@ class DeliveryCopy(models.Model):
                     is_default=False
                 )
             super().save(*args, **kwargs)
+
+    def validate_constraints(self, exclude: Any = None) -> None:
+        # save() takes the default mark from the previous default, so the one-default constraint
+        # must not refuse the admin form that moves it (it still guards the database).
+        exclude = set(exclude or ())
+        if self.is_default:
+            exclude.add("is_default")
+        super().validate_constraints(exclude=exclude)
 
     def render(self, field_name: str, **values: Any) -> SafeString:
         """One copy field as safe HTML paragraphs, with placeholders filled."""
