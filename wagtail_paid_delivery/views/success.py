@@ -23,7 +23,7 @@ from django.shortcuts import render
 from django.utils.translation import gettext as _
 from django.views.decorators.http import require_safe
 
-from .. import binding, stripe_api
+from .. import binding, fulfillment, stripe_api
 from ..models import DeliveryCopy, Purchase
 
 logger = logging.getLogger(__name__)
@@ -54,8 +54,6 @@ def find_bound_purchase(request: HttpRequest, session_id: str) -> Purchase | Non
 
 def settle_pending(purchase: Purchase) -> Purchase:
     """Ask Stripe about a pending purchase (the webhook may be late); never raises."""
-    from .. import fulfillment  # TEMP until fulfillment.py lands
-
     try:
         result = fulfillment.fulfill_checkout(purchase.stripe_checkout_session_id or "")
     except stripe_api.StripeUnavailable:
