@@ -1,0 +1,202 @@
+"""What the emulator remembers: Prices an editor may reference, and Checkout Sessions."""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+
+from django.db import models
+from django.utils import timezone
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}_{secrets.token_hex(12)}"
+
+
+def _session_id() -> str:
+    return f"cs_test_{secrets.token_hex(24)}"
+
+
+def _price_id() -> str:
+    return new_id("price")
+
+
+class EmulatedPrice(models.Model):
+    """A one-time Price, as if created in the Stripe dashboard (add them in the Django admin)."""
+
+    id = models.CharField(primary_key=True, max_length=64, default=_price_id)
+    product_name = models.CharField(max_length=255, default="Product")
+    unit_amount = models.PositiveIntegerField()
+    currency = models.CharField(max_length=3, default="usd")
+    active = models.BooleanField(default=True)
+    created = models.DateTimeField(default=timezone.now)
+
+    def __str__(self) -> str:
+        return f"{self.id} ({self.unit_amount} {self.currency})"
+
+    def as_stripe(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "object": "price",
+            "active": self.active,
+            "billing_scheme": "per_unit",
+            "created": int(self.created.timestamp()),
+            "currency": self.currency.lower(),
+            "custom_unit_amount": None,
+            "livemode": False,
+            "lookup_key": None,
+            "metadata": {},
+            "nickname": None,
+            "product": f"prod_{self.id.removeprefix('price_')}",
+            "recurring": None,
+            "tax_behavior": "unspecified",
+            "tiers_mode": None,
+            "transform_quantity": None,
+            "type": "one_time",
+            "unit_amount": self.unit_amount,
+            "unit_amount_decimal": str(self.unit_amount),
+        }
+
+
+class EmulatedSession(models.Model):
+    """A Checkout Session in ``payment`` mode with one line item."""
+
+    id = models.CharField(primary_key=True, max_length=80, default=_session_id)
+    created = models.DateTimeField(default=timezone.now)
+    idempotency_key = models.CharField(max_length=255, null=True, blank=True, unique=True)
+    #: The request body the idempotency key was first used with (Stripe refuses other bodies).
+    request_fingerprint = models.TextField(blank=True)
+    #: The decoded request parameters, kept for the page and for debugging.
+    params = models.JSONField(default=dict)
+
+    status = models.CharField(max_length=16, default="open")  # open, complete, expired
+    payment_status = models.CharField(max_length=24, default="unpaid")
+    product_name = models.CharField(max_length=255)
+    unit_amount = models.PositiveIntegerField()
+    quantity = models.PositiveIntegerField(default=1)
+    currency = models.CharField(max_length=3)
+    price_id = models.CharField(max_length=64)
+    success_url = models.TextField()
+    cancel_url = models.TextField(blank=True)
+    client_reference_id = models.CharField(max_length=255, blank=True)
+    customer_email = models.EmailField(blank=True)
+    metadata = models.JSONField(default=dict)
+    payment_intent_metadata = models.JSONField(default=dict)
+
+    email = models.EmailField(blank=True)
+    payment_intent_id = models.CharField(max_length=64, blank=True)
+    completed_at = models.DateTimeField(null=True, blank=True)
+
+    #: The last webhook delivery: "delivered (200)", "failed: …".
+    webhook_result = models.CharField(max_length=255, blank=True)
+    webhook_attempts = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        ordering = ["-created"]
+
+    def __str__(self) -> str:
+        return f"{self.id} ({self.status})"
+
+    @property
+    def amount_total(self) -> int:
+        return self.unit_amount * self.quantity
+
+    def price_object(self) -> dict[str, Any]:
+        price = EmulatedPrice.objects.filter(pk=self.price_id).first()
+        if price is not None:
+            return price.as_stripe()
+        return EmulatedPrice(
+            id=self.price_id,
+            product_name=self.product_name,
+            unit_amount=self.unit_amount,
+            currency=self.currency,
+            created=self.created,
+        ).as_stripe()
+
+    def line_items(self) -> dict[str, Any]:
+        return {
+            "object": "list",
+            "data": [
+                {
+                    "id": f"li_{self.id.removeprefix('cs_test_')[:24]}",
+                    "object": "item",
+                    "adjustable_quantity": None,
+                    "amount_discount": 0,
+                    "amount_subtotal": self.amount_total,
+                    "amount_tax": 0,
+                    "amount_total": self.amount_total,
+                    "currency": self.currency,
+                    "description": self.product_name,
+                    "metadata": {},
+                    "price": self.price_object(),
+                    "quantity": self.quantity,
+                }
+            ],
+            "has_more": False,
+            "url": f"/v1/checkout/sessions/{self.id}/line_items",
+        }
+
+    def payment_intent(self) -> dict[str, Any] | None:
+        if not self.payment_intent_id:
+            return None
+        return {
+            "id": self.payment_intent_id,
+            "object": "payment_intent",
+            "amount": self.amount_total,
+            "amount_capturable": 0,
+            "amount_received": self.amount_total,
+            "capture_method": "automatic",
+            "created": int((self.completed_at or self.created).timestamp()),
+            "currency": self.currency,
+            "customer": None,
+            "description": None,
+            "latest_charge": f"ch_{self.payment_intent_id.removeprefix('pi_')}",
+            "livemode": False,
+            "metadata": dict(self.payment_intent_metadata),
+            "payment_method_types": ["card"],
+            "receipt_email": None,
+            "status": "succeeded",
+        }
+
+    def as_stripe(self, *, url: str = "", expand: tuple[str, ...] = ()) -> dict[str, Any]:
+        """The session as Stripe's API returns it; ``expand`` as in ``?expand[]=``."""
+        obj: dict[str, Any] = {
+            "id": self.id,
+            "object": "checkout.session",
+            "amount_subtotal": self.amount_total,
+            "amount_total": self.amount_total,
+            "cancel_url": self.cancel_url or None,
+            "client_reference_id": self.client_reference_id or None,
+            "created": int(self.created.timestamp()),
+            "currency": self.currency,
+            "customer": None,
+            "customer_details": (
+                {
+                    "address": None,
+                    "email": self.email,
+                    "name": None,
+                    "phone": None,
+                    "tax_exempt": "none",
+                    "tax_ids": [],
+                }
+                if self.email
+                else None
+            ),
+            "customer_email": self.customer_email or None,
+            "expires_at": int(self.created.timestamp()) + 24 * 3600,
+            "livemode": False,
+            "metadata": dict(self.metadata),
+            "mode": "payment",
+            "payment_intent": self.payment_intent_id or None,
+            "payment_method_types": ["card"],
+            "payment_status": self.payment_status,
+            "status": self.status,
+            "success_url": self.success_url,
+            "total_details": {"amount_discount": 0, "amount_shipping": 0, "amount_tax": 0},
+            "url": url if self.status == "open" else None,
+        }
+        if "line_items" in expand:
+            obj["line_items"] = self.line_items()
+        if "payment_intent" in expand:
+            obj["payment_intent"] = self.payment_intent()
+        return obj

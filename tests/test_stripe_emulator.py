@@ -1,0 +1,248 @@
+"""The sandbox's Stripe emulator, driven by the package's real stripe-python calls.
+
+stripe-python's HTTP layer is routed into Django's test client, so the package talks to the
+emulator exactly as the sandbox does over HTTP, all inside the test's transaction. The webhook the
+emulator sends on Pay is captured and posted to the package's webhook view.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+import stripe
+from django.apps import apps
+from django.test import Client
+from django.urls import reverse
+
+from tests.factories import ProductPageFactory
+from wagtail_paid_delivery import stripe_api
+from wagtail_paid_delivery.models import Purchase
+
+pytestmark = pytest.mark.skipif(
+    not apps.is_installed("sandbox.stripe_emulator"),
+    reason="needs the sandbox's Stripe emulator: pytest --ds=tests.settings_emulator",
+)
+
+API_BASE = "http://testserver/stripe-emulator"
+
+
+class DjangoClientHTTP(stripe.HTTPClient):
+    """A ``stripe.HTTPClient`` that sends stripe-python's requests through Django's test client."""
+
+    name = "django-test-client"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.client = Client()
+
+    def _sleep_time_seconds(self, num_retries: int, response: Any = None) -> float:
+        return 0.0
+
+    def request(self, method, url, headers, post_data=None, *, _usage=None):
+        parts = urlsplit(url)
+        path = parts.path + (f"?{parts.query}" if parts.query else "")
+        headers = dict(headers or {})
+        content_type = headers.pop("Content-Type", "application/x-www-form-urlencoded")
+        response = self.client.generic(
+            method.upper(), path, post_data or b"", content_type=content_type, headers=headers
+        )
+        return response.content.decode(), response.status_code, dict(response.headers)
+
+    def request_stream(self, *args, **kwargs):
+        raise NotImplementedError
+
+    def close(self):
+        pass
+
+
+@pytest.fixture
+def emulator(db, settings, monkeypatch):
+    """The package configured against the emulator; webhooks captured instead of sent."""
+    from sandbox.stripe_emulator import webhooks
+
+    settings.WAGTAIL_PAID_DELIVERY = {
+        **settings.WAGTAIL_PAID_DELIVERY,
+        "STRIPE_API_BASE": API_BASE,
+    }
+    monkeypatch.setattr(stripe_api, "_http_client_override", DjangoClientHTTP())
+    stripe_api.reset_clients()
+    sent: list[dict[str, Any]] = []
+    monkeypatch.setattr(webhooks, "USE_THREAD", False)
+    monkeypatch.setattr(
+        webhooks,
+        "post",
+        lambda url, payload, signature: (
+            sent.append({"url": url, "payload": payload, "signature": signature}) or 200
+        ),
+    )
+    yield sent
+    stripe_api.reset_clients()
+
+
+@pytest.fixture
+def product(home):
+    return ProductPageFactory(parent=home, title="Field guide", price_amount=1250)
+
+
+def params(**overrides) -> dict[str, Any]:
+    metadata = {"wpd_installation": "tests", "wpd_purchase": "p1", "wpd_product": "1"}
+    return {
+        "mode": "payment",
+        "line_items": [
+            {
+                "price_data": {
+                    "currency": "usd",
+                    "unit_amount": 1250,
+                    "product_data": {"name": "Field guide"},
+                },
+                "quantity": 1,
+            }
+        ],
+        "client_reference_id": "p1",
+        "metadata": metadata,
+        "payment_intent_data": {"metadata": metadata},
+        "success_url": "http://testserver/shop/thanks/?session_id={CHECKOUT_SESSION_ID}",
+        "cancel_url": "http://testserver/field-guide/",
+        **overrides,
+    }
+
+
+def test_emulator_creates_sessions_idempotently(emulator):
+    first = stripe_api.create_checkout_session(params(), idempotency_key="k1")
+    again = stripe_api.create_checkout_session(params(), idempotency_key="k1")
+    other = stripe_api.create_checkout_session(params(), idempotency_key="k2")
+
+    assert first.id == again.id != other.id
+    assert first.id.startswith("cs_test_")
+    assert first.url == f"{API_BASE}/pay/{first.id}/"
+    assert (first.status, first.payment_status, first.amount_total) == ("open", "unpaid", 1250)
+    assert first.metadata["wpd_purchase"] == "p1"
+
+    with pytest.raises(stripe.IdempotencyError):
+        stripe_api.create_checkout_session(
+            params(customer_email="x@example.com"), idempotency_key="k1"
+        )
+
+
+def test_emulator_retrieves_sessions_with_expansions_and_prices(emulator):
+    from sandbox.stripe_emulator.models import EmulatedPrice
+
+    price = EmulatedPrice.objects.create(unit_amount=900, currency="eur", product_name="Atlas")
+    created = stripe_api.create_checkout_session(
+        params(line_items=[{"price": price.id, "quantity": 1}]), idempotency_key="k"
+    )
+
+    session = stripe_api.retrieve_checkout_session(created.id)
+    [item] = session.line_items.data
+    assert (item.price.id, item.price.unit_amount, item.currency) == (price.id, 900, "eur")
+    assert item.description == "Atlas"
+    assert session.payment_intent is None
+
+    found = stripe_api.retrieve_price(price.id)
+    assert (found.unit_amount, found.currency, found.type, found.active) == (
+        900,
+        "eur",
+        "one_time",
+        True,
+    )
+    with pytest.raises(stripe.InvalidRequestError) as excinfo:
+        stripe_api.retrieve_price("price_missing")
+    assert excinfo.value.code == "resource_missing"
+    with pytest.raises(stripe.InvalidRequestError):
+        stripe_api.retrieve_checkout_session("cs_test_missing")
+
+
+def test_emulator_refuses_a_wrong_or_missing_api_key(client, emulator):
+    for headers in ({}, {"HTTP_AUTHORIZATION": "Bearer sk_test_wrong"}):
+        response = client.get("/stripe-emulator/v1/prices/price_x", **headers)
+        assert response.status_code == 401
+        assert response.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_buy_pay_webhook_success_through_the_emulator(
+    client, product, emulator, django_capture_on_commit_callbacks
+):
+    # The Buy button: 303 to the emulator's hosted page.
+    response = client.post(
+        reverse("wagtail_paid_delivery:checkout", args=[product.pk]),
+        HTTP_ORIGIN="http://testserver",
+    )
+    assert response.status_code == 303
+    hosted = response["Location"]
+    purchase = Purchase.objects.get()
+    assert hosted == f"{API_BASE}/pay/{purchase.stripe_checkout_session_id}/"
+
+    page = client.get(hosted)
+    html = page.content.decode()
+    assert page.status_code == 200
+    assert "Stripe emulator — no real payment" in html
+    assert "Field guide" in html and "Pay $12.50" in html
+
+    # Pay: marked paid, 303 to the success URL with the session id, a signed webhook sent.
+    with django_capture_on_commit_callbacks(execute=True):
+        paid = client.post(hosted, {"action": "pay", "email": "ada@example.com"})
+    assert paid.status_code == 303
+    assert paid["Location"] == (
+        f"http://testserver/shop/thanks/?session_id={purchase.stripe_checkout_session_id}"
+    )
+    [delivery] = emulator
+    assert delivery["url"] == "http://testserver/shop/stripe/webhook/"
+    event = stripe_api.verify_webhook(delivery["payload"], delivery["signature"])
+    assert event["type"] == "checkout.session.completed"
+    session = event["data"]["object"]
+    assert session["id"] == purchase.stripe_checkout_session_id
+    assert session["payment_status"] == "paid"
+    assert session["customer_details"]["email"] == "ada@example.com"
+    assert session["metadata"]["wpd_purchase"] == str(purchase.public_id)
+
+    # The package's webhook accepts it and fulfills.
+    with django_capture_on_commit_callbacks(execute=True):
+        answer = client.post(
+            "/shop/stripe/webhook/",
+            delivery["payload"],
+            content_type="application/json",
+            HTTP_STRIPE_SIGNATURE=delivery["signature"],
+        )
+    assert answer.status_code == 200
+    purchase.refresh_from_db()
+    assert purchase.status == Purchase.Status.PAID
+    assert purchase.email == "ada@example.com"
+    assert purchase.stripe_payment_intent_id.startswith("pi_")
+
+    success = client.get(paid["Location"])
+    assert "Thank you for your purchase" in success.content.decode()
+
+    # The session is no longer payable.
+    again = client.get(hosted).content.decode()
+    assert "This checkout session is complete" in again
+
+
+def test_cancel_returns_to_the_product_and_pays_nothing(client, product, emulator):
+    response = client.post(
+        reverse("wagtail_paid_delivery:checkout", args=[product.pk]),
+        HTTP_ORIGIN="http://testserver",
+    )
+    cancelled = client.post(response["Location"], {"action": "cancel"})
+
+    assert cancelled.status_code == 303
+    assert cancelled["Location"] == product.get_full_url()
+    assert emulator == []
+    assert Purchase.objects.get().status == Purchase.Status.PENDING
+
+
+def test_pay_needs_an_email(client, emulator):
+    session = stripe_api.create_checkout_session(params(), idempotency_key="k")
+    response = client.post(urlsplit(session.url).path, {"action": "pay", "email": "nope"})
+    assert response.status_code == 400
+    assert "Enter the email address" in response.content.decode()
+    assert emulator == []
+
+
+def test_webhook_signature_is_stripes_scheme():
+    from sandbox.stripe_emulator.webhooks import sign
+
+    header = sign(b'{"id": "evt_1"}', "whsec_tests", timestamp=1700000000)
+    stripe.WebhookSignature.verify_header(b'{"id": "evt_1"}', header, "whsec_tests", tolerance=None)
+    assert header.startswith("t=1700000000,v1=")
