@@ -1,0 +1,104 @@
+"""A real browser buys a product: Buy button → emulator's hosted page → Pay → success page.
+
+Runs against pytest-django's live server with the sandbox's Stripe emulator (so stripe-python and
+the signed webhook both travel over real HTTP), and saves docs/screenshots/checkout-*.png.
+
+    pytest --ds=tests.settings_emulator tests/test_checkout_browser.py
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+from django.apps import apps
+from wagtail.models import Site
+
+from tests.factories import ProductPageFactory, home_page
+from wagtail_paid_delivery import stripe_api
+from wagtail_paid_delivery.models import Purchase
+
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+SCREENSHOTS = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(
+        not apps.is_installed("sandbox.stripe_emulator"),
+        reason="needs the sandbox's Stripe emulator: pytest --ds=tests.settings_emulator",
+    ),
+    pytest.mark.skipif(not shutil.which(CHROMIUM), reason=f"no Chromium at {CHROMIUM}"),
+]
+
+
+@pytest.fixture
+def shop(live_server, settings, monkeypatch):
+    # Playwright's sync API runs an event loop in this thread; the ORM calls here are plain
+    # blocking calls made between browser steps.
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+    settings.WAGTAIL_PAID_DELIVERY = {
+        **settings.WAGTAIL_PAID_DELIVERY,
+        "STRIPE_API_BASE": f"{live_server.url}/stripe-emulator",
+    }
+    stripe_api.reset_clients()
+    home = home_page()
+    host, port = live_server.url.removeprefix("http://").split(":")
+    Site.objects.filter(is_default_site=True).update(hostname=host, port=int(port))
+    product = ProductPageFactory(
+        parent=home,
+        title="Field guide to garden birds",
+        intro="Two hundred pages of birds, with songs to download.",
+        price_amount=1250,
+        files=2,
+    )
+    yield live_server, product
+    stripe_api.reset_clients()
+
+
+def test_buyer_buys_in_a_real_browser(shop, transactional_db):
+    from playwright.sync_api import sync_playwright
+
+    live_server, product = shop
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1100, "height": 760})
+            page.goto(live_server.url + product.url)
+            button = page.get_by_role("button", name="Buy now for $12.50")
+            assert button.is_enabled()
+            page.screenshot(path=str(SCREENSHOTS / "checkout-product.png"), full_page=True)
+
+            button.click()
+            page.wait_for_url("**/stripe-emulator/pay/**")
+            assert page.get_by_text("Stripe emulator — no real payment").is_visible()
+            page.get_by_label("Email").fill("ada@example.com")
+            page.screenshot(path=str(SCREENSHOTS / "checkout-emulator.png"), full_page=True)
+
+            page.get_by_role("button", name="Pay $12.50").click()
+            page.wait_for_url("**/shop/thanks/?session_id=cs_test_*")
+            # The webhook travels in a thread; the page may have settled it itself already.
+            for _ in range(20):
+                if page.get_by_text("Thank you for your purchase").count():
+                    break
+                time.sleep(0.25)
+                page.reload()
+            assert page.get_by_role("heading", name="Thank you for your purchase").is_visible()
+            page.screenshot(path=str(SCREENSHOTS / "checkout-success.png"), full_page=True)
+        finally:
+            browser.close()
+
+    purchase = Purchase.objects.get()
+    assert purchase.status == Purchase.Status.PAID
+    assert purchase.email == "ada@example.com"
