@@ -1,3 +1,6 @@
+import os
+import shutil
+
 import pytest
 
 
@@ -32,3 +35,55 @@ def fake_stripe(monkeypatch):
     stripe_api.reset_clients()
     yield fake
     stripe_api.reset_clients()
+
+
+# System dependencies (nginx, Chromium): a test that needs one calls require_executable(). It skips
+# with the reason when the program is missing, except under WPD_REQUIRE_SYSTEM_DEPS=1 (CI), where a
+# missing program fails the test instead of silently skipping it.
+
+REQUIRE_SYSTEM_DEPS = os.environ.get("WPD_REQUIRE_SYSTEM_DEPS") == "1"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+def require_executable(name: str, *paths: str, install_hint: str = "") -> str:
+    """The path of a system program a test needs: found on PATH (as ``name``) or at ``paths``.
+
+    Missing: skip with a stated reason, or fail when WPD_REQUIRE_SYSTEM_DEPS=1.
+    """
+    for candidate in (*paths, name):
+        found = shutil.which(candidate)
+        if found:
+            return found
+    hint = install_hint or f"apt-get install -y {name}"
+    reason = f"{name} is not installed (looked for {', '.join((*paths, name))}); {hint}"
+    if REQUIRE_SYSTEM_DEPS:
+        pytest.fail(f"{reason}. WPD_REQUIRE_SYSTEM_DEPS=1 requires it.", pytrace=False)
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def chromium_path() -> str:
+    return require_executable("chromium", "/usr/bin/chromium")
+
+
+@pytest.fixture
+def headless_chromium(chromium_path):
+    """A headless Chromium (a Playwright Browser), closed after the test.
+
+    Function-scoped on purpose: while Playwright's sync API is running it keeps an event loop
+    current in this thread, and Django then refuses ORM calls (SynchronousOnlyOperation) in
+    the tests that follow.
+    """
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        instance = playwright.chromium.launch(executable_path=chromium_path, args=CHROMIUM_ARGS)
+        yield instance
+        instance.close()

@@ -1,0 +1,48 @@
+# The two commands: `make sandbox` (a running shop) and `make test` (the whole suite).
+# Both create .venv when it is missing and reinstall when pyproject.toml changes.
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+SANDBOX_PORT ?= 8000
+export SANDBOX_PORT
+
+.DEFAULT_GOAL := help
+.PHONY: help sandbox test lint install clean-sandbox
+
+help:
+	@echo "make sandbox        run the sandbox shop on http://127.0.0.1:$(SANDBOX_PORT)/ (Ctrl-C stops it)"
+	@echo "make test           run the whole test suite (DATABASE_URL=postgres://... for PostgreSQL)"
+	@echo "make lint           ruff, ruff format --check, mypy, makemigrations --check"
+	@echo "make clean-sandbox  delete the sandbox's database, files and mail (sandbox/var/)"
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# Stamps record that the current pyproject.toml is installed; a newer pyproject.toml reinstalls.
+$(VENV)/.installed-test: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[test]"
+	@touch $@
+
+$(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[test,lint]"
+	@touch $@ $(VENV)/.installed-test
+
+install: $(VENV)/.installed-dev
+
+sandbox: $(VENV)/.installed-test
+	exec $(BIN)/python sandbox/run.py
+
+test: $(VENV)/.installed-dev
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: $(VENV)/.installed-dev
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy wagtail_paid_delivery
+	DJANGO_SETTINGS_MODULE=tests.settings $(BIN)/python -m django makemigrations --check --dry-run
+	$(BIN)/python sandbox/manage.py makemigrations --check --dry-run
+
+clean-sandbox:
+	rm -rf sandbox/var

@@ -1,0 +1,163 @@
+#!/usr/bin/env python
+"""Start the sandbox: migrate, seed, then ``runserver`` and a django-q2 cluster side by side.
+
+    python sandbox/run.py          # what ``make sandbox`` runs
+
+Each server runs in its own process group (its own session), so the terminal's Ctrl-C reaches
+only this launcher, which then stops both groups as a whole: runserver's autoreloader child and
+the cluster's worker processes go with them, and nothing is left running. SIGTERM and SIGHUP do
+the same. If either server exits on its own, the other is stopped too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+MANAGE = [sys.executable, str(ROOT / "sandbox" / "manage.py")]
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+GRACE_SECONDS = 10.0
+
+
+def log(message: str) -> None:
+    print(f"[sandbox] {message}", flush=True)
+
+
+def group_alive(pgid: int) -> bool:
+    """True while any process of the group exists (zombies waiting for init do not count)."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        # After the command name: state, ppid, pgrp.
+        if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+            return True
+    return not Path("/proc/self").exists()  # no /proc (not Linux): trust killpg
+
+
+def stop_groups(children: dict[str, subprocess.Popen[bytes]]) -> None:
+    """Ask each server to stop, wait for its whole group to empty, SIGKILL whatever is left.
+
+    Only the group leader gets the first SIGTERM: qcluster's sentinel then stops its workers in
+    order (signalling them all at once leaves it waiting on workers that are already gone).
+    A group whose leader has exited but which still has members gets SIGTERM as a whole.
+    """
+    for proc in children.values():
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + GRACE_SECONDS
+    while time.monotonic() < deadline:
+        alive = False
+        for proc in children.values():
+            if proc.poll() is None:  # also reaps the leader once it has exited
+                alive = True
+            elif group_alive(proc.pid):
+                alive = True
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGTERM)
+        if not alive:
+            return
+        time.sleep(0.1)
+    for name, proc in children.items():
+        if group_alive(proc.pid):
+            log(f"{name} did not stop within {GRACE_SECONDS:.0f}s; killing it.")
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+    for proc in children.values():
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=5)
+
+
+def wait_for_port(port: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return True
+        except OSError:
+            time.sleep(0.2)
+    return False
+
+
+def main() -> int:
+    port = int(os.environ.get("SANDBOX_PORT") or 8000)
+    env = {**os.environ, "SANDBOX_PORT": str(port), "PYTHONUNBUFFERED": "1"}
+    env.setdefault("DJANGO_SETTINGS_MODULE", "sandbox.settings")
+
+    with socket.socket() as probe:
+        if probe.connect_ex(("127.0.0.1", port)) == 0:
+            log(f"Port {port} is already in use. Choose another: SANDBOX_PORT=8001 make sandbox")
+            return 2
+
+    for command in (["migrate", "--noinput"], ["seed_sandbox", "--port", str(port)]):
+        log("manage.py " + " ".join(command))
+        if subprocess.run(MANAGE + command, env=env, cwd=ROOT, check=False).returncode:
+            log(f"manage.py {command[0]} failed.")
+            return 1
+
+    received: list[int] = []
+
+    def on_signal(signum: int, frame: object) -> None:
+        received.append(signum)
+
+    # Installed before the servers start, so a signal in between is not lost.
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, on_signal)
+
+    children: dict[str, subprocess.Popen[bytes]] = {}
+    exited: str | None = None
+    try:
+        for name, command in (
+            ("runserver", ["runserver", f"127.0.0.1:{port}"]),
+            ("qcluster", ["qcluster"]),
+        ):
+            children[name] = subprocess.Popen(
+                MANAGE + command,
+                env=env,
+                cwd=ROOT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,  # its own session and process group: pgid == pid
+            )
+            log(f"started {name} (process group {children[name].pid})")
+
+        if wait_for_port(port, timeout=60) and not received:
+            base = f"http://127.0.0.1:{port}"
+            log("")
+            log(f"Site:   {base}/")
+            log(f"Admin:  {base}/admin/   username: admin   password: admin (if unchanged)")
+            log("Mail:   sandbox/var/mail/      Files: sandbox/var/private/ (never served)")
+            log("Press Ctrl-C to stop.")
+
+        while not received and exited is None:
+            exited = next((n for n, p in children.items() if p.poll() is not None), None)
+            time.sleep(0.2)
+    finally:
+        # Stop both on any exit path, including an exception in this loop.
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, signal.SIG_IGN)
+        log("stopping runserver and qcluster…")
+        stop_groups(children)
+        log("stopped.")
+
+    if exited is not None:
+        log(f"{exited} exited with status {children[exited].returncode}.")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,549 @@
+"""The sandbox: its seed command, its SQLite settings under load, its launcher and its pages.
+
+Everything runs the real sandbox in subprocesses (``sandbox/manage.py``, ``sandbox/run.py``) with
+the sandbox's own settings, against a temporary SQLite database and temporary file folders (a tiny
+settings module that only moves the paths), so a developer's sandbox/var/ is never touched and the
+suite's own database (SQLite or PostgreSQL) is not involved.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+import urllib.error
+import urllib.request
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+MANAGE = [sys.executable, str(ROOT / "sandbox" / "manage.py")]
+RUN = [sys.executable, str(ROOT / "sandbox" / "run.py")]
+
+pytestmark = pytest.mark.slow
+
+OVERLAY = """\
+from sandbox.settings import *  # noqa: F403
+
+# Only the paths move; everything else is the sandbox's own configuration.
+MEDIA_ROOT = {root!r} + "/media"
+STATIC_ROOT = {root!r} + "/static"
+PRIVATE_STORAGE_ROOT = {root!r} + "/private"
+EMAIL_FILE_PATH = {root!r} + "/mail"
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Sandbox:
+    root: Path
+    port: int
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def manage(self, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            [*MANAGE, *args],
+            env=self.env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        assert result.returncode == 0, f"manage.py {args[0]} failed:\n{result.stderr}"
+        return result
+
+    def query(self, code: str) -> object:
+        """Run Python in the sandbox (Django set up) and return what it assigns to ``result``."""
+        script = textwrap.dedent(code) + "\nimport json\nprint('RESULT:' + json.dumps(result))\n"
+        output = self.manage("shell", "-v", "0", "-c", script).stdout
+        line = next(line for line in output.splitlines() if line.startswith("RESULT:"))
+        return json.loads(line.removeprefix("RESULT:"))
+
+
+def make_sandbox(root: Path, template_db: Path | None = None) -> Sandbox:
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "sandbox_test_settings.py").write_text(OVERLAY.format(root=str(root)))
+    db = root / "db.sqlite3"
+    if template_db is not None:
+        # The SQLite backup API copies a consistent database, WAL contents included.
+        with sqlite3.connect(template_db) as src, sqlite3.connect(db) as dst:
+            src.backup(dst)
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("STRIPE_") and k not in ("DJANGO_SETTINGS_MODULE", "DATABASE_URL")
+    }
+    sandbox = Sandbox(root=root, port=free_port())
+    env.update(
+        DJANGO_SETTINGS_MODULE="sandbox_test_settings",
+        PYTHONPATH=os.pathsep.join([str(root), str(ROOT)]),
+        DATABASE_URL=f"sqlite:///{db}",
+        SANDBOX_PORT=str(sandbox.port),
+        PYTHONUNBUFFERED="1",
+    )
+    sandbox.env = env
+    return sandbox
+
+
+@pytest.fixture(scope="module")
+def migrated_db(tmp_path_factory) -> Path:
+    """A migrated, empty sandbox database, made once and copied by each test that needs one."""
+    sandbox = make_sandbox(tmp_path_factory.mktemp("sandbox-template"))
+    sandbox.manage("migrate", "--noinput", "-v", "0", timeout=300)
+    return sandbox.root / "db.sqlite3"
+
+
+@pytest.fixture
+def sandbox(tmp_path, migrated_db) -> Sandbox:
+    return make_sandbox(tmp_path / "sandbox", migrated_db)
+
+
+# Seed
+
+
+STATE = """
+from django.contrib.auth import get_user_model
+from django.conf import settings
+from wagtail.models import Page, Revision, Site
+from sandbox.home.models import HomePage
+from wagtail_paid_delivery.models import DeliveryCopy
+from wagtail_paid_delivery.product.models import ProductFile, ProductPage
+
+site = Site.objects.get(is_default_site=True)
+admin = get_user_model().objects.get(username="admin")
+result = {
+    "pages": Page.objects.count(),
+    "revisions": Revision.objects.count(),
+    "homes": HomePage.objects.count(),
+    "site": [site.hostname, site.port, site.root_page_id == HomePage.objects.get().pk],
+    "default_copies": DeliveryCopy.objects.filter(is_default=True).count(),
+    "admin": [admin.is_superuser, admin.check_password("admin")],
+    "private_root": str(settings.PRIVATE_STORAGE_ROOT),
+    "media_root": str(settings.MEDIA_ROOT),
+    "products": [
+        {
+            "title": p.title, "live": p.live, "price": p.price_display, "currency": p.currency,
+            "amount": p.price_amount, "url": p.url,
+            "child_of_home": p.get_parent().specific_class is HomePage,
+            "in_revision": len(p.get_latest_revision().content.get("files", [])),
+        }
+        for p in ProductPage.objects.order_by("path")
+    ],
+    "files": [
+        {"product": f.page.title, "name": f.file.name, "path": f.file.path, "size": f.size,
+         "sha256": f.sha256}
+        for f in ProductFile.objects.order_by("page__path")
+    ],
+}
+"""
+
+
+SEED_TWICE = """
+import io
+from django.core.management import call_command
+
+def seed(*args):
+    out = io.StringIO()
+    call_command("seed_sandbox", *args, stdout=out)
+    return out.getvalue()
+
+def state():
+    scope = {}
+    exec(STATE, scope)
+    return scope["result"]
+
+first_output = seed()
+first = state()
+second_output = seed()
+result = {"first_output": first_output, "first": first,
+          "second_output": second_output, "second": state()}
+"""
+
+
+def seed_and_inspect(sandbox: Sandbox, script: str) -> dict:
+    return sandbox.query(f"STATE = {STATE!r}\n" + script)
+
+
+def test_seed_sandbox_creates_the_demo_shop_and_a_second_run_changes_nothing(sandbox):
+    import hashlib
+
+    run = seed_and_inspect(sandbox, SEED_TWICE)
+    first, state = run["first_output"], run["first"]
+    assert "Created the home page." in first
+    assert "username: admin   password: admin" in first
+    assert f"http://127.0.0.1:{sandbox.port}/admin/" in first
+
+    assert state["homes"] == 1
+    assert state["site"] == ["127.0.0.1", sandbox.port, True]
+    assert state["default_copies"] == 1
+    assert state["admin"] == [True, True]
+    products = {p["title"]: p for p in state["products"]}
+    assert set(products) == {"Field Guide (PDF)", "Sample Pack (ZIP)"}
+    assert all(p["live"] and p["child_of_home"] for p in products.values())
+    # Files are part of the published revision, so editing in the admin keeps them.
+    assert all(p["in_revision"] == 1 for p in products.values())
+    field_guide, sample_pack = products["Field Guide (PDF)"], products["Sample Pack (ZIP)"]
+    assert (field_guide["amount"], field_guide["currency"], field_guide["price"]) == (
+        1900,
+        "USD",
+        "$19.00",
+    )
+    assert (sample_pack["amount"], sample_pack["currency"], sample_pack["price"]) == (
+        1200,
+        "JPY",
+        "¥1,200",
+    )
+
+    files = {f["product"]: f for f in state["files"]}
+    assert len(state["files"]) == 2
+    for f in files.values():
+        path = Path(f["path"])
+        data = path.read_bytes()
+        # Recorded on save, through the product file model.
+        assert f["size"] == len(data) > 0
+        assert f["sha256"] == hashlib.sha256(data).hexdigest()
+        assert path.is_relative_to(state["private_root"])
+        assert not path.is_relative_to(state["media_root"])
+    assert_valid_pdf(Path(files["Field Guide (PDF)"]["path"]).read_bytes())
+    with zipfile.ZipFile(files["Sample Pack (ZIP)"]["path"]) as archive:
+        assert archive.testzip() is None
+        assert any(name.endswith(".wav") for name in archive.namelist())
+
+    assert "nothing changed" in run["second_output"]
+    assert run["second"] == state
+
+
+def test_seed_sandbox_follows_the_port_and_restores_a_missing_file(sandbox):
+    run = seed_and_inspect(
+        sandbox,
+        SEED_TWICE.replace(
+            "second_output = seed()",
+            "import os\n"
+            "os.unlink(first['files'][0]['path'])\n"
+            "second_output = seed('--port', '8123')",
+        ),
+    )
+    before, after, output = run["first"], run["second"], run["second_output"]
+
+    assert "Pointed the default site at 127.0.0.1:8123." in output
+    assert after["site"][:2] == ["127.0.0.1", 8123]
+    assert "Re-created the missing file" in output
+    assert len(after["files"]) == 2 and after["pages"] == before["pages"]
+    restored = Path(after["files"][0]["path"])
+    assert restored.exists() and after["files"][0]["sha256"] == before["files"][0]["sha256"]
+
+
+def assert_valid_pdf(data: bytes) -> None:
+    """Header, trailer and an xref table whose every offset points at its object."""
+    assert data.startswith(b"%PDF-1.")
+    assert data.rstrip().endswith(b"%%EOF")
+    xref_at = int(re.search(rb"startxref\s+(\d+)\s+%%EOF\s*$", data).group(1))
+    assert data[xref_at:].startswith(b"xref")
+    header = re.match(rb"xref\s+0 (\d+)\s+", data[xref_at:])
+    count = int(header.group(1))
+    entries = data[xref_at + header.end() :].split(b"\n")[:count]
+    for number, entry in enumerate(entries[1:], start=1):
+        offset = int(entry[:10])
+        assert data[offset:].startswith(b"%d 0 obj" % number), f"object {number} misplaced"
+    assert b"/Type /Catalog" in data and b"/Type /Page " in data
+
+
+# SQLite under concurrent writers
+
+HAMMER = """
+import json, sys, threading, time
+import django
+django.setup()
+from django.db import connection, transaction
+from wagtail.models import Page
+from wagtail_paid_delivery.models import StripeEvent
+
+from pathlib import Path
+
+worker, threads, rounds, rendezvous = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+errors = []
+go = Path(rendezvous, "go")
+
+def run(thread):
+    try:
+        while not go.exists():
+            time.sleep(0.002)
+        for i in range(rounds):
+            # A webhook: read, then write, in one transaction. With SQLite's default deferred
+            # transactions this is what fails at once with "database is locked".
+            with transaction.atomic():
+                StripeEvent.objects.filter(type="sandbox.hammer").count()
+                StripeEvent.objects.create(
+                    stripe_id=f"evt_{worker}_{thread}_{i}", type="sandbox.hammer", payload={}
+                )
+            # A page load, and a write outside any transaction (a session, a task result).
+            list(Page.objects.live().values_list("pk", flat=True)[:10])
+            StripeEvent.objects.filter(stripe_id=f"evt_{worker}_{thread}_{i}").update(attempts=1)
+    except Exception as exc:
+        errors.append(f"{type(exc).__name__}: {exc}")
+    finally:
+        connection.close()
+
+pool = [threading.Thread(target=run, args=(t,)) for t in range(threads)]
+for t in pool:
+    t.start()
+Path(rendezvous, f"ready-{worker}").touch()
+for t in pool:
+    t.join()
+print(json.dumps({"errors": errors}))
+"""
+
+
+def test_sandbox_sqlite_takes_concurrent_writes_without_database_is_locked(sandbox):
+    processes, threads, rounds = 4, 4, 25
+    rendezvous = sandbox.root / "rendezvous"
+    rendezvous.mkdir()
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-c", HAMMER, str(n), str(threads), str(rounds), str(rendezvous)],
+            env=sandbox.env,
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for n in range(processes)
+    ]
+    # Every writer starts at the same moment, once all have set Django up.
+    deadline = time.monotonic() + 120
+    while len(list(rendezvous.glob("ready-*"))) < processes:
+        assert all(w.poll() is None for w in workers), "a writer died while starting"
+        assert time.monotonic() < deadline, "writers did not start"
+        time.sleep(0.05)
+    (rendezvous / "go").touch()
+    outputs = [worker.communicate(timeout=180) for worker in workers]
+
+    for worker, (stdout, stderr) in zip(workers, outputs, strict=True):
+        assert "database is locked" not in stdout + stderr
+        assert worker.returncode == 0, stderr
+        assert json.loads(stdout.strip().splitlines()[-1]) == {"errors": []}
+    written, journal_mode, transaction_mode = sandbox.query(
+        "from django.db import connection\n"
+        "from wagtail_paid_delivery.models import StripeEvent\n"
+        "written = StripeEvent.objects.filter(type='sandbox.hammer', attempts=1).count()\n"
+        "mode = connection.cursor().execute('PRAGMA journal_mode').fetchone()[0]\n"
+        "result = [written, mode, connection.transaction_mode]"
+    )
+    assert written == processes * threads * rounds
+    # The settings really are the ones in use: WAL and IMMEDIATE transactions.
+    assert (journal_mode, transaction_mode) == ("wal", "IMMEDIATE")
+
+
+# The launcher and the running site
+
+
+class RunningSandbox:
+    """``sandbox/run.py`` in a subprocess, its output collected by a reader thread."""
+
+    def __init__(self, sandbox: Sandbox) -> None:
+        import threading
+
+        self.sandbox = sandbox
+        self.lines: list[str] = []
+        self.proc = subprocess.Popen(
+            RUN,
+            env=sandbox.env,
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            start_new_session=True,  # a terminal's Ctrl-C would reach only run.py, like here
+        )
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line)
+
+    @property
+    def output(self) -> str:
+        return "".join(self.lines)
+
+    def wait_until_ready(self, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        while "Press Ctrl-C to stop." not in self.output:
+            assert self.proc.poll() is None, f"run.py exited early:\n{self.output}"
+            assert time.monotonic() < deadline, f"run.py not ready:\n{self.output}"
+            time.sleep(0.2)
+
+    def process_groups(self) -> list[int]:
+        return [int(g) for g in re.findall(r"started \w+ \(process group (\d+)\)", self.output)]
+
+    def stop(self, sig: int = signal.SIGINT, timeout: float = 30) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout=timeout)
+        finally:
+            self.reader.join(timeout=5)
+            # Whatever happened, leave nothing behind for the rest of the suite.
+            for pgid in self.process_groups():
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(pgid, signal.SIGKILL)
+
+
+def live_processes(sandbox: Sandbox, groups: list[int]) -> list[str]:
+    """Processes (not zombies) in the given groups or started with this sandbox's environment."""
+    marker = f"SANDBOX_PORT={sandbox.port}".encode()
+    found = []
+    for proc_dir in Path("/proc").glob("[0-9]*"):
+        try:
+            stat = (proc_dir / "stat").read_text()
+            state, _ppid, pgrp = stat.rsplit(")", 1)[1].split()[:3]
+            environ = (proc_dir / "environ").read_bytes()
+            cmdline = (proc_dir / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except (OSError, ValueError):
+            continue
+        if state in ("Z", "X") or int(proc_dir.name) == os.getpid():
+            continue
+        if int(pgrp) in groups or marker in environ.split(b"\0"):
+            found.append(f"{proc_dir.name} [{state}] {cmdline}")
+    return found
+
+
+def get(url: str, *, retries: int = 20) -> tuple[int, str]:
+    """GET without following redirects; a few retries ride out an autoreloader restart."""
+
+    class NoRedirect(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, *args, **kwargs):
+            return None
+
+    opener = urllib.request.build_opener(NoRedirect)
+    for attempt in range(retries):
+        try:
+            with opener.open(url, timeout=10) as response:
+                return response.status, response.read().decode()
+        except urllib.error.HTTPError as error:
+            return error.code, error.read().decode(errors="replace")
+        except (urllib.error.URLError, ConnectionError):
+            if attempt == retries - 1:
+                raise
+            time.sleep(0.5)
+    raise AssertionError("unreachable")
+
+
+@pytest.fixture(scope="module")
+def running_sandbox(tmp_path_factory, migrated_db) -> Iterator[RunningSandbox]:
+    """One sandbox served for the module's page tests; stopped with SIGTERM, which must work."""
+    sandbox = make_sandbox(tmp_path_factory.mktemp("running-sandbox"), migrated_db)
+    running = RunningSandbox(sandbox)
+    try:
+        running.wait_until_ready()
+        yield running
+    finally:
+        returncode = running.stop(signal.SIGTERM)
+    groups = running.process_groups()
+    assert returncode == 0, f"SIGTERM: run.py exited with {returncode}:\n{running.output}"
+    assert live_processes(sandbox, groups) == [], "SIGTERM left processes behind"
+
+
+def test_run_serves_the_shop_and_never_a_private_file(running_sandbox):
+    sandbox = running_sandbox.sandbox
+    base = sandbox.base_url
+
+    status, home = get(base + "/")
+    assert status == 200
+    assert "Field Guide (PDF)" in home and "$19.00" in home
+    assert "Sample Pack (ZIP)" in home and "¥1,200" in home and "¥1,200.00" not in home
+    for path, price in (("/field-guide/", "$19.00"), ("/sample-pack/", "¥1,200")):
+        status, html = get(base + path)
+        assert status == 200 and price in html
+    status, login = get(base + "/admin/login/")
+    assert status == 200 and 'name="password"' in login
+
+    names = sandbox.query(
+        "from wagtail_paid_delivery.product.models import ProductFile\n"
+        "result = [f.file.name for f in ProductFile.objects.all()]"
+    )
+    assert len(names) == 2
+    for name in names:
+        assert (sandbox.root / "private" / name).exists()
+        for prefix in ("/media/", "/private-media/", "/static/", "/", "/shop/", "/documents/"):
+            status, body = get(base + prefix + name)
+            assert status in (404, 405), (prefix + name, status)
+        # The editors' view: anonymous visitors are sent to log in.
+        status, _ = get(f"{base}/admin/paid-delivery/files/{name}")
+        assert status in (302, 404)
+
+
+def test_ctrl_c_stops_runserver_and_qcluster_with_nothing_left(sandbox):
+    running = RunningSandbox(sandbox)
+    try:
+        running.wait_until_ready()
+        groups = running.process_groups()
+        assert len(groups) == 2
+        # Both servers and their children (autoreloader, cluster workers) are up.
+        before = live_processes(sandbox, groups)
+        assert any("runserver" in p for p in before) and any("qcluster" in p for p in before)
+        assert len(before) >= 4
+    finally:
+        returncode = running.stop(signal.SIGINT)
+
+    assert returncode == 0, running.output
+    assert "stopped." in running.output
+    assert "did not stop" not in running.output
+    deadline = time.monotonic() + 5
+    while (left := live_processes(sandbox, groups)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert left == []
+
+
+# In a browser
+
+
+@pytest.mark.browser
+def test_browser_home_lists_both_products_with_prices_and_opens_a_product(
+    chromium_path, running_sandbox, headless_chromium
+):
+    page = headless_chromium.new_page()
+    base = running_sandbox.sandbox.base_url
+    try:
+        page.goto(base + "/", wait_until="networkidle")
+        cards = page.locator(".product-card")
+        assert cards.count() == 2
+        texts = [cards.nth(i).inner_text() for i in range(2)]
+        field_guide = next(t for t in texts if "Field Guide (PDF)" in t)
+        sample_pack = next(t for t in texts if "Sample Pack (ZIP)" in t)
+        assert "$19.00" in field_guide
+        assert "¥1,200" in sample_pack and "¥1,200." not in sample_pack
+        assert "Sandbox Shop" in page.locator("header").inner_text()
+        # The stylesheet loaded: the card grid is laid out, not an unstyled list.
+        assert page.locator(".product-grid").evaluate("e => getComputedStyle(e).display") == "grid"
+
+        page.get_by_role("link", name="Sample Pack (ZIP)").click()
+        page.wait_for_load_state("networkidle")
+        assert page.url == base + "/sample-pack/"
+        assert page.locator("h1").inner_text() == "Sample Pack (ZIP)"
+        assert page.locator(".pd-price").inner_text().endswith("¥1,200")
+        assert "Sample Pack" in page.locator(".pd-files").inner_text()
+    finally:
+        page.close()
