@@ -132,7 +132,8 @@ def _stripe_credentials_missing() -> list[str]:
 
 @register(Tags.compatibility)
 def check_stripe_credentials(**kwargs: Any) -> list[CheckMessage]:
-    # Only a warning here, so a site runs locally without Stripe; `check --deploy` makes it an error.
+    # Only a warning here, so a site runs locally without Stripe; `check --deploy` makes it an
+    # error.
     return [
         Warning(
             f"{SETTINGS_NAME}['{key}'] is not set: checkout and fulfillment are off.",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import stripe
 from django import forms
@@ -12,6 +12,9 @@ from django.utils.translation import gettext_lazy as _
 from wagtail.admin.forms import WagtailAdminPageForm
 
 from . import currencies, stripe_api
+
+if TYPE_CHECKING:  # lazy translations are str or Promise; the alias exists only for mypy
+    from django_stubs_ext import StrOrPromise
 
 
 class ProductPageForm(WagtailAdminPageForm):
@@ -76,6 +79,7 @@ class ProductPageForm(WagtailAdminPageForm):
             return
         if any(self.has_error(f) for f in ("stripe_price_id", "price_amount", "currency")):
             return
+        message: StrOrPromise | None
         try:
             price = stripe_api.retrieve_price(price_id)
         except stripe_api.StripeUnavailable:
@@ -102,7 +106,7 @@ class ProductPageForm(WagtailAdminPageForm):
             self.add_error("stripe_price_id", message)
 
     @staticmethod
-    def _price_mismatch(price: Any, amount: int, currency: str) -> str | None:
+    def _price_mismatch(price: Any, amount: int, currency: str) -> StrOrPromise | None:
         if getattr(price, "active", True) is False:
             return _("This Stripe Price is archived. Use an active Price, or leave this empty.")
         if getattr(price, "type", "one_time") != "one_time":

@@ -80,7 +80,7 @@ def _copy_field(verbose_name: Any, default: Any, *, short: bool = False) -> mode
 class DeliveryCopyQuerySet(models.QuerySet["DeliveryCopy"]):
     def get_default(self) -> DeliveryCopy:
         """The site default copy; created with the built-in words if a site has none."""
-        copy = self.filter(is_default=True).order_by("pk").first()
+        copy: DeliveryCopy | None = self.filter(is_default=True).order_by("pk").first()
         if copy is None:
             copy = self.order_by("pk").first() or self.create(
                 name=str(_("Default delivery copy")), is_default=True

@@ -177,7 +177,7 @@ class AbstractProductFile(Orderable):
 
     @property
     def filename(self) -> str:
-        return self.file.name.rsplit("/", 1)[-1] if self.file else ""
+        return (self.file.name or "").rsplit("/", 1)[-1]
 
     def save(self, *args: Any, **kwargs: Any) -> None:
         # A new upload (not yet committed to storage) gets its size and checksum recorded.

@@ -8,7 +8,9 @@ from wagtail.models import Page
 from wagtail_paid_delivery.models import AbstractProductFile, ProductPageMixin
 
 
-class ProductPage(ProductPageMixin, Page):
+# django-stubs cannot resolve the managers Wagtail builds at class creation (PageManager,
+# the ParentalKey's related manager); they are Wagtail's, not ours.
+class ProductPage(ProductPageMixin, Page):  # type: ignore[django-manager-missing]
     content_panels = Page.content_panels + ProductPageMixin.product_panels
     template = "wagtail_paid_delivery/product_page.html"
 

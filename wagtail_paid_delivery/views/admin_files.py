@@ -13,7 +13,7 @@ from ..utils import product_file_models
 @never_cache
 def product_file(request: HttpRequest, name: str) -> FileResponse:
     for model in product_file_models():
-        for product_file in model.objects.filter(file=name).select_related("page"):
+        for product_file in model._default_manager.filter(file=name).select_related("page"):
             page = product_file.page  # type: ignore[attr-defined]
             if page.permissions_for_user(request.user).can_edit():
                 try:
