@@ -11,6 +11,7 @@ class WagtailPaidDeliveryConfig(AppConfig):
 
     def ready(self) -> None:
         from . import checks  # noqa: F401  (registers the system checks)
+        from . import receivers  # noqa: F401  (connects the delivery email to purchase_paid)
         from .setup import ensure_default_copy
 
         post_migrate.connect(ensure_default_copy, sender=self)

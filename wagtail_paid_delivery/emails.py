@@ -1,0 +1,87 @@
+"""The delivery email: built from the product's DeliveryCopy, sent once per purchase.
+
+It carries a link to the download page (never a storage URL). ``deliver_purchase`` is the rule
+the ``tasks.send_delivery_email`` task calls.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from django.conf import settings
+from django.core.mail import EmailMultiAlternatives
+from django.db import transaction
+from django.template.loader import render_to_string
+from django.utils import formats, timezone
+
+from . import tokens
+from .models import DeliveryCopy, DownloadLink, Purchase
+
+logger = logging.getLogger(__name__)
+
+
+def _copy(purchase: Purchase) -> DeliveryCopy:
+    product = tokens._product(purchase)
+    return product.get_delivery_copy() if product else DeliveryCopy.objects.get_default()
+
+
+def build_delivery_email(purchase: Purchase, issued: tokens.IssuedLink) -> EmailMultiAlternatives:
+    """The HTML and plain-text message for ``purchase`` with the freshly issued link."""
+    link = issued.link
+    copy = _copy(purchase)
+    values = {
+        "product": purchase.product_title,
+        "email": purchase.email,
+        "expires": formats.date_format(timezone.localtime(link.expires_at), "DATETIME_FORMAT"),
+        "downloads_left": tokens.UNLIMITED
+        if link.download_limit is None
+        else link.download_limit,
+    }
+    context = {
+        "purchase": purchase,
+        "product_title": purchase.product_title,
+        "url": issued.url,
+        "expires": values["expires"],
+        "body_html": copy.render("email_body", **values),
+        "body_text": copy.render_text("email_body", **values),
+    }
+    # Header injection is impossible (Django refuses newlines), but keep the subject one line.
+    subject = " ".join(copy.render_text("email_subject", **values).split())
+    message = EmailMultiAlternatives(
+        subject=subject,
+        body=render_to_string("wagtail_paid_delivery/email/delivery.txt", context),
+        from_email=settings.DEFAULT_FROM_EMAIL,
+        to=[purchase.email],
+    )
+    message.attach_alternative(
+        render_to_string("wagtail_paid_delivery/email/delivery.html", context), "text/html"
+    )
+    return message
+
+
+def deliver_purchase(purchase_pk: int) -> str:
+    """Issue a link and email it to the buyer, at most once per purchase; returns the outcome.
+
+    The Purchase row stays locked while the message is sent and ``delivery_email_sent_at`` is
+    set, so a duplicate run (the broker delivers at least once; ``purchase_paid`` may be told
+    twice) waits, then sees it sent. If sending raises, the transaction rolls back (no link, no
+    mark) and the error propagates so django-q2 records a failed task to retry. A crash between
+    the SMTP hand-over and the commit can still send twice: at-least-once, never zero.
+    """
+    with transaction.atomic():
+        purchase = Purchase.objects.select_for_update().filter(pk=purchase_pk).first()
+        if purchase is None:
+            logger.warning("Delivery email: purchase %s no longer exists", purchase_pk)
+            return "missing"
+        if purchase.delivery_email_sent_at is not None:
+            return "already_sent"
+        if purchase.status != Purchase.Status.PAID:
+            return f"not_paid ({purchase.status})"
+        if not purchase.email:
+            logger.warning("Delivery email: purchase %s has no email address", purchase_pk)
+            return "no_email"
+        issued = tokens.issue_link(purchase, reason=DownloadLink.Reason.WEBHOOK)
+        build_delivery_email(purchase, issued).send()
+        purchase.delivery_email_sent_at = timezone.now()
+        purchase.save(update_fields=["delivery_email_sent_at", "updated_at"])
+    return "sent"
