@@ -103,7 +103,10 @@ def main() -> int:
             log(f"Port {port} is already in use. Choose another: SANDBOX_PORT=8001 make sandbox")
             return 2
 
-    for command in (["migrate", "--noinput"], ["seed_sandbox", "--port", str(port)]):
+    for command in (
+        ["migrate", "--noinput"],
+        ["seed_sandbox", "--port", str(port), "--skip-checks"],
+    ):
         log("manage.py " + " ".join(command))
         if subprocess.run(MANAGE + command, env=env, cwd=ROOT, check=False).returncode:
             log(f"manage.py {command[0]} failed.")
