@@ -10,6 +10,7 @@ from the stored row, not by Stripe.
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Any
 
@@ -54,12 +55,21 @@ def ignore_reason(event: dict[str, Any]) -> str:
     return ""
 
 
+@functools.cache
+def _broker() -> Any:
+    # django-q2 builds a broker (for Redis: a new connection) on every async_task without one;
+    # one per process is enough (brokers are safe to share between threads).
+    from django_q.brokers import get_broker
+
+    return get_broker()
+
+
 def enqueue(event_pk: int) -> None:
     """Hand a stored event to django-q2. Runs on commit, so the worker always finds the row."""
     from django_q.tasks import async_task
 
     try:
-        async_task(TASK, event_pk, group="wagtail_paid_delivery.stripe_events")
+        async_task(TASK, event_pk, group="wagtail_paid_delivery.stripe_events", broker=_broker())
     except Exception:
         # The event is stored as `received`; the sweep re-enqueues it. Stripe must still get its
         # 200, or it would redeliver an event we already hold.
