@@ -115,7 +115,7 @@ def test_sending_raises_to_the_caller(purchase, settings):
         tasks.send_delivery_email(purchase.pk)
 
 
-@pytest.mark.django_db(transaction=True)
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
 def test_concurrent_runs_send_once(home):
     if connection.vendor != "postgresql":
         pytest.skip("SQLite ignores select_for_update; the row lock is proven on PostgreSQL")

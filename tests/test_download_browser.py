@@ -17,7 +17,7 @@ from tests.factories import DeliveryCopyFactory, ProductFileFactory, ProductPage
 from wagtail_paid_delivery import tokens
 from wagtail_paid_delivery.models import DownloadEvent, DownloadLink, FileDownloadCount
 
-pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
+pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True, serialized_rollback=True)]
 
 SCREENSHOTS = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
 DATA = b"%PDF-1.4 field guide\n" + bytes(range(256)) * 300

@@ -476,7 +476,7 @@ def test_one_gib_streams_in_bounded_memory(client, sparse_gib, range_header):
     assert DownloadEvent.objects.get().bytes_sent == total
 
 
-@pytest.mark.django_db(transaction=True)
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
 def test_parallel_requests_at_the_limit_cannot_both_pass(home):
     if connection.vendor != "postgresql":
         pytest.skip(
