@@ -20,13 +20,20 @@ help:
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
+# The [build-system] requirements too: a fresh venv's bundled setuptools is older than the one
+# pyproject.toml asks for, and the packaging tests build the wheel without isolation.
+BUILD_REQUIRES = $(shell $(BIN)/python -c 'import tomllib; print(" ".join(repr(r) for r in tomllib.load(open("pyproject.toml", "rb"))["build-system"]["requires"]))')
+PIP_INSTALL = $(BIN)/python -m pip install --quiet --disable-pip-version-check
+
 # Stamps record that the current pyproject.toml is installed; a newer pyproject.toml reinstalls.
 $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[test]"
+	$(PIP_INSTALL) $(BUILD_REQUIRES)
+	$(PIP_INSTALL) -e ".[test]"
 	@touch $@
 
 $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[test,lint]"
+	$(PIP_INSTALL) $(BUILD_REQUIRES)
+	$(PIP_INSTALL) -e ".[test,lint]"
 	@touch $@ $(VENV)/.installed-test
 
 install: $(VENV)/.installed-dev
