@@ -44,12 +44,20 @@ sandbox: $(VENV)/.installed-test
 test: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# Every check runs, even after one fails, so one pass shows every problem; then it fails.
 lint: $(VENV)/.installed-dev
-	$(BIN)/ruff check .
-	$(BIN)/ruff format --check .
-	$(BIN)/mypy wagtail_paid_delivery
-	DJANGO_SETTINGS_MODULE=tests.settings $(BIN)/python -m django makemigrations --check --dry-run
-	$(BIN)/python sandbox/manage.py makemigrations --check --dry-run
+	@status=0; \
+	for step in \
+		"$(BIN)/ruff check ." \
+		"$(BIN)/ruff format --check ." \
+		"$(BIN)/mypy wagtail_paid_delivery" \
+		"env DJANGO_SETTINGS_MODULE=tests.settings $(BIN)/python -m django makemigrations --check --dry-run" \
+		"$(BIN)/python sandbox/manage.py makemigrations --check --dry-run"; \
+	do \
+		echo "$$step"; \
+		$$step || { echo "lint: FAILED: $$step"; status=1; }; \
+	done; \
+	exit $$status
 
 clean-sandbox:
 	rm -rf sandbox/var
