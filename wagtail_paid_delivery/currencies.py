@@ -11,9 +11,7 @@ from decimal import Decimal
 from django.utils import formats
 
 # https://docs.stripe.com/currencies#zero-decimal
-ZERO_DECIMAL = frozenset(
-    "BIF CLP DJF GNF JPY KMF KRW MGA PYG RWF UGX VND VUV XAF XOF XPF".split()
-)
+ZERO_DECIMAL = frozenset("BIF CLP DJF GNF JPY KMF KRW MGA PYG RWF UGX VND VUV XAF XOF XPF".split())
 # https://docs.stripe.com/currencies#three-decimal
 THREE_DECIMAL = frozenset("BHD JOD KWD OMR TND".split())
 
