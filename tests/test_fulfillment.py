@@ -241,7 +241,7 @@ def test_dispute_on_unpaid_purchase_changes_nothing(purchase):
 
 
 @needs_postgres
-@pytest.mark.django_db(transaction=True)
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
 def test_concurrent_fulfill_checkout_fulfils_exactly_once(home, fake_stripe):
     purchase = PurchaseFactory(product=ProductPageFactory(parent=home))
     session_id = start_checkout(fake_stripe, purchase)

@@ -49,7 +49,7 @@ def test_webhook_is_processed_by_a_real_qcluster():
 
 
 @pytest.mark.skipif(Conf.SYNC, reason="needs WPD_Q_SYNC=0; run through the launcher above")
-@pytest.mark.django_db(transaction=True)
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
 def test_cluster_fulfils_posted_webhook(client, home, fake_stripe):
     from django_q.brokers import get_broker
     from django_q.cluster import Cluster

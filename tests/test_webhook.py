@@ -346,7 +346,7 @@ def test_process_stripe_event_skips_missing_and_ignored_events(db):
 
 
 @needs_postgres
-@pytest.mark.django_db(transaction=True)
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
 def test_concurrent_duplicate_deliveries_store_one_row_and_fulfil_once(home, fake_stripe):
     purchase = PurchaseFactory(product=ProductPageFactory(parent=home))
     session_id = start_checkout(fake_stripe, purchase)
