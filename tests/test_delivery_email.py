@@ -35,7 +35,9 @@ def tell_paid(purchase, capture):
         purchase_paid.send(sender=Purchase, purchase=purchase)
 
 
-def test_purchase_paid_sends_one_email_with_a_download_link(purchase, django_capture_on_commit_callbacks):
+def test_purchase_paid_sends_one_email_with_a_download_link(
+    purchase, django_capture_on_commit_callbacks
+):
     tell_paid(purchase, django_capture_on_commit_callbacks)
     assert len(mail.outbox) == 1
     message = mail.outbox[0]
@@ -57,7 +59,9 @@ def test_purchase_paid_sends_one_email_with_a_download_link(purchase, django_cap
     assert Task.objects.filter(func="wagtail_paid_delivery.tasks.send_delivery_email").count() == 1
 
 
-def test_the_emailed_link_opens_the_download_page(client, purchase, django_capture_on_commit_callbacks):
+def test_the_emailed_link_opens_the_download_page(
+    client, purchase, django_capture_on_commit_callbacks
+):
     tell_paid(purchase, django_capture_on_commit_callbacks)
     url = mail.outbox[0].body.split("Download your files:\n")[1].split("\n")[0]
     response = client.get(url.replace("http://testserver", ""))

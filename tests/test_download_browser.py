@@ -13,11 +13,19 @@ import pytest
 from django.core.files.base import ContentFile
 from django.urls import reverse
 
-from tests.factories import DeliveryCopyFactory, ProductFileFactory, ProductPageFactory, PurchaseFactory
+from tests.factories import (
+    DeliveryCopyFactory,
+    ProductFileFactory,
+    ProductPageFactory,
+    PurchaseFactory,
+)
 from wagtail_paid_delivery import tokens
 from wagtail_paid_delivery.models import DownloadEvent, DownloadLink, FileDownloadCount
 
-pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True, serialized_rollback=True)]
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.django_db(transaction=True, serialized_rollback=True),
+]
 
 SCREENSHOTS = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
 DATA = b"%PDF-1.4 field guide\n" + bytes(range(256)) * 300
@@ -59,7 +67,9 @@ def bought(home):
 def test_browser_click_downloads_the_file(bought, live_server, headless_chromium, tmp_path):
     issued, guide = bought
     url = live_server.url + reverse("wagtail_paid_delivery:download", args=[issued.token])
-    context = headless_chromium.new_context(accept_downloads=True, viewport={"width": 900, "height": 700})
+    context = headless_chromium.new_context(
+        accept_downloads=True, viewport={"width": 900, "height": 700}
+    )
     page = context.new_page()
     requests = []
     page.on("request", lambda request: requests.append(request.url))

@@ -8,7 +8,12 @@ import pytest
 from django.urls import reverse
 from django.utils import timezone
 
-from tests.factories import DeliveryCopyFactory, ProductFileFactory, ProductPageFactory, PurchaseFactory
+from tests.factories import (
+    DeliveryCopyFactory,
+    ProductFileFactory,
+    ProductPageFactory,
+    PurchaseFactory,
+)
 from wagtail_paid_delivery import tokens
 from wagtail_paid_delivery.models import DownloadEvent, DownloadLink, FileDownloadCount, Purchase
 

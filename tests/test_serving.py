@@ -124,7 +124,13 @@ def test_whole_file_response_keeps_the_sendfile_path(client, bought, rf):
         ("bytes=100-", 206, DATA[100:], f"bytes 100-{SIZE - 1}/{SIZE}", False),
         ("bytes=0-", 206, DATA, f"bytes 0-{SIZE - 1}/{SIZE}", True),
         (f"bytes=-{SIZE * 2}", 206, DATA, f"bytes 0-{SIZE - 1}/{SIZE}", True),
-        (f"bytes={SIZE - 10}-{SIZE * 5}", 206, DATA[-10:], f"bytes {SIZE - 10}-{SIZE - 1}/{SIZE}", False),
+        (
+            f"bytes={SIZE - 10}-{SIZE * 5}",
+            206,
+            DATA[-10:],
+            f"bytes {SIZE - 10}-{SIZE - 1}/{SIZE}",
+            False,
+        ),
         # Ignored (RFC 9110 allows it): the whole file, counted.
         ("bytes=abc", 200, DATA, None, True),
         ("bytes=200-100", 200, DATA, None, True),
@@ -200,7 +206,7 @@ def test_non_ascii_filename_gets_rfc_6266_header_with_ascii_fallback(client, hom
     response, _ = fetch(client, press(client, issued, file))
     assert response["Content-Type"] == "application/pdf"
     assert response["Content-Disposition"] == (
-        "attachment; filename=\"resume-.pdf\"; "
+        'attachment; filename="resume-.pdf"; '
         "filename*=UTF-8''r%C3%A9sum%C3%A9-%E6%97%A5%E6%9C%AC.pdf"
     )
 
@@ -210,7 +216,10 @@ def test_non_ascii_filename_gets_rfc_6266_header_with_ascii_fallback(client, hom
     [
         ("plain.zip", 'attachment; filename="plain.zip"'),
         ('a"b\\c.txt', "attachment; filename=\"a_b_c.txt\"; filename*=UTF-8''a%22b%5Cc.txt"),
-        ("日本.pdf", "attachment; filename=\"download.pdf\"; filename*=UTF-8''%E6%97%A5%E6%9C%AC.pdf"),
+        (
+            "日本.pdf",
+            "attachment; filename=\"download.pdf\"; filename*=UTF-8''%E6%97%A5%E6%9C%AC.pdf",
+        ),
         ("a b;c.txt", "attachment; filename=\"a b_c.txt\"; filename*=UTF-8''a%20b%3Bc.txt"),
     ],
 )
@@ -395,7 +404,9 @@ def test_missing_file_is_a_clear_error_that_counts_nothing(client, bought, caplo
     assert b"temporarily unavailable" in response.content
     assert b"notified" in response.content
     assert response["Cache-Control"] == "private, no-store"
-    assert any(r.levelno == logging.ERROR and file.file.name in r.getMessage() for r in caplog.records)
+    assert any(
+        r.levelno == logging.ERROR and file.file.name in r.getMessage() for r in caplog.records
+    )
     assert counts(issued, file) == (0, 0)
     assert DownloadEvent.objects.get().outcome == "missing_file"
 

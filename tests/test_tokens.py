@@ -65,7 +65,9 @@ def test_product_limit_zero_means_unlimited(home):
     assert tokens.issue_link(purchase, reason="admin").link.download_limit is None
 
 
-@pytest.mark.parametrize("status", ["pending", "failed", "expired", "refunded", "disputed", "revoked"])
+@pytest.mark.parametrize(
+    "status", ["pending", "failed", "expired", "refunded", "disputed", "revoked"]
+)
 def test_purchase_that_is_not_paid_gets_no_link(home, status):
     purchase = PurchaseFactory(status=status, product=ProductPageFactory(parent=home))
     with pytest.raises(tokens.CannotIssueLink):

@@ -33,9 +33,7 @@ def build_delivery_email(purchase: Purchase, issued: tokens.IssuedLink) -> Email
         "product": purchase.product_title,
         "email": purchase.email,
         "expires": formats.date_format(timezone.localtime(link.expires_at), "DATETIME_FORMAT"),
-        "downloads_left": tokens.UNLIMITED
-        if link.download_limit is None
-        else link.download_limit,
+        "downloads_left": tokens.UNLIMITED if link.download_limit is None else link.download_limit,
     }
     context = {
         "purchase": purchase,

@@ -32,7 +32,7 @@ from typing import IO, Any, Protocol
 from urllib.parse import quote
 
 from django.core import signing
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.db.models import F
 from django.http import FileResponse, HttpRequest, HttpResponse, StreamingHttpResponse
 from django.http.response import HttpResponseBase
@@ -294,7 +294,9 @@ class _TrackedFile:
         self._handle.close()
 
 
-def _range_chunks(handle: IO[bytes], byte_range: ByteRange, tracker: SendTracker) -> Iterator[bytes]:
+def _range_chunks(
+    handle: IO[bytes], byte_range: ByteRange, tracker: SendTracker
+) -> Iterator[bytes]:
     handle.seek(byte_range.start)
     remaining = byte_range.length
     while remaining > 0:
@@ -352,8 +354,10 @@ class DjangoBackend:
     can_tell_nothing_sent = True
 
     def locate(self, file: AbstractProductFile, *, open_file: bool) -> StoredFile:
-        storage, name = file.file.storage, file.file.name
+        storage, name = file.file.storage, file.file.name or ""
         try:
+            if not name:
+                raise FileNotFoundError("no file recorded")
             size = storage.size(name)
             try:
                 last_modified: datetime | None = storage.get_modified_time(name)
@@ -427,10 +431,8 @@ def reserve_download(
     byte-0 request on the same hand-off sees the first one's count.
     """
     now = now or timezone.now()
-    # Outside the locking transaction: creating the row may race, get_or_create handles that.
-    counter, _ = FileDownloadCount.objects.get_or_create(link=link, file_id=file.pk)
     with transaction.atomic():
-        counter = FileDownloadCount.objects.select_for_update().get(pk=counter.pk)
+        counter = _lock_counter(link, file)
         already = DownloadEvent.objects.filter(
             handoff=handoff.nonce, counted=True, created_at__gte=now - RECOUNT_WINDOW
         ).exists()
@@ -456,13 +458,30 @@ def reserve_download(
     return event
 
 
+def _lock_counter(link: DownloadLink, file: AbstractProductFile) -> FileDownloadCount:
+    """The link's counter row for ``file``, locked until the transaction ends (created if new).
+
+    A row this transaction inserts is locked by the insert; a concurrent first download blocks
+    on the unique constraint, fails, and then waits for the lock like everyone else.
+    """
+    rows = FileDownloadCount.objects.select_for_update()
+    counter = rows.filter(link=link, file_id=file.pk).first()
+    if counter is None:
+        try:
+            with transaction.atomic():
+                counter = FileDownloadCount.objects.create(link=link, file_id=file.pk)
+        except IntegrityError:
+            counter = rows.get(link=link, file_id=file.pk)
+    return counter
+
+
 def release_download(event: DownloadEvent) -> None:
     """Give a counted download back (its response sent nothing)."""
     with transaction.atomic():
         FileDownloadCount.objects.filter(
-            link_id=event.link_id, file_id=event.file_id, count__gt=0
+            link_id=event.link_id, file_id=event.file_id or 0, count__gt=0
         ).update(count=F("count") - 1)
-        DownloadLink.objects.filter(pk=event.link_id, download_count__gt=0).update(
+        DownloadLink.objects.filter(pk=event.link_id or 0, download_count__gt=0).update(
             download_count=F("download_count") - 1
         )
         DownloadEvent.objects.filter(pk=event.pk).update(

@@ -26,7 +26,8 @@ from wagtail.models import Site
 
 from .conf import app_settings
 from .models import DownloadLink, FileDownloadCount, Purchase
-from .models.pages import ProductPageMixin
+from .models.pages import AbstractProductFile, ProductPageMixin
+from .utils import product_file_models
 
 #: ``secrets.token_urlsafe(32)``: 43 characters of the URL-safe base64 alphabet.
 TOKEN_RE = re.compile(r"^[A-Za-z0-9_-]{43}$")
@@ -104,9 +105,7 @@ def _product(purchase: Purchase) -> ProductPageMixin | None:
     return specific if isinstance(specific, ProductPageMixin) else None
 
 
-def issue_link(
-    purchase: Purchase, *, reason: str, now: datetime | None = None
-) -> IssuedLink:
+def issue_link(purchase: Purchase, *, reason: str, now: datetime | None = None) -> IssuedLink:
     """A new download link for a paid purchase, with the product's (or the site's) rules."""
     if purchase.status != Purchase.Status.PAID:
         raise CannotIssueLink(f"Purchase {purchase.pk} is {purchase.status}, not paid.")
@@ -178,17 +177,24 @@ def downloads_left(link: DownloadLink, count: int) -> int | None:
     return max(link.download_limit - count, 0)
 
 
-def product_files(link: DownloadLink) -> list:
+def product_files(link: DownloadLink) -> list[AbstractProductFile]:
     """The files of the link's product, in the editor's order (none if the page is gone)."""
     product = _product(link.purchase)
     return list(product.product_files) if product is not None else []
 
 
-def get_product_file(link: DownloadLink, file_id: int):  # noqa: ANN201 (site-defined model)
-    """The product file ``file_id`` if it belongs to the link's product, else None."""
-    for file in product_files(link):
-        if file.pk == file_id:
-            return file
+def get_product_file(link: DownloadLink, file_id: int) -> AbstractProductFile | None:
+    """The product file ``file_id`` if it belongs to the link's product, else None (one query).
+
+    Product file models are site-defined; each has ``page = ParentalKey(<product page>)``.
+    """
+    product_id = link.purchase.product_id
+    if product_id is None:
+        return None
+    for model in product_file_models():
+        found = model._default_manager.filter(pk=file_id, page_id=product_id).first()
+        if found is not None:
+            return found  # type: ignore[return-value]
     return None
 
 

@@ -100,15 +100,15 @@ def download(request: HttpRequest, token: str) -> HttpResponseBase:
         return _not_found()
 
     counts = tokens.file_counts(link)
-    files = [
-        {"file": file, "left": tokens.downloads_left(link, counts.get(file.pk, 0))}
-        for file in tokens.product_files(link)
-    ]
-    available = [f["left"] for f in files if f["left"] is None or f["left"] > 0]
-    if files and not available:
+    product_files = tokens.product_files(link)
+    lefts = [tokens.downloads_left(link, counts.get(f.pk, 0)) for f in product_files]
+    files = [{"file": f, "left": left} for f, left in zip(product_files, lefts, strict=True)]
+    if product_files and all(left == 0 for left in lefts):
         return _refused(request, tokens.LinkUsedUp(link))
     # The intro speaks for the files still available; each file shows its own number too.
-    left = None if link.download_limit is None else min(available, default=0)
+    left = None
+    if link.download_limit is not None:
+        left = min((n for n in lefts if n), default=0)
     copy = _copy(link)
     context = {
         "link": link,
