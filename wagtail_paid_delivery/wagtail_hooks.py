@@ -80,3 +80,17 @@ def refuse_bulk_deleting_sold_products(request, action_type, objects, action_cla
     return redirect(
         getattr(action_class_instance, "next_url", None) or reverse("wagtailadmin_home")
     )
+
+
+#: Hook point ``before_serve_paid_download`` (``serving.BEFORE_SERVE_HOOK``): called as
+#: ``fn(request, link, file)`` after a hand-off's link was checked and before anything is counted
+#: or read from storage. Return an ``HttpResponse`` to answer instead (recorded as a "hook" event,
+#: not counted); return None to let the download go on. Example::
+#:
+#:     @hooks.register("before_serve_paid_download")
+#:     def block_outside_office_hours(request, link, file):
+#:         if closed_now():
+#:             return HttpResponse("Downloads resume at 8:00.", status=503)
+#:
+#: After the response is built, ``signals.download_served`` is sent (``request``, ``link``,
+#: ``file``).
