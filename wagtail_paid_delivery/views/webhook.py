@@ -10,12 +10,13 @@ from the stored row, not by Stripe.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 from typing import Any
 
 from django.contrib.auth.decorators import login_not_required
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, router, transaction
 from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
@@ -64,16 +65,36 @@ def _broker() -> Any:
     return get_broker()
 
 
-def enqueue(event_pk: int) -> None:
-    """Hand a stored event to django-q2. Runs on commit, so the worker always finds the row."""
+def enqueue(event_pk: int, *, savepoint: bool = False) -> None:
+    """Hand a stored event to django-q2; the worker must be able to find the committed row.
+
+    ``savepoint``: called inside the event's own transaction, where a failed enqueue must not
+    take the stored event down with it.
+    """
     from django_q.tasks import async_task
 
     try:
-        async_task(TASK, event_pk, group="wagtail_paid_delivery.stripe_events", broker=_broker())
+        with transaction.atomic() if savepoint else contextlib.nullcontext():
+            async_task(
+                TASK, event_pk, group="wagtail_paid_delivery.stripe_events", broker=_broker()
+            )
     except Exception:
         # The event is stored as `received`; the sweep re-enqueues it. Stripe must still get its
         # 200, or it would redeliver an event we already hold.
         logger.exception("Could not enqueue Stripe event %s", event_pk)
+
+
+def _enqueues_in_same_transaction() -> bool:
+    """True when django-q2's queue is a table in the database the inbox writes to.
+
+    Then the task row is inserted in the event's own transaction: both commit together (one
+    commit instead of two, and no window where an event is stored but not queued), and no
+    worker can see the task before the event. Other brokers (Redis, SQS…) and sync mode
+    enqueue on commit instead.
+    """
+    from django_q.conf import Conf
+
+    return bool(Conf.ORM) and not Conf.SYNC and router.db_for_write(StripeEvent) == Conf.ORM
 
 
 # csrf_exempt: Stripe cannot send a CSRF token; the signature is the authentication.
@@ -107,7 +128,10 @@ def stripe_webhook(request: HttpRequest) -> HttpResponse:
             )
             if not reason:
                 pk = stored.pk
-                transaction.on_commit(lambda: enqueue(pk))
+                if _enqueues_in_same_transaction():
+                    enqueue(pk, savepoint=True)
+                else:
+                    transaction.on_commit(lambda: enqueue(pk))
     except IntegrityError:
         # A redelivery, or two deliveries racing: the first row wins and was enqueued once.
         logger.info("Duplicate Stripe event %s", event["id"])
