@@ -2,7 +2,8 @@
 
 ``FakeStripe`` is a ``stripe.HTTPClient``: stripe-python builds, encodes, sends, retries and parses
 requests for real, and only the socket is replaced. Objects are shaped like the ones in Stripe's
-OpenAPI fixtures (``checkout.session``, ``item``, ``price``, ``payment_intent``, ``event``).
+OpenAPI fixtures (``checkout.session``, ``item``, ``price``, ``payment_intent``, ``charge``,
+``refund``, ``dispute``, ``event``).
 
 Use the ``fake_stripe`` fixture (tests/conftest.py), then::
 
@@ -139,6 +140,10 @@ class FakeStripe(stripe.HTTPClient):
         self.line_items: dict[str, list[dict[str, Any]]] = {}
         self.payment_intents: dict[str, dict[str, Any]] = {}
         self.prices: dict[str, dict[str, Any]] = {}
+        self.charges: dict[str, dict[str, Any]] = {}
+        self.disputes: dict[str, dict[str, Any]] = {}
+        #: Calls to the emulator control endpoint (``POST /_emulator/sessions/<id>/<action>``).
+        self.controls: list[tuple[str, str, dict[str, Any]]] = []
         self.requests: list[FakeRequest] = []
         self.down: str | None = None
         self._idempotent: dict[str, tuple[str, tuple[str, int, dict[str, str]]]] = {}
@@ -205,6 +210,33 @@ class FakeStripe(stripe.HTTPClient):
                 return self._ok(self.create_session(params))
             except LookupError as exc:
                 return self._error(400, "invalid_request_error", str(exc), code="resource_missing")
+        if method == "get" and path == "/v1/checkout/sessions":
+            pi = params.get("payment_intent")
+            found = [self._public(x) for x in self.sessions.values() if x["payment_intent"] == pi]
+            return self._ok(self._list(found, path))
+        if method == "get" and path == "/v1/disputes":
+            pi = params.get("payment_intent")
+            found = [d for d in self.disputes.values() if not pi or d["payment_intent"] == pi]
+            found.sort(key=lambda d: d["created"], reverse=True)
+            return self._ok(self._list(copy.deepcopy(found), path))
+        if match := re.fullmatch(r"/v1/payment_intents/([^/]+)", path):
+            pi = self.payment_intents.get(match[1])
+            if pi is None or method != "get":
+                return self._missing("payment_intent", match[1])
+            obj = copy.deepcopy(pi)
+            if "latest_charge" in (params.get("expand") or []) and obj["latest_charge"]:
+                obj["latest_charge"] = copy.deepcopy(self.charges[obj["latest_charge"]])
+            return self._ok(obj)
+        if match := re.fullmatch(r"/v1/charges/([^/]+)", path):
+            if method == "get" and match[1] in self.charges:
+                return self._ok(self.charges[match[1]])
+            return self._missing("charge", match[1])
+        if match := re.fullmatch(r"/v1/disputes/([^/]+)", path):
+            if method == "get" and match[1] in self.disputes:
+                return self._ok(self.disputes[match[1]])
+            return self._missing("dispute", match[1])
+        if match := re.fullmatch(r"(?:/[^_]*)?/_emulator/sessions/([^/]+)/([a-z_-]+)", path):
+            return self._control(match[1], match[2], params)
         match = re.fullmatch(r"/v1/checkout/sessions/([^/]+)", path)
         if match and method == "get":
             return self._get_session(match[1], params.get("expand") or [])
@@ -227,6 +259,32 @@ class FakeStripe(stripe.HTTPClient):
         if "payment_intent" in expand and obj["payment_intent"]:
             obj["payment_intent"] = copy.deepcopy(self.payment_intents[obj["payment_intent"]])
         return self._ok(obj)
+
+    @staticmethod
+    def _list(data: list[dict[str, Any]], url: str) -> dict[str, Any]:
+        return {"object": "list", "data": data, "has_more": False, "url": url}
+
+    def _control(self, session_id: str, action: str, params: dict[str, Any]) -> tuple:
+        """A tiny stand-in for the sandbox emulator's control endpoint (the trigger command)."""
+        if session_id not in self.sessions:
+            return self._missing("checkout.session", session_id)
+        self.controls.append((session_id, action, params))
+        actions = {
+            "pay": lambda: self.pay(session_id, params.get("email") or "buyer@example.com"),
+            "refund": lambda: (
+                self.refund(session_id, int(params["amount"]))
+                if params.get("amount")
+                else self.refund(session_id)
+            ),
+            "expire": lambda: self.expire(session_id),
+        }
+        if action not in actions:
+            return self._error(400, "invalid_request_error", f"Unknown action {action!r}.")
+        try:
+            actions[action]()
+        except (KeyError, ValueError) as exc:
+            return self._error(400, "invalid_request_error", f"Cannot {action}: {exc}")
+        return self._ok({"session": self.session(session_id), "events": []})
 
     def _line_item_list(self, session_id: str) -> dict[str, Any]:
         return {
@@ -393,6 +451,8 @@ class FakeStripe(stripe.HTTPClient):
             session = self.sessions[session_id]
             total = max(0, (session["amount_subtotal"] or 0) - amount_discount)
             pi_data = session["_payment_intent_data"]
+            if session["status"] != "open":
+                raise ValueError(f"session is {session['status']}")
             pi_id = new_id("pi").replace("_test_", "_")
             succeeded = payment_status == "paid"
             self.payment_intents[pi_id] = {
@@ -405,7 +465,8 @@ class FakeStripe(stripe.HTTPClient):
                 "customer": None,
                 "description": None,
                 "id": pi_id,
-                "latest_charge": new_id("ch").replace("_test_", "_") if succeeded else None,
+                "last_payment_error": None,
+                "latest_charge": None,
                 "livemode": session["livemode"],
                 "metadata": dict(pi_data.get("metadata") or {}),
                 "object": "payment_intent",
@@ -428,6 +489,8 @@ class FakeStripe(stripe.HTTPClient):
                 },
             )
             session["total_details"]["amount_discount"] = amount_discount
+            if succeeded:
+                self._charge(pi_id)
             return self._public(session)
 
     def settle(self, session_id: str) -> dict[str, Any]:
@@ -437,13 +500,116 @@ class FakeStripe(stripe.HTTPClient):
             session["payment_status"] = "paid"
             pi = self.payment_intents[session["payment_intent"]]
             pi.update(status="succeeded", amount_received=pi["amount"])
-            pi["latest_charge"] = new_id("ch").replace("_test_", "_")
+            self._charge(pi["id"])
             return self._public(session)
+
+    def fail_async(self, session_id: str, message: str = "The bank debit was returned.") -> None:
+        """An asynchronous payment fails (``checkout.session.async_payment_failed``): the session
+        stays complete and unpaid, its PaymentIntent needs a new payment method."""
+        with self._lock:
+            pi = self.payment_intents[self.sessions[session_id]["payment_intent"]]
+            pi.update(
+                status="requires_payment_method",
+                last_payment_error={"type": "card_error", "message": message},
+            )
 
     def expire(self, session_id: str) -> dict[str, Any]:
         with self._lock:
             self.sessions[session_id]["status"] = "expired"
             return self._public(self.sessions[session_id])
+
+    def _charge(self, pi_id: str) -> dict[str, Any]:
+        pi = self.payment_intents[pi_id]
+        charge_id = new_id("ch").replace("_test_", "_")
+        charge = {
+            "amount": pi["amount"],
+            "amount_captured": pi["amount"],
+            "amount_refunded": 0,
+            "captured": True,
+            "created": int(time.time()),
+            "currency": pi["currency"],
+            "disputed": False,
+            "id": charge_id,
+            "livemode": pi["livemode"],
+            # A charge copies its PaymentIntent's metadata when it is created.
+            "metadata": dict(pi["metadata"]),
+            "object": "charge",
+            "paid": True,
+            "payment_intent": pi_id,
+            "refunded": False,
+            "refunds": self._list([], f"/v1/charges/{charge_id}/refunds"),
+            "status": "succeeded",
+        }
+        self.charges[charge_id] = charge
+        pi["latest_charge"] = charge_id
+        return charge
+
+    def payment_intent(self, session_id: str) -> dict[str, Any]:
+        """The session's PaymentIntent as stored (``latest_charge`` an id): an event's object."""
+        return copy.deepcopy(self.payment_intents[self.sessions[session_id]["payment_intent"]])
+
+    def charge(self, session_id: str) -> dict[str, Any]:
+        """The session's latest charge as stored: the object of ``charge.refunded``."""
+        return copy.deepcopy(self.charges[self.payment_intent(session_id)["latest_charge"]])
+
+    def refund(self, session_id: str, amount: int | None = None) -> dict[str, Any]:
+        """Refund the session's charge, in full or ``amount`` of it; returns the charge."""
+        with self._lock:
+            charge = self.charges[self.payment_intent(session_id)["latest_charge"]]
+            left = charge["amount"] - charge["amount_refunded"]
+            amount = left if amount is None else amount
+            if not 0 < amount <= left:
+                raise ValueError(f"cannot refund {amount}; {left} left")
+            refund = {
+                "amount": amount,
+                "charge": charge["id"],
+                "created": int(time.time()),
+                "currency": charge["currency"],
+                "id": new_id("re").replace("_test_", "_"),
+                "metadata": {},
+                "object": "refund",
+                "payment_intent": charge["payment_intent"],
+                "reason": None,
+                "status": "succeeded",
+            }
+            charge["amount_refunded"] += amount
+            charge["refunded"] = charge["amount_refunded"] >= charge["amount"]
+            charge["refunds"]["data"].insert(0, refund)
+            return copy.deepcopy(charge)
+
+    def dispute(self, session_id: str, status: str = "needs_response") -> dict[str, Any]:
+        """The buyer's bank disputes the session's charge; returns the dispute."""
+        with self._lock:
+            charge = self.charges[self.payment_intent(session_id)["latest_charge"]]
+            charge["disputed"] = True
+            dispute = {
+                "amount": charge["amount"],
+                "balance_transactions": [],
+                "charge": charge["id"],
+                "created": int(time.time()) + len(self.disputes),
+                "currency": charge["currency"],
+                "id": new_id("dp").replace("_test_", "_"),
+                "is_charge_refundable": False,
+                "livemode": charge["livemode"],
+                "metadata": {},
+                "object": "dispute",
+                "payment_intent": charge["payment_intent"],
+                "reason": "fraudulent",
+                "status": status,
+            }
+            self.disputes[dispute["id"]] = dispute
+            return copy.deepcopy(dispute)
+
+    def close_dispute(self, session_id: str, status: str = "won") -> dict[str, Any]:
+        """The session's latest dispute is decided: ``won`` or ``lost``; returns it."""
+        with self._lock:
+            pi_id = self.sessions[session_id]["payment_intent"]
+            dispute = max(
+                (d for d in self.disputes.values() if d["payment_intent"] == pi_id),
+                key=lambda d: d["created"],
+            )
+            dispute["status"] = status
+            return copy.deepcopy(dispute)
 
     def tamper_line_item(
         self,

@@ -236,7 +236,7 @@ def test_webhook_stores_unhandled_types_as_ignored(client, purchase, fake_stripe
     session_id = start_checkout(fake_stripe, purchase)
     with on_commit():
         post_event(
-            client, event_for(fake_stripe.session(session_id), type="checkout.session.expired")
+            client, event_for(fake_stripe.session(session_id), type="checkout.session.updated")
         )
     event = StripeEvent.objects.get()
     assert event.status == StripeEvent.Status.IGNORED
@@ -323,6 +323,11 @@ def test_webhook_stripe_down_fails_event_and_a_retry_fulfils_once(
     assert purchase.status == Purchase.Status.PENDING
     # (django-q2's sync mode re-raises a failing task instead of storing it; the enqueue logs
     # it and the view still answers 200. A cluster stores it as a failed Task.)
+
+    # The retry is due later (backoff); until then a copy of the task does nothing.
+    assert event.next_attempt_at is not None
+    assert process_stripe_event(event.pk) == "skipped (failed)"
+    StripeEvent.objects.filter(pk=event.pk).update(next_attempt_at=event.received_at)
 
     fake_stripe.set_down(False)
     with Receiver(signals.purchase_paid) as paid, on_commit():

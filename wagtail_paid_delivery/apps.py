@@ -12,6 +12,8 @@ class WagtailPaidDeliveryConfig(AppConfig):
     def ready(self) -> None:
         from . import checks  # noqa: F401  (registers the system checks)
         from . import receivers  # noqa: F401  (connects the delivery email to purchase_paid)
+        from .schedules import ensure_schedules
         from .setup import ensure_default_copy
 
         post_migrate.connect(ensure_default_copy, sender=self)
+        post_migrate.connect(ensure_schedules, sender=self)

@@ -36,6 +36,40 @@ DEFAULTS: dict[str, Any] = {
     "INSTALLATION_ID": None,
     # Callable (or dotted path to one) returning the Storage for product files.
     "STORAGE": "wagtail_paid_delivery.storage.PrivateProductStorage",
+    # A partial refund (charge.refunded with less than the full amount): "keep" access (the
+    # amount is recorded on the purchase) or "revoke" it (the purchase becomes refunded, final).
+    # A full refund always revokes.
+    "PARTIAL_REFUND_POLICY": "keep",
+    # An open dispute (chargeback): "suspend" access until it is won, or "ignore" it (access
+    # stays). Either way a lost dispute ends access, like a full refund.
+    "DISPUTE_POLICY": "suspend",
+    # How often a Stripe event whose processing failed is tried in all (the first try included).
+    # After the last one the event stays `failed` (logged as an error) until `reprocess`.
+    "MAX_EVENT_ATTEMPTS": 8,
+    # Wait before retrying a failed event: doubled after each failure (1, 2, 4… minutes),
+    # never longer than EVENT_RETRY_MAX_DELAY. timedelta or seconds.
+    "EVENT_RETRY_DELAY": timedelta(minutes=1),
+    "EVENT_RETRY_MAX_DELAY": timedelta(hours=6),
+    # Create (and keep up to date) django-q2 schedules for the sweep (every minute) and
+    # reconciliation (every 10 minutes) after each `migrate`. False: schedule them yourself.
+    "SCHEDULES": True,
+    # Extra Stripe Checkout features, all off by default; see the README. Known keys:
+    # allow_promotion_codes, automatic_tax, tax_id_collection, invoice_creation (bools),
+    # locale ("auto", "de", …), require_terms (bool: the buyer must accept your terms of
+    # service, set in the Stripe Dashboard) and terms_message (text shown beside that checkbox,
+    # e.g. the EU withdrawal waiver for immediate digital delivery; needs require_terms).
+    "CHECKOUT_OPTIONS": {},
+}
+
+#: The keys ``CHECKOUT_OPTIONS`` accepts, with the type each value must have.
+CHECKOUT_OPTION_TYPES: dict[str, tuple[type, ...]] = {
+    "allow_promotion_codes": (bool,),
+    "automatic_tax": (bool,),
+    "tax_id_collection": (bool,),
+    "invoice_creation": (bool,),
+    "locale": (str, type(None)),
+    "require_terms": (bool,),
+    "terms_message": (str,),
 }
 
 
@@ -92,12 +126,24 @@ class PaidDeliverySettings:
         value = self.LINK_LIFETIME
         return value if isinstance(value, timedelta) else timedelta(seconds=int(value))
 
+    @property
+    def event_retry_delay(self) -> timedelta:
+        return _as_timedelta(self.EVENT_RETRY_DELAY)
+
+    @property
+    def event_retry_max_delay(self) -> timedelta:
+        return _as_timedelta(self.EVENT_RETRY_MAX_DELAY)
+
     def require_secret_key(self) -> str:
         if not self.STRIPE_SECRET_KEY:
             raise ImproperlyConfigured(
                 f"Set {SETTINGS_NAME}['STRIPE_SECRET_KEY'] to your Stripe secret key."
             )
         return str(self.STRIPE_SECRET_KEY)
+
+
+def _as_timedelta(value: Any) -> timedelta:
+    return value if isinstance(value, timedelta) else timedelta(seconds=float(value))
 
 
 app_settings = PaidDeliverySettings()

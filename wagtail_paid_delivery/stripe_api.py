@@ -152,6 +152,64 @@ def retrieve_checkout_session(session_id: str) -> stripe.checkout.Session:
         )
 
 
+def list_checkout_sessions_for_payment_intent(payment_intent_id: str) -> list[Any]:
+    """The Checkout Sessions that created ``payment_intent_id`` (at most one, in practice).
+
+    Used to map a PaymentIntent event back to its session when no Purchase records the
+    PaymentIntent yet. Raises ``StripeUnavailable`` or ``stripe.StripeError``.
+    """
+    with _translate_errors():
+        result = get_client().v1.checkout.sessions.list(
+            {"payment_intent": payment_intent_id, "limit": 3}
+        )
+    return list(result.data)
+
+
+def retrieve_payment_intent(payment_intent_id: str) -> stripe.PaymentIntent:
+    """Fetch a PaymentIntent with its ``latest_charge`` expanded (refunded? disputed?).
+
+    Raises ``StripeUnavailable`` or ``stripe.InvalidRequestError``.
+    """
+    with _translate_errors():
+        return get_client().v1.payment_intents.retrieve(
+            payment_intent_id, {"expand": ["latest_charge"]}
+        )
+
+
+def list_disputes_for_payment_intent(payment_intent_id: str) -> list[stripe.Dispute]:
+    """The disputes on ``payment_intent_id``'s charges, newest first.
+
+    Raises ``StripeUnavailable`` or ``stripe.StripeError``.
+    """
+    with _translate_errors():
+        result = get_client().v1.disputes.list({"payment_intent": payment_intent_id, "limit": 10})
+    return sorted(result.data, key=lambda d: getattr(d, "created", 0) or 0, reverse=True)
+
+
+def emulator_control(session_id: str, action: str, params: dict[str, Any]) -> dict[str, Any]:
+    """Ask the Stripe stand-in at ``STRIPE_API_BASE`` to act on a session as a buyer would.
+
+    ``POST {STRIPE_API_BASE}/_emulator/sessions/<id>/<action>``, authenticated with the secret
+    key; the stand-in then sends the signed webhooks that follow. Real Stripe has no such
+    endpoint (use the Stripe CLI and Dashboard there). Raises ``ImproperlyConfigured`` when
+    ``STRIPE_API_BASE`` is not set, ``StripeUnavailable``, or ``stripe.StripeError`` for an
+    action the stand-in refused.
+    """
+    from django.core.exceptions import ImproperlyConfigured
+
+    if not app_settings.STRIPE_API_BASE:
+        raise ImproperlyConfigured(
+            f"{SETTINGS_NAME}['STRIPE_API_BASE'] is not set: there is no Stripe stand-in to "
+            "drive (real Stripe: use the Stripe CLI or Dashboard)."
+        )
+    with _translate_errors():
+        response = get_client().raw_request(
+            "post", f"/_emulator/sessions/{session_id}/{action}", **params
+        )
+    data = json.loads(response.body)
+    return data if isinstance(data, dict) else {}
+
+
 def retrieve_price(price_id: str) -> stripe.Price:
     """Fetch a Price. Raises ``StripeUnavailable`` or ``stripe.InvalidRequestError``."""
     with _translate_errors():

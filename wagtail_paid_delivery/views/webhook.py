@@ -21,22 +21,31 @@ from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
-from .. import stripe_api
+from .. import stripe_api, tasks
 from ..conf import app_settings
 from ..models import StripeEvent
 
 logger = logging.getLogger(__name__)
 
-#: Event types that lead to work; every other verified event is stored as ``ignored``.
-HANDLED_EVENT_TYPES = frozenset(
-    {"checkout.session.completed", "checkout.session.async_payment_succeeded"}
-)
+#: Event types that lead to work (see ``tasks.route``); every other verified event is stored as
+#: ``ignored``.
+HANDLED_EVENT_TYPES = tasks.HANDLED_EVENT_TYPES
 
-TASK = "wagtail_paid_delivery.tasks.process_stripe_event"
+TASK = tasks.TASK
+
+#: Objects that carry our metadata (written by checkout on the session, its PaymentIntent and,
+#: with invoice creation on, its invoice): checked here, for free.
+_METADATA_OBJECTS = ("checkout.session.", "payment_intent.", "invoice.")
 
 
 def ignore_reason(event: dict[str, Any]) -> str:
-    """Why a verified event is not ours to act on; empty when it is. Reads the payload only."""
+    """Why a verified event is not ours to act on; empty when it is. Reads the payload only.
+
+    Sessions, PaymentIntents and invoices carry our metadata, so another integration's are
+    told apart here. Charges and disputes may not (a charge copies its PaymentIntent's metadata
+    when it is created; a dispute has none): they need a PaymentIntent, and the task maps it
+    to one of our purchases (or finds it is not ours) by asking our database and then Stripe.
+    """
     event_type = event.get("type")
     if event_type not in HANDLED_EVENT_TYPES:
         return f"unhandled event type {event_type!r}"
@@ -45,7 +54,16 @@ def ignore_reason(event: dict[str, Any]) -> str:
         return "livemode does not match the configured secret key"
     data = event.get("data")
     obj = data.get("object") if isinstance(data, dict) else None
-    metadata = obj.get("metadata") if isinstance(obj, dict) else None
+    if not isinstance(obj, dict):
+        return "no object in payload"
+    metadata = obj.get("metadata")
+    if not str(event_type).startswith(_METADATA_OBJECTS):
+        if not obj.get("payment_intent"):
+            return "no PaymentIntent (not a Checkout payment)"
+        installation = metadata.get("wpd_installation") if isinstance(metadata, dict) else None
+        if installation and installation != app_settings.installation_id:
+            return "not this installation's payment"
+        return ""
     if not isinstance(metadata, dict):
         return "no metadata"
     if metadata.get("wpd_installation") != app_settings.installation_id:
@@ -65,19 +83,19 @@ def _broker() -> Any:
     return get_broker()
 
 
-def enqueue(event_pk: int, *, savepoint: bool = False) -> None:
+def enqueue(event_pk: int, *, savepoint: bool = False, token: str | None = None) -> None:
     """Hand a stored event to django-q2; the worker must be able to find the committed row.
 
     ``savepoint``: called inside the event's own transaction, where a failed enqueue must not
-    take the stored event down with it.
+    take the stored event down with it. ``token``: the lease the sweep wrote (see
+    ``tasks.claim``).
     """
     from django_q.tasks import async_task
 
+    args: tuple[Any, ...] = (event_pk, token) if token else (event_pk,)
     try:
         with transaction.atomic() if savepoint else contextlib.nullcontext():
-            async_task(
-                TASK, event_pk, group="wagtail_paid_delivery.stripe_events", broker=_broker()
-            )
+            async_task(TASK, *args, group=tasks.TASK_GROUP, broker=_broker())
     except Exception:
         # The event is stored as `received`; the sweep re-enqueues it. Stripe must still get its
         # 200, or it would redeliver an event we already hold.

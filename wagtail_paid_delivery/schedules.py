@@ -1,0 +1,57 @@
+"""The django-q2 schedules this app needs, created (or brought up to date) after ``migrate``.
+
+``sweep`` re-enqueues Stripe events due for another attempt or whose task was lost, every
+minute; ``reconcile`` asks Stripe about recent pending purchases, every ten minutes. They are
+upserted by name, so a site never adds them by hand, and a changed interval here reaches every
+site on its next ``migrate``. ``WAGTAIL_PAID_DELIVERY["SCHEDULES"] = False`` leaves them alone
+(and removes nothing a site made itself).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from django.apps import apps as global_apps
+from django.db import DEFAULT_DB_ALIAS
+
+from .conf import app_settings
+
+logger = logging.getLogger(__name__)
+
+#: name → (task function, interval in minutes).
+SCHEDULES: dict[str, tuple[str, int]] = {
+    "wagtail_paid_delivery.sweep": ("wagtail_paid_delivery.tasks.sweep", 1),
+    "wagtail_paid_delivery.reconcile": ("wagtail_paid_delivery.tasks.reconcile", 10),
+}
+
+
+def ensure_schedules(*, using: str = DEFAULT_DB_ALIAS, **kwargs: Any) -> None:
+    """Create or update the app's django-q2 schedules (a ``post_migrate`` receiver)."""
+    if not app_settings.SCHEDULES or not global_apps.is_installed("django_q"):
+        return
+    from django.db import connections
+    from django_q.models import Schedule
+
+    if Schedule._meta.db_table not in connections[using].introspection.table_names():
+        return  # django_q's own migrations have not run on this database (yet)
+    for name, (func, minutes) in SCHEDULES.items():
+        wanted = {
+            "func": func,
+            "schedule_type": Schedule.MINUTES,
+            "minutes": minutes,
+            "repeats": -1,
+        }
+        existing = Schedule.objects.using(using).filter(name=name).order_by("pk")
+        schedule = existing.first()
+        if schedule is None:
+            Schedule.objects.using(using).create(name=name, **wanted)
+            logger.info("Created django-q2 schedule %s", name)
+            continue
+        # Duplicates (an old manual copy) would run the task twice as often.
+        existing.exclude(pk=schedule.pk).delete()
+        changed = [k for k, v in wanted.items() if getattr(schedule, k) != v]
+        if changed:
+            for key in changed:
+                setattr(schedule, key, wanted[key])
+            schedule.save(using=using, update_fields=changed)
