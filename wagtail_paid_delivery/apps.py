@@ -10,8 +10,10 @@ class WagtailPaidDeliveryConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from . import checks  # noqa: F401  (registers the system checks)
-        from . import receivers  # noqa: F401  (connects the delivery email to purchase_paid)
+        from . import (
+            checks,  # noqa: F401  (registers the system checks)
+            receivers,  # noqa: F401  (connects the delivery email to purchase_paid)
+        )
         from .schedules import ensure_schedules
         from .setup import ensure_default_copy
 
