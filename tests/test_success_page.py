@@ -206,3 +206,67 @@ def test_success_page_headers_keep_it_private(client, product):
         assert response["Cache-Control"] == "private, no-store"
         assert response["Referrer-Policy"] == "same-origin"
         assert response["X-Robots-Tag"] == "noindex"
+
+
+def _download_href(html: str) -> str:
+    import re
+
+    match = re.search(r'href="(http://testserver/shop/d/[A-Za-z0-9_-]{43}/)"', html)
+    assert match, "no download link on the success page"
+    return match.group(1)
+
+
+def test_success_page_links_to_the_download_page_and_reloads_mint_no_new_links(
+    client, product, fake_stripe
+):
+    from wagtail_paid_delivery.models import DownloadLink
+
+    purchase = start_checkout(client, product)
+    session_id = purchase.stripe_checkout_session_id
+    fake_stripe.pay(session_id, email="ada@example.com")
+
+    first = thanks(client, session_id)
+    url = _download_href(first.content.decode())
+    links = DownloadLink.objects.filter(purchase=purchase, reason="success_page")
+    assert links.count() == 1
+    # The raw token is only in the (signed, HttpOnly) binding cookie, never stored server-side.
+    cookie = first.cookies[binding.COOKIE_NAME]
+    assert cookie["httponly"]
+    token = url.rstrip("/").rsplit("/", 1)[1]
+    assert not DownloadLink.objects.filter(token_hash=token).exists()
+
+    second = thanks(client, session_id)
+    assert _download_href(second.content.decode()) == url
+    assert links.count() == 1
+
+    page = client.get(url.replace("http://testserver", ""))
+    assert page.status_code == 200
+    assert "Field guide" in page.content.decode()
+
+
+def test_success_page_gives_a_fresh_link_when_the_remembered_one_was_revoked(
+    client, product, fake_stripe
+):
+    from wagtail_paid_delivery import tokens
+
+    purchase = start_checkout(client, product)
+    session_id = purchase.stripe_checkout_session_id
+    fake_stripe.pay(session_id)
+    old = _download_href(thanks(client, session_id).content.decode())
+    tokens.revoke_link(tokens.check_token(old.rstrip("/").rsplit("/", 1)[1]))
+
+    new = _download_href(thanks(client, session_id).content.decode())
+    assert new != old
+    assert client.get(new.replace("http://testserver", "")).status_code == 200
+
+
+def test_a_stranger_gets_no_download_link(client, product, fake_stripe):
+    purchase = start_checkout(client, product)
+    session_id = purchase.stripe_checkout_session_id
+    fake_stripe.pay(session_id)
+    thanks(client, session_id)  # the buyer's browser
+
+    stranger = Client()
+    html = thanks(stranger, session_id).content.decode()
+    assert "/shop/d/" not in html
+    assert NEUTRAL in html

@@ -82,6 +82,27 @@ def bind_purchase(request: HttpRequest, response: HttpResponse, public_id: Any) 
     save(request, response, data)
 
 
+def download_token(request: HttpRequest, public_id: Any) -> str | None:
+    """The raw download token this browser was given for ``public_id`` on the success page."""
+    tokens = load(request).get("links", {})
+    token = tokens.get(str(public_id)) if isinstance(tokens, dict) else None
+    return token if isinstance(token, str) else None
+
+
+def remember_download_token(
+    request: HttpRequest, response: HttpResponse, public_id: Any, token: str
+) -> None:
+    """Keep a success-page link's raw token in this browser only (never in a server-side store),
+    so reloading the success page shows the same link instead of minting new ones."""
+    data = load(request)
+    bound = set(bound_purchase_ids(request))
+    tokens = data.get("links") if isinstance(data.get("links"), dict) else {}
+    tokens = {k: v for k, v in tokens.items() if k in bound}
+    tokens[str(public_id)] = token
+    data["links"] = tokens
+    save(request, response, data)
+
+
 def forget_purchases(
     request: HttpRequest, response: HttpResponse, public_ids: Iterable[Any]
 ) -> None:

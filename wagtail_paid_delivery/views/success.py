@@ -23,8 +23,8 @@ from django.shortcuts import render
 from django.utils.translation import gettext as _
 from django.views.decorators.http import require_safe
 
-from .. import binding, fulfillment, stripe_api
-from ..models import DeliveryCopy, Purchase
+from .. import binding, fulfillment, stripe_api, tokens
+from ..models import DeliveryCopy, DownloadLink, Purchase
 
 logger = logging.getLogger(__name__)
 
@@ -87,6 +87,29 @@ def _neutral_context() -> dict[str, Any]:
     }
 
 
+def success_page_link(request: HttpRequest, purchase: Purchase) -> tuple[str | None, str | None]:
+    """(download page URL, new raw token to remember) for a paid purchase's bound browser.
+
+    The token this browser was given before is reused while it still works; only when it has
+    none (or it stopped working) is a new link issued, and its raw token goes into the signed
+    binding cookie, nowhere else.
+    """
+    known = binding.download_token(request, purchase.public_id)
+    if known:
+        try:
+            link = tokens.check_token(known)
+        except tokens.LinkError:
+            pass
+        else:
+            if link.purchase_id == purchase.pk:
+                return tokens.download_page_url(known, purchase=purchase), None
+    try:
+        issued = tokens.issue_link(purchase, reason=DownloadLink.Reason.SUCCESS_PAGE)
+    except tokens.CannotIssueLink:
+        return None, None
+    return issued.url, issued.token
+
+
 @login_not_required
 @require_safe
 def success(request: HttpRequest) -> HttpResponse:
@@ -96,6 +119,9 @@ def success(request: HttpRequest) -> HttpResponse:
         purchase = settle_pending(purchase)
 
     state = STATE_FOR_STATUS.get(purchase.status) if purchase is not None else None
+    download_url = new_token = None
+    if purchase is not None and state == "success":
+        download_url, new_token = success_page_link(request, purchase)
     if purchase is None or state is None:
         context = _neutral_context()
     else:
@@ -107,11 +133,14 @@ def success(request: HttpRequest) -> HttpResponse:
             "purchase": purchase,
             "title": copy.render_text(f"{state}_title", **values),
             "message": copy.render(f"{state}_message", **values),
+            "download_url": download_url,
             "product_url": purchase.product.specific.get_url(request)
             if state == "failed" and purchase.product_id and purchase.product.live
             else None,
         }
     response = render(request, "wagtail_paid_delivery/success.html", context)
+    if purchase is not None and new_token:
+        binding.remember_download_token(request, response, purchase.public_id, new_token)
     # Per-buyer, possibly secret content: never cached, never indexed, its URL (with the
     # session id) never sent to other sites.
     response["Cache-Control"] = "private, no-store"
