@@ -494,10 +494,9 @@ def _finish(event: DownloadEvent, tracker: SendTracker) -> Callable[[], None]:
         try:
             if event.counted and tracker.nothing_sent:
                 release_download(event)
-            else:
-                DownloadEvent.objects.filter(pk=event.pk).update(
-                    bytes_sent=None if tracker.unknown else tracker.sent
-                )
+            elif not tracker.unknown:
+                # (With sendfile the count is unknown: bytes_sent stays empty, nothing to write.)
+                DownloadEvent.objects.filter(pk=event.pk).update(bytes_sent=tracker.sent)
         except Exception:  # closing must never break the server's cleanup
             logger.exception("Could not finish download event %s", event.pk)
 
