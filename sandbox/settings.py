@@ -151,6 +151,8 @@ Q_CLUSTER = {
     "poll": 0.5,
     "catch_up": False,
     "label": "Tasks",
+    # Retries are the app's (backoff + sweep); the broker must not hand failed tasks back too.
+    "ack_failures": True,
 }
 
 # Stripe. With no key in the environment the sandbox uses fixed placeholder test credentials and

@@ -100,6 +100,8 @@ Q_CLUSTER = {
     "retry": 60,
     "workers": 1,
     "catch_up": False,
+    # Retries are the app's (backoff + sweep); the broker must not hand failed tasks back too.
+    "ack_failures": True,
 }
 
 WAGTAIL_PAID_DELIVERY = {

@@ -160,3 +160,54 @@ def test_every_check_id_in_checks_py_is_covered_here():
     ids = set(re.findall(r"\{ID\}\.([EW]\d{3})", source))
     tested = set(re.findall(r"wagtail_paid_delivery\.([EW]\d{3})", Path(__file__).read_text()))
     assert ids and ids <= tested
+
+
+def _e010(**options):
+    with _with(CHECKOUT_OPTIONS=options):
+        return [m for m in run_checks() if m.id == "wagtail_paid_delivery.E010"]
+
+
+def test_valid_checkout_options_pass():
+    options = {"allow_promotion_codes": True, "locale": None, "require_terms": True}
+    assert _e010(**options, terms_message="Waiver") == []
+
+
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [
+        ({"promo_codes": True}, "unknown option 'promo_codes'"),
+        ({"automatic_tax": "yes"}, "'automatic_tax' must be bool"),
+        ({"locale": 7}, "'locale' must be str or None"),
+        ({"terms_message": "Waiver"}, "needs 'require_terms'"),
+        ({"require_terms": True, "terms_message": "x" * 1201}, "1200 characters"),
+    ],
+)
+def test_e010_bad_checkout_options(options, expected):
+    [message] = _e010(**options)
+    assert expected in message.msg
+
+
+def test_e010_checkout_options_that_are_not_a_dict():
+    with _with(CHECKOUT_OPTIONS=["x"]):
+        [message] = [m for m in run_checks() if m.id == "wagtail_paid_delivery.E010"]
+    assert "must be a dict" in message.msg
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "check_id"),
+    [
+        ("PARTIAL_REFUND_POLICY", "refund", "wagtail_paid_delivery.E011"),
+        ("DISPUTE_POLICY", "pause", "wagtail_paid_delivery.E011"),
+        ("MAX_EVENT_ATTEMPTS", 0, "wagtail_paid_delivery.E012"),
+        ("EVENT_RETRY_DELAY", 0, "wagtail_paid_delivery.E012"),
+    ],
+)
+def test_e011_e012_refund_dispute_and_retry_settings(key, value, check_id):
+    with _with(**{key: value}):
+        assert our_ids() == [check_id]
+
+
+def test_w003_ack_failures_is_recommended_for_deploy():
+    with override_settings(Q_CLUSTER={**settings.Q_CLUSTER, "ack_failures": False}):
+        assert our_ids() == []
+        assert our_ids(deploy=True) == ["wagtail_paid_delivery.W003"]

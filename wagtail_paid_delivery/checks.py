@@ -181,3 +181,103 @@ def check_product_app_with_custom_base_page(**kwargs: Any) -> list[CheckMessage]
             )
         ]
     return []
+
+
+@register(Tags.compatibility, deploy=True)
+def check_q_ack_failures(**kwargs: Any) -> list[CheckMessage]:
+    # Deploy only: a development site may run django-q2 as it likes.
+    conf = getattr(settings, "Q_CLUSTER", None) or {}
+    if conf.get("ack_failures"):
+        return []
+    return [
+        Warning(
+            "Q_CLUSTER['ack_failures'] is not True.",
+            hint="Retrying failed Stripe events is this app's job (backoff, a sweep every "
+            "minute, MAX_EVENT_ATTEMPTS). Without ack_failures the ORM broker also hands a "
+            "failed task back every 'retry' seconds, forever. Set Q_CLUSTER['ack_failures'] "
+            "= True.",
+            id=f"{ID}.W003",
+        )
+    ]
+
+
+_POLICIES = {
+    "PARTIAL_REFUND_POLICY": ("keep", "revoke"),
+    "DISPUTE_POLICY": ("suspend", "ignore"),
+}
+
+
+@register(Tags.compatibility)
+def check_money_settings(**kwargs: Any) -> list[CheckMessage]:
+    from .conf import CHECKOUT_OPTION_TYPES
+
+    try:
+        values = {key: getattr(app_settings, key) for key in _POLICIES}
+        attempts = app_settings.MAX_EVENT_ATTEMPTS
+        options = app_settings.CHECKOUT_OPTIONS
+        delays = (app_settings.event_retry_delay, app_settings.event_retry_max_delay)
+    except Exception as exc:  # reported by check_settings (unknown keys) or below
+        if isinstance(exc, (TypeError, ValueError)):
+            return [
+                Error(
+                    f"{SETTINGS_NAME}['EVENT_RETRY_DELAY'] or ['EVENT_RETRY_MAX_DELAY'] is not "
+                    "a duration.",
+                    hint="Use a timedelta or a number of seconds.",
+                    id=f"{ID}.E012",
+                )
+            ]
+        return []
+    messages: list[CheckMessage] = []
+    for key, allowed in _POLICIES.items():
+        if values[key] not in allowed:
+            messages.append(
+                Error(
+                    f"{SETTINGS_NAME}['{key}'] is {values[key]!r}.",
+                    hint=f"Use one of: {', '.join(repr(a) for a in allowed)}.",
+                    id=f"{ID}.E011",
+                )
+            )
+    if not isinstance(attempts, int) or isinstance(attempts, bool) or attempts < 1:
+        messages.append(
+            Error(
+                f"{SETTINGS_NAME}['MAX_EVENT_ATTEMPTS'] is {attempts!r}.",
+                hint="Use a whole number of attempts, at least 1 (the default is 8).",
+                id=f"{ID}.E012",
+            )
+        )
+    if delays[0].total_seconds() <= 0 or delays[1] < delays[0]:
+        messages.append(
+            Error(
+                f"{SETTINGS_NAME}['EVENT_RETRY_DELAY'] must be positive and not longer than "
+                "EVENT_RETRY_MAX_DELAY.",
+                hint="For example timedelta(minutes=1) and timedelta(hours=6).",
+                id=f"{ID}.E012",
+            )
+        )
+    problems: list[str] = []
+    if not isinstance(options, dict):
+        problems.append("it must be a dict")
+    else:
+        for key, value in options.items():
+            types = CHECKOUT_OPTION_TYPES.get(key)
+            if types is None:
+                problems.append(f"unknown option {key!r}")
+            elif not isinstance(value, types):
+                names = " or ".join("None" if t is type(None) else t.__name__ for t in types)
+                problems.append(f"{key!r} must be {names}, not {value!r}")
+        message = options.get("terms_message") or ""
+        if message and not options.get("require_terms"):
+            problems.append("'terms_message' needs 'require_terms': True")
+        if isinstance(message, str) and len(message) > 1200:
+            problems.append("'terms_message' is longer than Stripe's 1200 characters")
+    if problems:
+        messages.append(
+            Error(
+                f"{SETTINGS_NAME}['CHECKOUT_OPTIONS']: {'; '.join(problems)}.",
+                hint="Known options: "
+                + ", ".join(sorted(CHECKOUT_OPTION_TYPES))
+                + ". See the README's Checkout options.",
+                id=f"{ID}.E010",
+            )
+        )
+    return messages

@@ -189,6 +189,31 @@ def session_params(purchase: Purchase, page: Any, customer_email: str | None) ->
     }
     if customer_email:
         params["customer_email"] = customer_email
+    params.update(checkout_options(metadata))
+    return params
+
+
+def checkout_options(metadata: dict[str, str]) -> dict[str, Any]:
+    """Session params for the site's ``CHECKOUT_OPTIONS`` (validated by check E010)."""
+    options = app_settings.CHECKOUT_OPTIONS or {}
+    params: dict[str, Any] = {}
+    if options.get("allow_promotion_codes"):
+        params["allow_promotion_codes"] = True
+    if options.get("automatic_tax"):
+        params["automatic_tax"] = {"enabled": True}
+    if options.get("tax_id_collection"):
+        params["tax_id_collection"] = {"enabled": True}
+    if options.get("invoice_creation"):
+        # The invoice carries our metadata too, so invoice.payment_succeeded maps back to us.
+        params["invoice_creation"] = {"enabled": True, "invoice_data": {"metadata": metadata}}
+    if options.get("locale"):
+        params["locale"] = options["locale"]
+    if options.get("require_terms"):
+        params["consent_collection"] = {"terms_of_service": "required"}
+        if options.get("terms_message"):
+            params["custom_text"] = {
+                "terms_of_service_acceptance": {"message": options["terms_message"]}
+            }
     return params
 
 

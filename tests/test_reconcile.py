@@ -1,0 +1,103 @@
+"""tasks.reconcile: a shop whose webhook never arrived heals itself from Stripe's own state."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from tests.factories import ProductPageFactory, PurchaseFactory
+from tests.stripe_fake import start_checkout
+from tests.test_fulfillment import Receiver
+from wagtail_paid_delivery import signals, tasks
+from wagtail_paid_delivery.models import Purchase, StripeEvent
+from wagtail_paid_delivery.tasks import reconcile
+
+
+@pytest.fixture
+def product(home):
+    return ProductPageFactory(parent=home, price_amount=1250)
+
+
+def pending(product, fake_stripe, *, age=timedelta(minutes=30)):
+    purchase = PurchaseFactory(product=product)
+    session_id = start_checkout(fake_stripe, purchase)
+    Purchase.objects.filter(pk=purchase.pk).update(created_at=timezone.now() - age)
+    return purchase, session_id
+
+
+def status(purchase) -> str:
+    purchase.refresh_from_db()
+    return purchase.status
+
+
+def test_reconcile_fulfils_a_paid_session_that_never_sent_a_webhook(
+    product, fake_stripe, django_capture_on_commit_callbacks
+):
+    purchase, session_id = pending(product, fake_stripe)
+    fake_stripe.pay(session_id, email="ada@example.com")
+    with (
+        Receiver(signals.purchase_paid) as delivered,
+        django_capture_on_commit_callbacks(execute=True),
+    ):
+        assert reconcile() == "fulfilled 1"
+    assert status(purchase) == Purchase.Status.PAID
+    assert purchase.email == "ada@example.com"
+    assert len(delivered.calls) == 1
+    assert not StripeEvent.objects.exists()
+    # Paid purchases are no longer asked about.
+    fake_stripe.requests.clear()
+    assert reconcile() == "nothing pending"
+    assert fake_stripe.requests == []
+
+
+def test_reconcile_marks_expired_and_failed_and_leaves_open_ones(product, fake_stripe):
+    expired, expired_id = pending(product, fake_stripe, age=timedelta(hours=24, minutes=5))
+    fake_stripe.expire(expired_id)
+    failed, failed_id = pending(product, fake_stripe)
+    fake_stripe.pay(failed_id, payment_status="unpaid")
+    fake_stripe.fail_async(failed_id)
+    clearing, clearing_id = pending(product, fake_stripe)
+    fake_stripe.pay(clearing_id, payment_status="unpaid")
+    still_open, _ = pending(product, fake_stripe)
+
+    assert reconcile() == "expired 1, failed 1, not_paid 2"
+    assert status(expired) == Purchase.Status.EXPIRED
+    assert status(failed) == Purchase.Status.FAILED
+    assert status(clearing) == Purchase.Status.PENDING
+    assert status(still_open) == Purchase.Status.PENDING
+
+
+def test_reconcile_skips_too_old_too_young_and_foreign_purchases(product, fake_stripe):
+    old, old_id = pending(product, fake_stripe, age=timedelta(hours=30))
+    young, young_id = pending(product, fake_stripe, age=timedelta(seconds=10))
+    for session_id in (old_id, young_id):
+        fake_stripe.pay(session_id)
+    granted = PurchaseFactory(product=product, source=Purchase.Source.GRANT)
+    assert reconcile() == "nothing pending"
+    assert fake_stripe.requests == []
+    assert {status(old), status(young), status(granted)} == {Purchase.Status.PENDING}
+
+
+def test_reconcile_is_bounded_and_takes_turns(product, fake_stripe, monkeypatch):
+    monkeypatch.setattr(tasks, "RECONCILE_BATCH", 2)
+    purchases = [pending(product, fake_stripe)[0] for _ in range(3)]
+    assert reconcile() == "not_paid 2"
+    assert len(fake_stripe.calls("GET", "/v1/checkout/sessions/")) == 2
+    # The one left out is checked first next time.
+    fake_stripe.requests.clear()
+    reconcile()
+    first = fake_stripe.calls("GET", "/v1/checkout/sessions/")[0].path
+    checked_first_time = {p.stripe_checkout_session_id for p in purchases[:2]}
+    unchecked = {p.stripe_checkout_session_id for p in purchases} - checked_first_time
+    assert first.rsplit("/", 1)[1] in unchecked
+
+
+def test_reconcile_stops_when_stripe_is_down(product, fake_stripe):
+    for _ in range(3):
+        pending(product, fake_stripe)
+    fake_stripe.set_down(True)
+    assert reconcile() == "stripe unavailable 1"
+    # One session tried (with stripe-python's own retries), then the run stopped.
+    assert len(fake_stripe.calls("GET")) == 3
