@@ -9,7 +9,6 @@ the signed webhook both travel over real HTTP), and saves docs/screenshots/check
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from pathlib import Path
 
@@ -38,8 +37,13 @@ pytestmark = [
         not apps.is_installed("sandbox.stripe_emulator"),
         reason="needs the sandbox's Stripe emulator: pytest --ds=tests.settings_emulator",
     ),
-    pytest.mark.skipif(not shutil.which(CHROMIUM), reason=f"no Chromium at {CHROMIUM}"),
 ]
+
+
+@pytest.fixture(autouse=True)
+def _needs_chromium(chromium_path):
+    # Skips with the reason when Chromium is missing; fails under WPD_REQUIRE_SYSTEM_DEPS=1.
+    return chromium_path
 
 
 @pytest.fixture
