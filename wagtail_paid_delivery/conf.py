@@ -59,6 +59,33 @@ DEFAULTS: dict[str, Any] = {
     # service, set in the Stripe Dashboard) and terms_message (text shown beside that checkbox,
     # e.g. the EU withdrawal waiver for immediate digital delivery; needs require_terms).
     "CHECKOUT_OPTIONS": {},
+    # resend/ ("email me my links again"): (requests, seconds) per client IP address. Over it the
+    # page answers 429 "try again later", the same for everyone. None: no limit (not advised).
+    # Counted in Django's cache (RESEND_CACHE): use a cache all app processes share (Redis,
+    # Memcached, the database); a per-process LocMemCache multiplies the limit by the processes.
+    # Behind a proxy, make REMOTE_ADDR the client's address (or limit at the proxy as well).
+    "RESEND_RATE_LIMIT": (10, 3600),
+    # resend/: (requests, seconds) per email address. Over it the answer is the usual one and
+    # nothing is sent: silent, so the limit reveals nothing about the address.
+    "RESEND_EMAIL_RATE_LIMIT": (3, 3600),
+    # The Django cache alias the resend limits count in.
+    "RESEND_CACHE": "default",
+    # library/: also list paid purchases whose email equals the signed-in user's email (matched
+    # case-insensitively), not only those linked to the user. Turn it on ONLY when your accounts'
+    # email addresses are verified: otherwise anyone who signs up with a buyer's address sees
+    # (and downloads) that buyer's purchases.
+    "LIBRARY_MATCH_EMAIL": False,
+    # How the bytes of a download leave, after the app checked and counted the request:
+    # "django" (streamed by the app), "nginx" (X-Accel-Redirect to NGINX_INTERNAL_PREFIX),
+    # "apache" (X-Sendfile with the file's absolute path; mod_xsendfile), "s3" (alias
+    # "presigned": a redirect to a presigned storage URL that lives PRESIGNED_URL_LIFETIME).
+    # See the README's "Serving files" for the web server configuration each one needs.
+    "SERVE_BACKEND": "django",
+    # nginx: the `internal` location that aliases the product storage's root (by default
+    # PRIVATE_STORAGE_ROOT). Starts and ends with "/".
+    "NGINX_INTERNAL_PREFIX": "/_paid_files/",
+    # s3/presigned: seconds a presigned URL stays valid; only long enough to follow the redirect.
+    "PRESIGNED_URL_LIFETIME": 30,
 }
 
 #: The keys ``CHECKOUT_OPTIONS`` accepts, with the type each value must have.

@@ -13,6 +13,7 @@ from django.core.mail import EmailMultiAlternatives
 from django.db import transaction
 from django.template.loader import render_to_string
 from django.utils import formats, timezone
+from django.utils.translation import gettext as _
 
 from . import tokens
 from .models import DeliveryCopy, DownloadLink, Purchase
@@ -25,10 +26,16 @@ def _copy(purchase: Purchase) -> DeliveryCopy:
     return product.get_delivery_copy() if product else DeliveryCopy.objects.get_default()
 
 
-def build_delivery_email(purchase: Purchase, issued: tokens.IssuedLink) -> EmailMultiAlternatives:
-    """The HTML and plain-text message for ``purchase`` with the freshly issued link."""
+def build_delivery_email(
+    purchase: Purchase, issued: tokens.IssuedLink, *, copy: DeliveryCopy | None = None
+) -> EmailMultiAlternatives:
+    """The HTML and plain-text message for ``purchase`` with the freshly issued link.
+
+    ``copy``: the words to use instead of the product's (the admin preview passes the copy being
+    edited).
+    """
     link = issued.link
-    copy = _copy(purchase)
+    copy = copy or _copy(purchase)
     values = {
         "product": purchase.product_title,
         "email": purchase.email,
@@ -83,3 +90,64 @@ def deliver_purchase(purchase_pk: int) -> str:
         purchase.delivery_email_sent_at = timezone.now()
         purchase.save(update_fields=["delivery_email_sent_at", "updated_at"])
     return "sent"
+
+
+# Resending links ------------------------------------------------------------------------------
+
+#: Purchases listed in one resend email at most (the most recent first).
+RESEND_MAX_PURCHASES = 50
+
+
+def build_links_email(to: str, issued: list[tokens.IssuedLink]) -> EmailMultiAlternatives:
+    """One message listing a fresh link for each purchase (the resend email)."""
+    items = []
+    for one in issued:
+        items.append(
+            {
+                "product_title": one.link.purchase.product_title,
+                "url": one.url,
+                "expires": formats.date_format(
+                    timezone.localtime(one.link.expires_at), "DATETIME_FORMAT"
+                ),
+            }
+        )
+    context = {"items": items, "email": to}
+    if len(items) == 1:
+        subject = _("Your download link: %(product)s") % {"product": items[0]["product_title"]}
+    else:
+        subject = _("Your download links")
+    message = EmailMultiAlternatives(
+        subject=" ".join(str(subject).split()),
+        body=render_to_string("wagtail_paid_delivery/email/links.txt", context),
+        from_email=settings.DEFAULT_FROM_EMAIL,
+        to=[to],
+    )
+    message.attach_alternative(
+        render_to_string("wagtail_paid_delivery/email/links.html", context), "text/html"
+    )
+    return message
+
+
+def resend_links(email: str, product_id: int | None = None) -> str:
+    """Email fresh links (reason RESEND) for the paid purchases of ``email``; returns the outcome.
+
+    One message lists every paid purchase of the address (or only those of ``product_id``).
+    An address with none gets nothing. Links are issued in the same transaction as the send, so
+    a failed send leaves no links behind and the task may be retried.
+    """
+    email = (email or "").strip()
+    if not email:
+        return "no_email"
+    purchases = Purchase.objects.filter(email__iexact=email, status=Purchase.Status.PAID)
+    if product_id is not None:
+        purchases = purchases.filter(product_id=product_id)
+    found = list(
+        purchases.select_related("product").order_by("-paid_at", "-pk")[:RESEND_MAX_PURCHASES]
+    )
+    if not found:
+        return "nothing"
+    with transaction.atomic():
+        issued = [tokens.issue_link(p, reason=DownloadLink.Reason.RESEND) for p in found]
+        # The address on record (the buyer's own spelling), not the one typed into the form.
+        build_links_email(found[0].email, issued).send()
+    return f"sent {len(issued)}"

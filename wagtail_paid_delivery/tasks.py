@@ -327,3 +327,14 @@ def send_delivery_email(purchase_pk: int) -> str:
     from .emails import deliver_purchase
 
     return deliver_purchase(purchase_pk)
+
+
+def resend_links(email: str, product_id: int | None = None) -> str:
+    """Email fresh links to ``email`` if it has paid purchases (rules: emails.resend_links).
+
+    The resend view enqueues this for every address it accepts, so whether the address bought is
+    decided here, out of the request: the page's answer and timing say nothing about it.
+    """
+    from .emails import resend_links as resend
+
+    return resend(email, product_id)

@@ -2,7 +2,7 @@
 
 from django.urls import path
 
-from .views import checkout, download, success
+from .views import checkout, download, library, resend, success
 from .views.webhook import stripe_webhook
 
 app_name = "wagtail_paid_delivery"
@@ -15,4 +15,7 @@ urlpatterns: list = [
     path("d/h/<str:signed>/", download.handoff, name="handoff"),
     path("d/<str:token>/", download.download, name="download"),
     path("d/<str:token>/<int:file_id>/", download.download_file, name="download_file"),
+    path("resend/", resend.resend, name="resend"),
+    path("library/", library.library, name="library"),
+    path("library/<uuid:public_id>/", library.library_download, name="library_download"),
 ]
