@@ -281,3 +281,70 @@ def check_money_settings(**kwargs: Any) -> list[CheckMessage]:
             )
         )
     return messages
+
+
+@register(Tags.compatibility)
+def check_delivery_settings(**kwargs: Any) -> list[CheckMessage]:
+    """SERVE_BACKEND and its options, the resend limits (issue 7's settings)."""
+    from .serving import BACKENDS
+
+    try:
+        backend = app_settings.SERVE_BACKEND
+        prefix = app_settings.NGINX_INTERNAL_PREFIX
+        lifetime = app_settings.PRESIGNED_URL_LIFETIME
+        limits = {
+            k: getattr(app_settings, k) for k in ("RESEND_RATE_LIMIT", "RESEND_EMAIL_RATE_LIMIT")
+        }
+    except Exception:  # reported by check_settings
+        return []
+    messages: list[CheckMessage] = []
+    if backend not in BACKENDS:
+        messages.append(
+            Error(
+                f"{SETTINGS_NAME}['SERVE_BACKEND'] is {backend!r}.",
+                hint=f"Use one of: {', '.join(repr(b) for b in BACKENDS)}.",
+                id=f"{ID}.E020",
+            )
+        )
+    if backend == "nginx" and not (
+        isinstance(prefix, str)
+        and prefix.startswith("/")
+        and prefix.endswith("/")
+        and len(prefix) > 2
+    ):
+        messages.append(
+            Error(
+                f"{SETTINGS_NAME}['NGINX_INTERNAL_PREFIX'] is {prefix!r}.",
+                hint="Use the path of your nginx `internal` location, starting and ending with "
+                "'/', e.g. '/_paid_files/'.",
+                id=f"{ID}.E021",
+            )
+        )
+    if backend in ("s3", "presigned") and (
+        not isinstance(lifetime, int) or isinstance(lifetime, bool) or not 1 <= lifetime <= 600
+    ):
+        messages.append(
+            Error(
+                f"{SETTINGS_NAME}['PRESIGNED_URL_LIFETIME'] is {lifetime!r}.",
+                hint="Use a few seconds (1 to 600): the URL only has to live until the browser "
+                "follows the redirect.",
+                id=f"{ID}.E022",
+            )
+        )
+    for key, value in limits.items():
+        if value is None:
+            continue
+        ok = (
+            isinstance(value, (tuple, list))
+            and len(value) == 2
+            and all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in value)
+        )
+        if not ok:
+            messages.append(
+                Error(
+                    f"{SETTINGS_NAME}['{key}'] is {value!r}.",
+                    hint="Use (requests, seconds), e.g. (10, 3600), or None for no limit.",
+                    id=f"{ID}.E023",
+                )
+            )
+    return messages

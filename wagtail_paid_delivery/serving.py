@@ -12,13 +12,14 @@ The flow for one request on a hand-off URL (see DESIGN "Downloads: what counts")
    tell) the count is released;
 6. ``download_served`` is sent and every request leaves a :class:`DownloadEvent`.
 
-Only the Django backend (bytes streamed by this process) exists today. Offload backends
-(X-Accel-Redirect, X-Sendfile, presigned redirects) will implement :class:`ServingBackend` too;
-they hand the bytes to someone else and so can never tell that nothing was sent.
+The Django backend streams the bytes from this process. The offload backends (``SERVE_BACKEND``:
+nginx X-Accel-Redirect, Apache X-Sendfile, presigned redirects) implement :class:`ServingBackend`
+too; they hand the bytes to someone else and so can never tell that nothing was sent.
 """
 
 from __future__ import annotations
 
+import inspect
 import ipaddress
 import logging
 import mimetypes
@@ -41,6 +42,7 @@ from django.utils import timezone
 from django.utils.http import http_date, parse_http_date_safe
 from wagtail import hooks
 
+from .conf import app_settings
 from .models import DownloadEvent, DownloadLink, FileDownloadCount
 from .models.pages import AbstractProductFile
 from .signals import download_served
@@ -407,9 +409,133 @@ class DjangoBackend:
         return response
 
 
+class _OffloadBackend(DjangoBackend):
+    """Checks and counting stay in Django; another server sends the bytes.
+
+    What changes (see DESIGN "Downloads: what counts"): every request still reaches this app
+    first, so counting at request time, the ten-minute recount window and "continuations never
+    count" hold (the Range header comes to the app with the request). What cannot hold is
+    releasing a count when nothing was sent: the bytes leave elsewhere, so a counted request is
+    kept counted (``tracker.unknown``) and ``bytes_sent`` stays unknown. HEAD, 416 and refusals
+    are still answered by Django itself.
+    """
+
+    can_tell_nothing_sent = False
+
+    def locate(self, file: AbstractProductFile, *, open_file: bool) -> StoredFile:
+        # Never open the file here: somebody else reads it.
+        stored = super().locate(file, open_file=False)
+        stored.extra["storage"] = file.file.storage
+        try:
+            self.prepare(stored)  # before anything is counted
+        except FileUnavailable as error:
+            logger.error(
+                "Product file %s (id %s) cannot be offloaded: %s", stored.name, file.pk, error
+            )
+            raise
+        return stored
+
+    def prepare(self, stored: StoredFile) -> None:
+        """Work out what :meth:`offload` needs, or raise :class:`FileUnavailable`."""
+
+    def respond(
+        self, stored: StoredFile, byte_range: ByteRange | None, tracker: SendTracker
+    ) -> HttpResponseBase:
+        # The range is served by whoever sends the bytes, from the request's own Range header.
+        tracker.unknown = True
+        response = HttpResponse(content_type=stored.content_type)
+        self.offload(response, stored)
+        return response
+
+    def offload(self, response: HttpResponse, stored: StoredFile) -> None:
+        raise NotImplementedError
+
+
+class NginxBackend(_OffloadBackend):
+    """``X-Accel-Redirect`` to an ``internal`` nginx location aliasing the storage root.
+
+    nginx serves the file (Range, If-Range against its own ETag, sendfile) and keeps the
+    headers this app set that it passes with an accel-redirect (Content-Type,
+    Content-Disposition, Cache-Control, Accept-Ranges, Set-Cookie, Expires). The security
+    headers (nosniff, no-referrer, CSP) need ``add_header … $upstream_http_…`` in the internal
+    location: the README has the configuration. ``X-Accel-Buffering`` is not sent: it governs
+    buffering of a proxied body, and this response has none (nginx reads the file itself).
+    """
+
+    def offload(self, response: HttpResponse, stored: StoredFile) -> None:
+        prefix = str(app_settings.NGINX_INTERNAL_PREFIX or "/_paid_files/")
+        prefix = "/" + prefix.strip("/") + "/"
+        # Percent-encoded: nginx decodes the URI before mapping it onto the internal location.
+        response["X-Accel-Redirect"] = prefix + quote(stored.name.lstrip("/"), safe="/")
+        # Never let a proxy cache keep an accel-redirect: it would skip the checks and counting.
+        response["X-Accel-Expires"] = "0"
+
+
+class ApacheBackend(_OffloadBackend):
+    """``X-Sendfile`` with the file's absolute path, for Apache's mod_xsendfile.
+
+    The storage must be on the local file system (``storage.path()``), and mod_xsendfile must
+    allow the folder (``XSendFilePath``). Apache answers Range itself.
+    """
+
+    def prepare(self, stored: StoredFile) -> None:
+        try:
+            stored.extra["path"] = stored.extra["storage"].path(stored.name)
+        except NotImplementedError as error:
+            raise FileUnavailable(
+                "SERVE_BACKEND 'apache' needs a storage on the local file system"
+            ) from error
+
+    def offload(self, response: HttpResponse, stored: StoredFile) -> None:
+        response["X-Sendfile"] = stored.extra["path"]
+
+
+class PresignedBackend(_OffloadBackend):
+    """A 302 to a presigned storage URL that lives ``PRESIGNED_URL_LIFETIME`` seconds.
+
+    For remote storages such as django-storages' S3Storage, whose ``url()`` signs with
+    ``expire`` and passes ``parameters`` to S3 (``ResponseContentDisposition`` and
+    ``ResponseContentType``, so the file still downloads under its name). A storage whose
+    ``url()`` takes neither cannot be trusted to make a short-lived URL and is refused.
+    """
+
+    def prepare(self, stored: StoredFile) -> None:
+        try:
+            accepted = set(inspect.signature(stored.extra["storage"].url).parameters)
+        except (TypeError, ValueError):
+            accepted = set()
+        if "expire" not in accepted:
+            raise FileUnavailable(
+                "SERVE_BACKEND 's3' needs a storage whose url() presigns with 'expire' "
+                "(django-storages' S3Storage)"
+            )
+        stored.extra["url_parameters"] = "parameters" in accepted
+
+    def offload(self, response: HttpResponse, stored: StoredFile) -> None:
+        kwargs: dict[str, Any] = {"expire": int(app_settings.PRESIGNED_URL_LIFETIME)}
+        if stored.extra["url_parameters"]:
+            kwargs["parameters"] = {
+                "ResponseContentDisposition": content_disposition(stored.filename),
+                "ResponseContentType": stored.content_type,
+                "ResponseCacheControl": "private, no-store",
+            }
+        response.status_code = 302
+        response["Location"] = stored.extra["storage"].url(stored.name, **kwargs)
+
+
+#: ``SERVE_BACKEND`` values and the backend each one names.
+BACKENDS: dict[str, type[DjangoBackend]] = {
+    "django": DjangoBackend,
+    "nginx": NginxBackend,
+    "apache": ApacheBackend,
+    "s3": PresignedBackend,
+    "presigned": PresignedBackend,
+}
+
+
 def get_backend() -> ServingBackend:
-    """The serving backend (a later setting will choose an offload one)."""
-    return DjangoBackend()
+    """The serving backend the ``SERVE_BACKEND`` setting names (default: Django streams)."""
+    return BACKENDS[str(app_settings.SERVE_BACKEND)]()
 
 
 # Counting -------------------------------------------------------------------------------------

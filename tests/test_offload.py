@@ -1,0 +1,224 @@
+"""Offload backends (SERVE_BACKEND): the headers each sends; checks and counting stay Django's."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+from django.core import checks
+from django.core.files.base import ContentFile
+from django.core.files.storage import FileSystemStorage
+from django.test import override_settings
+from django.urls import reverse
+
+from tests.factories import ProductFileFactory, ProductPageFactory, PurchaseFactory
+from tests.test_serving import server_close
+from wagtail_paid_delivery import serving, tokens
+from wagtail_paid_delivery.models import DownloadEvent, DownloadLink, FileDownloadCount
+
+pytestmark = pytest.mark.django_db
+
+DATA = b"0123456789" * 1000
+
+SECURITY_HEADERS = {
+    "Cache-Control": "private, no-store",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Content-Security-Policy": "default-src 'none'; sandbox",
+}
+
+
+def backend(name, **extra):
+    return override_settings(WAGTAIL_PAID_DELIVERY={"SERVE_BACKEND": name, **extra})
+
+
+@pytest.fixture
+def bought(home):
+    product = ProductPageFactory(parent=home, title="Atlas", files=0, download_limit=2)
+    file = ProductFileFactory(
+        page=product, title="Atlas", file=ContentFile(DATA, name="star atlas é.pdf")
+    )
+    purchase = PurchaseFactory(paid=True, product=product)
+    issued = tokens.issue_link(purchase, reason=DownloadLink.Reason.WEBHOOK)
+    return issued, file
+
+
+def press(client, issued, file) -> str:
+    url = reverse("wagtail_paid_delivery:download_file", args=[issued.token, file.pk])
+    response = client.post(url)
+    assert response.status_code == 303
+    return response["Location"]
+
+
+def count(issued, file):
+    row = FileDownloadCount.objects.filter(link=issued.link, file_id=file.pk).first()
+    return row.count if row else 0
+
+
+def assert_file_headers(response):
+    for name, value in SECURITY_HEADERS.items():
+        assert response[name] == value, name
+    assert response["Content-Disposition"].startswith('attachment; filename="star')
+    assert "filename*=UTF-8''star" in response["Content-Disposition"]
+    assert "atlas_%C3%A9.pdf" in response["Content-Disposition"]
+
+
+@backend("nginx")
+def test_nginx_sends_x_accel_redirect_and_the_headers_and_counts(client, bought):
+    issued, file = bought
+    response = client.get(press(client, issued, file))
+    assert response.status_code == 200
+    assert response.content == b""  # nginx sends the bytes
+    name = file.file.name
+    assert name.startswith("products/") and "é" in name
+    assert response["X-Accel-Redirect"] == "/_paid_files/" + name.replace("é", "%C3%A9")
+    assert response["X-Accel-Expires"] == "0"
+    assert response["Content-Type"] == "application/pdf"
+    assert_file_headers(response)
+    server_close(response)
+    # Counted at request time, and kept: the app cannot see that nothing was sent.
+    assert count(issued, file) == 1
+    event = DownloadEvent.objects.get()
+    assert (event.outcome, event.counted, event.bytes_sent) == ("served", True, None)
+
+
+@backend("nginx", NGINX_INTERNAL_PREFIX="protected")
+def test_nginx_prefix_is_normalised(client, bought):
+    issued, file = bought
+    response = client.get(press(client, issued, file))
+    assert response["X-Accel-Redirect"].startswith("/protected/products/")
+
+
+@backend("nginx")
+def test_nginx_range_continuation_and_head_do_not_count(client, bought):
+    issued, file = bought
+    url = press(client, issued, file)
+    response = client.get(url, headers={"Range": "bytes=100-"})
+    assert response.status_code == 200 and "X-Accel-Redirect" in response  # nginx answers 206
+    head = client.head(url)
+    assert head.status_code == 200 and "X-Accel-Redirect" not in head
+    assert head["Content-Length"] == str(len(DATA))
+    assert count(issued, file) == 0
+    # 416 and refusals are still Django's.
+    assert client.get(url, headers={"Range": "bytes=999999-"}).status_code == 416
+    client.get(url)
+    client.get(press(client, issued, file))
+    assert count(issued, file) == 2
+    third = client.post(
+        reverse("wagtail_paid_delivery:download_file", args=[issued.token, file.pk])
+    )
+    assert third.status_code == 410
+
+
+@backend("apache")
+def test_apache_sends_x_sendfile_with_the_absolute_path(client, bought):
+    issued, file = bought
+    response = client.get(press(client, issued, file))
+    assert response.status_code == 200 and response.content == b""
+    path = Path(response["X-Sendfile"])
+    assert path.is_absolute() and path.read_bytes() == DATA
+    assert path == Path(file.file.path)
+    assert_file_headers(response)
+    assert count(issued, file) == 1
+
+
+class SigningStorage(FileSystemStorage):
+    """Stands in for django-storages' S3Storage: url() presigns with expire and parameters."""
+
+    calls: list[dict] = []
+
+    def url(self, name, parameters=None, expire=None, http_method=None):
+        SigningStorage.calls.append({"parameters": parameters, "expire": expire})
+        query = {"X-Amz-Expires": str(expire), "X-Amz-Signature": "f" * 64}
+        for key, value in (parameters or {}).items():
+            query[f"response-{key}"] = value
+        from urllib.parse import urlencode
+
+        return f"https://bucket.s3.example/{name}?{urlencode(query)}"
+
+
+class PlainStorage(FileSystemStorage):
+    """A storage that cannot presign: url() takes no expire."""
+
+    def url(self, name):
+        return f"https://cdn.example/{name}"
+
+
+@pytest.fixture
+def remote_bought(home, tmp_path):
+    def make(storage_class):
+        storage = storage_class(location=str(tmp_path))
+        product = ProductPageFactory(parent=home, title="Atlas", files=0)
+        file = ProductFileFactory(page=product, title="Atlas", file="remote/star atlas é.pdf")
+        (tmp_path / "remote").mkdir(exist_ok=True)
+        (tmp_path / "remote" / "star atlas é.pdf").write_bytes(DATA)
+        file.file.storage = storage
+        issued = tokens.issue_link(PurchaseFactory(paid=True, product=product), reason="webhook")
+        return issued, file, storage
+
+    return make
+
+
+@pytest.mark.parametrize("name", ["s3", "presigned"])
+def test_presigned_redirect_lives_seconds_and_names_the_file(
+    client, remote_bought, monkeypatch, name
+):
+    issued, file, storage = remote_bought(SigningStorage)
+    monkeypatch.setattr(tokens, "get_product_file", lambda link, file_id: file)
+    SigningStorage.calls.clear()
+    with backend(name, PRESIGNED_URL_LIFETIME=20):
+        response = client.get(press(client, issued, file))
+    assert response.status_code == 302
+    location = urlsplit(response["Location"])
+    assert location.netloc == "bucket.s3.example"
+    query = parse_qs(location.query)
+    assert query["X-Amz-Expires"] == ["20"]
+    assert query["response-ResponseContentDisposition"][0].startswith("attachment;")
+    assert query["response-ResponseContentType"] == ["application/pdf"]
+    assert SigningStorage.calls[0]["expire"] == 20
+    assert response["Cache-Control"] == "private, no-store"
+    assert response["Referrer-Policy"] == "no-referrer"
+    assert count(issued, file) == 1
+
+
+def test_a_storage_that_cannot_presign_is_refused_before_counting(
+    client, remote_bought, monkeypatch
+):
+    issued, file, storage = remote_bought(PlainStorage)
+    monkeypatch.setattr(tokens, "get_product_file", lambda link, file_id: file)
+    with backend("s3"):
+        response = client.get(press(client, issued, file))
+    assert response.status_code == 503
+    assert count(issued, file) == 0
+    assert DownloadEvent.objects.get().outcome == "missing_file"
+
+
+def test_default_backend_is_django(settings):
+    assert isinstance(serving.get_backend(), serving.DjangoBackend)
+    assert type(serving.get_backend()) is serving.DjangoBackend
+
+
+@pytest.mark.parametrize(
+    "overrides, error_id",
+    [
+        ({"SERVE_BACKEND": "lighttpd"}, "wagtail_paid_delivery.E020"),
+        (
+            {"SERVE_BACKEND": "nginx", "NGINX_INTERNAL_PREFIX": "files"},
+            "wagtail_paid_delivery.E021",
+        ),
+        ({"SERVE_BACKEND": "s3", "PRESIGNED_URL_LIFETIME": 3600}, "wagtail_paid_delivery.E022"),
+        ({"RESEND_RATE_LIMIT": 10}, "wagtail_paid_delivery.E023"),
+    ],
+)
+def test_bad_delivery_settings_are_system_check_errors(overrides, error_id):
+    with override_settings(WAGTAIL_PAID_DELIVERY=overrides):
+        ids = [m.id for m in checks.run_checks()]
+    assert error_id in ids
+
+
+@pytest.mark.parametrize("name", ["django", "nginx", "apache", "s3", "presigned"])
+def test_known_backends_pass_the_checks(name):
+    with override_settings(WAGTAIL_PAID_DELIVERY={"SERVE_BACKEND": name}):
+        ids = [m.id for m in checks.run_checks()]
+    assert not [i for i in ids if i.startswith("wagtail_paid_delivery.E02")]
