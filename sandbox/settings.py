@@ -181,3 +181,47 @@ WAGTAIL_PAID_DELIVERY = {
     "STRIPE_API_BASE": _stripe_api_base,
     "INSTALLATION_ID": "sandbox",
 }
+
+# Django's default logging, with download tokens and hand-off signatures redacted from every
+# handler: runserver's access log (django.server) and django.request's "Not Found: /shop/d/…"
+# would otherwise print working download links.
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "filters": {
+        "require_debug_false": {"()": "django.utils.log.RequireDebugFalse"},
+        "require_debug_true": {"()": "django.utils.log.RequireDebugTrue"},
+        "redact_tokens": {"()": "wagtail_paid_delivery.log_filters.RedactTokensFilter"},
+    },
+    "formatters": {
+        "django.server": {
+            "()": "django.utils.log.ServerFormatter",
+            "format": "[{server_time}] {message}",
+            "style": "{",
+        }
+    },
+    "handlers": {
+        "console": {
+            "level": "INFO",
+            "filters": ["require_debug_true", "redact_tokens"],
+            "class": "logging.StreamHandler",
+        },
+        "django.server": {
+            "level": "INFO",
+            "class": "logging.StreamHandler",
+            "formatter": "django.server",
+            "filters": ["redact_tokens"],
+        },
+        "mail_admins": {
+            "level": "ERROR",
+            "filters": ["require_debug_false", "redact_tokens"],
+            "class": "django.utils.log.AdminEmailHandler",
+        },
+    },
+    # The package's own loggers (wagtail_paid_delivery.*) and the rest reach the root's console.
+    "root": {"handlers": ["console"], "level": "INFO"},
+    "loggers": {
+        "django": {"handlers": ["console", "mail_admins"], "level": "INFO", "propagate": False},
+        "django.server": {"handlers": ["django.server"], "level": "INFO", "propagate": False},
+    },
+}
