@@ -187,7 +187,10 @@ def test_buy_pay_webhook_success_through_the_emulator(
     assert paid["Location"] == (
         f"http://testserver/shop/thanks/?session_id={purchase.stripe_checkout_session_id}"
     )
-    [delivery] = emulator
+    delivery, also = emulator
+    assert stripe_api.verify_webhook(also["payload"], also["signature"])["type"] == (
+        "payment_intent.succeeded"
+    )
     assert delivery["url"] == "http://testserver/shop/stripe/webhook/"
     event = stripe_api.verify_webhook(delivery["payload"], delivery["signature"])
     assert event["type"] == "checkout.session.completed"
@@ -246,3 +249,202 @@ def test_webhook_signature_is_stripes_scheme():
     header = sign(b'{"id": "evt_1"}', "whsec_tests", timestamp=1700000000)
     stripe.WebhookSignature.verify_header(b'{"id": "evt_1"}', header, "whsec_tests", tolerance=None)
     assert header.startswith("t=1700000000,v1=")
+
+
+# Events after the payment: the dashboard, the control endpoint and `manage.py trigger` --------
+
+
+def deliver_all(client, sent, django_capture_on_commit_callbacks) -> list[str]:
+    """Post every captured webhook to the shop (as the emulator's thread would); their types."""
+    types = []
+    while sent:
+        delivery = sent.pop(0)
+        with django_capture_on_commit_callbacks(execute=True):
+            response = client.post(
+                "/shop/stripe/webhook/",
+                delivery["payload"],
+                content_type="application/json",
+                HTTP_STRIPE_SIGNATURE=delivery["signature"],
+            )
+        assert response.status_code == 200, response.content
+        types.append(stripe_api.verify_webhook(delivery["payload"], delivery["signature"])["type"])
+    return types
+
+
+@pytest.fixture
+def bought(client, product, emulator):
+    """A purchase at the emulator's hosted page, not yet paid."""
+    response = client.post(
+        reverse("wagtail_paid_delivery:checkout", args=[product.pk]),
+        HTTP_ORIGIN="http://testserver",
+    )
+    return Purchase.objects.get(), urlsplit(response["Location"]).path
+
+
+def trigger(*args):
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    out = StringIO()
+    call_command("trigger", *args, stdout=out)
+    return out.getvalue()
+
+
+def state(purchase) -> str:
+    purchase.refresh_from_db()
+    return purchase.status
+
+
+def test_pay_later_then_succeed(client, bought, emulator, django_capture_on_commit_callbacks):
+    purchase, hosted = bought
+    with django_capture_on_commit_callbacks(execute=True):
+        response = client.post(hosted, {"action": "pay_later", "email": "ada@example.com"})
+    assert response.status_code == 303
+    assert deliver_all(client, emulator, django_capture_on_commit_callbacks) == [
+        "checkout.session.completed"
+    ]
+    assert state(purchase) == Purchase.Status.PENDING
+    success = client.get(response["Location"]).content.decode()
+    assert "processing" in success.lower()
+
+    with django_capture_on_commit_callbacks(execute=True):
+        out = trigger("succeed", str(purchase.public_id))
+    assert "sends checkout.session.async_payment_succeeded" in out
+    assert deliver_all(client, emulator, django_capture_on_commit_callbacks) == [
+        "checkout.session.async_payment_succeeded",
+        "payment_intent.succeeded",
+    ]
+    assert state(purchase) == Purchase.Status.PAID
+
+
+def test_pay_later_then_fail(client, bought, emulator, django_capture_on_commit_callbacks):
+    purchase, hosted = bought
+    with django_capture_on_commit_callbacks(execute=True):
+        client.post(hosted, {"action": "pay_later", "email": "ada@example.com"})
+        trigger("fail", purchase.stripe_checkout_session_id)
+    types = deliver_all(client, emulator, django_capture_on_commit_callbacks)
+    assert "checkout.session.async_payment_failed" in types
+    assert state(purchase) == Purchase.Status.FAILED
+    assert "insufficient funds" in purchase.status_reason
+
+
+def test_declined_card_keeps_the_session_open(
+    client, bought, emulator, django_capture_on_commit_callbacks
+):
+    purchase, hosted = bought
+    with django_capture_on_commit_callbacks(execute=True):
+        response = client.post(hosted, {"action": "decline", "email": "ada@example.com"})
+    assert response.status_code == 303 and response["Location"] == hosted
+    page = client.get(hosted).content.decode()
+    assert "Your card was declined." in page and "Pay $12.50" in page
+    assert deliver_all(client, emulator, django_capture_on_commit_callbacks) == [
+        "payment_intent.payment_failed"
+    ]
+    assert state(purchase) == Purchase.Status.PENDING
+    # Trying again with a good card works.
+    with django_capture_on_commit_callbacks(execute=True):
+        client.post(hosted, {"action": "pay", "email": "ada@example.com"})
+    deliver_all(client, emulator, django_capture_on_commit_callbacks)
+    assert state(purchase) == Purchase.Status.PAID
+
+
+def test_expire_from_the_dashboard(client, bought, emulator, django_capture_on_commit_callbacks):
+    purchase, _ = bought
+    dashboard = reverse("stripe_emulator:dashboard")
+    assert "Expire" in client.get(dashboard).content.decode()
+    with django_capture_on_commit_callbacks(execute=True):
+        response = client.post(
+            dashboard, {"session": purchase.stripe_checkout_session_id, "action": "expire"}
+        )
+    assert response.status_code == 303
+    assert "checkout.session.expired" in client.get(response["Location"]).content.decode()
+    assert deliver_all(client, emulator, django_capture_on_commit_callbacks) == [
+        "checkout.session.expired"
+    ]
+    assert state(purchase) == Purchase.Status.EXPIRED
+
+
+@pytest.fixture
+def paid(client, bought, emulator, django_capture_on_commit_callbacks):
+    purchase, hosted = bought
+    with django_capture_on_commit_callbacks(execute=True):
+        client.post(hosted, {"action": "pay", "email": "ada@example.com"})
+    deliver_all(client, emulator, django_capture_on_commit_callbacks)
+    assert state(purchase) == Purchase.Status.PAID
+    return purchase
+
+
+def test_partial_then_full_refund_from_the_dashboard(
+    client, paid, emulator, django_capture_on_commit_callbacks
+):
+    dashboard = reverse("stripe_emulator:dashboard")
+    session_id = paid.stripe_checkout_session_id
+    with django_capture_on_commit_callbacks(execute=True):
+        client.post(dashboard, {"session": session_id, "action": "refund", "amount": "2.50"})
+    assert deliver_all(client, emulator, django_capture_on_commit_callbacks) == ["charge.refunded"]
+    assert state(paid) == Purchase.Status.PAID
+    assert paid.amount_refunded == 250
+    assert "partially refunded" in client.get(dashboard).content.decode()
+
+    # What the package reads back is consistent with what the event said.
+    intent = stripe_api.retrieve_payment_intent(paid.stripe_payment_intent_id)
+    assert intent.latest_charge.amount_refunded == 250 and not intent.latest_charge.refunded
+    assert len(intent.latest_charge.refunds.data) == 1
+
+    with django_capture_on_commit_callbacks(execute=True):
+        client.post(dashboard, {"session": session_id, "action": "refund"})
+    deliver_all(client, emulator, django_capture_on_commit_callbacks)
+    assert state(paid) == Purchase.Status.REFUNDED
+    assert paid.amount_refunded == 1250
+    # Nothing left to refund: the stand-in refuses, as Stripe would.
+    with pytest.raises(stripe.InvalidRequestError, match="0 left to refund"):
+        stripe_api.emulator_control(session_id, "refund", {})
+
+
+def test_dispute_won_then_a_second_purchase_lost(
+    client, paid, emulator, django_capture_on_commit_callbacks
+):
+    session_id = paid.stripe_checkout_session_id
+    with django_capture_on_commit_callbacks(execute=True):
+        trigger("dispute", session_id)
+    assert deliver_all(client, emulator, django_capture_on_commit_callbacks) == [
+        "charge.dispute.created"
+    ]
+    assert state(paid) == Purchase.Status.DISPUTED
+    [dispute] = stripe_api.list_disputes_for_payment_intent(paid.stripe_payment_intent_id)
+    assert dispute.status == "needs_response"
+
+    with django_capture_on_commit_callbacks(execute=True):
+        trigger("win", session_id)
+    assert deliver_all(client, emulator, django_capture_on_commit_callbacks) == [
+        "charge.dispute.closed"
+    ]
+    assert state(paid) == Purchase.Status.PAID
+
+    with pytest.raises(Exception, match="no open dispute"):
+        trigger("lose", session_id)
+
+
+def test_dispute_lost_ends_access(client, paid, emulator, django_capture_on_commit_callbacks):
+    with django_capture_on_commit_callbacks(execute=True):
+        trigger("dispute", str(paid.public_id))
+        trigger("lose", str(paid.public_id))
+    deliver_all(client, emulator, django_capture_on_commit_callbacks)
+    assert state(paid) == Purchase.Status.REFUNDED
+    assert "lost" in paid.status_reason
+
+
+def test_list_sessions_by_payment_intent_and_charges(paid, emulator):
+    [session] = stripe_api.list_checkout_sessions_for_payment_intent(paid.stripe_payment_intent_id)
+    assert session.id == paid.stripe_checkout_session_id
+    intent = stripe_api.retrieve_payment_intent(paid.stripe_payment_intent_id)
+    assert intent.status == "succeeded"
+    assert intent.latest_charge.payment_intent == intent.id
+    assert intent.latest_charge.metadata["wpd_purchase"] == str(paid.public_id)
+
+
+def test_control_endpoint_needs_the_secret_key(client, paid):
+    url = f"/stripe-emulator/_emulator/sessions/{paid.stripe_checkout_session_id}/refund"
+    assert client.post(url).status_code == 401
+    assert state(paid) == Purchase.Status.PAID

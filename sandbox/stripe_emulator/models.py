@@ -87,6 +87,19 @@ class EmulatedSession(models.Model):
     payment_intent_id = models.CharField(max_length=64, blank=True)
     completed_at = models.DateTimeField(null=True, blank=True)
 
+    #: The PaymentIntent: "" (none yet), requires_payment_method (declined or the bank debit
+    #: failed), processing (a bank debit clearing) or succeeded.
+    payment_intent_status = models.CharField(max_length=32, blank=True)
+    payment_error = models.CharField(max_length=255, blank=True)
+    #: The charge, once money moved; its refunds (newest first), and its one dispute.
+    charge_id = models.CharField(max_length=64, blank=True)
+    charge_created = models.DateTimeField(null=True, blank=True)
+    amount_refunded = models.PositiveIntegerField(default=0)
+    refunds = models.JSONField(default=list, blank=True)
+    dispute_id = models.CharField(max_length=64, blank=True)
+    dispute_status = models.CharField(max_length=32, blank=True)
+    dispute_created = models.DateTimeField(null=True, blank=True)
+
     #: The last webhook delivery: "delivered (200)", "failed: …".
     webhook_result = models.CharField(max_length=255, blank=True)
     webhook_attempts = models.PositiveIntegerField(default=0)
@@ -136,27 +149,130 @@ class EmulatedSession(models.Model):
             "url": f"/v1/checkout/sessions/{self.id}/line_items",
         }
 
-    def payment_intent(self) -> dict[str, Any] | None:
+    @property
+    def pi_status(self) -> str:
+        """The PaymentIntent's status (sessions paid before these fields existed: succeeded)."""
+        if self.payment_intent_status:
+            return self.payment_intent_status
+        if not self.payment_intent_id:
+            return ""
+        return "succeeded" if self.payment_status == "paid" else "processing"
+
+    @property
+    def latest_charge_id(self) -> str:
+        if self.charge_id:
+            return self.charge_id
+        if self.pi_status == "succeeded":
+            return f"ch_{self.payment_intent_id.removeprefix('pi_')}"
+        return ""
+
+    @property
+    def refunded(self) -> bool:
+        return bool(self.latest_charge_id) and self.amount_refunded >= self.amount_total
+
+    @property
+    def dispute_open(self) -> bool:
+        return bool(self.dispute_id) and self.dispute_status not in ("won", "lost")
+
+    def payment_intent(self, *, expand_charge: bool = False) -> dict[str, Any] | None:
         if not self.payment_intent_id:
             return None
+        status = self.pi_status
+        charge_id = self.latest_charge_id
         return {
             "id": self.payment_intent_id,
             "object": "payment_intent",
             "amount": self.amount_total,
             "amount_capturable": 0,
-            "amount_received": self.amount_total,
+            "amount_received": self.amount_total if status == "succeeded" else 0,
             "capture_method": "automatic",
             "created": int((self.completed_at or self.created).timestamp()),
             "currency": self.currency,
             "customer": None,
             "description": None,
-            "latest_charge": f"ch_{self.payment_intent_id.removeprefix('pi_')}",
+            "last_payment_error": (
+                {"type": "card_error", "message": self.payment_error}
+                if self.payment_error and status == "requires_payment_method"
+                else None
+            ),
+            "latest_charge": (self.charge() if expand_charge else charge_id) if charge_id else None,
             "livemode": False,
             "metadata": dict(self.payment_intent_metadata),
             "payment_method_types": ["card"],
             "receipt_email": None,
+            "status": status,
+        }
+
+    def charge(self) -> dict[str, Any] | None:
+        """The latest charge, shaped like Stripe's (refunds and the disputed flag included)."""
+        charge_id = self.latest_charge_id
+        if not charge_id:
+            return None
+        created = self.charge_created or self.completed_at or self.created
+        return {
+            "id": charge_id,
+            "object": "charge",
+            "amount": self.amount_total,
+            "amount_captured": self.amount_total,
+            "amount_refunded": self.amount_refunded,
+            "billing_details": {"email": self.email or None, "name": None},
+            "captured": True,
+            "created": int(created.timestamp()),
+            "currency": self.currency,
+            "disputed": bool(self.dispute_id),
+            "livemode": False,
+            # A charge copies its PaymentIntent's metadata when it is created.
+            "metadata": dict(self.payment_intent_metadata),
+            "paid": True,
+            "payment_intent": self.payment_intent_id,
+            "receipt_email": self.email or None,
+            "refunded": self.refunded,
+            "refunds": {
+                "object": "list",
+                "data": list(self.refunds),
+                "has_more": False,
+                "url": f"/v1/charges/{charge_id}/refunds",
+            },
             "status": "succeeded",
         }
+
+    def dispute(self) -> dict[str, Any] | None:
+        if not self.dispute_id:
+            return None
+        return {
+            "id": self.dispute_id,
+            "object": "dispute",
+            "amount": self.amount_total,
+            "balance_transactions": [],
+            "charge": self.latest_charge_id,
+            "created": int((self.dispute_created or timezone.now()).timestamp()),
+            "currency": self.currency,
+            "is_charge_refundable": False,
+            "livemode": False,
+            "metadata": {},
+            "payment_intent": self.payment_intent_id,
+            "reason": "fraudulent",
+            "status": self.dispute_status,
+        }
+
+    @property
+    def state_label(self) -> str:
+        """What a shop owner would call this session's state, for the dashboard."""
+        if self.status == "open":
+            return "declined, still open" if self.payment_error else "open"
+        if self.status == "expired":
+            return "expired"
+        if self.payment_status != "paid":
+            return "payment failed" if self.pi_status == "requires_payment_method" else "processing"
+        if self.dispute_status == "lost":
+            return "dispute lost"
+        if self.dispute_open:
+            return "disputed"
+        if self.refunded:
+            return "refunded"
+        if self.amount_refunded:
+            return "partially refunded"
+        return "paid (dispute won)" if self.dispute_status == "won" else "paid"
 
     def as_stripe(self, *, url: str = "", expand: tuple[str, ...] = ()) -> dict[str, Any]:
         """The session as Stripe's API returns it; ``expand`` as in ``?expand[]=``."""
@@ -198,5 +314,7 @@ class EmulatedSession(models.Model):
         if "line_items" in expand:
             obj["line_items"] = self.line_items()
         if "payment_intent" in expand:
-            obj["payment_intent"] = self.payment_intent()
+            obj["payment_intent"] = self.payment_intent(
+                expand_charge="payment_intent.latest_charge" in expand
+            )
         return obj

@@ -16,6 +16,21 @@ urlpatterns = [
         name="api_line_items",
     ),
     path("v1/prices/<str:price_id>", views.api_price, name="api_price"),
-    # The hosted page the buyer is sent to.
+    path(
+        "v1/payment_intents/<str:payment_intent_id>",
+        views.api_payment_intent,
+        name="api_payment_intent",
+    ),
+    path("v1/charges/<str:charge_id>", views.api_charge, name="api_charge"),
+    path("v1/disputes", views.api_disputes, name="api_disputes"),
+    path("v1/disputes/<str:dispute_id>", views.api_dispute, name="api_dispute"),
+    # Not Stripe's: what `manage.py trigger` asks for (pay, refund, dispute…).
+    path(
+        "_emulator/sessions/<str:session_id>/<str:action>",
+        views.api_control,
+        name="api_control",
+    ),
+    # The hosted page the buyer is sent to, and the "Stripe Dashboard" of the emulator.
     path("pay/<str:session_id>/", views.hosted_checkout, name="checkout"),
+    path("", views.dashboard, name="dashboard"),
 ]

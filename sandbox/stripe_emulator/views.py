@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hmac
 import re
+from decimal import Decimal, InvalidOperation
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -14,14 +15,13 @@ from django.db import IntegrityError, transaction
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, render
 from django.urls import reverse
-from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from wagtail_paid_delivery.conf import app_settings
-from wagtail_paid_delivery.currencies import format_price
+from wagtail_paid_delivery.currencies import exponent, format_price, to_major
 
-from . import webhooks
+from . import actions, webhooks
 from .models import EmulatedPrice, EmulatedSession, new_id
 
 # API -------------------------------------------------------------------------------------------
@@ -85,10 +85,22 @@ def _expand(request: HttpRequest) -> tuple[str, ...]:
     return tuple(v for k in request.GET for v in request.GET.getlist(k) if k.startswith("expand"))
 
 
+def _list(data: list[dict[str, Any]], url: str) -> JsonResponse:
+    return JsonResponse({"object": "list", "data": data, "has_more": False, "url": url})
+
+
 @api_view
-@require_POST
+@require_http_methods(["GET", "POST"])
 def api_sessions(request: HttpRequest) -> HttpResponse:
-    """POST /v1/checkout/sessions, honouring ``Idempotency-Key`` like Stripe."""
+    """POST /v1/checkout/sessions, honouring ``Idempotency-Key`` like Stripe; GET lists them
+    (``?payment_intent=`` filters, as Stripe's list does)."""
+    if request.method == "GET":
+        sessions = EmulatedSession.objects.all()
+        if request.GET.get("payment_intent"):
+            sessions = sessions.filter(payment_intent_id=request.GET["payment_intent"])
+        limit = min(int(request.GET.get("limit") or 10), 100)
+        data = [s.as_stripe(url=hosted_url(request, s)) for s in sessions[:limit]]
+        return _list(data, "/v1/checkout/sessions")
     body = request.body.decode()
     key = request.headers.get("Idempotency-Key") or None
     if key:
@@ -200,6 +212,101 @@ def api_price(request: HttpRequest, price_id: str) -> HttpResponse:
     return JsonResponse(price.as_stripe())
 
 
+@api_view
+@require_GET
+def api_payment_intent(request: HttpRequest, payment_intent_id: str) -> HttpResponse:
+    session = EmulatedSession.objects.filter(payment_intent_id=payment_intent_id).first()
+    if session is None:
+        return stripe_error(
+            404, f"No such payment_intent: '{payment_intent_id}'", code="resource_missing"
+        )
+    expand_charge = "latest_charge" in _expand(request)
+    return JsonResponse(session.payment_intent(expand_charge=expand_charge))
+
+
+def _session_for_charge(charge_id: str) -> EmulatedSession | None:
+    if charge_id.startswith("ch_"):
+        found = EmulatedSession.objects.filter(charge_id=charge_id).first()
+        if found is not None:
+            return found
+        # Sessions paid before charges were stored: the id derives from the PaymentIntent's.
+        found = EmulatedSession.objects.filter(payment_intent_id="pi_" + charge_id[3:]).first()
+        if found is not None and found.latest_charge_id == charge_id:
+            return found
+    return None
+
+
+@api_view
+@require_GET
+def api_charge(request: HttpRequest, charge_id: str) -> HttpResponse:
+    session = _session_for_charge(charge_id)
+    if session is None:
+        return stripe_error(404, f"No such charge: '{charge_id}'", code="resource_missing")
+    return JsonResponse(session.charge())
+
+
+@api_view
+@require_GET
+def api_disputes(request: HttpRequest) -> HttpResponse:
+    sessions = EmulatedSession.objects.exclude(dispute_id="")
+    if request.GET.get("payment_intent"):
+        sessions = sessions.filter(payment_intent_id=request.GET["payment_intent"])
+    if request.GET.get("charge"):
+        sessions = sessions.filter(charge_id=request.GET["charge"])
+    data = [d for d in (s.dispute() for s in sessions.order_by("-dispute_created")[:100]) if d]
+    return _list(data, "/v1/disputes")
+
+
+@api_view
+@require_GET
+def api_dispute(request: HttpRequest, dispute_id: str) -> HttpResponse:
+    session = EmulatedSession.objects.filter(dispute_id=dispute_id).first()
+    if session is None:
+        return stripe_error(404, f"No such dispute: '{dispute_id}'", code="resource_missing")
+    return JsonResponse(session.dispute())
+
+
+@api_view
+@require_POST
+def api_control(request: HttpRequest, session_id: str, action: str) -> HttpResponse:
+    """POST /_emulator/sessions/<id>/<action>: not a Stripe endpoint. ``manage.py trigger``
+    uses it to make something happen (pay, refund, dispute…) as a buyer or bank would; the
+    signed webhooks Stripe would send follow."""
+    params = {
+        k: v for k, v in decode_form(request.body.decode()).items() if k in ("email", "amount")
+    }
+    try:
+        session, events = actions.perform(session_id, action, params)
+    except LookupError:
+        return stripe_error(
+            404, f"No such checkout.session: '{session_id}'", code="resource_missing"
+        )
+    except actions.ActionRefused as exc:
+        return stripe_error(400, f"Cannot {action}: {exc}.")
+    send_events(request, session, events)
+    return JsonResponse(
+        {
+            "session": session.as_stripe(url=hosted_url(request, session)),
+            "events": [type_ for type_, _ in events],
+        }
+    )
+
+
+def send_events(request: HttpRequest, session: EmulatedSession, events: actions.Events) -> None:
+    """Deliver the action's events, signed, once its change is committed (as Stripe would)."""
+    if not events:
+        return
+    secrets = app_settings.webhook_secrets
+    if not secrets:
+        EmulatedSession.objects.filter(pk=session.pk).update(
+            webhook_result="not sent: no STRIPE_WEBHOOK_SECRETS configured"
+        )
+        return
+    url = webhook_url(request)
+    payloads = [webhooks.event_payload(obj, type_) for type_, obj in events]
+    transaction.on_commit(lambda: webhooks.deliver_later(session.id, url, secrets[0], payloads))
+
+
 # The hosted page -------------------------------------------------------------------------------
 
 
@@ -223,9 +330,10 @@ def webhook_url(request: HttpRequest) -> str:
 def hosted_checkout(request: HttpRequest, session_id: str) -> HttpResponse:
     session = get_object_or_404(EmulatedSession, pk=session_id)
     error = ""
-    email = session.customer_email
+    email = session.email or session.customer_email
+    action = request.POST.get("action")
     if request.method == "POST" and session.status == "open":
-        if request.POST.get("action") == "cancel":
+        if action == "cancel":
             return HttpResponseSeeOther(session.cancel_url or "/")
         email = request.POST.get("email", "").strip()
         try:
@@ -233,7 +341,20 @@ def hosted_checkout(request: HttpRequest, session_id: str) -> HttpResponse:
         except ValidationError:
             error = "Enter the email address the receipt and download link go to."
         else:
-            return _pay(request, session, email)
+            if action not in ("pay", "pay_later", "decline"):
+                action = "pay"
+            try:
+                session, events = actions.perform(session.pk, action, {"email": email})
+            except actions.ActionRefused as exc:
+                error = f"This payment cannot go ahead: {exc}."
+            else:
+                send_events(request, session, events)
+                if action == "decline":
+                    # Like Stripe's page: the error is shown and the buyer may try again.
+                    return HttpResponseSeeOther(request.path)
+                return HttpResponseSeeOther(
+                    session.success_url.replace("{CHECKOUT_SESSION_ID}", session.id)
+                )
     response = render(
         request,
         "stripe_emulator/checkout.html",
@@ -242,7 +363,9 @@ def hosted_checkout(request: HttpRequest, session_id: str) -> HttpResponse:
             "amount": format_price(session.amount_total, session.currency.upper()),
             "email": email,
             "error": error,
+            "declined": session.status == "open" and session.payment_error,
             "success_url": session.success_url.replace("{CHECKOUT_SESSION_ID}", session.id),
+            "dashboard_url": reverse("stripe_emulator:dashboard"),
         },
         status=400 if error else 200,
     )
@@ -250,21 +373,69 @@ def hosted_checkout(request: HttpRequest, session_id: str) -> HttpResponse:
     return response
 
 
-def _pay(request: HttpRequest, session: EmulatedSession, email: str) -> HttpResponse:
-    secrets = app_settings.webhook_secrets
-    url = webhook_url(request)
-    with transaction.atomic():
-        locked = EmulatedSession.objects.select_for_update().get(pk=session.pk)
-        if locked.status == "open":
-            locked.status = "complete"
-            locked.payment_status = "paid"
-            locked.email = email
-            locked.payment_intent_id = new_id("pi")
-            locked.completed_at = timezone.now()
-            locked.save()
-            if secrets:
-                transaction.on_commit(lambda: webhooks.deliver_later(locked.id, url, secrets[0]))
-            else:
-                locked.webhook_result = "not sent: no STRIPE_WEBHOOK_SECRETS configured"
-                locked.save(update_fields=["webhook_result"])
-    return HttpResponseSeeOther(locked.success_url.replace("{CHECKOUT_SESSION_ID}", locked.id))
+# The dashboard --------------------------------------------------------------------------------
+
+#: Button labels and what each makes happen, for the dashboard.
+ACTION_LABELS = {
+    "pay": ("Pay", "card payment succeeds"),
+    "pay_later": ("Pay later", "bank debit, still processing"),
+    "decline": ("Decline card", "payment fails, session stays open"),
+    "expire": ("Expire", "session expires unpaid"),
+    "succeed": ("Debit succeeds", "async_payment_succeeded"),
+    "fail": ("Debit fails", "async_payment_failed"),
+    "refund": ("Refund in full", "charge.refunded"),
+    "dispute": ("Dispute", "charge.dispute.created"),
+    "win": ("Win dispute", "charge.dispute.closed (won)"),
+    "lose": ("Lose dispute", "charge.dispute.closed (lost)"),
+}
+
+
+@require_http_methods(["GET", "POST"])
+def dashboard(request: HttpRequest) -> HttpResponse:
+    """Every session, its state as a shop owner would read it, and what can happen next."""
+    message = ""
+    if request.method == "POST":
+        session_id = request.POST.get("session", "")
+        action = request.POST.get("action", "")
+        params: dict[str, Any] = {}
+        if request.POST.get("amount"):
+            session = EmulatedSession.objects.filter(pk=session_id).first()
+            currency = session.currency if session else "usd"
+            try:
+                major = Decimal(request.POST["amount"])
+            except InvalidOperation:
+                major = Decimal(0)
+            params["amount"] = int(major.scaleb(exponent(currency.upper())))
+        try:
+            session, events = actions.perform(session_id, action, params)
+        except (LookupError, actions.ActionRefused) as exc:
+            message = f"Could not {action.replace('_', ' ')}: {exc}."
+        else:
+            send_events(request, session, events)
+            sent = ", ".join(type_ for type_, _ in events) or "no event"
+            message = f"{ACTION_LABELS.get(action, (action,))[0]}: {session.id[-8:]} sends {sent}."
+            return HttpResponseSeeOther(f"{request.path}?done={message}")
+    message = message or request.GET.get("done", "")
+    sessions = list(EmulatedSession.objects.order_by("-created")[:50])
+    rows = [
+        {
+            "session": s,
+            "amount": format_price(s.amount_total, s.currency.upper()),
+            "refunded": format_price(s.amount_refunded, s.currency.upper())
+            if s.amount_refunded
+            else "",
+            "actions": [(a, *ACTION_LABELS.get(a, (a, ""))) for a in actions.available(s)],
+            "partial_max": str(to_major(s.amount_total - s.amount_refunded, s.currency.upper())),
+            "step": str(Decimal(1).scaleb(-exponent(s.currency.upper()))),
+            "hosted_url": reverse("stripe_emulator:checkout", args=[s.id]),
+        }
+        for s in sessions
+    ]
+    response = render(
+        request,
+        "stripe_emulator/dashboard.html",
+        {"rows": rows, "message": message},
+        status=400 if message and request.method == "POST" else 200,
+    )
+    response["Cache-Control"] = "no-store"
+    return response

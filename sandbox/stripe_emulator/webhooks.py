@@ -17,6 +17,7 @@ import urllib.request
 from typing import Any
 
 from django.db import close_old_connections, connection
+from django.db.models import F
 
 from .models import EmulatedSession, new_id
 
@@ -34,16 +35,20 @@ def sign(payload: bytes, secret: str, timestamp: int | None = None) -> str:
     return f"t={ts},v1={mac}"
 
 
-def event_payload(session: EmulatedSession, type_: str = "checkout.session.completed") -> bytes:
+def event_payload(obj: Any, type_: str = "checkout.session.completed") -> bytes:
+    """A signed-to-be event around ``obj`` (a session model or an object dict), as Stripe sends.
+
+    Webhook events carry the object as stored: no expansions, no hosted-page url.
+    """
     from wagtail_paid_delivery.stripe_api import API_VERSION
 
-    # Webhook events carry the object as stored: no expansions, no hosted-page url.
+    data = obj.as_stripe() if isinstance(obj, EmulatedSession) else obj
     event: dict[str, Any] = {
         "id": new_id("evt"),
         "object": "event",
         "api_version": API_VERSION,
         "created": int(time.time()),
-        "data": {"object": session.as_stripe()},
+        "data": {"object": data},
         "livemode": False,
         "pending_webhooks": 1,
         "request": {"id": None, "idempotency_key": None},
@@ -71,41 +76,49 @@ def post(url: str, payload: bytes, signature: str) -> int:
         return int(exc.code)
 
 
-def deliver(session_id: str, url: str, secret: str) -> None:
-    """Deliver ``checkout.session.completed`` for the session, retrying on failure."""
+def deliver(session_id: str, url: str, secret: str, payloads: list[bytes] | None = None) -> None:
+    """Deliver the events (default: ``checkout.session.completed``), in order, each retried."""
     try:
-        session = EmulatedSession.objects.get(pk=session_id)
-        payload = event_payload(session)
-        result = "not attempted"
+        if payloads is None:
+            payloads = [event_payload(EmulatedSession.objects.get(pk=session_id))]
+        results = []
         attempts = 0
-        for delay in (0.0, *RETRY_DELAYS):
-            time.sleep(delay)
-            attempts += 1
-            try:
-                status = post(url, payload, sign(payload, secret))
-            except OSError as exc:
-                result = f"failed: {exc}"
-                continue
-            result = f"delivered ({status})" if 200 <= status < 300 else f"failed: HTTP {status}"
-            if 200 <= status < 300:
-                break
-        logger.info("Stripe emulator: webhook for %s to %s: %s", session_id, url, result)
+        for payload in payloads:
+            result = "not attempted"
+            for delay in (0.0, *RETRY_DELAYS):
+                time.sleep(delay)
+                attempts += 1
+                try:
+                    status = post(url, payload, sign(payload, secret))
+                except OSError as exc:
+                    result = f"failed: {exc}"
+                    continue
+                ok = 200 <= status < 300
+                result = f"delivered ({status})" if ok else f"failed: HTTP {status}"
+                if ok:
+                    break
+            event_type = json.loads(payload).get("type", "?")
+            results.append(f"{event_type} {result}")
+            logger.info("Stripe emulator: %s for %s to %s: %s", event_type, session_id, url, result)
         EmulatedSession.objects.filter(pk=session_id).update(
-            webhook_result=result[:255], webhook_attempts=attempts
+            webhook_result="; ".join(results)[:255],
+            webhook_attempts=F("webhook_attempts") + attempts,
         )
     except Exception:  # a background thread: log, never die silently
         logger.exception("Stripe emulator: webhook delivery for %s crashed", session_id)
 
 
-def deliver_later(session_id: str, url: str, secret: str) -> None:
+def deliver_later(
+    session_id: str, url: str, secret: str, payloads: list[bytes] | None = None
+) -> None:
     if not USE_THREAD:
-        deliver(session_id, url, secret)
+        deliver(session_id, url, secret, payloads)
         return
 
     def run() -> None:
         close_old_connections()
         try:
-            deliver(session_id, url, secret)
+            deliver(session_id, url, secret, payloads)
         finally:
             connection.close()
 
