@@ -1,0 +1,283 @@
+"""Downloads through a real nginx in front of the app (SERVE_BACKEND "nginx").
+
+nginx runs as a non-daemon subprocess with a generated configuration: ``location /`` proxies to
+pytest-django's live server, and an ``internal`` location aliases PRIVATE_STORAGE_ROOT. The
+configuration is the one the README gives site owners (plus temp paths for an unprivileged run).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from django.conf import settings
+from django.core.files.base import ContentFile
+from django.test import Client, override_settings
+from django.urls import reverse
+from django.utils import timezone
+
+from tests.conftest import require_executable
+from tests.factories import ProductFileFactory, ProductPageFactory, PurchaseFactory
+from wagtail_paid_delivery import tokens
+from wagtail_paid_delivery.log_filters import RedactTokensFilter
+from wagtail_paid_delivery.models import DownloadEvent, DownloadLink, FileDownloadCount
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.django_db(transaction=True, serialized_rollback=True),
+]
+
+DATA = bytes(range(256)) * 1200  # 300 KiB
+
+#: The site-owner configuration (README), formatted with the paths and ports of this run.
+SITE_CONFIG = """
+    # Access log without tokens: the path of download and hand-off URLs is replaced.
+    map $request_uri $wpd_loggable_uri {{
+        default $request_uri;
+        "~^(?<wpd_a>.*/d/(h/)?)[^/?]+(?<wpd_b>.*)$" "${{wpd_a}}[redacted]${{wpd_b}}";
+    }}
+    log_format wpd_redacted '$remote_addr [$time_local] "$request_method $wpd_loggable_uri" '
+                            '$status $body_bytes_sent';
+
+    server {{
+        listen 127.0.0.1:{port};
+        access_log {tmp}/access.log wpd_redacted;
+
+        location /_paid_files/ {{
+            internal;
+            alias {root}/;
+            # nginx does not pass these from the app's X-Accel-Redirect response by itself.
+            add_header X-Content-Type-Options $upstream_http_x_content_type_options always;
+            add_header Referrer-Policy $upstream_http_referrer_policy always;
+            add_header Content-Security-Policy $upstream_http_content_security_policy always;
+            add_header X-Robots-Tag $upstream_http_x_robots_tag always;
+        }}
+
+        location / {{
+            proxy_pass http://{upstream};
+            proxy_set_header Host $http_host;
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+            proxy_set_header X-Forwarded-Proto $scheme;
+        }}
+    }}
+"""
+
+MAIN_CONFIG = """
+{user}
+daemon off;
+master_process on;
+worker_processes 1;
+pid {tmp}/nginx.pid;
+error_log {tmp}/error.log warn;
+events {{ worker_connections 64; }}
+http {{
+    include {mime_types};
+    default_type application/octet-stream;
+    sendfile on;
+    client_body_temp_path {tmp}/body;
+    proxy_temp_path {tmp}/proxy;
+    fastcgi_temp_path {tmp}/fastcgi;
+    uwsgi_temp_path {tmp}/uwsgi;
+    scgi_temp_path {tmp}/scgi;
+    {site}
+}}
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def nginx(live_server, tmp_path):
+    binary = require_executable("nginx", "/usr/sbin/nginx")
+    port = free_port()
+    upstream = live_server.url.split("//", 1)[1]
+    root = Path(settings.PRIVATE_STORAGE_ROOT).resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    mime_types = Path(binary).resolve().parent.parent.parent / "etc" / "nginx" / "mime.types"
+    if not mime_types.exists():
+        mime_types = Path("/etc/nginx/mime.types")
+    site = SITE_CONFIG.format(port=port, tmp=tmp_path, root=root, upstream=upstream)
+    config = MAIN_CONFIG.format(
+        # As root, nginx's workers would switch to "nobody", who cannot read the test's files.
+        user="user root;" if os.geteuid() == 0 else "",
+        tmp=tmp_path,
+        mime_types=mime_types,
+        site=site,
+    )
+    (tmp_path / "nginx.conf").write_text(config)
+    process = subprocess.Popen(
+        [binary, "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            break
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                output = process.stdout.read().decode() if process.stdout else ""
+                process.kill()
+                pytest.fail(f"nginx did not start: {output}")
+            time.sleep(0.05)
+    try:
+        yield type("Nginx", (), {"url": f"http://127.0.0.1:{port}", "tmp": tmp_path})
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def get(url, method="GET", **headers):
+    request = urllib.request.Request(url, method=method, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 (local)
+            return response.status, dict(response.headers), response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, dict(error.headers), error.read()
+
+
+@pytest.fixture
+def app_log():
+    """Everything the app and Django log during the test, through the redacting filter."""
+    records: list[str] = []
+
+    class Handler(logging.Handler):
+        def emit(self, record):
+            records.append(self.format(record))
+            request = getattr(record, "request", None)
+            if request is not None and hasattr(request, "get_full_path"):
+                records.append(request.get_full_path())
+
+    handler = Handler(level=logging.DEBUG)
+    handler.addFilter(RedactTokensFilter())
+    loggers = [logging.getLogger(n) for n in ("django", "wagtail_paid_delivery", "")]
+    for logger in loggers:
+        logger.addHandler(handler)
+    yield records
+    for logger in loggers:
+        logger.removeHandler(handler)
+
+
+@pytest.fixture
+def bought(home):
+    product = ProductPageFactory(parent=home, title="Atlas", files=0, download_limit=3)
+    file = ProductFileFactory(page=product, title="Atlas", file=ContentFile(DATA, name="atlas.pdf"))
+    purchase = PurchaseFactory(paid=True, product=product)
+    issued = tokens.issue_link(purchase, reason=DownloadLink.Reason.WEBHOOK)
+    return issued, file
+
+
+def press(issued, file) -> str:
+    response = Client().post(
+        reverse("wagtail_paid_delivery:download_file", args=[issued.token, file.pk])
+    )
+    assert response.status_code == 303
+    return response["Location"]
+
+
+def counted(issued, file) -> int:
+    row = FileDownloadCount.objects.filter(link=issued.link, file_id=file.pk).first()
+    return row.count if row else 0
+
+
+@override_settings(WAGTAIL_PAID_DELIVERY={"SERVE_BACKEND": "nginx"})
+def test_download_through_nginx_with_range_and_no_token_in_the_apps_log(nginx, bought, app_log):
+    issued, file = bought
+    page_status, _, page = get(nginx.url + f"/shop/d/{issued.token}/")
+    assert page_status == 200 and b"Atlas" in page
+    url = nginx.url + press(issued, file)
+
+    status, headers, body = get(url)
+    assert status == 200
+    assert body == DATA
+    assert headers["Content-Length"] == str(len(DATA))
+    assert headers["Content-Type"] == "application/pdf"
+    assert headers["Content-Disposition"] == 'attachment; filename="atlas.pdf"'
+    assert headers["Cache-Control"] == "private, no-store"
+    assert headers["X-Content-Type-Options"] == "nosniff"
+    assert headers["Referrer-Policy"] == "no-referrer"
+    assert headers["Content-Security-Policy"] == "default-src 'none'; sandbox"
+    assert "X-Accel-Redirect" not in headers and "X-Accel-Expires" not in headers
+    assert counted(issued, file) == 1
+
+    # Range: nginx answers 206 with the right bytes; a continuation does not count.
+    status, headers, body = get(url, Range="bytes=1000-1999")
+    assert status == 206
+    assert body == DATA[1000:2000]
+    assert headers["Content-Range"] == f"bytes 1000-1999/{len(DATA)}"
+    status, headers, body = get(url, Range="bytes=-100")
+    assert status == 206 and body == DATA[-100:]
+    assert counted(issued, file) == 1
+
+    # HEAD is Django's; it counts nothing.
+    status, headers, _ = get(url, method="HEAD")
+    assert status == 200 and headers["Content-Length"] == str(len(DATA))
+    assert counted(issued, file) == 1
+
+    # The internal location cannot be asked for directly.
+    status, _, body = get(nginx.url + "/_paid_files/" + file.file.name)
+    assert status == 404 and DATA[:100] not in body
+
+    # Refusals are still the app's: an expired link gets its 410 page through nginx.
+    DownloadLink.objects.filter(pk=issued.link.pk).update(
+        expires_at=timezone.now() - timedelta(minutes=1)
+    )
+    assert get(url)[0] == 410
+    assert get(nginx.url + f"/shop/d/{issued.token}/")[0] == 410
+    assert get(nginx.url + f"/shop/d/{'Z' * 43}/")[0] == 404
+
+    events = DownloadEvent.objects.filter(link=issued.link).values_list("outcome", "counted")
+    assert ("served", True) in list(events)
+
+    log = "\n".join(app_log)
+    assert "Gone: /shop/d/[redacted]/" in log and "Not Found: /shop/d/[redacted]/" in log
+    assert issued.token not in log
+    assert url.rsplit("/d/h/", 1)[1].strip("/") not in log
+    # nginx's access log with the README's log_format holds no token either.
+    time.sleep(0.2)
+    access = (nginx.tmp / "access.log").read_text()
+    assert "/shop/d/[redacted]/" in access and "/shop/d/h/[redacted]/" in access
+    assert issued.token not in access
+
+
+@override_settings(WAGTAIL_PAID_DELIVERY={"SERVE_BACKEND": "nginx", "DOWNLOAD_LIMIT": None})
+def test_one_gib_sparse_file_through_nginx(nginx, home):
+    relative = "products/sparse-nginx/big.bin"
+    path = Path(settings.PRIVATE_STORAGE_ROOT) / relative
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as f:
+        f.truncate(1 << 30)  # a sparse gibibyte: no disk, no memory
+    try:
+        product = ProductPageFactory(parent=home, files=0, download_limit=0)
+        file = ProductFileFactory(page=product, file=relative, size=1 << 30, sha256="")
+        issued = tokens.issue_link(PurchaseFactory(paid=True, product=product), reason="webhook")
+        url = nginx.url + press(issued, file)
+        digest = hashlib.sha256()
+        total = 0
+        request = urllib.request.Request(url)
+        with urllib.request.urlopen(request, timeout=120) as response:  # noqa: S310 (local)
+            assert response.status == 200
+            assert response.headers["Content-Length"] == str(1 << 30)
+            while chunk := response.read(1 << 20):
+                total += len(chunk)
+                digest.update(chunk)
+        assert total == 1 << 30
+        status, headers, body = get(url, Range=f"bytes={(1 << 30) - 10}-")
+        assert status == 206 and body == b"\0" * 10
+        assert counted(issued, file) == 1
+    finally:
+        path.unlink()
