@@ -180,9 +180,7 @@ def test_full_refund_revokes_access_and_links(paid, fake_stripe, session_id, sen
     assert len(revoked.calls) == 1
 
 
-def test_partial_refund_is_recorded_and_access_kept_by_default(
-    paid, fake_stripe, session_id, send
-):
+def test_partial_refund_is_recorded_and_access_kept_by_default(paid, fake_stripe, session_id, send):
     event = send(fake_stripe.refund(session_id, 250), "charge.refunded")
     assert event.status == StripeEvent.Status.PROCESSED
     assert status(paid) == Purchase.Status.PAID

@@ -120,13 +120,14 @@ def payment_state(session: Any) -> PaymentState:
         disputes = stripe_api.list_disputes_for_payment_intent(pi_id)
         latest = disputes[0] if disputes else None
         status = str(getattr(latest, "status", "") or "")
+        dispute_id = getattr(latest, "id", "")
         if status in DISPUTE_LOST:
-            reason = f"Dispute {latest.id} lost: the payment was returned to the buyer."
+            reason = f"Dispute {dispute_id} lost: the payment was returned to the buyer."
             return PaymentState("refunded", reason, refunded, False, pi_id)
         if status in DISPUTE_WON:
             dispute_won = True
         elif latest is not None and app_settings.DISPUTE_POLICY != "ignore":
-            reason = f"Dispute {latest.id} is {status}: access suspended until it is won."
+            reason = f"Dispute {dispute_id} is {status}: access suspended until it is won."
             return PaymentState("disputed", reason, refunded, False, pi_id)
 
     if refunded and app_settings.PARTIAL_REFUND_POLICY == "revoke":
@@ -298,9 +299,7 @@ _TIMESTAMPS = {
 }
 
 
-def _set_status(
-    purchase: Purchase, status: str, reason: str, now: Any, fields: set[str]
-) -> None:
+def _set_status(purchase: Purchase, status: str, reason: str, now: Any, fields: set[str]) -> None:
     timestamp = _TIMESTAMPS[Purchase.Status(status)]
     purchase.status = status
     purchase.status_reason = reason

@@ -172,8 +172,9 @@ def route(event: StripeEvent) -> FulfillmentResult | None:
             return None
         return fulfillment.sync_payment_intent(pi_id)
     if event.type in INVOICE_EVENT_TYPES:
-        metadata = obj.get("metadata") if isinstance(obj.get("metadata"), dict) else {}
-        return fulfillment.sync_purchase_reference(metadata.get("wpd_purchase"))
+        metadata = obj.get("metadata")
+        reference = metadata.get("wpd_purchase") if isinstance(metadata, dict) else None
+        return fulfillment.sync_purchase_reference(reference)
     _record(event.pk, StripeEvent.Status.IGNORED, f"unhandled event type {event.type!r}")
     return None
 
@@ -296,7 +297,7 @@ def reconcile() -> str:
     counts: dict[str, int] = {}
     for pk, session_id in pending:
         try:
-            result = fulfill_checkout(session_id)
+            result = fulfill_checkout(str(session_id))
         except stripe_api.StripeUnavailable as exc:
             logger.warning("Reconciliation stopped, Stripe is unavailable: %s", exc)
             counts["stripe unavailable"] = 1
