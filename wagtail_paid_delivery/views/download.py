@@ -67,15 +67,37 @@ def _placeholders(link: DownloadLink, downloads_left: int | None) -> dict[str, A
     }
 
 
-def _refused(request: HttpRequest, error: tokens.LinkRefused) -> TemplateResponse:
+def refused_context(error: tokens.LinkRefused, copy: DeliveryCopy) -> dict[str, Any]:
+    """The context of ``download_refused.html`` (also built by the admin preview)."""
     link = error.link
-    copy = _copy(link)
-    context = {
+    return {
         "link": link,
         "reason": error.reason,
         "product_title": link.purchase.product_title,
         "message": copy.render(error.copy_field, **_placeholders(link, None)),
     }
+
+
+def page_context(
+    link: DownloadLink, token: str, files: list[dict[str, Any]], copy: DeliveryCopy
+) -> dict[str, Any]:
+    """The context of ``download.html``; ``files`` are ``{"file", "left"}`` items."""
+    # The intro speaks for the files still available; each file shows its own number too.
+    left = None
+    if link.download_limit is not None:
+        left = min((item["left"] for item in files if item["left"]), default=0)
+    return {
+        "link": link,
+        "token": token,
+        "product_title": link.purchase.product_title,
+        "files": files,
+        "unlimited": link.download_limit is None,
+        "intro": copy.render("download_intro", **_placeholders(link, left)),
+    }
+
+
+def _refused(request: HttpRequest, error: tokens.LinkRefused) -> TemplateResponse:
+    context = refused_context(error, _copy(error.link))
     return TemplateResponse(
         request, "wagtail_paid_delivery/download_refused.html", context, status=410
     )
@@ -105,19 +127,7 @@ def download(request: HttpRequest, token: str) -> HttpResponseBase:
     files = [{"file": f, "left": left} for f, left in zip(product_files, lefts, strict=True)]
     if product_files and all(left == 0 for left in lefts):
         return _refused(request, tokens.LinkUsedUp(link))
-    # The intro speaks for the files still available; each file shows its own number too.
-    left = None
-    if link.download_limit is not None:
-        left = min((n for n in lefts if n), default=0)
-    copy = _copy(link)
-    context = {
-        "link": link,
-        "token": token,
-        "product_title": link.purchase.product_title,
-        "files": files,
-        "unlimited": link.download_limit is None,
-        "intro": copy.render("download_intro", **_placeholders(link, left)),
-    }
+    context = page_context(link, token, files, _copy(link))
     return TemplateResponse(request, "wagtail_paid_delivery/download.html", context)
 
 

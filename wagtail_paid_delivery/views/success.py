@@ -75,9 +75,10 @@ def _copy_for(purchase: Purchase) -> DeliveryCopy:
     return DeliveryCopy.objects.get_default()
 
 
-def _neutral_context() -> dict[str, Any]:
+def _neutral_context(copy: DeliveryCopy | None = None) -> dict[str, Any]:
     # The site default copy: a product's own copy would tell a stranger what was bought.
-    copy = DeliveryCopy.objects.get_default()
+    # (``copy``: the admin preview passes the copy being edited.)
+    copy = copy or DeliveryCopy.objects.get_default()
     values = {"product": _("your purchase"), "email": _("the address you paid with")}
     return {
         "state": "neutral",
@@ -110,6 +111,26 @@ def success_page_link(request: HttpRequest, purchase: Purchase) -> tuple[str | N
     return issued.url, issued.token
 
 
+def state_context(
+    copy: DeliveryCopy,
+    state: str,
+    purchase: Purchase,
+    download_url: str | None = None,
+    product_url: str | None = None,
+) -> dict[str, Any]:
+    """The context of ``success.html`` for a bound browser (also built by the admin preview)."""
+    values = {"product": purchase.product_title, "email": purchase.email}
+    return {
+        "state": state,
+        "copy": copy,
+        "purchase": purchase,
+        "title": copy.render_text(f"{state}_title", **values),
+        "message": copy.render(f"{state}_message", **values),
+        "download_url": download_url,
+        "product_url": product_url,
+    }
+
+
 @login_not_required
 @require_safe
 def success(request: HttpRequest) -> HttpResponse:
@@ -125,19 +146,12 @@ def success(request: HttpRequest) -> HttpResponse:
     if purchase is None or state is None:
         context = _neutral_context()
     else:
-        copy = _copy_for(purchase)
-        values = {"product": purchase.product_title, "email": purchase.email}
-        context = {
-            "state": state,
-            "copy": copy,
-            "purchase": purchase,
-            "title": copy.render_text(f"{state}_title", **values),
-            "message": copy.render(f"{state}_message", **values),
-            "download_url": download_url,
-            "product_url": purchase.product.specific.get_url(request)
+        product_url = (
+            purchase.product.specific.get_url(request)
             if state == "failed" and purchase.product_id and purchase.product.live
-            else None,
-        }
+            else None
+        )
+        context = state_context(_copy_for(purchase), state, purchase, download_url, product_url)
     response = render(request, "wagtail_paid_delivery/success.html", context)
     if purchase is not None and new_token:
         binding.remember_download_token(request, response, purchase.public_id, new_token)
