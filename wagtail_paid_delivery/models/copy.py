@@ -11,6 +11,7 @@ from django.db import models, transaction
 from django.utils.html import escape, linebreaks
 from django.utils.safestring import SafeString, mark_safe
 from django.utils.translation import gettext_lazy as _
+from wagtail.models import PreviewableMixin
 
 #: Placeholders editors may use in any copy field, with what they stand for.
 PLACEHOLDERS: dict[str, Any] = {
@@ -88,8 +89,11 @@ class DeliveryCopyQuerySet(models.QuerySet["DeliveryCopy"]):
         return copy
 
 
-class DeliveryCopy(models.Model):
-    """The words on the success, download and resend pages and in the delivery email."""
+class DeliveryCopy(PreviewableMixin, models.Model):
+    """The words on the success, download and resend pages and in the delivery email.
+
+    Previewable in the admin: one preview mode per buyer screen (``previews.PREVIEW_MODES``).
+    """
 
     name = models.CharField(_("name"), max_length=255, unique=True)
     is_default = models.BooleanField(
@@ -219,6 +223,19 @@ class DeliveryCopy(models.Model):
         if self.is_default:
             exclude.add("is_default")
         super().validate_constraints(exclude=exclude)
+
+    # Preview -------------------------------------------------------------------------------
+
+    @property
+    def preview_modes(self) -> list[tuple[str, Any]]:
+        from ..previews import PREVIEW_MODES
+
+        return PREVIEW_MODES
+
+    def serve_preview(self, request: Any, mode_name: str) -> Any:
+        from ..previews import serve
+
+        return serve(self, request, mode_name)
 
     def render(self, field_name: str, **values: Any) -> SafeString:
         """One copy field as safe HTML paragraphs, with placeholders filled."""

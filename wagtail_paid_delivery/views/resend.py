@@ -36,6 +36,8 @@ from .download import PAGE_HEADERS
 #: Dotted path of the task the view enqueues.
 RESEND_TASK = "wagtail_paid_delivery.tasks.resend_links"
 RESEND_TASK_GROUP = "wagtail_paid_delivery.resend"
+#: What ``{product}`` says on the resend pages when no product was chosen.
+NO_PRODUCT = _("your purchases")
 
 
 class ResendForm(forms.Form):
@@ -74,7 +76,7 @@ def form_context(
         "copy": copy,
         "product": product,
         "product_title": title,
-        "intro": copy.render("resend_intro", product=title),
+        "intro": copy.render("resend_intro", product=title or NO_PRODUCT),
     }
 
 
@@ -87,7 +89,9 @@ def done_context(
         "copy": copy,
         "product": product,
         "product_title": title,
-        "confirmation": copy.render("resend_confirmation", product=title, email=email),
+        "confirmation": copy.render(
+            "resend_confirmation", product=title or NO_PRODUCT, email=email
+        ),
     }
 
 

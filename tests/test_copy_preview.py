@@ -1,0 +1,128 @@
+"""An editor previewing DeliveryCopy sees every buyer screen and the email, in unsaved words."""
+
+from __future__ import annotations
+
+import pytest
+from django.urls import reverse
+
+from tests.factories import DeliveryCopyFactory
+from wagtail_paid_delivery.models import DeliveryCopy
+from wagtail_paid_delivery.previews import PREVIEW_MODES
+
+pytestmark = pytest.mark.django_db
+
+COPY_FIELDS = [
+    f.name
+    for f in DeliveryCopy._meta.get_fields()
+    if getattr(f, "validators", None)
+    and any(v.__name__ == "validate_placeholders" for v in f.validators if hasattr(v, "__name__"))
+]
+
+#: The fields each preview mode shows.
+MODE_FIELDS = {
+    "success": ["success_title", "success_message"],
+    "pending": ["pending_title", "pending_message"],
+    "failed": ["failed_title", "failed_message"],
+    "neutral": ["neutral_title", "neutral_message"],
+    "checkout_unavailable": ["checkout_unavailable_title", "checkout_unavailable_message"],
+    "email": ["email_body"],
+    "download": ["download_intro"],
+    "expired": ["expired_message"],
+    "used_up": ["used_up_message"],
+    "revoked": ["revoked_message"],
+    "resend": ["resend_intro"],
+    "resend_done": ["resend_confirmation"],
+}
+
+
+def unsaved_words(field: str) -> str:
+    return f"Unsaved {field} words for {{product}}"
+
+
+@pytest.fixture
+def previewing(admin_client):
+    copy = DeliveryCopyFactory(name="Shop copy")
+    url = reverse(
+        "wagtailsnippets_wagtail_paid_delivery_deliverycopy:preview_on_edit", args=[copy.pk]
+    )
+    data = {"name": "Shop copy", **{field: unsaved_words(field) for field in COPY_FIELDS}}
+    response = admin_client.post(url, data)
+    assert response.status_code == 200
+    assert response.json() == {"is_valid": True, "is_available": True}
+    return copy, url
+
+
+def test_every_buyer_screen_has_a_preview_mode():
+    assert [mode for mode, _ in PREVIEW_MODES] == list(MODE_FIELDS)
+    assert set(COPY_FIELDS) - {f for fields in MODE_FIELDS.values() for f in fields} == {
+        "email_subject"  # shown in the form; an HTML email has no subject line to preview
+    }
+
+
+@pytest.mark.parametrize("mode", list(MODE_FIELDS))
+def test_each_preview_mode_renders_the_editors_unsaved_words(admin_client, previewing, mode):
+    copy, url = previewing
+    response = admin_client.get(url, {"mode": mode})
+    assert response.status_code == 200
+    html = response.content.decode()
+    for field in MODE_FIELDS[mode]:
+        expected = f"Unsaved {field} words for "
+        assert expected in html, (mode, field)
+    if mode in ("neutral", "resend", "resend_done"):
+        # Pages that do not know the product (the resend form here is the generic one).
+        assert "Sample product" not in html
+    else:
+        assert "Sample product" in html
+    # Nothing was saved.
+    copy.refresh_from_db()
+    assert copy.success_title == DeliveryCopy._meta.get_field("success_title").default
+
+
+def test_previews_render_the_real_templates_with_sample_values(admin_client, previewing):
+    _, url = previewing
+    download = admin_client.get(url, {"mode": "download"}).content.decode()
+    assert "Sample product (PDF)" in download and "5 downloads left" in download
+    assert "3 downloads left" in download and "Extras (ZIP)" in download
+    assert 'method="post"' in download  # the same buttons as the real page
+    email = admin_client.get(url, {"mode": "email"}).content.decode()
+    assert "Download your files" in email and "This link works until" in email
+    expired = admin_client.get(url, {"mode": "expired"}).content.decode()
+    assert "This link has expired" in expired and 'action="/shop/resend/"' in expired
+    resend = admin_client.get(url, {"mode": "resend"}).content.decode()
+    assert 'name="email"' in resend
+    done = admin_client.get(url, {"mode": "resend_done"}).content.decode()
+    assert "Check your email" in done
+    paid = admin_client.get(url, {"mode": "success"}).content.decode()
+    assert "Go to your downloads" in paid
+    unavailable = admin_client.get(url, {"mode": "checkout_unavailable"}).content.decode()
+    assert "Back to Sample product" in unavailable
+
+
+def test_placeholders_in_the_preview_are_escaped(admin_client):
+    copy = DeliveryCopyFactory(name="Escaping")
+    url = reverse(
+        "wagtailsnippets_wagtail_paid_delivery_deliverycopy:preview_on_edit", args=[copy.pk]
+    )
+    data = {"name": "Escaping", **{f: "ok" for f in COPY_FIELDS}}
+    data["download_intro"] = "<script>alert(1)</script> {product}"
+    assert admin_client.post(url, data).json()["is_valid"] is True
+    html = admin_client.get(url, {"mode": "download"}).content.decode()
+    assert "<script>alert(1)</script>" not in html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt; Sample product" in html
+
+
+def test_preview_needs_permission(client, previewing):
+    _, url = previewing
+    client.logout()
+    response = client.get(url, {"mode": "success"})
+    assert response.status_code == 302 and "/admin/login/" in response["Location"]
+
+
+def test_edit_view_offers_the_preview_panel(admin_client):
+    copy = DeliveryCopyFactory()
+    response = admin_client.get(
+        reverse("wagtailsnippets_wagtail_paid_delivery_deliverycopy:edit", args=[copy.pk])
+    )
+    assert response.status_code == 200
+    html = response.content.decode()
+    assert "preview" in html.lower() and "Resend confirmation" in html
