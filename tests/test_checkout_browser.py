@@ -33,6 +33,9 @@ SCREENSHOTS = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
 
 pytestmark = [
     pytest.mark.browser,
+    # live_server flushes the database afterwards; restore the migrated rows (root page, content
+    # types) as every other transactional test here does, or later tests find them missing.
+    pytest.mark.django_db(transaction=True, serialized_rollback=True),
     pytest.mark.skipif(
         not apps.is_installed("sandbox.stripe_emulator"),
         reason="needs the sandbox's Stripe emulator: pytest --ds=tests.settings_emulator",

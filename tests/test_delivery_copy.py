@@ -48,7 +48,7 @@ def test_default_copy_is_created_by_migrate():
 def test_post_migrate_does_not_add_a_second_copy_when_one_exists():
     from django.apps import apps
 
-    from wagtail_paid_delivery.setup import ensure_default_copy
+    from wagtail_paid_delivery.defaults import ensure_default_copy
 
     ensure_default_copy(app_config=apps.get_app_config("wagtail_paid_delivery"))
     assert DeliveryCopy.objects.count() == 1

@@ -14,8 +14,8 @@ class WagtailPaidDeliveryConfig(AppConfig):
             checks,  # noqa: F401  (registers the system checks)
             receivers,  # noqa: F401  (connects the delivery email to purchase_paid)
         )
+        from .defaults import ensure_default_copy
         from .schedules import ensure_schedules
-        from .setup import ensure_default_copy
 
         post_migrate.connect(ensure_default_copy, sender=self)
         post_migrate.connect(ensure_schedules, sender=self)

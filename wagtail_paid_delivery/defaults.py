@@ -1,4 +1,4 @@
-"""Steps run after ``migrate`` so a new site is never without what the app needs."""
+"""Data a new site should never be without, made after ``migrate``."""
 
 from __future__ import annotations
 
