@@ -66,10 +66,13 @@ def status(purchase) -> str:
 
 
 def test_async_payment_completed_then_succeeded(purchase, fake_stripe, session_id, send):
-    fake_stripe.pay(session_id, payment_status="unpaid")
+    Purchase.objects.filter(pk=purchase.pk).update(email="")
+    fake_stripe.pay(session_id, payment_status="unpaid", email="ada@example.com")
     event = send(fake_stripe.session(session_id), "checkout.session.completed")
     assert event.status == StripeEvent.Status.PROCESSED
     assert status(purchase) == Purchase.Status.PENDING
+    # The "processing" page can say where the link will go.
+    assert purchase.email == "ada@example.com"
 
     fake_stripe.settle(session_id)
     with Receiver(signals.purchase_paid) as delivered:

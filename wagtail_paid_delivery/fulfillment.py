@@ -166,14 +166,20 @@ def fulfill_checkout(session_id: str) -> FulfillmentResult:
         return FulfillmentResult(None, "not_ours", "no matching purchase")
 
     state = payment_state(session)
+    details = getattr(session, "customer_details", None)
+    email = getattr(details, "email", None) or getattr(session, "customer_email", None) or ""
     if state.state == "pending":
         # Asynchronous methods complete the session before the money arrives;
-        # checkout.session.async_payment_succeeded brings us back here.
+        # checkout.session.async_payment_succeeded brings us back here. The buyer's address is
+        # kept already: the "processing" page tells them where the link will go.
+        if email and not purchase.email:
+            Purchase.objects.filter(pk=purchase.pk, email="").update(
+                email=email, updated_at=timezone.now()
+            )
+            purchase.email = email
         return FulfillmentResult(purchase, "not_paid", state.reason)
 
     problems = line_item_problems(session, purchase) if state.state == "paid" else []
-    details = getattr(session, "customer_details", None)
-    email = getattr(details, "email", None) or getattr(session, "customer_email", None) or ""
 
     with transaction.atomic():
         locked = Purchase.objects.select_for_update().get(pk=purchase.pk)
@@ -184,6 +190,9 @@ def fulfill_checkout(session_id: str) -> FulfillmentResult:
         if not locked.stripe_checkout_session_id:
             locked.stripe_checkout_session_id = session.id
             fields.add("stripe_checkout_session_id")
+        if email and not locked.email:
+            locked.email = email
+            fields.add("email")
         refund_grew = state.amount_refunded > locked.amount_refunded
         if refund_grew:
             locked.amount_refunded = state.amount_refunded

@@ -417,6 +417,7 @@ def dashboard(request: HttpRequest) -> HttpResponse:
             return HttpResponseSeeOther(f"{request.path}?done={message}")
     message = message or request.GET.get("done", "")
     sessions = list(EmulatedSession.objects.order_by("-created")[:50])
+    shop = _shop_statuses(sessions)
     rows = [
         {
             "session": s,
@@ -428,6 +429,7 @@ def dashboard(request: HttpRequest) -> HttpResponse:
             "partial_max": str(to_major(s.amount_total - s.amount_refunded, s.currency.upper())),
             "step": str(Decimal(1).scaleb(-exponent(s.currency.upper()))),
             "hosted_url": reverse("stripe_emulator:checkout", args=[s.id]),
+            "shop": shop.get(s.id, ""),
         }
         for s in sessions
     ]
@@ -439,3 +441,12 @@ def dashboard(request: HttpRequest) -> HttpResponse:
     )
     response["Cache-Control"] = "no-store"
     return response
+
+
+def _shop_statuses(sessions: list[EmulatedSession]) -> dict[str, str]:
+    """What the sandbox shop itself now says about each session's purchase (its own database;
+    a real Stripe Dashboard could not show this, the emulator shows it to save a trip)."""
+    from wagtail_paid_delivery.models import Purchase
+
+    found = Purchase.objects.filter(stripe_checkout_session_id__in=[s.id for s in sessions])
+    return dict(found.values_list("stripe_checkout_session_id", "status"))
