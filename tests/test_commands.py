@@ -79,7 +79,7 @@ def test_trigger_reports_a_refused_action_with_status_1(purchase, stand_in):
     stand_in.expire(session_id)
     error = fails("trigger", "pay", session_id)
     assert error.returncode == 1
-    assert "refused to pay" in str(error) and "session is expired" in str(error)
+    assert "stand-in refused" in str(error) and "session is expired" in str(error)
 
 
 def test_trigger_reports_an_unreachable_stand_in_with_status_1(purchase, stand_in):

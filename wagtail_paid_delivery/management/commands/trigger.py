@@ -108,7 +108,7 @@ class Command(BaseCommand):
         except stripe.StripeError as exc:
             message = getattr(exc, "user_message", None) or str(exc)
             raise CommandError(
-                f"The stand-in refused to {action}: {message}", returncode=1
+                f"The Stripe stand-in refused: {message}", returncode=1
             ) from exc
         session = answer.get("session") or {}
         events = answer.get("events") or []
