@@ -107,9 +107,7 @@ class Command(BaseCommand):
             ) from exc
         except stripe.StripeError as exc:
             message = getattr(exc, "user_message", None) or str(exc)
-            raise CommandError(
-                f"The Stripe stand-in refused: {message}", returncode=1
-            ) from exc
+            raise CommandError(f"The Stripe stand-in refused: {message}", returncode=1) from exc
         session = answer.get("session") or {}
         events = answer.get("events") or []
         self.stdout.write(
