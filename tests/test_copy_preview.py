@@ -126,3 +126,55 @@ def test_edit_view_offers_the_preview_panel(admin_client):
     assert response.status_code == 200
     html = response.content.decode()
     assert "preview" in html.lower() and "Resend confirmation" in html
+
+
+# In a real browser: the admin's preview panel (docs/screenshots/preview-*.png) --------------
+
+
+@pytest.mark.browser
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
+def test_browser_preview_panel_shows_the_buyer_screens(admin_user, live_server, headless_chromium):
+    from pathlib import Path
+
+    from django.conf import settings
+    from django.test import Client
+
+    from tests.test_download_browser import in_thread
+
+    copy = in_thread(lambda: DeliveryCopyFactory(name="Shop copy"))
+    client = Client()
+    in_thread(lambda: client.force_login(admin_user))
+    session = client.cookies[settings.SESSION_COOKIE_NAME].value
+    screenshots = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
+    screenshots.mkdir(parents=True, exist_ok=True)
+    context = headless_chromium.new_context(viewport={"width": 1400, "height": 900})
+    context.add_cookies(
+        [{"name": settings.SESSION_COOKIE_NAME, "value": session, "url": live_server.url}]
+    )
+    page = context.new_page()
+    edit = reverse("wagtailsnippets_wagtail_paid_delivery_deliverycopy:edit", args=[copy.pk])
+    assert page.goto(live_server.url + edit).status == 200
+    # Type first, then open the panel: opening it sends the form as it is now.
+    page.get_by_role("tab", name="Download page").click()
+    page.locator("#id_expired_message").fill(
+        "Your link for {product} has expired (edited, not saved). Ask for a fresh one below."
+    )
+    page.locator('[data-side-panel-toggle="preview"]').click()
+    frame = page.frame_locator("iframe[data-w-preview-target='iframe'], #w-preview-iframe").first
+    frame.get_by_text("Thank you for your purchase").wait_for(timeout=15000)  # the default mode
+    page.locator("select[data-w-preview-target='mode'], #id_preview_mode").first.select_option(
+        "expired"
+    )
+    frame.get_by_text("(edited, not saved)").wait_for(timeout=20000)
+    page.screenshot(path=str(screenshots / "preview-expired.png"))
+    # The preview iframe alone, one mode per screenshot: the download page and the email.
+    preview = reverse(
+        "wagtailsnippets_wagtail_paid_delivery_deliverycopy:preview_on_edit", args=[copy.pk]
+    )
+    for mode in ("download", "email"):
+        shot = context.new_page()
+        shot.set_viewport_size({"width": 800, "height": 640})
+        assert shot.goto(f"{live_server.url}{preview}?mode={mode}").status == 200
+        shot.screenshot(path=str(screenshots / f"preview-{mode}.png"), full_page=True)
+        shot.close()
+    context.close()

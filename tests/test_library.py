@@ -85,3 +85,36 @@ def test_library_button_is_post_only_and_csrf_protected(buyer):
     assert client.get(f"/shop/library/{mine.public_id}/").status_code == 405
     assert client.post(f"/shop/library/{mine.public_id}/").status_code == 403
     assert not DownloadLink.objects.exists()
+
+
+# In a real browser (also takes docs/screenshots/library.png) --------------------------------
+
+
+@pytest.mark.browser
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
+def test_browser_library_button_opens_a_download_page(buyer, live_server, headless_chromium):
+    from pathlib import Path
+
+    from django.conf import settings
+
+    from tests.test_download_browser import in_thread
+
+    user = buyer[0]
+    client = Client()
+    in_thread(lambda: client.force_login(user))
+    session = client.cookies[settings.SESSION_COOKIE_NAME].value
+    screenshots = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
+    context = headless_chromium.new_context(viewport={"width": 900, "height": 560})
+    context.add_cookies(
+        [{"name": settings.SESSION_COOKIE_NAME, "value": session, "url": live_server.url}]
+    )
+    page = context.new_page()
+    assert page.goto(live_server.url + URL).status == 200
+    screenshots.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(screenshots / "library.png"), full_page=True)
+    page.get_by_role("button", name="Get download link Field guide").click()
+    page.wait_for_load_state()
+    assert "/shop/d/" in page.url
+    assert page.get_by_text("File 1").first.is_visible()
+    assert in_thread(lambda: DownloadLink.objects.filter(reason="library").count()) == 1
+    context.close()

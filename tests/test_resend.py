@@ -220,3 +220,33 @@ def test_resend_task_is_idempotent_enough_and_reports(bought):
     assert resend_links("nobody@example.com") == "nothing"
     assert resend_links("buyer@example.com") == "sent 2"
     assert resend_links("") == "no_email"
+
+
+# In a real browser (also takes docs/screenshots/resend.png) ---------------------------------
+
+
+@pytest.mark.browser
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
+def test_browser_resend_form_sends_a_working_link(bought, live_server, headless_chromium):
+    from pathlib import Path
+
+    from tests.test_download_browser import in_thread
+
+    screenshots = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
+    context = headless_chromium.new_context(viewport={"width": 900, "height": 620})
+    page = context.new_page()
+    requests = []
+    page.on("request", lambda request: requests.append(request.url))
+    assert page.goto(live_server.url + URL).status == 200
+    page.get_by_label("Email address").fill("buyer@example.com")
+    screenshots.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(screenshots / "resend.png"), full_page=True)
+    page.get_by_role("button", name="Send me fresh links").click()
+    page.wait_for_load_state()
+    assert page.get_by_text("is on its way").is_visible()
+    assert all(r.startswith(live_server.url) for r in requests), requests
+    assert len(mail.outbox) == 1
+    path = LINK_RE.findall(mail.outbox[0].body)[0]
+    assert page.goto(live_server.url + path).status == 200
+    assert in_thread(lambda: DownloadLink.objects.filter(reason="resend").count()) == 2
+    context.close()

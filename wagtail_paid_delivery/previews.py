@@ -15,6 +15,7 @@ from typing import Any
 from django.http import HttpRequest, HttpResponse
 from django.http.response import HttpResponseBase
 from django.template.response import TemplateResponse
+from django.urls import reverse
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
@@ -116,8 +117,9 @@ def serve(copy: Any, request: HttpRequest, mode: str) -> HttpResponseBase:
     if mode == "checkout_unavailable":
         return checkout.render_unavailable(request, SamplePage(copy), status=200)
     if mode == "email":
+        path = reverse("wagtail_paid_delivery:download", args=[SAMPLE_TOKEN])
         issued = tokens.IssuedLink(
-            link=link, token=SAMPLE_TOKEN, url=request.build_absolute_uri("#")
+            link=link, token=SAMPLE_TOKEN, url=request.build_absolute_uri(path)
         )
         message = build_delivery_email(purchase, issued, copy=copy)
         html = next(
