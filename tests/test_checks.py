@@ -211,3 +211,21 @@ def test_w003_ack_failures_is_recommended_for_deploy():
     with override_settings(Q_CLUSTER={**settings.Q_CLUSTER, "ack_failures": False}):
         assert our_ids() == []
         assert our_ids(deploy=True) == ["wagtail_paid_delivery.W003"]
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        ({"SERVE_BACKEND": "lighttpd"}, "wagtail_paid_delivery.E020"),
+        (
+            {"SERVE_BACKEND": "nginx", "NGINX_INTERNAL_PREFIX": "files"},
+            "wagtail_paid_delivery.E021",
+        ),
+        ({"SERVE_BACKEND": "s3", "PRESIGNED_URL_LIFETIME": 3600}, "wagtail_paid_delivery.E022"),
+        ({"RESEND_EMAIL_RATE_LIMIT": (0, 60)}, "wagtail_paid_delivery.E023"),
+    ],
+)
+def test_e020_to_e023_delivery_settings(values, expected):
+    # More cases in test_offload.py.
+    with _with(**values):
+        assert our_ids() == [expected]

@@ -70,7 +70,7 @@ def form_context(
     form: ResendForm, copy: DeliveryCopy, product: ProductPageMixin | None
 ) -> dict[str, Any]:
     """The context of ``resend.html``; the admin preview builds it the same way."""
-    title = product.title if product is not None else ""
+    title = str(getattr(product, "title", "")) if product is not None else ""
     return {
         "form": form,
         "copy": copy,
@@ -84,7 +84,7 @@ def done_context(
     copy: DeliveryCopy, product: ProductPageMixin | None, email: str = ""
 ) -> dict[str, Any]:
     """The context of ``resend_done.html``: the one answer every accepted request gets."""
-    title = product.title if product is not None else ""
+    title = str(getattr(product, "title", "")) if product is not None else ""
     return {
         "copy": copy,
         "product": product,
