@@ -66,9 +66,7 @@ TEMPLATES = [
 ]
 
 DATABASES = {
-    "default": dj_database_url.config(
-        default=f"sqlite:///{_TMP / 'db.sqlite3'}", conn_max_age=0
-    )
+    "default": dj_database_url.config(default=f"sqlite:///{_TMP / 'db.sqlite3'}", conn_max_age=0)
 }
 if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
     DATABASES["default"]["TEST"] = {"NAME": str(_TMP / "test.sqlite3")}

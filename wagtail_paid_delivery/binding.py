@@ -96,8 +96,8 @@ def remember_download_token(
     so reloading the success page shows the same link instead of minting new ones."""
     data = load(request)
     bound = set(bound_purchase_ids(request))
-    tokens = data.get("links") if isinstance(data.get("links"), dict) else {}
-    tokens = {k: v for k, v in tokens.items() if k in bound}
+    known = data.get("links")
+    tokens = {k: v for k, v in known.items() if k in bound} if isinstance(known, dict) else {}
     tokens[str(public_id)] = token
     data["links"] = tokens
     save(request, response, data)

@@ -14,7 +14,7 @@ from .. import currencies
 
 
 class Purchase(models.Model):
-    """One buyer's purchase of one product, driven by Stripe's state (see DESIGN "Purchase states")."""
+    """One buyer's purchase of one product, moved by Stripe's state (DESIGN "Purchase states")."""
 
     class Status(models.TextChoices):
         PENDING = "pending", _("pending")

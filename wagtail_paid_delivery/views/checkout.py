@@ -134,7 +134,8 @@ def get_purchasable_page(request: HttpRequest, page_id: int) -> Any:
     """The live, specific product page, or 404. Files are checked by the caller."""
     page_model = swapper.load_model("wagtailcore", "Page")
     page = page_model.objects.live().filter(pk=page_id).specific().first()
-    if page is None or not isinstance(page, ProductPageMixin):
+    # issubclass(type()), not isinstance: the page stays a Page to the type checker too.
+    if page is None or not issubclass(type(page), ProductPageMixin):
         raise Http404(_("No product here."))
     # A product behind a password or login is sold only to who may see it.
     for restriction in page.get_view_restrictions():

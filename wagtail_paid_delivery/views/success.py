@@ -29,7 +29,7 @@ from ..models import DeliveryCopy, DownloadLink, Purchase
 logger = logging.getLogger(__name__)
 
 #: Which copy a bound browser reads for each purchase status.
-STATE_FOR_STATUS = {
+STATE_FOR_STATUS: dict[str, str] = {
     Purchase.Status.PAID: "success",
     Purchase.Status.PENDING: "pending",
     Purchase.Status.FAILED: "failed",
@@ -69,7 +69,7 @@ def settle_pending(purchase: Purchase) -> Purchase:
 
 
 def _copy_for(purchase: Purchase) -> DeliveryCopy:
-    product = purchase.product.specific if purchase.product_id else None
+    product = purchase.product.specific if purchase.product is not None else None
     if product is not None and hasattr(product, "get_delivery_copy"):
         return product.get_delivery_copy()
     return DeliveryCopy.objects.get_default()
@@ -146,9 +146,10 @@ def success(request: HttpRequest) -> HttpResponse:
     if purchase is None or state is None:
         context = _neutral_context()
     else:
+        product = purchase.product
         product_url = (
-            purchase.product.specific.get_url(request)
-            if state == "failed" and purchase.product_id and purchase.product.live
+            product.specific.get_url(request)
+            if state == "failed" and product is not None and product.live
             else None
         )
         context = state_context(_copy_for(purchase), state, purchase, download_url, product_url)
