@@ -219,3 +219,24 @@ def test_product_file_added_after_purchase_is_listed(client, bought):
     issued, product, _ = bought
     ProductFileFactory(page=product, title="Bonus chapter")
     assert "Bonus chapter" in client.get(page_url(issued.token)).content.decode()
+
+
+def test_buyer_paths_work_anonymously_on_a_login_required_site(client, bought, settings):
+    # A site using LoginRequiredMiddleware must not send buyers (who hold a link, not an
+    # account) or Stripe to a login page.
+    settings.MIDDLEWARE = [
+        *settings.MIDDLEWARE,
+        "django.contrib.auth.middleware.LoginRequiredMiddleware",
+    ]
+    issued, product, _ = bought
+    f = product.product_files[0]
+    assert client.get(page_url(issued.token)).status_code == 200
+    handoff = client.post(button_url(issued.token, f.pk))
+    assert handoff.status_code == 303
+    response = client.get(handoff["Location"])
+    assert response.status_code == 200
+    assert b"".join(response.streaming_content) == f.file.open("rb").read()
+    assert client.get(reverse("wagtail_paid_delivery:resend")).status_code == 200
+    assert client.get(reverse("wagtail_paid_delivery:success")).status_code == 200
+    # The library is for signed-in buyers: it still asks for a login.
+    assert client.get(reverse("wagtail_paid_delivery:library")).status_code == 302

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from functools import wraps
 from typing import Any
 
+from django.contrib.auth.decorators import login_not_required
 from django.http import HttpRequest, HttpResponse, HttpResponseNotFound, HttpResponseRedirect
 from django.http.response import HttpResponseBase
 from django.template.response import TemplateResponse
@@ -110,6 +111,7 @@ def _unavailable(request: HttpRequest, link: DownloadLink) -> TemplateResponse:
     )
 
 
+@login_not_required  # a buyer holds a link, not an account
 @require_safe
 @_delivery_headers
 def download(request: HttpRequest, token: str) -> HttpResponseBase:
@@ -131,6 +133,7 @@ def download(request: HttpRequest, token: str) -> HttpResponseBase:
     return TemplateResponse(request, "wagtail_paid_delivery/download.html", context)
 
 
+@login_not_required  # a buyer holds a link, not an account
 @require_POST
 @_delivery_headers
 def download_file(request: HttpRequest, token: str, file_id: int) -> HttpResponseBase:
@@ -152,6 +155,7 @@ def download_file(request: HttpRequest, token: str, file_id: int) -> HttpRespons
     return response
 
 
+@login_not_required  # a buyer holds a link, not an account
 @require_safe
 @_delivery_headers
 def handoff(request: HttpRequest, signed: str) -> HttpResponseBase:
