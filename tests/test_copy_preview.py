@@ -85,7 +85,7 @@ def test_previews_render_the_real_templates_with_sample_values(admin_client, pre
     assert "3 downloads left" in download and "Extras (ZIP)" in download
     assert 'method="post"' in download  # the same buttons as the real page
     email = admin_client.get(url, {"mode": "email"}).content.decode()
-    assert "Download your files" in email and "This link works until" in email
+    assert "Download your files" in email and "Link valid until:" in email
     expired = admin_client.get(url, {"mode": "expired"}).content.decode()
     assert "This link has expired" in expired and 'action="/shop/resend/"' in expired
     resend = admin_client.get(url, {"mode": "resend"}).content.decode()
