@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import os
 import time
-from pathlib import Path
 
 import pytest
 from django.apps import apps
 from wagtail.models import Site
 
 from tests.factories import ProductPageFactory, home_page
+from tests.screenshots import SCREENSHOTS
 from wagtail_paid_delivery import stripe_api
 from wagtail_paid_delivery.models import Purchase
 
@@ -29,7 +29,6 @@ CHROMIUM_ARGS = [
     "--disable-sync",
     "--no-first-run",
 ]
-SCREENSHOTS = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
 
 pytestmark = [
     pytest.mark.browser,

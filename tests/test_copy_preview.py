@@ -6,6 +6,7 @@ import pytest
 from django.urls import reverse
 
 from tests.factories import DeliveryCopyFactory
+from tests.screenshots import SCREENSHOTS
 from wagtail_paid_delivery.models import DeliveryCopy
 from wagtail_paid_delivery.previews import PREVIEW_MODES
 
@@ -134,7 +135,6 @@ def test_edit_view_offers_the_preview_panel(admin_client):
 @pytest.mark.browser
 @pytest.mark.django_db(transaction=True, serialized_rollback=True)
 def test_browser_preview_panel_shows_the_buyer_screens(admin_user, live_server, headless_chromium):
-    from pathlib import Path
 
     from django.conf import settings
     from django.test import Client
@@ -145,7 +145,7 @@ def test_browser_preview_panel_shows_the_buyer_screens(admin_user, live_server, 
     client = Client()
     in_thread(lambda: client.force_login(admin_user))
     session = client.cookies[settings.SESSION_COOKIE_NAME].value
-    screenshots = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
+    screenshots = SCREENSHOTS
     screenshots.mkdir(parents=True, exist_ok=True)
     context = headless_chromium.new_context(viewport={"width": 1400, "height": 900})
     context.add_cookies(

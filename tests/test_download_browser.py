@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import threading
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 from django.core.files.base import ContentFile
@@ -19,6 +18,7 @@ from tests.factories import (
     ProductPageFactory,
     PurchaseFactory,
 )
+from tests.screenshots import SCREENSHOTS
 from wagtail_paid_delivery import tokens
 from wagtail_paid_delivery.models import DownloadEvent, DownloadLink, FileDownloadCount
 
@@ -27,7 +27,6 @@ pytestmark = [
     pytest.mark.django_db(transaction=True, serialized_rollback=True),
 ]
 
-SCREENSHOTS = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
 DATA = b"%PDF-1.4 field guide\n" + bytes(range(256)) * 300
 
 

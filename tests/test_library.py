@@ -6,6 +6,7 @@ import pytest
 from django.test import Client, override_settings
 
 from tests.factories import ProductPageFactory, PurchaseFactory, UserFactory
+from tests.screenshots import SCREENSHOTS
 from wagtail_paid_delivery.models import DownloadLink, Purchase
 
 pytestmark = pytest.mark.django_db
@@ -93,7 +94,6 @@ def test_library_button_is_post_only_and_csrf_protected(buyer):
 @pytest.mark.browser
 @pytest.mark.django_db(transaction=True, serialized_rollback=True)
 def test_browser_library_button_opens_a_download_page(buyer, live_server, headless_chromium):
-    from pathlib import Path
 
     from django.conf import settings
 
@@ -103,7 +103,7 @@ def test_browser_library_button_opens_a_download_page(buyer, live_server, headle
     client = Client()
     in_thread(lambda: client.force_login(user))
     session = client.cookies[settings.SESSION_COOKIE_NAME].value
-    screenshots = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
+    screenshots = SCREENSHOTS
     context = headless_chromium.new_context(viewport={"width": 900, "height": 560})
     context.add_cookies(
         [{"name": settings.SESSION_COOKIE_NAME, "value": session, "url": live_server.url}]

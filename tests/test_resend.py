@@ -13,6 +13,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from tests.factories import DeliveryCopyFactory, ProductPageFactory, PurchaseFactory
+from tests.screenshots import SCREENSHOTS
 from wagtail_paid_delivery import tokens
 from wagtail_paid_delivery.models import DownloadLink, Purchase
 from wagtail_paid_delivery.views import resend as resend_view
@@ -228,11 +229,10 @@ def test_resend_task_is_idempotent_enough_and_reports(bought):
 @pytest.mark.browser
 @pytest.mark.django_db(transaction=True, serialized_rollback=True)
 def test_browser_resend_form_sends_a_working_link(bought, live_server, headless_chromium):
-    from pathlib import Path
 
     from tests.test_download_browser import in_thread
 
-    screenshots = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
+    screenshots = SCREENSHOTS
     context = headless_chromium.new_context(viewport={"width": 900, "height": 620})
     page = context.new_page()
     requests = []
