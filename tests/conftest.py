@@ -87,3 +87,11 @@ def headless_chromium(chromium_path):
         instance = playwright.chromium.launch(executable_path=chromium_path, args=CHROMIUM_ARGS)
         yield instance
         instance.close()
+
+
+@pytest.fixture
+def purchase(home):
+    """A pending purchase of a $12.50 product (what a checkout leaves before payment)."""
+    from tests.factories import ProductPageFactory, PurchaseFactory
+
+    return PurchaseFactory(product=ProductPageFactory(parent=home, price_amount=1250))

@@ -10,23 +10,13 @@ import pytest
 from django.test import override_settings
 
 from tests.factories import DownloadLinkFactory, ProductPageFactory, PurchaseFactory
+from tests.settings import WAGTAIL_PAID_DELIVERY as SETTINGS
 from tests.stripe_fake import event_for, post_event, start_checkout
 from tests.test_fulfillment import Receiver
 from wagtail_paid_delivery import signals
 from wagtail_paid_delivery.fulfillment import fulfill_checkout
 from wagtail_paid_delivery.models import DownloadLink, Purchase, StripeEvent
 from wagtail_paid_delivery.views.webhook import ignore_reason
-
-SETTINGS = {
-    "STRIPE_SECRET_KEY": "sk_test_tests",
-    "STRIPE_WEBHOOK_SECRETS": ["whsec_tests"],
-    "INSTALLATION_ID": "tests",
-}
-
-
-@pytest.fixture
-def purchase(home):
-    return PurchaseFactory(product=ProductPageFactory(parent=home, price_amount=1250))
 
 
 @pytest.fixture

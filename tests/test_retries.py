@@ -13,23 +13,13 @@ from django.utils import timezone
 from django_q.models import Schedule
 
 from tests.factories import ProductPageFactory, PurchaseFactory, StripeEventFactory
+from tests.settings import WAGTAIL_PAID_DELIVERY as SETTINGS
 from tests.stripe_fake import event_for, post_event, start_checkout
 from tests.test_fulfillment import Receiver, needs_postgres
 from wagtail_paid_delivery import signals, tasks
 from wagtail_paid_delivery.models import Purchase, StripeEvent
 from wagtail_paid_delivery.schedules import SCHEDULES, ensure_schedules
 from wagtail_paid_delivery.tasks import claim, process_stripe_event, sweep
-
-SETTINGS = {
-    "STRIPE_SECRET_KEY": "sk_test_tests",
-    "STRIPE_WEBHOOK_SECRETS": ["whsec_tests"],
-    "INSTALLATION_ID": "tests",
-}
-
-
-@pytest.fixture
-def purchase(home):
-    return PurchaseFactory(product=ProductPageFactory(parent=home, price_amount=1250))
 
 
 @pytest.fixture

@@ -12,22 +12,12 @@ from django.test import Client, override_settings
 from django_q.models import Task
 
 from tests.factories import ProductPageFactory, PurchaseFactory
+from tests.settings import WAGTAIL_PAID_DELIVERY as SETTINGS
 from tests.stripe_fake import WEBHOOK_URL, event_for, post_event, sign_payload, start_checkout
 from tests.test_fulfillment import Receiver, needs_postgres
 from wagtail_paid_delivery import signals
 from wagtail_paid_delivery.models import Purchase, StripeEvent
 from wagtail_paid_delivery.tasks import process_stripe_event
-
-SETTINGS = {
-    "STRIPE_SECRET_KEY": "sk_test_tests",
-    "STRIPE_WEBHOOK_SECRETS": ["whsec_tests"],
-    "INSTALLATION_ID": "tests",
-}
-
-
-@pytest.fixture
-def purchase(home):
-    return PurchaseFactory(product=ProductPageFactory(parent=home, price_amount=1250))
 
 
 @pytest.fixture
