@@ -37,7 +37,14 @@ if __name__ != "__main__":
         "default": dj_database_url.parse(os.environ["WPD_BENCH_DATABASE_URL"], conn_max_age=600)
     }
     PRIVATE_STORAGE_ROOT = os.environ["WPD_BENCH_FILES"]
-    Q_CLUSTER = {"name": "bench-downloads", "orm": "default", "sync": True, "log_level": "WARNING"}
+    Q_CLUSTER = {
+        "name": "bench-downloads",
+        "orm": "default",
+        "sync": True,
+        "timeout": 30,
+        "retry": 60,
+        "log_level": "WARNING",
+    }
     WAGTAIL_PAID_DELIVERY = {
         "STRIPE_SECRET_KEY": "sk_test_bench",
         "STRIPE_WEBHOOK_SECRETS": ["whsec_bench"],
