@@ -19,6 +19,7 @@ too; they hand the bytes to someone else and so can never tell that nothing was 
 
 from __future__ import annotations
 
+import abc
 import inspect
 import ipaddress
 import logging
@@ -409,7 +410,7 @@ class DjangoBackend:
         return response
 
 
-class _OffloadBackend(DjangoBackend):
+class _OffloadBackend(DjangoBackend, abc.ABC):
     """Checks and counting stay in Django; another server sends the bytes.
 
     What changes (see DESIGN "Downloads: what counts"): every request still reaches this app
@@ -447,8 +448,9 @@ class _OffloadBackend(DjangoBackend):
         self.offload(response, stored)
         return response
 
+    @abc.abstractmethod
     def offload(self, response: HttpResponse, stored: StoredFile) -> None:
-        raise NotImplementedError
+        """Add the header that hands ``stored`` to the server."""
 
 
 class NginxBackend(_OffloadBackend):
