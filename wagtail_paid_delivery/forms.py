@@ -12,6 +12,7 @@ from django.utils.translation import gettext_lazy as _
 from wagtail.admin.forms import WagtailAdminPageForm
 
 from . import currencies, stripe_api
+from .prices import price_problems
 
 if TYPE_CHECKING:  # lazy translations are str or Promise; the alias exists only for mypy
     from django_stubs_ext import StrOrPromise
@@ -101,29 +102,10 @@ class ProductPageForm(WagtailAdminPageForm):
         except stripe.StripeError as exc:
             message = _("Stripe refused the check: %(error)s") % {"error": exc.user_message}
         else:
-            message = self._price_mismatch(price, amount, currency)
+            problems = price_problems(price, amount, currency)
+            message = problems[0] if problems else None
         if message:
             self.add_error("stripe_price_id", message)
-
-    @staticmethod
-    def _price_mismatch(price: Any, amount: int, currency: str) -> StrOrPromise | None:
-        if getattr(price, "active", True) is False:
-            return _("This Stripe Price is archived. Use an active Price, or leave this empty.")
-        if getattr(price, "type", "one_time") != "one_time":
-            return _("This Stripe Price is recurring. Use a one-time Price, or leave this empty.")
-        unit_amount = getattr(price, "unit_amount", None)
-        price_currency = str(getattr(price, "currency", "")).upper()
-        if unit_amount is None:
-            return _("This Stripe Price has no fixed amount. Use a Price with a fixed amount.")
-        if unit_amount != amount or price_currency != currency.upper():
-            return _(
-                "This Stripe Price charges %(stripe)s, but this page says %(page)s. Change the "
-                "price above, or use a Price that matches it."
-            ) % {
-                "stripe": currencies.format_price(unit_amount, price_currency),
-                "page": currencies.format_price(amount, currency),
-            }
-        return None
 
     def _require_files(self) -> None:
         formset = self.formsets.get("files")

@@ -39,6 +39,7 @@ from .. import binding, stripe_api
 from ..conf import app_settings
 from ..models import Purchase
 from ..models.pages import ProductPageMixin
+from ..prices import price_problems
 
 logger = logging.getLogger(__name__)
 
@@ -237,30 +238,16 @@ def check_stripe_price(page: Any) -> None:
             exc,
         )
         raise CheckoutUnavailable(f"Price {page.stripe_price_id} refused") from exc
-    problems = price_mismatch(price, page.price_amount, page.currency)
+    problems = price_problems(price, page.price_amount, page.currency)
     if problems:
         logger.error(
             "Product %s (page %s): Stripe Price %s does not match the page: %s. Checkout refused.",
             page.title,
             page.pk,
             page.stripe_price_id,
-            "; ".join(problems),
+            " ".join(str(problem) for problem in problems),
         )
         raise CheckoutUnavailable(f"Price {page.stripe_price_id} does not match")
-
-
-def price_mismatch(price: Any, amount: int, currency: str) -> list[str]:
-    """What is wrong with using ``price`` to charge ``amount`` ``currency``; empty if nothing."""
-    problems = []
-    if getattr(price, "unit_amount", None) != amount:
-        problems.append(f"amount {getattr(price, 'unit_amount', None)} != {amount}")
-    if str(getattr(price, "currency", "")).lower() != currency.lower():
-        problems.append(f"currency {getattr(price, 'currency', None)} != {currency.lower()}")
-    if getattr(price, "active", True) is False:
-        problems.append("the Price is archived")
-    if getattr(price, "type", "one_time") != "one_time":
-        problems.append("the Price is recurring")
-    return problems
 
 
 def find_open_purchase(request: HttpRequest, page: Any) -> Purchase | None:

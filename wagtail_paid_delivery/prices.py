@@ -1,0 +1,47 @@
+"""When an existing Stripe Price may be sold as a product's price.
+
+One set of rules for both places that ask: the page editor at publish (the messages are shown to
+the editor) and the checkout (they are logged, and the sale is refused).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from django.utils.translation import gettext_lazy as _
+
+from . import currencies
+
+if TYPE_CHECKING:  # lazy translations are str or Promise; the alias exists only for mypy
+    from django_stubs_ext import StrOrPromise
+
+
+def price_problems(price: Any, amount: int, currency: str) -> list[StrOrPromise]:
+    """Why ``price`` cannot charge ``amount`` minor units of ``currency``; empty when it can."""
+    problems: list[StrOrPromise] = []
+    if getattr(price, "active", True) is False:
+        problems.append(
+            _("This Stripe Price is archived. Use an active Price, or leave this empty.")
+        )
+    if getattr(price, "type", "one_time") != "one_time":
+        problems.append(
+            _("This Stripe Price is recurring. Use a one-time Price, or leave this empty.")
+        )
+    unit_amount = getattr(price, "unit_amount", None)
+    price_currency = str(getattr(price, "currency", "")).upper()
+    if unit_amount is None:
+        problems.append(
+            _("This Stripe Price has no fixed amount. Use a Price with a fixed amount.")
+        )
+    elif unit_amount != amount or price_currency != currency.upper():
+        problems.append(
+            _(
+                "This Stripe Price charges %(stripe)s, but this page says %(page)s. Change the "
+                "price above, or use a Price that matches it."
+            )
+            % {
+                "stripe": currencies.format_price(unit_amount, price_currency or currency),
+                "page": currencies.format_price(amount, currency),
+            }
+        )
+    return problems
