@@ -240,3 +240,34 @@ def test_buyer_paths_work_anonymously_on_a_login_required_site(client, bought, s
     assert client.get(reverse("wagtail_paid_delivery:success")).status_code == 200
     # The library is for signed-in buyers: it still asks for a login.
     assert client.get(reverse("wagtail_paid_delivery:library")).status_code == 302
+
+
+def test_error_reports_do_not_show_the_token_in_frame_variables(rf, bought, monkeypatch):
+
+    from django.views.debug import ExceptionReporter
+
+    from wagtail_paid_delivery.views.download import download
+
+    issued, _, _ = bought
+
+    def database_down(*args, **kwargs):
+        raise RuntimeError("database down")
+
+    monkeypatch.setattr(tokens, "check_link", database_down)
+    request = rf.get(page_url(issued.token))
+    with pytest.raises(RuntimeError) as raised:
+        download(request, issued.token)
+    reporter = ExceptionReporter(request, raised.type, raised.value, raised.tb)
+    frames = reporter.get_traceback_frames()
+    assert any("check_token" in frame["function"] for frame in frames)
+    # The token's own variables in the view's and check_token's frames are hidden. (The request's
+    # repr still shows the path, as every Django error report does: the log filter redacts it.)
+    hidden = {
+        (f["function"], name): value
+        for f in frames
+        if f["function"] in ("download", "check_token")
+        for name, value in f["vars"]
+        if name in ("token", "raw")
+    }
+    assert set(hidden) == {("download", "token"), ("check_token", "raw")}
+    assert all(issued.token not in str(value) for value in hidden.values())

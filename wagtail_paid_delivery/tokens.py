@@ -22,6 +22,7 @@ from django.db.models import F
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
+from django.views.decorators.debug import sensitive_variables
 from wagtail.models import Site
 
 from .conf import app_settings
@@ -93,6 +94,7 @@ class IssuedLink:
     url: str
 
 
+@sensitive_variables("raw")
 def hash_token(raw: str) -> str:
     return hashlib.sha256(raw.encode("ascii")).hexdigest()
 
@@ -147,6 +149,7 @@ def check_link(link: DownloadLink, *, now: datetime | None = None) -> DownloadLi
     return link
 
 
+@sensitive_variables("raw")
 def check_token(raw: str, *, now: datetime | None = None) -> DownloadLink:
     """The usable link for a raw token, in one indexed query, or a :class:`LinkError`."""
     if not isinstance(raw, str) or not TOKEN_RE.match(raw):

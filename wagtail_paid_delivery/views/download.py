@@ -16,6 +16,7 @@ from django.http import HttpRequest, HttpResponse, HttpResponseNotFound, HttpRes
 from django.http.response import HttpResponseBase
 from django.template.response import TemplateResponse
 from django.utils import formats, timezone
+from django.views.decorators.debug import sensitive_variables
 from django.views.decorators.http import require_POST, require_safe
 
 from .. import serving, tokens
@@ -114,6 +115,7 @@ def _unavailable(request: HttpRequest, link: DownloadLink) -> TemplateResponse:
 @login_not_required  # a buyer holds a link, not an account
 @require_safe
 @_delivery_headers
+@sensitive_variables("token")  # kept out of error reports, with check_token's
 def download(request: HttpRequest, token: str) -> HttpResponseBase:
     """The download page: the product's files and what is left of the link. Changes nothing."""
     try:
@@ -136,6 +138,7 @@ def download(request: HttpRequest, token: str) -> HttpResponseBase:
 @login_not_required  # a buyer holds a link, not an account
 @require_POST
 @_delivery_headers
+@sensitive_variables("token")
 def download_file(request: HttpRequest, token: str, file_id: int) -> HttpResponseBase:
     """The download button: check the link and the file, then 303 to a fresh hand-off URL."""
     try:
@@ -158,6 +161,7 @@ def download_file(request: HttpRequest, token: str, file_id: int) -> HttpRespons
 @login_not_required  # a buyer holds a link, not an account
 @require_safe
 @_delivery_headers
+@sensitive_variables("signed")
 def handoff(request: HttpRequest, signed: str) -> HttpResponseBase:
     """The bytes: GET and HEAD with Range, counted as DESIGN "Downloads: what counts" says."""
     try:
