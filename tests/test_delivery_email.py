@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 import time
 from unittest import mock
 
@@ -12,6 +11,7 @@ from django.core.mail.backends.locmem import EmailBackend
 from django.db import connection
 from django_q.models import Task
 
+from tests.concurrency import run_at_once
 from tests.factories import DeliveryCopyFactory, ProductPageFactory, PurchaseFactory
 from wagtail_paid_delivery import emails, tasks
 from wagtail_paid_delivery.models import DownloadLink, Purchase
@@ -130,24 +130,8 @@ def test_concurrent_runs_send_once(home):
         time.sleep(0.3)  # widen the window: the second run must wait on the row lock
         return real_send(self, *args, **kwargs)
 
-    results = []
-    barrier = threading.Barrier(3)
-
-    def run():
-        from django.db import connections
-
-        try:
-            barrier.wait()
-            results.append(emails.deliver_purchase(purchase.pk))
-        finally:
-            connections.close_all()
-
     with mock.patch.object(emails.EmailMultiAlternatives, "send", slow_send):
-        threads = [threading.Thread(target=run) for _ in range(3)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        results = run_at_once([lambda: emails.deliver_purchase(purchase.pk)] * 3)
     assert sorted(results) == ["already_sent", "already_sent", "sent"]
     assert len(mail.outbox) == 1
     assert DownloadLink.objects.filter(purchase=purchase).count() == 1

@@ -7,6 +7,7 @@ import threading
 import pytest
 from django.db import connection
 
+from tests.concurrency import run_at_once
 from tests.factories import DownloadLinkFactory, ProductPageFactory, PurchaseFactory
 from tests.stripe_fake import start_checkout
 from wagtail_paid_delivery import signals, stripe_api
@@ -246,26 +247,9 @@ def test_concurrent_fulfill_checkout_fulfils_exactly_once(home, fake_stripe):
     purchase = PurchaseFactory(product=ProductPageFactory(parent=home))
     session_id = start_checkout(fake_stripe, purchase)
     fake_stripe.pay(session_id)
-    barrier = threading.Barrier(8)
-    outcomes: list[str] = []
-    errors: list[BaseException] = []
-
-    def worker():
-        try:
-            barrier.wait()
-            outcomes.append(fulfill_checkout(session_id).outcome)
-        except BaseException as exc:  # pragma: no cover - reported below
-            errors.append(exc)
-        finally:
-            connection.close()
-
     with Receiver(signals.purchase_paid) as paid:
-        threads = [threading.Thread(target=worker) for _ in range(8)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-    assert errors == []
+        results = run_at_once([lambda: fulfill_checkout(session_id)] * 8)
+    outcomes = [result.outcome for result in results]
     assert sorted(outcomes) == ["already_paid"] * 7 + ["fulfilled"]
     assert len(paid.calls) == 1
     purchase.refresh_from_db()

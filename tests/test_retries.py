@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import logging
-import threading
 from datetime import timedelta
 
 import pytest
-from django.db import connection
 from django.test import override_settings
 from django.utils import timezone
 from django_q.models import Schedule
 
+from tests.concurrency import run_at_once
 from tests.factories import ProductPageFactory, PurchaseFactory, StripeEventFactory
 from tests.settings import WAGTAIL_PAID_DELIVERY as SETTINGS
 from tests.stripe_fake import event_for, post_event, start_checkout
@@ -203,26 +202,8 @@ def test_concurrent_copies_of_a_task_process_an_event_once(home, fake_stripe):
     session_id = start_checkout(fake_stripe, purchase)
     fake_stripe.pay(session_id)
     event = StripeEventFactory(payload=event_for(fake_stripe.session(session_id)))
-    barrier = threading.Barrier(8)
-    results: list[str] = []
-    errors: list[BaseException] = []
-
-    def worker():
-        try:
-            barrier.wait()
-            results.append(process_stripe_event(event.pk))
-        except BaseException as exc:  # pragma: no cover - reported below
-            errors.append(exc)
-        finally:
-            connection.close()
-
     with Receiver(signals.purchase_paid) as delivered:
-        threads = [threading.Thread(target=worker) for _ in range(8)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-    assert errors == []
+        results = run_at_once([lambda: process_stripe_event(event.pk)] * 8)
     assert results.count("fulfilled") == 1
     assert all(r == "fulfilled" or r.startswith("skipped") for r in results)
     event.refresh_from_db()

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
-import threading
 import tracemalloc
 from datetime import timedelta
 from pathlib import Path
@@ -22,6 +22,7 @@ from django.urls import reverse
 from django.utils.http import http_date
 from wagtail import hooks
 
+from tests.concurrency import run_at_once
 from tests.factories import ProductFileFactory, ProductPageFactory, PurchaseFactory
 from wagtail_paid_delivery import serving, tokens
 from wagtail_paid_delivery.models import DownloadEvent, DownloadLink, FileDownloadCount, Purchase
@@ -499,28 +500,14 @@ def test_parallel_requests_at_the_limit_cannot_both_pass(home):
     file = product.product_files[0]
     setup_client = Client()
     urls = [press(setup_client, issued, file) for _ in range(10)]
-    barrier = threading.Barrier(len(urls))
-    statuses: list[int] = []
-    lock = threading.Lock()
 
-    def worker(url):
-        from django.db import connections
+    def download(url):
+        response = Client().get(url)
+        if response.streaming:
+            b"".join(response.streaming_content)
+        return response.status_code
 
-        try:
-            barrier.wait()
-            response = Client().get(url)
-            if response.streaming:
-                b"".join(response.streaming_content)
-            with lock:
-                statuses.append(response.status_code)
-        finally:
-            connections.close_all()
-
-    threads = [threading.Thread(target=worker, args=(u,)) for u in urls]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    statuses = run_at_once([functools.partial(download, url) for url in urls])
     assert sorted(statuses) == [200, 200] + [410] * 8
     assert FileDownloadCount.objects.get(link=issued.link, file_id=file.pk).count == 2
     issued.link.refresh_from_db()

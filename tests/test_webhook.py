@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import threading
 import time
 
 import pytest
-from django.db import connection
 from django.test import Client, override_settings
 from django_q.models import Task
 
+from tests.concurrency import run_at_once
 from tests.factories import ProductPageFactory, PurchaseFactory
 from tests.settings import WAGTAIL_PAID_DELIVERY as SETTINGS
 from tests.stripe_fake import WEBHOOK_URL, event_for, post_event, sign_payload, start_checkout
@@ -348,28 +347,9 @@ def test_concurrent_duplicate_deliveries_store_one_row_and_fulfil_once(home, fak
     fake_stripe.pay(session_id)
     payload = json.dumps(event_for(fake_stripe.session(session_id))).encode()
     header = sign_payload(payload)
-    barrier = threading.Barrier(8)
-    statuses: list[int] = []
-    errors: list[BaseException] = []
-
-    def deliver():
-        try:
-            client = Client()
-            barrier.wait()
-            statuses.append(_post(client, payload, header).status_code)
-        except BaseException as exc:  # pragma: no cover - reported below
-            errors.append(exc)
-        finally:
-            connection.close()
-
     with Receiver(signals.purchase_paid) as paid:
-        threads = [threading.Thread(target=deliver) for _ in range(8)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-    assert errors == []
-    assert statuses == [200] * 8
+        responses = run_at_once([lambda: _post(Client(), payload, header)] * 8)
+    assert [response.status_code for response in responses] == [200] * 8
     assert StripeEvent.objects.count() == 1
     assert tasks_run() == 1
     assert len(paid.calls) == 1
