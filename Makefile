@@ -14,7 +14,7 @@ export SANDBOX_PORT
 help:
 	@echo "make sandbox        run the sandbox shop on http://127.0.0.1:$(SANDBOX_PORT)/ (Ctrl-C stops it)"
 	@echo "make test           run the whole test suite (DATABASE_URL=postgres://... for PostgreSQL)"
-	@echo "make lint           ruff, ruff format --check, mypy, makemigrations --check"
+	@echo "make lint           ruff (with C901), ruff format --check, mypy, import-linter, makemigrations --check"
 	@echo "make clean-sandbox  delete the sandbox's database, files and mail (sandbox/var/)"
 
 $(BIN)/python:
@@ -51,6 +51,7 @@ lint: $(VENV)/.installed-dev
 		"$(BIN)/ruff check ." \
 		"$(BIN)/ruff format --check ." \
 		"$(BIN)/mypy wagtail_paid_delivery" \
+		"$(BIN)/lint-imports --no-cache" \
 		"env DJANGO_SETTINGS_MODULE=tests.settings $(BIN)/python -m django makemigrations --check --dry-run" \
 		"$(BIN)/python sandbox/manage.py makemigrations --check --dry-run"; \
 	do \

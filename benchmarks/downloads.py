@@ -10,7 +10,7 @@ One command, every figure against a baseline measured in the same run:
    one per request so each one is counted; an unlimited link) vs the plain view (target >= 0.6x);
 3. peak memory growth of the gunicorn worker while it serves 1 GiB with a Range (a generator,
    not sendfile), from /proc/<pid>/status VmHWM after resetting it (target < 50 MB);
-4. ``tokens.check_token`` with 1,000,000 links in PostgreSQL vs 100 links (target <= 1.5x).
+4. ``links.check_token`` with 1,000,000 links in PostgreSQL vs 100 links (target <= 1.5x).
 
 Gunicorn runs one sync worker on loopback; the client is sequential, so both sides of each ratio
 see the same server and the same client. The database is PostgreSQL (created, then dropped).
@@ -135,7 +135,7 @@ else:
         django.setup()
         call_command("migrate", verbosity=0)
         from tests.factories import ProductFileFactory, ProductPageFactory, PurchaseFactory
-        from wagtail_paid_delivery import serving, tokens
+        from wagtail_paid_delivery import links
 
         bench = files_root / "bench"
         bench.mkdir(parents=True, exist_ok=True)
@@ -147,11 +147,11 @@ else:
         big = ProductFileFactory(page=product, file="bench/big.bin", size=GIB, sha256="")
         small = ProductFileFactory(page=product, file="bench/small.bin", size=SMALL, sha256="")
         purchase = PurchaseFactory(paid=True, product=product)
-        issued = tokens.issue_link(purchase, reason="admin")
+        issued = links.issue_link(purchase, reason="admin")
         assert issued.link.download_limit is None
         return {
-            "big": [serving.handoff_url(issued.link, big) for _ in range(8)],
-            "small": [serving.handoff_url(issued.link, small) for _ in range(handoffs)],
+            "big": [links.handoff_url(issued.link, big) for _ in range(8)],
+            "small": [links.handoff_url(issued.link, small) for _ in range(handoffs)],
             "purchase_id": purchase.pk,
         }
 
@@ -256,7 +256,7 @@ else:
 
         from django.db import connection
 
-        from wagtail_paid_delivery import tokens
+        from wagtail_paid_delivery import links
 
         def raw(n: int) -> str:
             return str(n).rjust(43, "a")
@@ -281,10 +281,10 @@ else:
         def measure(population: int) -> float:
             picks = [raw(random.randint(1, population)) for _ in range(samples)]
             for p in picks[:200]:
-                tokens.check_token(p)
+                links.check_token(p)
             start = time.perf_counter()
             for p in picks:
-                tokens.check_token(p)
+                links.check_token(p)
             return (time.perf_counter() - start) / samples * 1e6
 
         insert(1, 100)

@@ -59,19 +59,36 @@ def stop_groups(children: dict[str, subprocess.Popen[bytes]]) -> None:
     for proc in children.values():
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + GRACE_SECONDS
+    if wait_for_groups(children, GRACE_SECONDS):
+        return
+    kill_groups(children)
+
+
+def sweep_groups(children: dict[str, subprocess.Popen[bytes]]) -> bool:
+    """One pass over the groups: True while any has members. SIGTERMs leaderless groups."""
+    alive = False
+    for proc in children.values():
+        if proc.poll() is None:  # also reaps the leader once it has exited
+            alive = True
+        elif group_alive(proc.pid):
+            alive = True
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+    return alive
+
+
+def wait_for_groups(children: dict[str, subprocess.Popen[bytes]], timeout: float) -> bool:
+    """Sweep the groups until all are empty (True) or ``timeout`` seconds pass (False)."""
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        alive = False
-        for proc in children.values():
-            if proc.poll() is None:  # also reaps the leader once it has exited
-                alive = True
-            elif group_alive(proc.pid):
-                alive = True
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGTERM)
-        if not alive:
-            return
+        if not sweep_groups(children):
+            return True
         time.sleep(0.1)
+    return False
+
+
+def kill_groups(children: dict[str, subprocess.Popen[bytes]]) -> None:
+    """SIGKILL every group that still has members, then reap the leaders."""
     for name, proc in children.items():
         if group_alive(proc.pid):
             log(f"{name} did not stop within {GRACE_SECONDS:.0f}s; killing it.")
@@ -93,16 +110,13 @@ def wait_for_port(port: int, timeout: float) -> bool:
     return False
 
 
-def main() -> int:
-    port = int(os.environ.get("SANDBOX_PORT") or 8000)
-    env = {**os.environ, "SANDBOX_PORT": str(port), "PYTHONUNBUFFERED": "1"}
-    env.setdefault("DJANGO_SETTINGS_MODULE", "sandbox.settings")
-
+def port_in_use(port: int) -> bool:
     with socket.socket() as probe:
-        if probe.connect_ex(("127.0.0.1", port)) == 0:
-            log(f"Port {port} is already in use. Choose another: SANDBOX_PORT=8001 make sandbox")
-            return 2
+        return probe.connect_ex(("127.0.0.1", port)) == 0
 
+
+def migrate_and_seed(port: int, env: dict[str, str]) -> bool:
+    """Run ``migrate`` then ``seed_sandbox``; False (after logging which) if one fails."""
     for command in (
         ["migrate", "--noinput"],
         ["seed_sandbox", "--port", str(port), "--skip-checks"],
@@ -110,7 +124,59 @@ def main() -> int:
         log("manage.py " + " ".join(command))
         if subprocess.run(MANAGE + command, env=env, cwd=ROOT, check=False).returncode:
             log(f"manage.py {command[0]} failed.")
-            return 1
+            return False
+    return True
+
+
+def start_servers(
+    children: dict[str, subprocess.Popen[bytes]], port: int, env: dict[str, str]
+) -> None:
+    """Start runserver and qcluster, adding each to ``children`` as soon as it exists.
+
+    Filled in place so that, if starting the second fails, the caller still stops the first.
+    """
+    for name, command in (
+        ("runserver", ["runserver", f"127.0.0.1:{port}"]),
+        ("qcluster", ["qcluster"]),
+    ):
+        children[name] = subprocess.Popen(
+            MANAGE + command,
+            env=env,
+            cwd=ROOT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,  # its own session and process group: pgid == pid
+        )
+        log(f"started {name} (process group {children[name].pid})")
+
+
+def log_ready(port: int) -> None:
+    base = f"http://127.0.0.1:{port}"
+    log("")
+    log(f"Site:   {base}/")
+    log(f"Admin:  {base}/admin/   username: admin   password: admin (if unchanged)")
+    log("Mail:   sandbox/var/mail/      Files: sandbox/var/private/ (never served)")
+    log("Press Ctrl-C to stop.")
+
+
+def watch(children: dict[str, subprocess.Popen[bytes]], received: list[int]) -> str | None:
+    """Wait for a stop signal (None) or for a server to exit on its own (its name)."""
+    exited: str | None = None
+    while not received and exited is None:
+        exited = next((n for n, p in children.items() if p.poll() is not None), None)
+        time.sleep(0.2)
+    return exited
+
+
+def main() -> int:
+    port = int(os.environ.get("SANDBOX_PORT") or 8000)
+    env = {**os.environ, "SANDBOX_PORT": str(port), "PYTHONUNBUFFERED": "1"}
+    env.setdefault("DJANGO_SETTINGS_MODULE", "sandbox.settings")
+
+    if port_in_use(port):
+        log(f"Port {port} is already in use. Choose another: SANDBOX_PORT=8001 make sandbox")
+        return 2
+    if not migrate_and_seed(port, env):
+        return 1
 
     received: list[int] = []
 
@@ -124,32 +190,12 @@ def main() -> int:
     children: dict[str, subprocess.Popen[bytes]] = {}
     exited: str | None = None
     try:
-        for name, command in (
-            ("runserver", ["runserver", f"127.0.0.1:{port}"]),
-            ("qcluster", ["qcluster"]),
-        ):
-            children[name] = subprocess.Popen(
-                MANAGE + command,
-                env=env,
-                cwd=ROOT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,  # its own session and process group: pgid == pid
-            )
-            log(f"started {name} (process group {children[name].pid})")
-
+        start_servers(children, port, env)
         if wait_for_port(port, timeout=60) and not received:
-            base = f"http://127.0.0.1:{port}"
-            log("")
-            log(f"Site:   {base}/")
-            log(f"Admin:  {base}/admin/   username: admin   password: admin (if unchanged)")
-            log("Mail:   sandbox/var/mail/      Files: sandbox/var/private/ (never served)")
-            log("Press Ctrl-C to stop.")
-
-        while not received and exited is None:
-            exited = next((n for n, p in children.items() if p.poll() is not None), None)
-            time.sleep(0.2)
+            log_ready(port)
+        exited = watch(children, received)
     finally:
-        # Stop both on any exit path, including an exception in this loop.
+        # Stop both on any exit path, including an exception while starting or watching them.
         for signum in STOP_SIGNALS:
             signal.signal(signum, signal.SIG_IGN)
         log("stopping runserver and qcluster…")

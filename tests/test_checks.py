@@ -1,5 +1,7 @@
 """Every system check id in wagtail_paid_delivery/checks.py, through Django's own check runner."""
 
+from datetime import timedelta
+
 import pytest
 from django.conf import settings
 from django.core.checks import run_checks
@@ -197,14 +199,53 @@ def test_e010_checkout_options_that_are_not_a_dict():
     ("key", "value", "check_id"),
     [
         ("PARTIAL_REFUND_POLICY", "refund", "wagtail_paid_delivery.E011"),
-        ("DISPUTE_POLICY", "pause", "wagtail_paid_delivery.E011"),
-        ("MAX_EVENT_ATTEMPTS", 0, "wagtail_paid_delivery.E012"),
-        ("EVENT_RETRY_DELAY", 0, "wagtail_paid_delivery.E012"),
+        ("DISPUTE_POLICY", "pause", "wagtail_paid_delivery.E013"),
+        ("MAX_EVENT_ATTEMPTS", 0, "wagtail_paid_delivery.E014"),
+        ("EVENT_RETRY_DELAY", 0, "wagtail_paid_delivery.E015"),
     ],
 )
-def test_e011_e012_refund_dispute_and_retry_settings(key, value, check_id):
+def test_e011_e013_e014_e015_refund_dispute_and_retry_settings(key, value, check_id):
     with _with(**{key: value}):
         assert our_ids() == [check_id]
+
+
+def test_e011_and_e013_tell_the_refund_and_dispute_policies_apart():
+    with _with(PARTIAL_REFUND_POLICY="refund", DISPUTE_POLICY="pause"):
+        messages = [m for m in run_checks() if m.id.startswith(checks.ID)]
+    by_id = {m.id: m.msg for m in messages}
+    assert sorted(by_id) == ["wagtail_paid_delivery.E011", "wagtail_paid_delivery.E013"]
+    assert "PARTIAL_REFUND_POLICY" in by_id["wagtail_paid_delivery.E011"]
+    assert "DISPUTE_POLICY" in by_id["wagtail_paid_delivery.E013"]
+
+
+@pytest.mark.parametrize(
+    "values",
+    [{"EVENT_RETRY_DELAY": "soon"}, {"EVENT_RETRY_MAX_DELAY": [6]}, {"EVENT_RETRY_DELAY": None}],
+)
+def test_e012_retry_delay_that_is_not_a_duration(values):
+    with _with(**values):
+        assert our_ids() == ["wagtail_paid_delivery.E012"]
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        {"EVENT_RETRY_DELAY": -60},
+        {"EVENT_RETRY_DELAY": timedelta(hours=2), "EVENT_RETRY_MAX_DELAY": timedelta(hours=1)},
+    ],
+)
+def test_e015_retry_delay_not_positive_or_longer_than_the_maximum(values):
+    with _with(**values):
+        assert our_ids() == ["wagtail_paid_delivery.E015"]
+
+
+def test_every_check_id_in_checks_py_names_one_problem():
+    # Sites silence checks by id, so an id must never stand for two problems.
+    import inspect
+    import re
+
+    ids = re.findall(r"\{ID\}\.([EW]\d{3})", inspect.getsource(checks))
+    assert sorted(ids) == sorted(set(ids))
 
 
 def test_w003_ack_failures_is_recommended_for_deploy():

@@ -8,7 +8,7 @@ from django.urls import reverse
 from tests.factories import DeliveryCopyFactory
 from tests.screenshots import SCREENSHOTS
 from wagtail_paid_delivery.models import DeliveryCopy
-from wagtail_paid_delivery.previews import PREVIEW_MODES
+from wagtail_paid_delivery.screens import PREVIEW_MODES
 
 pytestmark = pytest.mark.django_db
 

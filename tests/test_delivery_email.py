@@ -13,7 +13,7 @@ from django_q.models import Task
 
 from tests.concurrency import run_at_once
 from tests.factories import DeliveryCopyFactory, ProductPageFactory, PurchaseFactory
-from wagtail_paid_delivery import emails, tasks
+from wagtail_paid_delivery import delivery, tasks
 from wagtail_paid_delivery.models import DownloadLink, Purchase
 from wagtail_paid_delivery.signals import purchase_paid
 
@@ -124,14 +124,14 @@ def test_concurrent_runs_send_once(home):
     if connection.vendor != "postgresql":
         pytest.skip("SQLite ignores select_for_update; the row lock is proven on PostgreSQL")
     purchase = PurchaseFactory(paid=True, product=ProductPageFactory(parent=home))
-    real_send = emails.EmailMultiAlternatives.send
+    real_send = delivery.EmailMultiAlternatives.send
 
     def slow_send(self, *args, **kwargs):
         time.sleep(0.3)  # widen the window: the second run must wait on the row lock
         return real_send(self, *args, **kwargs)
 
-    with mock.patch.object(emails.EmailMultiAlternatives, "send", slow_send):
-        results = run_at_once([lambda: emails.deliver_purchase(purchase.pk)] * 3)
+    with mock.patch.object(delivery.EmailMultiAlternatives, "send", slow_send):
+        results = run_at_once([lambda: delivery.deliver_purchase(purchase.pk)] * 3)
     assert sorted(results) == ["already_sent", "already_sent", "sent"]
     assert len(mail.outbox) == 1
     assert DownloadLink.objects.filter(purchase=purchase).count() == 1

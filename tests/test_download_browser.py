@@ -19,7 +19,7 @@ from tests.factories import (
     PurchaseFactory,
 )
 from tests.screenshots import SCREENSHOTS
-from wagtail_paid_delivery import tokens
+from wagtail_paid_delivery import links
 from wagtail_paid_delivery.models import DownloadEvent, DownloadLink, FileDownloadCount
 
 pytestmark = [
@@ -59,7 +59,7 @@ def bought(home):
         page=product, title="Maps", file=ContentFile(b"maps" * 5000, name="maps.zip")
     )
     purchase = PurchaseFactory(paid=True, product=product, email="ada@example.com")
-    issued = tokens.issue_link(purchase, reason=DownloadLink.Reason.WEBHOOK)
+    issued = links.issue_link(purchase, reason=DownloadLink.Reason.WEBHOOK)
     return issued, guide
 
 

@@ -14,7 +14,7 @@ from tests.factories import (
     ProductPageFactory,
     PurchaseFactory,
 )
-from wagtail_paid_delivery import tokens
+from wagtail_paid_delivery import links
 from wagtail_paid_delivery.models import DownloadEvent, DownloadLink, FileDownloadCount, Purchase
 
 pytestmark = pytest.mark.django_db
@@ -37,7 +37,7 @@ def bought(home):
     )
     product = ProductPageFactory(parent=home, title="Field guide", files=2, delivery_copy=copy)
     purchase = PurchaseFactory(paid=True, product=product)
-    issued = tokens.issue_link(purchase, reason=DownloadLink.Reason.WEBHOOK)
+    issued = links.issue_link(purchase, reason=DownloadLink.Reason.WEBHOOK)
     return issued, product, purchase
 
 
@@ -79,7 +79,7 @@ def test_download_page_lists_files_in_the_editors_words_and_changes_nothing(clie
 
 def test_download_page_unlimited_link_says_so(client, home):
     product = ProductPageFactory(parent=home, download_limit=0)
-    issued = tokens.issue_link(PurchaseFactory(paid=True, product=product), reason="webhook")
+    issued = links.issue_link(PurchaseFactory(paid=True, product=product), reason="webhook")
     html = client.get(page_url(issued.token)).content.decode()
     assert "unlimited" in html and "downloads left" not in html
 
@@ -113,7 +113,7 @@ def _expire(link):
     ("setup", "words", "heading"),
     [
         (lambda issued, purchase: _expire(issued.link), "EXPIRED for Field guide", "expired"),
-        (lambda issued, purchase: tokens.revoke_link(issued.link), "REVOKED", "no longer valid"),
+        (lambda issued, purchase: links.revoke_link(issued.link), "REVOKED", "no longer valid"),
         (
             lambda issued, purchase: Purchase.objects.filter(pk=purchase.pk).update(
                 status="refunded"
@@ -253,7 +253,7 @@ def test_error_reports_do_not_show_the_token_in_frame_variables(rf, bought, monk
     def database_down(*args, **kwargs):
         raise RuntimeError("database down")
 
-    monkeypatch.setattr(tokens, "check_link", database_down)
+    monkeypatch.setattr(links, "check_link", database_down)
     request = rf.get(page_url(issued.token))
     with pytest.raises(RuntimeError) as raised:
         download(request, issued.token)

@@ -15,8 +15,8 @@ from tests.stripe_fake import event_for, post_event, start_checkout
 from tests.test_fulfillment import Receiver
 from wagtail_paid_delivery import signals
 from wagtail_paid_delivery.fulfillment import fulfill_checkout
+from wagtail_paid_delivery.inbox import ignore_reason
 from wagtail_paid_delivery.models import DownloadLink, Purchase, StripeEvent
-from wagtail_paid_delivery.views.webhook import ignore_reason
 
 
 @pytest.fixture

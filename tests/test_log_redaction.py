@@ -9,7 +9,7 @@ import pytest
 from django.utils import timezone
 
 from tests.factories import PurchaseFactory
-from wagtail_paid_delivery import serving, tokens
+from wagtail_paid_delivery import links
 from wagtail_paid_delivery.log_filters import REDACTED, RedactTokensFilter, redact
 from wagtail_paid_delivery.models import DownloadLink
 
@@ -54,13 +54,13 @@ def everything(handler) -> str:
 
 def test_404_and_410_on_token_urls_log_no_token(client, home, captured):
     purchase = PurchaseFactory(paid=True)
-    expired = tokens.issue_link(purchase, reason=DownloadLink.Reason.WEBHOOK)
+    expired = links.issue_link(purchase, reason=DownloadLink.Reason.WEBHOOK)
     DownloadLink.objects.filter(pk=expired.link.pk).update(
         expires_at=timezone.now() - timedelta(hours=1)
     )
     unknown = "A" * 43
-    live = tokens.issue_link(purchase, reason=DownloadLink.Reason.WEBHOOK)
-    handoff = serving.make_handoff(live.link, purchase.product.specific.product_files[0])
+    live = links.issue_link(purchase, reason=DownloadLink.Reason.WEBHOOK)
+    handoff = links.make_handoff(live.link, purchase.product.specific.product_files[0])
     tampered = handoff[:-3] + "xyz"
 
     referer = f"http://testserver/shop/d/{live.token}/"

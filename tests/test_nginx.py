@@ -27,7 +27,7 @@ from django.utils import timezone
 
 from tests.conftest import require_executable
 from tests.factories import ProductFileFactory, ProductPageFactory, PurchaseFactory
-from wagtail_paid_delivery import tokens
+from wagtail_paid_delivery import links
 from wagtail_paid_delivery.log_filters import RedactTokensFilter
 from wagtail_paid_delivery.models import DownloadEvent, DownloadLink, FileDownloadCount
 
@@ -177,7 +177,7 @@ def bought(home):
     product = ProductPageFactory(parent=home, title="Atlas", files=0, download_limit=3)
     file = ProductFileFactory(page=product, title="Atlas", file=ContentFile(DATA, name="atlas.pdf"))
     purchase = PurchaseFactory(paid=True, product=product)
-    issued = tokens.issue_link(purchase, reason=DownloadLink.Reason.WEBHOOK)
+    issued = links.issue_link(purchase, reason=DownloadLink.Reason.WEBHOOK)
     return issued, file
 
 
@@ -264,7 +264,7 @@ def test_one_gib_sparse_file_through_nginx(nginx, home):
     try:
         product = ProductPageFactory(parent=home, files=0, download_limit=0)
         file = ProductFileFactory(page=product, file=relative, size=1 << 30, sha256="")
-        issued = tokens.issue_link(PurchaseFactory(paid=True, product=product), reason="webhook")
+        issued = links.issue_link(PurchaseFactory(paid=True, product=product), reason="webhook")
         url = nginx.url + press(issued, file)
         digest = hashlib.sha256()
         total = 0

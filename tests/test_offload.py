@@ -14,8 +14,9 @@ from django.urls import reverse
 
 from tests.factories import ProductFileFactory, ProductPageFactory, PurchaseFactory
 from tests.test_serving import server_close
-from wagtail_paid_delivery import serving, tokens
+from wagtail_paid_delivery import links
 from wagtail_paid_delivery.models import DownloadEvent, DownloadLink, FileDownloadCount
+from wagtail_paid_delivery.serving import backends
 
 pytestmark = pytest.mark.django_db
 
@@ -40,7 +41,7 @@ def bought(home):
         page=product, title="Atlas", file=ContentFile(DATA, name="star atlas é.pdf")
     )
     purchase = PurchaseFactory(paid=True, product=product)
-    issued = tokens.issue_link(purchase, reason=DownloadLink.Reason.WEBHOOK)
+    issued = links.issue_link(purchase, reason=DownloadLink.Reason.WEBHOOK)
     return issued, file
 
 
@@ -154,7 +155,7 @@ def remote_bought(home, tmp_path):
         (tmp_path / "remote").mkdir(exist_ok=True)
         (tmp_path / "remote" / "star atlas é.pdf").write_bytes(DATA)
         file.file.storage = storage
-        issued = tokens.issue_link(PurchaseFactory(paid=True, product=product), reason="webhook")
+        issued = links.issue_link(PurchaseFactory(paid=True, product=product), reason="webhook")
         return issued, file, storage
 
     return make
@@ -165,7 +166,7 @@ def test_presigned_redirect_lives_seconds_and_names_the_file(
     client, remote_bought, monkeypatch, name
 ):
     issued, file, storage = remote_bought(SigningStorage)
-    monkeypatch.setattr(tokens, "get_product_file", lambda link, file_id: file)
+    monkeypatch.setattr(links, "get_product_file", lambda link, file_id: file)
     SigningStorage.calls.clear()
     with backend(name, PRESIGNED_URL_LIFETIME=20):
         response = client.get(press(client, issued, file))
@@ -186,7 +187,7 @@ def test_a_storage_that_cannot_presign_is_refused_before_counting(
     client, remote_bought, monkeypatch
 ):
     issued, file, storage = remote_bought(PlainStorage)
-    monkeypatch.setattr(tokens, "get_product_file", lambda link, file_id: file)
+    monkeypatch.setattr(links, "get_product_file", lambda link, file_id: file)
     with backend("s3"):
         response = client.get(press(client, issued, file))
     assert response.status_code == 503
@@ -195,8 +196,8 @@ def test_a_storage_that_cannot_presign_is_refused_before_counting(
 
 
 def test_default_backend_is_django(settings):
-    assert isinstance(serving.get_backend(), serving.DjangoBackend)
-    assert type(serving.get_backend()) is serving.DjangoBackend
+    assert isinstance(backends.get_backend(), backends.DjangoBackend)
+    assert type(backends.get_backend()) is backends.DjangoBackend
 
 
 @pytest.mark.parametrize(

@@ -87,7 +87,7 @@ def test_private_storage_urls_do_serve_superusers_which_is_why_we_do_not_mount_t
     # superuser, without asking our permission rules. Superusers may edit every page (and so
     # download every file through our admin view) anyway, so nothing leaks, but its rule is not
     # ours: a site that changes PRIVATE_STORAGE_AUTH_FUNCTION (to allow_staff, say) would widen
-    # it. Hence DESIGN/STYLE: do not mount private_storage.urls for product files.
+    # it. Hence docs/architecture.md: do not mount private_storage.urls for product files.
     response = admin_client.get("/private-media/" + product_file.file.name)
     assert response.status_code == 200
     assert body(response) == PDF

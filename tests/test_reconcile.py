@@ -10,7 +10,7 @@ from django.utils import timezone
 from tests.factories import ProductPageFactory, PurchaseFactory
 from tests.stripe_fake import start_checkout
 from tests.test_fulfillment import Receiver
-from wagtail_paid_delivery import signals, tasks
+from wagtail_paid_delivery import reconciliation, signals
 from wagtail_paid_delivery.models import Purchase, StripeEvent
 from wagtail_paid_delivery.tasks import reconcile
 
@@ -81,7 +81,7 @@ def test_reconcile_skips_too_old_too_young_and_foreign_purchases(product, fake_s
 
 
 def test_reconcile_is_bounded_and_takes_turns(product, fake_stripe, monkeypatch):
-    monkeypatch.setattr(tasks, "RECONCILE_BATCH", 2)
+    monkeypatch.setattr(reconciliation, "RECONCILE_BATCH", 2)
     purchases = [pending(product, fake_stripe)[0] for _ in range(3)]
     assert reconcile() == "not_paid 2"
     assert len(fake_stripe.calls("GET", "/v1/checkout/sessions/")) == 2

@@ -14,7 +14,7 @@ from django.utils import timezone
 
 from tests.factories import DeliveryCopyFactory, ProductPageFactory, PurchaseFactory
 from tests.screenshots import SCREENSHOTS
-from wagtail_paid_delivery import tokens
+from wagtail_paid_delivery import links
 from wagtail_paid_delivery.models import DownloadLink, Purchase
 from wagtail_paid_delivery.views import resend as resend_view
 
@@ -176,13 +176,13 @@ def test_expired_used_up_and_revoked_pages_offer_the_form_without_the_token(clie
     copy = DeliveryCopyFactory()
     product = ProductPageFactory(parent=home, delivery_copy=copy)
     purchase = PurchaseFactory(paid=True, product=product, email="secret-buyer@example.com")
-    expired = tokens.issue_link(purchase, reason=DownloadLink.Reason.WEBHOOK)
+    expired = links.issue_link(purchase, reason=DownloadLink.Reason.WEBHOOK)
     DownloadLink.objects.filter(pk=expired.link.pk).update(
         expires_at=timezone.now() - timedelta(hours=1)
     )
-    revoked = tokens.issue_link(purchase, reason=DownloadLink.Reason.WEBHOOK)
-    tokens.revoke_link(revoked.link)
-    used = tokens.issue_link(purchase, reason=DownloadLink.Reason.WEBHOOK)
+    revoked = links.issue_link(purchase, reason=DownloadLink.Reason.WEBHOOK)
+    links.revoke_link(revoked.link)
+    used = links.issue_link(purchase, reason=DownloadLink.Reason.WEBHOOK)
     used.link.download_limit = 1
     used.link.save()
     from wagtail_paid_delivery.models import FileDownloadCount
@@ -204,7 +204,7 @@ def test_expired_used_up_and_revoked_pages_offer_the_form_without_the_token(clie
 def test_refused_page_form_posts_to_resend_and_a_fresh_link_arrives(client, home):
     product = ProductPageFactory(parent=home, title="Old map")
     purchase = PurchaseFactory(paid=True, product=product, email="map@example.com")
-    issued = tokens.issue_link(purchase, reason=DownloadLink.Reason.WEBHOOK)
+    issued = links.issue_link(purchase, reason=DownloadLink.Reason.WEBHOOK)
     DownloadLink.objects.filter(pk=issued.link.pk).update(
         expires_at=timezone.now() - timedelta(minutes=1)
     )

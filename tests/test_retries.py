@@ -15,10 +15,11 @@ from tests.factories import ProductPageFactory, PurchaseFactory, StripeEventFact
 from tests.settings import WAGTAIL_PAID_DELIVERY as SETTINGS
 from tests.stripe_fake import event_for, post_event, start_checkout
 from tests.test_fulfillment import Receiver, needs_postgres
-from wagtail_paid_delivery import signals, tasks
+from wagtail_paid_delivery import inbox, signals
+from wagtail_paid_delivery.inbox import claim
 from wagtail_paid_delivery.models import Purchase, StripeEvent
 from wagtail_paid_delivery.schedules import SCHEDULES, ensure_schedules
-from wagtail_paid_delivery.tasks import claim, process_stripe_event, sweep
+from wagtail_paid_delivery.tasks import process_stripe_event, sweep
 
 
 @pytest.fixture
@@ -84,7 +85,7 @@ def test_backoff_doubles_and_is_capped():
         }
     ):
         for attempts, minutes in [(1, 1), (2, 2), (3, 4), (4, 8), (5, 10), (9, 10)]:
-            delay = tasks.backoff(attempts).total_seconds()
+            delay = inbox.backoff(attempts).total_seconds()
             assert minutes * 60 <= delay <= minutes * 66
 
 
@@ -97,7 +98,7 @@ def test_sweep_picks_up_an_event_whose_task_was_lost(client, purchase, paid_sess
     # Young events are left to their own task.
     assert sweep().startswith("queued 0")
     StripeEvent.objects.filter(pk=event.pk).update(
-        received_at=timezone.now() - tasks.STUCK_AFTER - timedelta(seconds=1)
+        received_at=timezone.now() - inbox.STUCK_AFTER - timedelta(seconds=1)
     )
     assert sweep().startswith("queued 1")
     event.refresh_from_db()
@@ -151,7 +152,7 @@ def test_two_sweeps_enqueue_a_due_event_once(db, monkeypatch):
     make_due(event)
     queued: list[tuple[int, str | None]] = []
     monkeypatch.setattr(
-        "wagtail_paid_delivery.views.webhook.enqueue",
+        "wagtail_paid_delivery.inbox.enqueue",
         lambda pk, token=None, **kw: queued.append((pk, token)),
     )
     sweep()

@@ -24,8 +24,9 @@ from wagtail import hooks
 
 from tests.concurrency import run_at_once
 from tests.factories import ProductFileFactory, ProductPageFactory, PurchaseFactory
-from wagtail_paid_delivery import serving, tokens
+from wagtail_paid_delivery import links, serving
 from wagtail_paid_delivery.models import DownloadEvent, DownloadLink, FileDownloadCount, Purchase
+from wagtail_paid_delivery.serving import backends, ranges
 from wagtail_paid_delivery.signals import download_served
 
 pytestmark = pytest.mark.django_db
@@ -39,7 +40,7 @@ def bought(home):
     product = ProductPageFactory(parent=home, title="Atlas", files=0)
     file = ProductFileFactory(page=product, title="Atlas", file=ContentFile(DATA, name="atlas.bin"))
     purchase = PurchaseFactory(paid=True, product=product)
-    issued = tokens.issue_link(purchase, reason=DownloadLink.Reason.WEBHOOK)
+    issued = links.issue_link(purchase, reason=DownloadLink.Reason.WEBHOOK)
     return issued, file, purchase
 
 
@@ -203,7 +204,7 @@ def test_hand_off_refuses_other_methods(client, bought):
 def test_non_ascii_filename_gets_rfc_6266_header_with_ascii_fallback(client, home):
     product = ProductPageFactory(parent=home, files=0)
     file = ProductFileFactory(page=product, file=ContentFile(b"x", name="résumé-日本.pdf"))
-    issued = tokens.issue_link(PurchaseFactory(paid=True, product=product), reason="webhook")
+    issued = links.issue_link(PurchaseFactory(paid=True, product=product), reason="webhook")
     response, _ = fetch(client, press(client, issued, file))
     assert response["Content-Type"] == "application/pdf"
     assert response["Content-Disposition"] == (
@@ -225,7 +226,7 @@ def test_non_ascii_filename_gets_rfc_6266_header_with_ascii_fallback(client, hom
     ],
 )
 def test_content_disposition(name, header):
-    assert serving.content_disposition(name) == header
+    assert ranges.content_disposition(name) == header
 
 
 def test_events_keep_a_truncated_ip_and_user_agent(client, bought):
@@ -273,7 +274,7 @@ def test_a_second_button_press_is_a_new_hand_off_that_counts(client, bought):
 
 def test_limit_is_per_file_and_refuses_with_410(client, home):
     product = ProductPageFactory(parent=home, files=2, download_limit=2)
-    issued = tokens.issue_link(PurchaseFactory(paid=True, product=product), reason="webhook")
+    issued = links.issue_link(PurchaseFactory(paid=True, product=product), reason="webhook")
     first, second = product.product_files
     for _ in range(2):
         assert fetch(client, press(client, issued, first))[0].status_code == 200
@@ -286,7 +287,7 @@ def test_limit_is_per_file_and_refuses_with_410(client, home):
 
 def test_hand_off_minted_before_the_limit_is_refused_at_the_limit(client, home):
     product = ProductPageFactory(parent=home, files=1, download_limit=1)
-    issued = tokens.issue_link(PurchaseFactory(paid=True, product=product), reason="webhook")
+    issued = links.issue_link(PurchaseFactory(paid=True, product=product), reason="webhook")
     file = product.product_files[0]
     a, b = press(client, issued, file), press(client, issued, file)
     assert fetch(client, a)[0].status_code == 200
@@ -317,7 +318,7 @@ def test_an_interrupted_download_that_sent_bytes_stays_counted(client, bought):
     next(chunks)  # asking for the second chunk means the first was written
     server_close(response)
     assert counts(issued, file) == (1, 1)
-    assert DownloadEvent.objects.get().bytes_sent == serving.CHUNK_SIZE
+    assert DownloadEvent.objects.get().bytes_sent == backends.CHUNK_SIZE
 
 
 def test_disputed_purchase_pauses_and_restored_purchase_resumes(client, bought):
@@ -336,7 +337,7 @@ def test_disputed_purchase_pauses_and_restored_purchase_resumes(client, bought):
 @pytest.mark.parametrize(
     "change",
     [
-        lambda link: tokens.revoke_link(link),
+        lambda link: links.revoke_link(link),
         lambda link: DownloadLink.objects.filter(pk=link.pk).update(
             expires_at=link.created_at - timedelta(seconds=1)
         ),
@@ -361,8 +362,8 @@ def test_tampered_truncated_and_foreign_hand_offs_are_plain_404s(client, bought,
     signed = url.split("/d/h/")[1].rstrip("/")
     other_product = ProductPageFactory(parent=home, files=1)
     other_file = other_product.product_files[0]
-    other = tokens.issue_link(PurchaseFactory(paid=True, product=other_product), reason="webhook")
-    payload = signing.loads(signed, salt=serving.HANDOFF_SALT)
+    other = links.issue_link(PurchaseFactory(paid=True, product=other_product), reason="webhook")
+    payload = signing.loads(signed, salt=links.HANDOFF_SALT)
     candidates = [
         signed[:-1],
         signed[:-3] + ("AAA" if not signed.endswith("AAA") else "BBB"),
@@ -372,9 +373,9 @@ def test_tampered_truncated_and_foreign_hand_offs_are_plain_404s(client, bought,
         # Payload edited to point at another link: the signature no longer matches.
         signing.dumps({**payload, "l": other.link.pk}, salt="x"),
         # Our own signature for this link and another product's file (as if minted by a bug):
-        signing.dumps({**payload, "f": other_file.pk}, salt=serving.HANDOFF_SALT),
+        signing.dumps({**payload, "f": other_file.pk}, salt=links.HANDOFF_SALT),
         # A link that does not exist:
-        signing.dumps({**payload, "l": 10**9}, salt=serving.HANDOFF_SALT),
+        signing.dumps({**payload, "l": 10**9}, salt=links.HANDOFF_SALT),
     ]
     for value in candidates:
         response = client.get(f"/shop/d/h/{value}/")
@@ -463,7 +464,7 @@ def sparse_gib(home):
         f.truncate(1 << 30)  # sparse: a gibibyte of zeros that takes no disk
     product = ProductPageFactory(parent=home, files=0, download_limit=0)
     file = ProductFileFactory(page=product, file=relative, size=1 << 30, sha256="")
-    issued = tokens.issue_link(PurchaseFactory(paid=True, product=product), reason="webhook")
+    issued = links.issue_link(PurchaseFactory(paid=True, product=product), reason="webhook")
     yield issued, file
     path.unlink()
 
@@ -496,7 +497,7 @@ def test_parallel_requests_at_the_limit_cannot_both_pass(home):
             "cannot show the row lock at work; run with DATABASE_URL=postgres://..."
         )
     product = ProductPageFactory(parent=home, files=1, download_limit=2)
-    issued = tokens.issue_link(PurchaseFactory(paid=True, product=product), reason="webhook")
+    issued = links.issue_link(PurchaseFactory(paid=True, product=product), reason="webhook")
     file = product.product_files[0]
     setup_client = Client()
     urls = [press(setup_client, issued, file) for _ in range(10)]

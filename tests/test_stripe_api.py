@@ -56,7 +56,7 @@ def test_client_cache_follows_settings(fake_stripe):
     ):
         during = stripe_api.get_client()
         assert during is not before
-        with pytest.raises(stripe.InvalidRequestError):
+        with pytest.raises(stripe_api.StripePermanent):
             stripe_api.retrieve_price("price_missing")
     assert fake_stripe.requests[-1].path == "/v1/prices/price_missing"
     assert stripe_api.get_client() is not during
@@ -108,7 +108,7 @@ def test_create_checkout_session_sends_params_and_honours_idempotency_key(fake_s
 
 def test_idempotency_key_reused_with_other_params_is_refused(fake_stripe):
     stripe_api.create_checkout_session(PARAMS, idempotency_key="k")
-    with pytest.raises(stripe.IdempotencyError):
+    with pytest.raises(stripe_api.StripeRefused):
         stripe_api.create_checkout_session(
             {**PARAMS, "customer_email": "x@example.com"}, idempotency_key="k"
         )
@@ -133,7 +133,7 @@ def test_retrieve_price(fake_stripe):
 
 
 def test_unknown_session_raises_invalid_request_error(fake_stripe):
-    with pytest.raises(stripe.InvalidRequestError):
+    with pytest.raises(stripe_api.StripePermanent):
         stripe_api.retrieve_checkout_session("cs_test_missing")
     assert len(fake_stripe.requests) == 1  # a 404 is not retried
 
@@ -171,14 +171,6 @@ def _payload() -> bytes:
     return json.dumps(event_for({"id": "cs_test_1", "object": "checkout.session"})).encode()
 
 
-def test_construct_event_returns_a_stripe_event():
-    payload = _payload()
-    event = stripe_api.construct_event(payload, sign_payload(payload))
-    assert isinstance(event, stripe.Event)
-    assert event.type == "checkout.session.completed"
-    assert event.data.object.id == "cs_test_1"
-
-
 @pytest.mark.parametrize(
     ("header", "reason"),
     [
@@ -188,59 +180,59 @@ def test_construct_event_returns_a_stripe_event():
         ("nonsense", "malformed signature header"),
     ],
 )
-def test_construct_event_rejects_missing_and_malformed_headers(header, reason):
+def test_verify_webhook_rejects_missing_and_malformed_headers(header, reason):
     with pytest.raises(stripe_api.InvalidWebhook) as info:
-        stripe_api.construct_event(_payload(), header)
+        stripe_api.verify_webhook(_payload(), header)
     assert info.value.reason == reason
 
 
-def test_construct_event_rejects_forged_stale_and_altered():
+def test_verify_webhook_rejects_forged_stale_and_altered():
     payload = _payload()
     with pytest.raises(stripe_api.InvalidWebhook, match="bad signature"):
-        stripe_api.construct_event(payload, sign_payload(payload, "whsec_other"))
+        stripe_api.verify_webhook(payload, sign_payload(payload, "whsec_other"))
     stale = sign_payload(payload, timestamp=int(time.time()) - 400)
     with pytest.raises(stripe_api.InvalidWebhook, match="stale signature"):
-        stripe_api.construct_event(payload, stale)
+        stripe_api.verify_webhook(payload, stale)
     with pytest.raises(stripe_api.InvalidWebhook, match="bad signature"):
-        stripe_api.construct_event(payload + b" ", sign_payload(payload))
+        stripe_api.verify_webhook(payload + b" ", sign_payload(payload))
 
 
-def test_construct_event_tolerance_comes_from_settings():
+def test_verify_webhook_tolerance_comes_from_settings():
     payload = _payload()
     header = sign_payload(payload, timestamp=int(time.time()) - 400)
     with override_settings(WAGTAIL_PAID_DELIVERY={**SETTINGS, "WEBHOOK_TOLERANCE": 600}):
-        assert stripe_api.construct_event(payload, header).id
+        assert stripe_api.verify_webhook(payload, header)["id"]
 
 
-def test_construct_event_tries_every_configured_secret():
+def test_verify_webhook_tries_every_configured_secret():
     payload = _payload()
     with override_settings(
         WAGTAIL_PAID_DELIVERY={**SETTINGS, "STRIPE_WEBHOOK_SECRETS": ["whsec_old", "whsec_new"]}
     ):
         for secret in ("whsec_old", "whsec_new"):
-            assert stripe_api.construct_event(payload, sign_payload(payload, secret))
+            assert stripe_api.verify_webhook(payload, sign_payload(payload, secret))
         with pytest.raises(stripe_api.InvalidWebhook):
-            stripe_api.construct_event(payload, sign_payload(payload, "whsec_tests"))
+            stripe_api.verify_webhook(payload, sign_payload(payload, "whsec_tests"))
 
 
-def test_construct_event_accepts_any_of_several_v1_signatures():
+def test_verify_webhook_accepts_any_of_several_v1_signatures():
     payload = _payload()
     ts = int(time.time())
     wrong = sign_payload(payload, "whsec_gone", ts).split(",")[1]
     header = f"{sign_payload(payload, 'whsec_tests', ts)},{wrong}"
-    assert stripe_api.construct_event(payload, header)
+    assert stripe_api.verify_webhook(payload, header)
 
 
-def test_construct_event_without_configured_secret_trusts_nothing():
+def test_verify_webhook_without_configured_secret_trusts_nothing():
     payload = _payload()
     with (
         override_settings(WAGTAIL_PAID_DELIVERY={**SETTINGS, "STRIPE_WEBHOOK_SECRETS": []}),
         pytest.raises(stripe_api.InvalidWebhook, match="no webhook secret"),
     ):
-        stripe_api.construct_event(payload, sign_payload(payload))
+        stripe_api.verify_webhook(payload, sign_payload(payload))
 
 
 @pytest.mark.parametrize("body", [b"not json", b"[1, 2]", b"\xff\xfe", b'{"object": "event"}'])
-def test_construct_event_rejects_bodies_that_are_not_events(body):
+def test_verify_webhook_rejects_bodies_that_are_not_events(body):
     with pytest.raises(stripe_api.InvalidWebhook):
-        stripe_api.construct_event(body, sign_payload(body))
+        stripe_api.verify_webhook(body, sign_payload(body))

@@ -120,7 +120,7 @@ def test_emulator_creates_sessions_idempotently(emulator):
     assert (first.status, first.payment_status, first.amount_total) == ("open", "unpaid", 1250)
     assert first.metadata["wpd_purchase"] == "p1"
 
-    with pytest.raises(stripe.IdempotencyError):
+    with pytest.raises(stripe_api.StripeRefused):
         stripe_api.create_checkout_session(
             params(customer_email="x@example.com"), idempotency_key="k1"
         )
@@ -147,10 +147,10 @@ def test_emulator_retrieves_sessions_with_expansions_and_prices(emulator):
         "one_time",
         True,
     )
-    with pytest.raises(stripe.InvalidRequestError) as excinfo:
+    with pytest.raises(stripe_api.StripePermanent) as excinfo:
         stripe_api.retrieve_price("price_missing")
     assert excinfo.value.code == "resource_missing"
-    with pytest.raises(stripe.InvalidRequestError):
+    with pytest.raises(stripe_api.StripePermanent):
         stripe_api.retrieve_checkout_session("cs_test_missing")
 
 
@@ -398,8 +398,10 @@ def test_partial_then_full_refund_from_the_dashboard(
     assert state(paid) == Purchase.Status.REFUNDED
     assert paid.amount_refunded == 1250
     # Nothing left to refund: the stand-in refuses, as Stripe would.
+    from sandbox.stripe_emulator.control import emulator_control
+
     with pytest.raises(stripe.InvalidRequestError, match="0 left to refund"):
-        stripe_api.emulator_control(session_id, "refund", {})
+        emulator_control(session_id, "refund", {})
 
 
 def test_dispute_won_then_a_second_purchase_lost(

@@ -247,13 +247,13 @@ def test_success_page_links_to_the_download_page_and_reloads_mint_no_new_links(
 def test_success_page_gives_a_fresh_link_when_the_remembered_one_was_revoked(
     client, product, fake_stripe
 ):
-    from wagtail_paid_delivery import tokens
+    from wagtail_paid_delivery import links
 
     purchase = start_checkout(client, product)
     session_id = purchase.stripe_checkout_session_id
     fake_stripe.pay(session_id)
     old = _download_href(thanks(client, session_id).content.decode())
-    tokens.revoke_link(tokens.check_token(old.rstrip("/").rsplit("/", 1)[1]))
+    links.revoke_link(links.check_token(old.rstrip("/").rsplit("/", 1)[1]))
 
     new = _download_href(thanks(client, session_id).content.decode())
     assert new != old

@@ -13,7 +13,6 @@ The value is a small JSON object so later features can carry more than purchase 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
 from datetime import timedelta
 from typing import Any
 
@@ -100,13 +99,4 @@ def remember_download_token(
     tokens = {k: v for k, v in known.items() if k in bound} if isinstance(known, dict) else {}
     tokens[str(public_id)] = token
     data["links"] = tokens
-    save(request, response, data)
-
-
-def forget_purchases(
-    request: HttpRequest, response: HttpResponse, public_ids: Iterable[Any]
-) -> None:
-    drop = {str(i) for i in public_ids}
-    data = load(request)
-    data["purchases"] = [i for i in bound_purchase_ids(request) if i not in drop]
     save(request, response, data)

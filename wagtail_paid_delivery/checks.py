@@ -2,16 +2,64 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import swapper
 from django.apps import apps
 from django.conf import settings
 from django.core.checks import CheckMessage, Error, Tags, Warning, register
 
-from .conf import SETTINGS_NAME, app_settings
+from .conf import CHECKOUT_OPTION_TYPES, SETTINGS_NAME, app_settings
 
+# Check ids are never reused or renumbered: sites silence checks by id
+# (SILENCED_SYSTEM_CHECKS), so an id means one problem for good. A new problem gets a new id, the
+# next free number in its range (E000-E019 installation and settings, E020-E029 delivery
+# settings, E101- deploy-only errors, W001- warnings); a retired check leaves its id unused.
+# The README's "System checks" table lists every id.
 ID = "wagtail_paid_delivery"
+
+
+# Installation: the apps this one needs, and the bundled product app vs a custom base Page.
+
+_REQUIRED_APPS = (
+    ("private_storage", "product files are stored with django-private-storage", f"{ID}.E003"),
+    ("django_q", "webhooks are processed by django-q2 tasks", f"{ID}.E004"),
+)
+
+
+@register(Tags.compatibility)
+def check_installed_apps(**kwargs: Any) -> list[CheckMessage]:
+    return [
+        Error(
+            f"'{app}' is not in INSTALLED_APPS.",
+            hint=f"Add '{app}' to INSTALLED_APPS: {why}.",
+            id=check_id,
+        )
+        for app, why, check_id in _REQUIRED_APPS
+        if not apps.is_installed(app)
+    ]
+
+
+@register(Tags.models)
+def check_product_app_with_custom_base_page(**kwargs: Any) -> list[CheckMessage]:
+    if apps.is_installed("wagtail_paid_delivery.product") and swapper.is_swapped(
+        "wagtailcore", "Page"
+    ):
+        return [
+            Error(
+                "wagtail_paid_delivery.product is installed, but this site has its own base Page "
+                "(WAGTAIL_PAGE_MODEL).",
+                hint="Remove 'wagtail_paid_delivery.product' from INSTALLED_APPS and define your "
+                "product page from ProductPageMixin and your base Page (see the README).",
+                id=f"{ID}.E009",
+            )
+        ]
+    return []
+
+
+# Storage: paid files live under PRIVATE_STORAGE_ROOT, which must not be publicly served.
 
 
 def _inside(path: Path, parent: Any) -> bool:
@@ -19,24 +67,6 @@ def _inside(path: Path, parent: Any) -> bool:
         return False
     parent_path = Path(parent).resolve()
     return path == parent_path or parent_path in path.parents
-
-
-@register(Tags.compatibility)
-def check_installed_apps(**kwargs: Any) -> list[CheckMessage]:
-    errors: list[CheckMessage] = []
-    for app, why in (
-        ("private_storage", "product files are stored with django-private-storage"),
-        ("django_q", "webhooks are processed by django-q2 tasks"),
-    ):
-        if not apps.is_installed(app):
-            errors.append(
-                Error(
-                    f"'{app}' is not in INSTALLED_APPS.",
-                    hint=f"Add '{app}' to INSTALLED_APPS: {why}.",
-                    id=f"{ID}.E003" if app == "private_storage" else f"{ID}.E004",
-                )
-            )
-    return errors
 
 
 @register(Tags.security)
@@ -63,6 +93,9 @@ def check_private_storage_root(**kwargs: Any) -> list[CheckMessage]:
                 )
             ]
     return []
+
+
+# Task queue: django-q2's Q_CLUSTER timeout, retry and ack_failures.
 
 
 @register(Tags.compatibility)
@@ -92,33 +125,25 @@ def check_q_cluster(**kwargs: Any) -> list[CheckMessage]:
     return []
 
 
-@register(Tags.compatibility)
-def check_settings(**kwargs: Any) -> list[CheckMessage]:
-    messages: list[CheckMessage] = []
-    try:
-        tolerance = app_settings.WEBHOOK_TOLERANCE
-        limit = app_settings.DOWNLOAD_LIMIT
-    except Exception as exc:  # unknown keys, not a dict
-        return [Error(str(exc), id=f"{ID}.E000")]
-    if not tolerance or tolerance <= 0:
-        messages.append(
-            Error(
-                f"{SETTINGS_NAME}['WEBHOOK_TOLERANCE'] is {tolerance!r}.",
-                hint="A tolerance of 0 turns off the replay check on webhook signatures. "
-                "Use 300 seconds (Stripe's default).",
-                id=f"{ID}.E007",
-            )
+@register(Tags.compatibility, deploy=True)
+def check_q_ack_failures(**kwargs: Any) -> list[CheckMessage]:
+    # Deploy only: a development site may run django-q2 as it likes.
+    conf = getattr(settings, "Q_CLUSTER", None) or {}
+    if conf.get("ack_failures"):
+        return []
+    return [
+        Warning(
+            "Q_CLUSTER['ack_failures'] is not True.",
+            hint="Retrying failed Stripe events is this app's job (backoff, a sweep every "
+            "minute, MAX_EVENT_ATTEMPTS). Without ack_failures the ORM broker also hands a "
+            "failed task back every 'retry' seconds, forever. Set Q_CLUSTER['ack_failures'] "
+            "= True.",
+            id=f"{ID}.W003",
         )
-    if limit is not None and (not isinstance(limit, int) or limit < 1):
-        messages.append(
-            Error(
-                f"{SETTINGS_NAME}['DOWNLOAD_LIMIT'] is {limit!r}.",
-                hint="Use a whole number of downloads per file (at least 1), or None for "
-                "unlimited.",
-                id=f"{ID}.E008",
-            )
-        )
-    return messages
+    ]
+
+
+# Stripe credentials: warnings while developing, errors under `check --deploy`.
 
 
 def _stripe_credentials_missing() -> list[str]:
@@ -128,6 +153,13 @@ def _stripe_credentials_missing() -> list[str]:
     if not app_settings.webhook_secrets:
         missing.append("STRIPE_WEBHOOK_SECRETS")
     return missing
+
+
+def _safe_missing() -> list[str]:
+    try:
+        return _stripe_credentials_missing()
+    except Exception:  # reported by check_settings
+        return []
 
 
 @register(Tags.compatibility)
@@ -157,136 +189,127 @@ def check_stripe_credentials_deploy(**kwargs: Any) -> list[CheckMessage]:
     ]
 
 
-def _safe_missing() -> list[str]:
-    try:
-        return _stripe_credentials_missing()
-    except Exception:  # reported by check_settings
-        return []
+# Money settings: refund and dispute policies, event attempts and retry delays, CHECKOUT_OPTIONS.
 
-
-@register(Tags.models)
-def check_product_app_with_custom_base_page(**kwargs: Any) -> list[CheckMessage]:
-    import swapper
-
-    if apps.is_installed("wagtail_paid_delivery.product") and swapper.is_swapped(
-        "wagtailcore", "Page"
-    ):
-        return [
-            Error(
-                "wagtail_paid_delivery.product is installed, but this site has its own base Page "
-                "(WAGTAIL_PAGE_MODEL).",
-                hint="Remove 'wagtail_paid_delivery.product' from INSTALLED_APPS and define your "
-                "product page from ProductPageMixin and your base Page (see the README).",
-                id=f"{ID}.E009",
-            )
-        ]
-    return []
-
-
-@register(Tags.compatibility, deploy=True)
-def check_q_ack_failures(**kwargs: Any) -> list[CheckMessage]:
-    # Deploy only: a development site may run django-q2 as it likes.
-    conf = getattr(settings, "Q_CLUSTER", None) or {}
-    if conf.get("ack_failures"):
-        return []
-    return [
-        Warning(
-            "Q_CLUSTER['ack_failures'] is not True.",
-            hint="Retrying failed Stripe events is this app's job (backoff, a sweep every "
-            "minute, MAX_EVENT_ATTEMPTS). Without ack_failures the ORM broker also hands a "
-            "failed task back every 'retry' seconds, forever. Set Q_CLUSTER['ack_failures'] "
-            "= True.",
-            id=f"{ID}.W003",
-        )
-    ]
-
-
+#: Each policy setting: its allowed values and its own check id.
 _POLICIES = {
-    "PARTIAL_REFUND_POLICY": ("keep", "revoke"),
-    "DISPUTE_POLICY": ("suspend", "ignore"),
+    "PARTIAL_REFUND_POLICY": (("keep", "revoke"), f"{ID}.E011"),
+    "DISPUTE_POLICY": (("suspend", "ignore"), f"{ID}.E013"),
 }
 
 
 @register(Tags.compatibility)
 def check_money_settings(**kwargs: Any) -> list[CheckMessage]:
-    from .conf import CHECKOUT_OPTION_TYPES
-
     try:
-        values = {key: getattr(app_settings, key) for key in _POLICIES}
+        policies = {key: getattr(app_settings, key) for key in _POLICIES}
         attempts = app_settings.MAX_EVENT_ATTEMPTS
         options = app_settings.CHECKOUT_OPTIONS
         delays = (app_settings.event_retry_delay, app_settings.event_retry_max_delay)
-    except Exception as exc:  # reported by check_settings (unknown keys) or below
-        if isinstance(exc, (TypeError, ValueError)):
-            return [
-                Error(
-                    f"{SETTINGS_NAME}['EVENT_RETRY_DELAY'] or ['EVENT_RETRY_MAX_DELAY'] is not "
-                    "a duration.",
-                    hint="Use a timedelta or a number of seconds.",
-                    id=f"{ID}.E012",
-                )
-            ]
-        return []
-    messages: list[CheckMessage] = []
-    for key, allowed in _POLICIES.items():
-        if values[key] not in allowed:
-            messages.append(
-                Error(
-                    f"{SETTINGS_NAME}['{key}'] is {values[key]!r}.",
-                    hint=f"Use one of: {', '.join(repr(a) for a in allowed)}.",
-                    id=f"{ID}.E011",
-                )
+    except (TypeError, ValueError):
+        # Only converting the retry delays raises these (an unknown key raises
+        # ImproperlyConfigured); the other money checks need the delays, so they wait.
+        return [
+            Error(
+                f"{SETTINGS_NAME}['EVENT_RETRY_DELAY'] or ['EVENT_RETRY_MAX_DELAY'] is not "
+                "a duration.",
+                hint="Use a timedelta or a number of seconds.",
+                id=f"{ID}.E012",
             )
+        ]
+    except Exception:  # unknown keys: reported by check_settings
+        return []
+    return [
+        *_check_policies(policies),
+        *_check_max_event_attempts(attempts),
+        *_check_retry_delays(*delays),
+        *_check_checkout_options(options),
+    ]
+
+
+def _check_policies(values: dict[str, Any]) -> list[CheckMessage]:
+    return [
+        Error(
+            f"{SETTINGS_NAME}['{key}'] is {values[key]!r}.",
+            hint=f"Use one of: {', '.join(repr(a) for a in allowed)}.",
+            id=check_id,
+        )
+        for key, (allowed, check_id) in _POLICIES.items()
+        if values[key] not in allowed
+    ]
+
+
+def _check_max_event_attempts(attempts: Any) -> list[CheckMessage]:
     if not isinstance(attempts, int) or isinstance(attempts, bool) or attempts < 1:
-        messages.append(
+        return [
             Error(
                 f"{SETTINGS_NAME}['MAX_EVENT_ATTEMPTS'] is {attempts!r}.",
                 hint="Use a whole number of attempts, at least 1 (the default is 8).",
-                id=f"{ID}.E012",
+                id=f"{ID}.E014",
             )
-        )
-    if delays[0].total_seconds() <= 0 or delays[1] < delays[0]:
-        messages.append(
+        ]
+    return []
+
+
+def _check_retry_delays(delay: timedelta, max_delay: timedelta) -> list[CheckMessage]:
+    if delay.total_seconds() <= 0 or max_delay < delay:
+        return [
             Error(
                 f"{SETTINGS_NAME}['EVENT_RETRY_DELAY'] must be positive and not longer than "
                 "EVENT_RETRY_MAX_DELAY.",
                 hint="For example timedelta(minutes=1) and timedelta(hours=6).",
-                id=f"{ID}.E012",
+                id=f"{ID}.E015",
             )
-        )
-    problems: list[str] = []
+        ]
+    return []
+
+
+def _check_checkout_options(options: Any) -> list[CheckMessage]:
     if not isinstance(options, dict):
-        problems.append("it must be a dict")
+        problems = ["it must be a dict"]
     else:
-        for key, value in options.items():
-            types = CHECKOUT_OPTION_TYPES.get(key)
-            if types is None:
-                problems.append(f"unknown option {key!r}")
-            elif not isinstance(value, types):
-                names = " or ".join("None" if t is type(None) else t.__name__ for t in types)
-                problems.append(f"{key!r} must be {names}, not {value!r}")
-        message = options.get("terms_message") or ""
-        if message and not options.get("require_terms"):
-            problems.append("'terms_message' needs 'require_terms': True")
-        if isinstance(message, str) and len(message) > 1200:
-            problems.append("'terms_message' is longer than Stripe's 1200 characters")
-    if problems:
-        messages.append(
-            Error(
-                f"{SETTINGS_NAME}['CHECKOUT_OPTIONS']: {'; '.join(problems)}.",
-                hint="Known options: "
-                + ", ".join(sorted(CHECKOUT_OPTION_TYPES))
-                + ". See the README's Checkout options.",
-                id=f"{ID}.E010",
-            )
+        problems = _checkout_option_type_problems(options) + _checkout_terms_problems(options)
+    if not problems:
+        return []
+    return [
+        Error(
+            f"{SETTINGS_NAME}['CHECKOUT_OPTIONS']: {'; '.join(problems)}.",
+            hint="Known options: "
+            + ", ".join(sorted(CHECKOUT_OPTION_TYPES))
+            + ". See the README's Checkout options.",
+            id=f"{ID}.E010",
         )
-    return messages
+    ]
+
+
+def _checkout_option_type_problems(options: dict[str, Any]) -> list[str]:
+    problems = []
+    for key, value in options.items():
+        types = CHECKOUT_OPTION_TYPES.get(key)
+        if types is None:
+            problems.append(f"unknown option {key!r}")
+        elif not isinstance(value, types):
+            names = " or ".join("None" if t is type(None) else t.__name__ for t in types)
+            problems.append(f"{key!r} must be {names}, not {value!r}")
+    return problems
+
+
+def _checkout_terms_problems(options: dict[str, Any]) -> list[str]:
+    problems = []
+    message = options.get("terms_message") or ""
+    if message and not options.get("require_terms"):
+        problems.append("'terms_message' needs 'require_terms': True")
+    if isinstance(message, str) and len(message) > 1200:
+        problems.append("'terms_message' is longer than Stripe's 1200 characters")
+    return problems
+
+
+# Delivery settings: SERVE_BACKEND and its options, the resend limits.
 
 
 @register(Tags.compatibility)
 def check_delivery_settings(**kwargs: Any) -> list[CheckMessage]:
     """SERVE_BACKEND and its options, the resend limits (issue 7's settings)."""
-    from .serving import BACKENDS
+    from .serving.backends import BACKENDS
 
     try:
         backend = app_settings.SERVE_BACKEND
@@ -347,4 +370,36 @@ def check_delivery_settings(**kwargs: Any) -> list[CheckMessage]:
                     id=f"{ID}.E023",
                 )
             )
+    return messages
+
+
+# General settings: the settings dict itself (E000), WEBHOOK_TOLERANCE, DOWNLOAD_LIMIT.
+
+
+@register(Tags.compatibility)
+def check_settings(**kwargs: Any) -> list[CheckMessage]:
+    messages: list[CheckMessage] = []
+    try:
+        tolerance = app_settings.WEBHOOK_TOLERANCE
+        limit = app_settings.DOWNLOAD_LIMIT
+    except Exception as exc:  # unknown keys, not a dict
+        return [Error(str(exc), id=f"{ID}.E000")]
+    if not tolerance or tolerance <= 0:
+        messages.append(
+            Error(
+                f"{SETTINGS_NAME}['WEBHOOK_TOLERANCE'] is {tolerance!r}.",
+                hint="A tolerance of 0 turns off the replay check on webhook signatures. "
+                "Use 300 seconds (Stripe's default).",
+                id=f"{ID}.E007",
+            )
+        )
+    if limit is not None and (not isinstance(limit, int) or limit < 1):
+        messages.append(
+            Error(
+                f"{SETTINGS_NAME}['DOWNLOAD_LIMIT'] is {limit!r}.",
+                hint="Use a whole number of downloads per file (at least 1), or None for "
+                "unlimited.",
+                id=f"{ID}.E008",
+            )
+        )
     return messages

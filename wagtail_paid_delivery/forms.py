@@ -1,18 +1,18 @@
-"""The product page's admin form: the price in major units, and what publishing requires."""
+"""Forms: the product page's admin form (the price in major units, what publishing requires)
+and the buyer's resend form."""
 
 from __future__ import annotations
 
 from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any
 
-import stripe
 from django import forms
-from django.core.exceptions import ImproperlyConfigured, ValidationError
+from django.core.exceptions import ValidationError
 from django.utils.translation import gettext_lazy as _
 from wagtail.admin.forms import WagtailAdminPageForm
 
 from . import currencies, stripe_api
-from .prices import price_problems
+from .prices import stripe_price_problems
 
 if TYPE_CHECKING:  # lazy translations are str or Promise; the alias exists only for mypy
     from django_stubs_ext import StrOrPromise
@@ -82,27 +82,13 @@ class ProductPageForm(WagtailAdminPageForm):
             return
         message: StrOrPromise | None
         try:
-            price = stripe_api.retrieve_price(price_id)
+            problems = stripe_price_problems(price_id, amount, currency)
         except stripe_api.StripeUnavailable:
             message = _(
                 "Stripe could not be reached to check this Price id. Try publishing again in "
                 "a minute (you can save a draft meanwhile)."
             )
-        except ImproperlyConfigured:
-            message = _(
-                "Stripe is not configured on this site, so the Price id cannot be checked. "
-                "Leave it empty to charge the price above."
-            )
-        except stripe.InvalidRequestError as exc:
-            message = (
-                _("Stripe has no Price with this id (in this account and mode).")
-                if exc.code == "resource_missing"
-                else _("Stripe refused this Price id: %(error)s") % {"error": exc.user_message}
-            )
-        except stripe.StripeError as exc:
-            message = _("Stripe refused the check: %(error)s") % {"error": exc.user_message}
         else:
-            problems = price_problems(price, amount, currency)
             message = problems[0] if problems else None
         if message:
             self.add_error("stripe_price_id", message)
@@ -124,3 +110,15 @@ class ProductPageForm(WagtailAdminPageForm):
             _("Add at least one file before publishing: buyers need something to download."),
             code="no_files",
         )
+
+
+class ResendForm(forms.Form):
+    """ "Email me my links again": an address, and optionally one product."""
+
+    email = forms.EmailField(
+        label=_("Email address"),
+        max_length=254,
+        widget=forms.EmailInput(attrs={"autocomplete": "email", "required": True}),
+    )
+    #: Optional: only this product's links. Filled from ``?product=`` (a product page's link).
+    product = forms.IntegerField(required=False, min_value=1, widget=forms.HiddenInput)

@@ -1,19 +1,45 @@
 """When an existing Stripe Price may be sold as a product's price.
 
-One set of rules for both places that ask: the page editor at publish (the messages are shown to
-the editor) and the checkout (they are logged, and the sale is refused).
+One rule for both places that ask: the page editor at publish (the messages are shown to the
+editor) and checkout (they are logged, and the sale is refused). It imports no models, so the
+product page's form can use it without an import circle.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from django.core.exceptions import ImproperlyConfigured
 from django.utils.translation import gettext_lazy as _
 
-from . import currencies
+from . import currencies, stripe_api
 
 if TYPE_CHECKING:  # lazy translations are str or Promise; the alias exists only for mypy
     from django_stubs_ext import StrOrPromise
+
+
+def stripe_price_problems(price_id: str, amount: int, currency: str) -> list[StrOrPromise]:
+    """Why Stripe Price ``price_id`` cannot charge ``amount`` minor units of ``currency``.
+
+    Empty when it can. Asks Stripe; raises ``stripe_api.StripeUnavailable`` when Stripe cannot
+    be reached (the caller decides whether to wait or refuse).
+    """
+    try:
+        price = stripe_api.retrieve_price(price_id)
+    except ImproperlyConfigured:
+        return [
+            _(
+                "Stripe is not configured on this site, so the Price id cannot be checked. "
+                "Leave it empty to charge the price above."
+            )
+        ]
+    except stripe_api.StripePermanent as exc:
+        if exc.code == "resource_missing":
+            return [_("Stripe has no Price with this id (in this account and mode).")]
+        return [_("Stripe refused this Price id: %(error)s") % {"error": exc.user_message}]
+    except stripe_api.StripeRefused as exc:
+        return [_("Stripe refused the check: %(error)s") % {"error": exc.user_message}]
+    return price_problems(price, amount, currency)
 
 
 def price_problems(price: Any, amount: int, currency: str) -> list[StrOrPromise]:

@@ -1,7 +1,7 @@
 """Private storage for product files.
 
 Files are written with django-private-storage under ``PRIVATE_STORAGE_ROOT``. Their ``url()`` is
-our own permission-checked admin view (``views/admin_files.py``), so a storage URL never serves a
+our own permission-checked admin view (``admin/files.py``), so a storage URL never serves a
 file to a buyer or a stranger: buyers get bytes only through a download link.
 """
 

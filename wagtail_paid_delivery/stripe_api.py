@@ -6,8 +6,9 @@ Everything else calls the functions here, never ``stripe`` directly, so that:
 - network retries are on (a bare ``StripeClient`` does not retry);
 - a stand-in (stripe-mock, the sandbox emulator) is reached by setting ``STRIPE_API_BASE``;
 - tests intercept at the HTTP layer (``_http_client_override``) so stripe-python runs for real;
-- callers see two outcomes to handle: ``StripeUnavailable`` (try again later) and Stripe's own
-  request errors (``stripe.InvalidRequestError`` and friends, a bug or a bad id: do not retry).
+- callers catch this module's own exceptions, never stripe-python's: ``StripeUnavailable`` (try
+  again later), ``StripeRefused`` (Stripe answered and said no) and its subclass
+  ``StripePermanent`` (a request that can never succeed: an unknown id, a bad key).
 
 No database transaction may be open while these functions run: a Stripe call can take seconds
 (and, with retries, longer), and a row lock held that long stalls every other worker.
@@ -44,13 +45,34 @@ _clients: dict[tuple[str, str | None, int], stripe.StripeClient] = {}
 _clients_lock = threading.Lock()
 
 
-class StripeUnavailable(Exception):
+class StripeProblem(Exception):
+    """Base of the exceptions this module raises for a Stripe request that did not succeed."""
+
+
+class StripeUnavailable(StripeProblem):
     """Stripe could not be reached or answered with a server-side error (after retries).
 
-    Raised for ``stripe.APIConnectionError``, ``stripe.RateLimitError`` and ``stripe.APIError``
-    with no status or a 5xx status; the original is chained as ``__cause__``. Callers show
-    "checkout unavailable, try again" or leave the work for a retry.
+    Raised for connection errors, rate limiting and 5xx answers; the original is chained as
+    ``__cause__``. Callers show "unavailable, try again" or leave the work for a retry.
     """
+
+
+class StripeRefused(StripeProblem):
+    """Stripe answered and refused the request (a 4xx): retrying the same request will not help
+    unless something else changes first (an idempotency conflict, a declined card).
+
+    ``code`` is Stripe's error code (``resource_missing``…) and ``user_message`` a message safe to
+    show an editor, when Stripe sent them.
+    """
+
+    def __init__(self, message: str, *, code: str = "", user_message: str = "") -> None:
+        super().__init__(message)
+        self.code = code
+        self.user_message = user_message or message
+
+
+class StripePermanent(StripeRefused):
+    """A refusal no retry can fix: an unknown object or bad id, a bad API key, no permission."""
 
 
 class InvalidWebhook(Exception):
@@ -107,6 +129,10 @@ def secret_key_is_live() -> bool:
     return key.startswith(("sk_live_", "rk_live_"))
 
 
+#: stripe-python errors that mean "this request can never succeed".
+_PERMANENT = (stripe.InvalidRequestError, stripe.AuthenticationError, stripe.PermissionError)
+
+
 @contextmanager
 def _translate_errors() -> Iterator[None]:
     try:
@@ -114,12 +140,13 @@ def _translate_errors() -> Iterator[None]:
     except (stripe.APIConnectionError, stripe.RateLimitError) as exc:
         logger.warning("Stripe unavailable: %s", exc)
         raise StripeUnavailable(str(exc.user_message or exc)) from exc
-    except stripe.APIError as exc:
+    except stripe.StripeError as exc:
         # APIError also covers unexpected 4xx answers; only server-side trouble is transient.
-        if exc.http_status is None or exc.http_status >= 500:
+        if isinstance(exc, stripe.APIError) and (exc.http_status is None or exc.http_status >= 500):
             logger.warning("Stripe unavailable: %s", exc)
             raise StripeUnavailable(str(exc.user_message or exc)) from exc
-        raise
+        refused = StripePermanent if isinstance(exc, _PERMANENT) else StripeRefused
+        raise refused(str(exc), code=exc.code or "", user_message=exc.user_message or "") from exc
 
 
 def create_checkout_session(
@@ -130,8 +157,8 @@ def create_checkout_session(
     ``idempotency_key`` must be deterministic for the purchase, so a retried request (ours or
     stripe-python's) returns the same session instead of creating a second one.
 
-    Raises ``StripeUnavailable`` when Stripe cannot be reached; ``stripe.InvalidRequestError``
-    (and other ``stripe.StripeError`` subclasses) propagate for requests Stripe refused.
+    Raises ``StripeUnavailable`` when Stripe cannot be reached, ``StripeRefused`` (or
+    ``StripePermanent``) for requests Stripe refused.
     """
     with _translate_errors():
         return get_client().v1.checkout.sessions.create(
@@ -143,8 +170,8 @@ def create_checkout_session(
 def retrieve_checkout_session(session_id: str) -> stripe.checkout.Session:
     """Fetch a Checkout Session with its ``line_items`` and ``payment_intent`` expanded.
 
-    Raises ``StripeUnavailable`` when Stripe cannot be reached; ``stripe.InvalidRequestError``
-    for an unknown session id.
+    Raises ``StripeUnavailable`` when Stripe cannot be reached; ``StripePermanent`` for an
+    unknown session id.
     """
     with _translate_errors():
         return get_client().v1.checkout.sessions.retrieve(
@@ -156,7 +183,7 @@ def list_checkout_sessions_for_payment_intent(payment_intent_id: str) -> list[An
     """The Checkout Sessions that created ``payment_intent_id`` (at most one, in practice).
 
     Used to map a PaymentIntent event back to its session when no Purchase records the
-    PaymentIntent yet. Raises ``StripeUnavailable`` or ``stripe.StripeError``.
+    PaymentIntent yet. Raises ``StripeUnavailable`` or ``StripeRefused``.
     """
     with _translate_errors():
         result = get_client().v1.checkout.sessions.list(
@@ -168,7 +195,7 @@ def list_checkout_sessions_for_payment_intent(payment_intent_id: str) -> list[An
 def retrieve_payment_intent(payment_intent_id: str) -> stripe.PaymentIntent:
     """Fetch a PaymentIntent with its ``latest_charge`` expanded (refunded? disputed?).
 
-    Raises ``StripeUnavailable`` or ``stripe.InvalidRequestError``.
+    Raises ``StripeUnavailable`` or ``StripeRefused``.
     """
     with _translate_errors():
         return get_client().v1.payment_intents.retrieve(
@@ -179,39 +206,15 @@ def retrieve_payment_intent(payment_intent_id: str) -> stripe.PaymentIntent:
 def list_disputes_for_payment_intent(payment_intent_id: str) -> list[stripe.Dispute]:
     """The disputes on ``payment_intent_id``'s charges, newest first.
 
-    Raises ``StripeUnavailable`` or ``stripe.StripeError``.
+    Raises ``StripeUnavailable`` or ``StripeRefused``.
     """
     with _translate_errors():
         result = get_client().v1.disputes.list({"payment_intent": payment_intent_id, "limit": 10})
     return sorted(result.data, key=lambda d: getattr(d, "created", 0) or 0, reverse=True)
 
 
-def emulator_control(session_id: str, action: str, params: dict[str, Any]) -> dict[str, Any]:
-    """Ask the Stripe stand-in at ``STRIPE_API_BASE`` to act on a session as a buyer would.
-
-    ``POST {STRIPE_API_BASE}/_emulator/sessions/<id>/<action>``, authenticated with the secret
-    key; the stand-in then sends the signed webhooks that follow. Real Stripe has no such
-    endpoint (use the Stripe CLI and Dashboard there). Raises ``ImproperlyConfigured`` when
-    ``STRIPE_API_BASE`` is not set, ``StripeUnavailable``, or ``stripe.StripeError`` for an
-    action the stand-in refused.
-    """
-    from django.core.exceptions import ImproperlyConfigured
-
-    if not app_settings.STRIPE_API_BASE:
-        raise ImproperlyConfigured(
-            f"{SETTINGS_NAME}['STRIPE_API_BASE'] is not set: there is no Stripe stand-in to "
-            "drive (real Stripe: use the Stripe CLI or Dashboard)."
-        )
-    with _translate_errors():
-        response = get_client().raw_request(
-            "post", f"/_emulator/sessions/{session_id}/{action}", **params
-        )
-    data = json.loads(response.body)
-    return data if isinstance(data, dict) else {}
-
-
 def retrieve_price(price_id: str) -> stripe.Price:
-    """Fetch a Price. Raises ``StripeUnavailable`` or ``stripe.InvalidRequestError``."""
+    """Fetch a Price. Raises ``StripeUnavailable`` or ``StripeRefused``."""
     with _translate_errors():
         return get_client().v1.prices.retrieve(price_id)
 
@@ -254,14 +257,3 @@ def verify_webhook(payload: bytes, sig_header: str | None) -> dict[str, Any]:
     if not isinstance(data, dict) or not isinstance(data.get("id"), str):
         raise InvalidWebhook("body is not a Stripe event")
     return data
-
-
-def construct_event(payload: bytes, sig_header: str | None) -> stripe.Event:
-    """Verify a webhook (see ``verify_webhook``) and return it as a ``stripe.Event``.
-
-    Raises ``InvalidWebhook`` for anything that must not be trusted.
-    """
-    data = verify_webhook(payload, sig_header)
-    if data.get("object") != "event":
-        raise InvalidWebhook("body is not a Stripe event")
-    return stripe.Event.construct_from(data, None, stripe_version=API_VERSION)

@@ -17,9 +17,9 @@ from wagtail.admin import messages
 from wagtail.admin.utils import get_valid_next_url_from_request
 from wagtail.snippets.models import register_snippet
 
-from . import admin_urls
+from .admin import urls as admin_urls
+from .admin.viewsets import DeliveryCopyViewSet
 from .models import Purchase
-from .viewsets import DeliveryCopyViewSet
 
 register_snippet(DeliveryCopyViewSet)
 

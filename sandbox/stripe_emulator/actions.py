@@ -1,9 +1,9 @@
 """What can happen to a Checkout Session after it is created, and the events Stripe then sends.
 
 Shared by the hosted page (Pay, Pay later, Fail), the emulator dashboard (refund, dispute…) and
-the control endpoint behind ``manage.py trigger``. Each action changes the session's state
-under a row lock, then returns the ``(event type, object)`` pairs Stripe would deliver, built
-from the state just written; the caller sends them once the change is committed.
+the control endpoint behind this app's ``manage.py trigger``. Each action changes the session's
+state under a row lock, then returns the ``(event type, object)`` pairs Stripe would deliver,
+built from the state just written; the caller sends them once the change is committed.
 """
 
 from __future__ import annotations

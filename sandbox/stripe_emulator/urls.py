@@ -24,7 +24,8 @@ urlpatterns = [
     path("v1/charges/<str:charge_id>", views.api_charge, name="api_charge"),
     path("v1/disputes", views.api_disputes, name="api_disputes"),
     path("v1/disputes/<str:dispute_id>", views.api_dispute, name="api_dispute"),
-    # Not Stripe's: what `manage.py trigger` asks for (pay, refund, dispute…).
+    # Not Stripe's: what this app's `manage.py trigger` asks for (pay, refund, dispute…),
+    # through control.emulator_control.
     path(
         "_emulator/sessions/<str:session_id>/<str:action>",
         views.api_control,

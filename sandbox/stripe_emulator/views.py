@@ -269,9 +269,9 @@ def api_dispute(request: HttpRequest, dispute_id: str) -> HttpResponse:
 @api_view
 @require_POST
 def api_control(request: HttpRequest, session_id: str, action: str) -> HttpResponse:
-    """POST /_emulator/sessions/<id>/<action>: not a Stripe endpoint. ``manage.py trigger``
-    uses it to make something happen (pay, refund, dispute…) as a buyer or bank would; the
-    signed webhooks Stripe would send follow."""
+    """POST /_emulator/sessions/<id>/<action>: not a Stripe endpoint. This app's ``manage.py
+    trigger`` (through ``control.emulator_control``) uses it to make something happen (pay,
+    refund, dispute…) as a buyer or bank would; the signed webhooks Stripe would send follow."""
     params = {
         k: v for k, v in decode_form(request.body.decode()).items() if k in ("email", "amount")
     }

@@ -92,7 +92,7 @@ class DeliveryCopyQuerySet(models.QuerySet["DeliveryCopy"]):
 class DeliveryCopy(PreviewableMixin, models.Model):
     """The words on the success, download and resend pages and in the delivery email.
 
-    Previewable in the admin: one preview mode per buyer screen (``previews.PREVIEW_MODES``).
+    Previewable in the admin: one preview mode per buyer screen (``screens.PREVIEW_MODES``).
     """
 
     name = models.CharField(_("name"), max_length=255, unique=True)
@@ -228,14 +228,14 @@ class DeliveryCopy(PreviewableMixin, models.Model):
 
     @property
     def preview_modes(self) -> list[tuple[str, Any]]:
-        from ..previews import PREVIEW_MODES
+        from ..screens import PREVIEW_MODES  # Wagtail's preview API; screens imports models
 
         return PREVIEW_MODES
 
     def serve_preview(self, request: Any, mode_name: str) -> Any:
-        from ..previews import serve
+        from ..screens import preview
 
-        return serve(self, request, mode_name)
+        return preview(self, request, mode_name)
 
     def render(self, field_name: str, **values: Any) -> SafeString:
         """One copy field as safe HTML paragraphs, with placeholders filled."""

@@ -6,6 +6,8 @@ import hashlib
 from datetime import timedelta
 from typing import Any
 
+import swapper
+from django.apps import apps
 from django.core.validators import MinValueValidator, RegexValidator
 from django.db import models
 from django.template.defaultfilters import filesizeformat
@@ -195,3 +197,24 @@ def _measure(field_file: Any) -> tuple[int, str]:
         size += len(chunk)
     field_file.seek(0)
     return size, digest.hexdigest()
+
+
+def product_file_models() -> list[type[AbstractProductFile]]:
+    """Every concrete product file model installed (the bundled one, or a site's own)."""
+    return [
+        model
+        for model in apps.get_models()
+        if issubclass(model, AbstractProductFile) and not model._meta.abstract
+    ]
+
+
+def live_product_page(page_id: Any) -> Any:
+    """The live product page ``page_id`` as its specific type (a Page and a ProductPageMixin), or
+    None (not a product, not live, not a number)."""
+    try:
+        pk = int(page_id)
+    except (TypeError, ValueError):
+        return None
+    page_model = swapper.load_model("wagtailcore", "Page")
+    page = page_model.objects.live().filter(pk=pk).specific().first()
+    return page if isinstance(page, ProductPageMixin) else None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 import swapper
 from django.conf import settings
@@ -11,10 +12,11 @@ from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
 from .. import currencies
+from .pages import ProductPageMixin
 
 
 class Purchase(models.Model):
-    """One buyer's purchase of one product, moved by Stripe's state (DESIGN "Purchase states")."""
+    """One buyer's purchase of one product, moved by the state machine (``fulfillment``)."""
 
     class Status(models.TextChoices):
         PENDING = "pending", _("pending")
@@ -94,8 +96,11 @@ class Purchase(models.Model):
         return currencies.format_price(self.amount, self.currency)
 
     @property
-    def is_paid(self) -> bool:
-        return self.status == self.Status.PAID
+    def product_page(self) -> Any:
+        """The product page sold, as its specific type; None when it is gone (or not a product)."""
+        page = self.product
+        specific = page.specific if page is not None else None
+        return specific if isinstance(specific, ProductPageMixin) else None
 
 
 class DownloadLink(models.Model):

@@ -15,27 +15,18 @@ bound browser) does the fulfilling.
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from django.contrib.auth.decorators import login_not_required
 from django.http import HttpRequest, HttpResponse
+from django.http.response import HttpResponseBase
 from django.shortcuts import render
-from django.utils.translation import gettext as _
 from django.views.decorators.http import require_safe
 
-from .. import binding, fulfillment, stripe_api, tokens
-from ..models import DeliveryCopy, DownloadLink, Purchase
+from .. import binding, delivery, fulfillment, links, screens, stripe_api
+from ..models import DownloadLink, Purchase
+from .responses import delivery_headers
 
 logger = logging.getLogger(__name__)
-
-#: Which copy a bound browser reads for each purchase status.
-STATE_FOR_STATUS: dict[str, str] = {
-    Purchase.Status.PAID: "success",
-    Purchase.Status.PENDING: "pending",
-    Purchase.Status.FAILED: "failed",
-    Purchase.Status.EXPIRED: "failed",
-    # Refunded, disputed or revoked: the e-mail and the download page explain; stay neutral.
-}
 
 
 def find_bound_purchase(request: HttpRequest, session_id: str) -> Purchase | None:
@@ -68,26 +59,6 @@ def settle_pending(purchase: Purchase) -> Purchase:
     return purchase
 
 
-def _copy_for(purchase: Purchase) -> DeliveryCopy:
-    product = purchase.product.specific if purchase.product is not None else None
-    if product is not None and hasattr(product, "get_delivery_copy"):
-        return product.get_delivery_copy()
-    return DeliveryCopy.objects.get_default()
-
-
-def _neutral_context(copy: DeliveryCopy | None = None) -> dict[str, Any]:
-    # The site default copy: a product's own copy would tell a stranger what was bought.
-    # (``copy``: the admin preview passes the copy being edited.)
-    copy = copy or DeliveryCopy.objects.get_default()
-    values = {"product": _("your purchase"), "email": _("the address you paid with")}
-    return {
-        "state": "neutral",
-        "copy": copy,
-        "title": copy.render_text("neutral_title", **values),
-        "message": copy.render("neutral_message", **values),
-    }
-
-
 def success_page_link(request: HttpRequest, purchase: Purchase) -> tuple[str | None, str | None]:
     """(download page URL, new raw token to remember) for a paid purchase's bound browser.
 
@@ -98,68 +69,48 @@ def success_page_link(request: HttpRequest, purchase: Purchase) -> tuple[str | N
     known = binding.download_token(request, purchase.public_id)
     if known:
         try:
-            link = tokens.check_token(known)
-        except tokens.LinkError:
+            link = links.check_token(known)
+        except links.LinkError:
             pass
         else:
             if link.purchase_id == purchase.pk:
-                return tokens.download_page_url(known, purchase=purchase), None
+                return links.download_page_url(known, purchase=purchase), None
     try:
-        issued = tokens.issue_link(purchase, reason=DownloadLink.Reason.SUCCESS_PAGE)
-    except tokens.CannotIssueLink:
+        issued = links.issue_link(purchase, reason=DownloadLink.Reason.SUCCESS_PAGE)
+    except links.CannotIssueLink:
         return None, None
     return issued.url, issued.token
 
 
-def state_context(
-    copy: DeliveryCopy,
-    state: str,
-    purchase: Purchase,
-    download_url: str | None = None,
-    product_url: str | None = None,
-) -> dict[str, Any]:
-    """The context of ``success.html`` for a bound browser (also built by the admin preview)."""
-    values = {"product": purchase.product_title, "email": purchase.email}
-    return {
-        "state": state,
-        "copy": copy,
-        "purchase": purchase,
-        "title": copy.render_text(f"{state}_title", **values),
-        "message": copy.render(f"{state}_message", **values),
-        "download_url": download_url,
-        "product_url": product_url,
-    }
-
-
 @login_not_required
 @require_safe
-def success(request: HttpRequest) -> HttpResponse:
+@delivery_headers
+def success(request: HttpRequest) -> HttpResponseBase:
     session_id = request.GET.get("session_id", "").strip()
     purchase = find_bound_purchase(request, session_id)
     if purchase is not None and purchase.status == Purchase.Status.PENDING:
         purchase = settle_pending(purchase)
 
-    state = STATE_FOR_STATUS.get(purchase.status) if purchase is not None else None
-    download_url = new_token = None
-    if purchase is not None and state == "success":
-        download_url, new_token = success_page_link(request, purchase)
+    state = screens.STATE_FOR_STATUS.get(purchase.status) if purchase is not None else None
     if purchase is None or state is None:
-        context = _neutral_context()
-    else:
-        product = purchase.product
-        product_url = (
-            product.specific.get_url(request)
-            if state == "failed" and product is not None and product.live
-            else None
-        )
-        context = state_context(_copy_for(purchase), state, purchase, download_url, product_url)
-    response = render(request, "wagtail_paid_delivery/success.html", context)
-    if purchase is not None and new_token:
+        response = render(request, screens.TEMPLATES["success"], screens.neutral_context())
+        return _private(response)
+    download_url = new_token = None
+    if state == "success":
+        download_url, new_token = success_page_link(request, purchase)
+    product = purchase.product_page
+    product_url = (
+        product.get_url(request) if state == "failed" and product and product.live else None
+    )
+    copy = delivery.copy_for(purchase)
+    context = screens.state_context(copy, state, purchase, download_url, product_url)
+    response = render(request, screens.TEMPLATES["success"], context)
+    if new_token:
         binding.remember_download_token(request, response, purchase.public_id, new_token)
-    # Per-buyer, possibly secret content: never cached, never indexed, its URL (with the
-    # session id) never sent to other sites.
-    response["Cache-Control"] = "private, no-store"
-    response["Referrer-Policy"] = "same-origin"
-    response["X-Robots-Tag"] = "noindex"
+    return _private(response)
+
+
+def _private(response: HttpResponse) -> HttpResponse:
+    # The page differs by the binding cookie: no shared cache may keep one buyer's version.
     response["Vary"] = "Cookie"
     return response

@@ -6,9 +6,8 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from ... import tasks
+from ... import inbox
 from ...models import StripeEvent
-from ...views.webhook import enqueue
 
 
 class Command(BaseCommand):
@@ -50,23 +49,24 @@ class Command(BaseCommand):
         if not found:
             self.stdout.write("No events to reprocess.")
         for pk, stripe_id, event_type in found:
-            reset: dict[str, Any] = {"status": StripeEvent.Status.RECEIVED, "next_attempt_at": None}
-            if options["reset_attempts"]:
-                reset["attempts"] = 0
-            StripeEvent.objects.filter(pk=pk).update(**reset)
-            if not options["sync"]:
-                enqueue(pk)
-                self.stdout.write(f"{stripe_id} ({event_type}): queued")
-                continue
-            try:
-                outcome = tasks.process_stripe_event(pk)
-            except Exception as exc:
-                outcome = f"failed: {type(exc).__name__}: {exc}"
-            event = StripeEvent.objects.get(pk=pk)
-            if event.status == StripeEvent.Status.FAILED:
+            if not self.run_one(pk, f"{stripe_id} ({event_type})", options):
                 problems += 1
-                self.stderr.write(f"{stripe_id} ({event_type}): {outcome}")
-            else:
-                self.stdout.write(f"{stripe_id} ({event_type}): {outcome}")
         if problems:
             raise CommandError(f"{problems} event(s) not processed.", returncode=1)
+
+    def run_one(self, pk: int, label: str, options: dict[str, Any]) -> bool:
+        """Queue (or with --sync, run) one event again; False when it failed."""
+        inbox.reset(pk, reset_attempts=options["reset_attempts"])
+        if not options["sync"]:
+            inbox.enqueue(pk)
+            self.stdout.write(f"{label}: queued")
+            return True
+        try:
+            outcome = inbox.process(pk)
+        except Exception as exc:
+            outcome = f"failed: {type(exc).__name__}: {exc}"
+        if StripeEvent.objects.get(pk=pk).status == StripeEvent.Status.FAILED:
+            self.stderr.write(f"{label}: {outcome}")
+            return False
+        self.stdout.write(f"{label}: {outcome}")
+        return True

@@ -1,9 +1,11 @@
 """``manage.py trigger``: make a payment event happen at the Stripe stand-in (``stripe trigger``).
 
-Only with ``STRIPE_API_BASE`` (the sandbox's emulator): the stand-in changes its own state and
-sends the signed webhooks Stripe would send, so the shop reacts exactly as it would to Stripe.
-Against real Stripe this refuses: events are re-read from Stripe, so an invented event would be
-undone; use the Stripe CLI and Dashboard there (see the README).
+A sandbox command (``python sandbox/manage.py trigger …``), not part of the package: it drives
+the emulator's control endpoint, which real Stripe does not have. Only with ``STRIPE_API_BASE``
+(the sandbox's emulator): the stand-in changes its own state and sends the signed webhooks
+Stripe would send, so the shop reacts exactly as it would to Stripe. Against real Stripe this
+refuses: events are re-read from Stripe, so an invented event would be undone; use the Stripe
+CLI and Dashboard there (see the README).
 """
 
 from __future__ import annotations
@@ -22,9 +24,11 @@ from django.core.management.base import (
     DjangoHelpFormatter,
 )
 
-from ... import stripe_api
-from ...conf import SETTINGS_NAME, app_settings
-from ...models import Purchase
+from wagtail_paid_delivery.conf import SETTINGS_NAME, app_settings
+from wagtail_paid_delivery.models import Purchase
+from wagtail_paid_delivery.stripe_api import StripeUnavailable
+
+from ...control import emulator_control
 
 #: command action → (emulator action, what happens, the events that follow).
 ACTIONS: dict[str, tuple[str, str]] = {
@@ -96,10 +100,10 @@ class Command(BaseCommand):
         if options["amount"] is not None:
             params["amount"] = options["amount"]
         try:
-            answer = stripe_api.emulator_control(session_id, ACTIONS[action][0], params)
+            answer = emulator_control(session_id, ACTIONS[action][0], params)
         except ImproperlyConfigured as exc:
             raise CommandError(str(exc), returncode=2) from exc
-        except stripe_api.StripeUnavailable as exc:
+        except StripeUnavailable as exc:
             raise CommandError(
                 f"The Stripe stand-in at {app_settings.STRIPE_API_BASE} could not be reached: "
                 f"{exc}. Is the sandbox running?",

@@ -1,33 +1,58 @@
-"""The delivery email: built from the product's DeliveryCopy, sent once per purchase.
+"""What reaches the buyer: the delivery and resend emails, and which words (DeliveryCopy) a
+purchase or product is told in.
 
-It carries a link to the download page (never a storage URL). ``deliver_purchase`` is the rule
-the ``tasks.send_delivery_email`` task calls.
+Emails carry a link to the download page (never a storage URL). ``deliver_purchase`` and
+``resend_links`` are the rules the tasks of the same names call.
 """
 
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from django.conf import settings
 from django.core.mail import EmailMultiAlternatives
 from django.db import transaction
+from django.db.models import Q, QuerySet
 from django.template.loader import render_to_string
 from django.utils import formats, timezone
 from django.utils.translation import gettext as _
 
-from . import tokens
-from .models import DeliveryCopy, DownloadLink, Purchase
+from . import links
+from .conf import app_settings
+from .models import DeliveryCopy, DownloadLink, ProductPageMixin, Purchase
 
 logger = logging.getLogger(__name__)
 
 
-def _copy(purchase: Purchase) -> DeliveryCopy:
-    product = tokens._product(purchase)
-    return product.get_delivery_copy() if product else DeliveryCopy.objects.get_default()
+def copy_for(
+    purchase: Purchase | None = None, *, product: ProductPageMixin | None = None
+) -> DeliveryCopy:
+    """The words a buyer reads about ``purchase`` (or ``product``): the product's own copy,
+    else the site default (also when the product page is gone)."""
+    if product is None and purchase is not None:
+        product = purchase.product_page
+    return (
+        product.get_delivery_copy() if product is not None else DeliveryCopy.objects.get_default()
+    )
+
+
+def expires_display(link: DownloadLink) -> str:
+    return formats.date_format(timezone.localtime(link.expires_at), "DATETIME_FORMAT")
+
+
+def link_placeholders(link: DownloadLink, downloads_left: int | None) -> dict[str, Any]:
+    """The values of DeliveryCopy's placeholders for a link (None downloads left: unlimited)."""
+    return {
+        "product": link.purchase.product_title,
+        "email": link.purchase.email,
+        "expires": expires_display(link),
+        "downloads_left": links.UNLIMITED if downloads_left is None else downloads_left,
+    }
 
 
 def build_delivery_email(
-    purchase: Purchase, issued: tokens.IssuedLink, *, copy: DeliveryCopy | None = None
+    purchase: Purchase, issued: links.IssuedLink, *, copy: DeliveryCopy | None = None
 ) -> EmailMultiAlternatives:
     """The HTML and plain-text message for ``purchase`` with the freshly issued link.
 
@@ -35,13 +60,8 @@ def build_delivery_email(
     edited).
     """
     link = issued.link
-    copy = copy or _copy(purchase)
-    values = {
-        "product": purchase.product_title,
-        "email": purchase.email,
-        "expires": formats.date_format(timezone.localtime(link.expires_at), "DATETIME_FORMAT"),
-        "downloads_left": tokens.UNLIMITED if link.download_limit is None else link.download_limit,
-    }
+    copy = copy or copy_for(purchase)
+    values = link_placeholders(link, link.download_limit)
     context = {
         "purchase": purchase,
         "product_title": purchase.product_title,
@@ -85,11 +105,32 @@ def deliver_purchase(purchase_pk: int) -> str:
         if not purchase.email:
             logger.warning("Delivery email: purchase %s has no email address", purchase_pk)
             return "no_email"
-        issued = tokens.issue_link(purchase, reason=DownloadLink.Reason.WEBHOOK)
+        issued = links.issue_link(purchase, reason=DownloadLink.Reason.WEBHOOK)
         build_delivery_email(purchase, issued).send()
         purchase.delivery_email_sent_at = timezone.now()
         purchase.save(update_fields=["delivery_email_sent_at", "updated_at"])
     return "sent"
+
+
+# The buyer's library ---------------------------------------------------------------------------
+
+
+def library_purchases(user: Any) -> QuerySet[Purchase]:
+    """The paid purchases ``user`` may download from the library, newest first.
+
+    Matched by user, and by email address too when ``LIBRARY_MATCH_EMAIL`` is on (only for sites
+    whose accounts have verified addresses: otherwise signing up with a buyer's address would
+    open their purchases).
+    """
+    match = Q(user_id=user.pk)
+    email = (getattr(user, "email", "") or "").strip()
+    if app_settings.LIBRARY_MATCH_EMAIL and email:
+        match |= Q(email__iexact=email)
+    return (
+        Purchase.objects.filter(match, status=Purchase.Status.PAID)
+        .select_related("product")
+        .order_by("-paid_at", "-pk")
+    )
 
 
 # Resending links ------------------------------------------------------------------------------
@@ -98,7 +139,7 @@ def deliver_purchase(purchase_pk: int) -> str:
 RESEND_MAX_PURCHASES = 50
 
 
-def build_links_email(to: str, issued: list[tokens.IssuedLink]) -> EmailMultiAlternatives:
+def build_links_email(to: str, issued: list[links.IssuedLink]) -> EmailMultiAlternatives:
     """One message listing a fresh link for each purchase (the resend email)."""
     items = []
     for one in issued:
@@ -106,9 +147,7 @@ def build_links_email(to: str, issued: list[tokens.IssuedLink]) -> EmailMultiAlt
             {
                 "product_title": one.link.purchase.product_title,
                 "url": one.url,
-                "expires": formats.date_format(
-                    timezone.localtime(one.link.expires_at), "DATETIME_FORMAT"
-                ),
+                "expires": expires_display(one.link),
             }
         )
     context = {"items": items, "email": to}
@@ -147,7 +186,7 @@ def resend_links(email: str, product_id: int | None = None) -> str:
     if not found:
         return "nothing"
     with transaction.atomic():
-        issued = [tokens.issue_link(p, reason=DownloadLink.Reason.RESEND) for p in found]
+        issued = [links.issue_link(p, reason=DownloadLink.Reason.RESEND) for p in found]
         # The address on record (the buyer's own spelling), not the one typed into the form.
         build_links_email(found[0].email, issued).send()
     return f"sent {len(issued)}"

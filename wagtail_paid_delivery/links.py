@@ -1,4 +1,4 @@
-"""Issue and check download links.
+"""Download links: issue, check and revoke them; sign hand-offs; count downloads per file.
 
 A link's raw token (256 random bits, ``secrets.token_urlsafe(32)``) leaves this module once, in
 the URL :func:`issue_link` builds; the database keeps only its SHA-256. Checking a token is one
@@ -7,18 +7,27 @@ indexed lookup on that hash.
 A link is usable only while its purchase is ``paid``, checked at every use: a disputed purchase's
 links pause and work again when the dispute is won, with no new links. Only an editor's revoke
 (:func:`revoke_link`) or the purchase's own final states (refunded, revoked) end a link for good.
+
+A download starts with the page's button, which is answered with a *hand-off*: a signed URL
+naming one link and one file, new for every press. What a request on a hand-off counts is decided
+here (:func:`reserve_download`, :func:`release_download`); see docs/architecture.md, "What counts
+as a download". Every request for bytes leaves a :class:`DownloadEvent` (:func:`record_event`).
 """
 
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import re
 import secrets
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from django.conf import settings
+from django.core import signing
+from django.db import IntegrityError, transaction
 from django.db.models import F
+from django.http import HttpRequest
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
@@ -26,12 +35,17 @@ from django.views.decorators.debug import sensitive_variables
 from wagtail.models import Site
 
 from .conf import app_settings
-from .models import DownloadLink, FileDownloadCount, Purchase
-from .models.pages import AbstractProductFile, ProductPageMixin
-from .utils import product_file_models
+from .models import DownloadEvent, DownloadLink, FileDownloadCount, Purchase
+from .models.pages import AbstractProductFile, product_file_models
 
 #: ``secrets.token_urlsafe(32)``: 43 characters of the URL-safe base64 alphabet.
 TOKEN_RE = re.compile(r"^[A-Za-z0-9_-]{43}$")
+#: Human words for the unlimited case, used where a number of downloads is shown.
+UNLIMITED = _("unlimited")
+HANDOFF_SALT = "wagtail_paid_delivery.handoff"
+#: A byte-0 request on a hand-off that already counted this recently does not count again
+#: (players and download managers probe, then fetch).
+RECOUNT_WINDOW = timedelta(minutes=10)
 
 
 class LinkError(Exception):
@@ -99,20 +113,12 @@ def hash_token(raw: str) -> str:
     return hashlib.sha256(raw.encode("ascii")).hexdigest()
 
 
-def _product(purchase: Purchase) -> ProductPageMixin | None:
-    page = purchase.product
-    if page is None:
-        return None
-    specific = page.specific
-    return specific if isinstance(specific, ProductPageMixin) else None
-
-
 def issue_link(purchase: Purchase, *, reason: str, now: datetime | None = None) -> IssuedLink:
     """A new download link for a paid purchase, with the product's (or the site's) rules."""
     if purchase.status != Purchase.Status.PAID:
         raise CannotIssueLink(f"Purchase {purchase.pk} is {purchase.status}, not paid.")
     now = now or timezone.now()
-    product = _product(purchase)
+    product = purchase.product_page
     if product is not None:
         lifetime = product.get_link_lifetime()
         limit = product.get_download_limit()
@@ -182,7 +188,7 @@ def downloads_left(link: DownloadLink, count: int) -> int | None:
 
 def product_files(link: DownloadLink) -> list[AbstractProductFile]:
     """The files of the link's product, in the editor's order (none if the page is gone)."""
-    product = _product(link.purchase)
+    product = link.purchase.product_page
     return list(product.product_files) if product is not None else []
 
 
@@ -201,11 +207,6 @@ def get_product_file(link: DownloadLink, file_id: int) -> AbstractProductFile | 
     return None
 
 
-def add_downloads(link: DownloadLink, delta: int) -> None:
-    """Adjust ``DownloadLink.download_count`` (the all-files total) without a read."""
-    DownloadLink.objects.filter(pk=link.pk).update(download_count=F("download_count") + delta)
-
-
 def download_page_url(raw: str, *, purchase: Purchase | None = None) -> str:
     """The absolute URL of the download page for ``raw``, from the Wagtail Site root.
 
@@ -222,5 +223,146 @@ def download_page_url(raw: str, *, purchase: Purchase | None = None) -> str:
     return f"{root.rstrip('/')}{path}"
 
 
-#: Human words for the unlimited case, used where a number of downloads is shown.
-UNLIMITED = _("unlimited")
+# Hand-offs ------------------------------------------------------------------------------------
+
+
+class BadHandoff(Exception):
+    """The hand-off value was not signed by us (tampered, truncated, made up)."""
+
+
+@dataclass(frozen=True)
+class Handoff:
+    link_id: int
+    file_id: int
+    #: Random per button press: the identity "the same hand-off" refers to.
+    nonce: str
+
+
+def make_handoff(link: DownloadLink, file: AbstractProductFile) -> str:
+    """A signed value naming one link and file, new for every button press."""
+    payload = {"l": link.pk, "f": file.pk, "n": secrets.token_urlsafe(12)}
+    return signing.dumps(payload, salt=HANDOFF_SALT)
+
+
+def handoff_url(link: DownloadLink, file: AbstractProductFile) -> str:
+    return reverse("wagtail_paid_delivery:handoff", args=[make_handoff(link, file)])
+
+
+def read_handoff(value: str) -> Handoff:
+    # No max_age: a hand-off resumes for as long as its link is valid, checked on every request.
+    try:
+        data = signing.loads(value, salt=HANDOFF_SALT)
+        return Handoff(link_id=int(data["l"]), file_id=int(data["f"]), nonce=str(data["n"])[:32])
+    except (signing.BadSignature, KeyError, TypeError, ValueError):
+        raise BadHandoff from None
+
+
+# Counting -------------------------------------------------------------------------------------
+
+
+def truncate_ip(address: str | None) -> str | None:
+    """The /24 (IPv4) or /48 (IPv6) network of an address: enough for abuse, not a person."""
+    try:
+        ip = ipaddress.ip_address((address or "").strip())
+    except ValueError:
+        return None
+    prefix = 24 if ip.version == 4 else 48
+    return str(ipaddress.ip_network(f"{ip}/{prefix}", strict=False).network_address)
+
+
+def _event(
+    request: HttpRequest, link: DownloadLink | None, file_id: int | None, outcome: str, **fields
+) -> DownloadEvent:
+    return DownloadEvent(
+        link=link,
+        file_id=file_id,
+        outcome=outcome,
+        range_header=request.headers.get("Range", "")[:100],
+        ip_address=truncate_ip(request.META.get("REMOTE_ADDR")),
+        user_agent=request.headers.get("User-Agent", "")[:255],
+        **fields,
+    )
+
+
+def record_event(
+    request: HttpRequest,
+    *,
+    link: DownloadLink | None,
+    file_id: int | None,
+    outcome: str,
+    handoff: str = "",
+) -> DownloadEvent:
+    """Log one request for a file's bytes that counts nothing (refused, HEAD, a continuation)."""
+    event = _event(request, link, file_id, outcome, handoff=handoff)
+    event.save()
+    return event
+
+
+def reserve_download(
+    request: HttpRequest,
+    link: DownloadLink,
+    file: AbstractProductFile,
+    handoff: Handoff,
+    *,
+    now: datetime | None = None,
+) -> DownloadEvent:
+    """Count a download before any byte leaves, or raise :class:`LinkUsedUp`.
+
+    The per-file counter row is locked for the check and increment, so parallel requests at the
+    limit queue on it and only as many pass as the limit allows (on databases with row locks;
+    SQLite serialises writers instead). The event is written under the same lock, so a second
+    byte-0 request on the same hand-off sees the first one's count.
+    """
+    now = now or timezone.now()
+    with transaction.atomic():
+        counter = _lock_counter(link, file)
+        already = DownloadEvent.objects.filter(
+            handoff=handoff.nonce, counted=True, created_at__gte=now - RECOUNT_WINDOW
+        ).exists()
+        counted = False
+        if not already:
+            if link.download_limit is not None and counter.count >= link.download_limit:
+                raise LinkUsedUp(link)
+            FileDownloadCount.objects.filter(pk=counter.pk).update(count=F("count") + 1)
+            DownloadLink.objects.filter(pk=link.pk).update(download_count=F("download_count") + 1)
+            counted = True
+        event = _event(
+            request, link, file.pk, "served", handoff=handoff.nonce, counted=counted, created_at=now
+        )
+        event.save()
+    return event
+
+
+def _lock_counter(link: DownloadLink, file: AbstractProductFile) -> FileDownloadCount:
+    """The link's counter row for ``file``, locked until the transaction ends (created if new).
+
+    A row this transaction inserts is locked by the insert; a concurrent first download blocks
+    on the unique constraint, fails, and then waits for the lock like everyone else.
+    """
+    rows = FileDownloadCount.objects.select_for_update()
+    counter = rows.filter(link=link, file_id=file.pk).first()
+    if counter is None:
+        try:
+            with transaction.atomic():
+                counter = FileDownloadCount.objects.create(link=link, file_id=file.pk)
+        except IntegrityError:
+            counter = rows.get(link=link, file_id=file.pk)
+    return counter
+
+
+def release_download(event: DownloadEvent) -> None:
+    """Give a counted download back (its response sent nothing)."""
+    with transaction.atomic():
+        FileDownloadCount.objects.filter(
+            link_id=event.link_id, file_id=event.file_id or 0, count__gt=0
+        ).update(count=F("count") - 1)
+        DownloadLink.objects.filter(pk=event.link_id or 0, download_count__gt=0).update(
+            download_count=F("download_count") - 1
+        )
+        DownloadEvent.objects.filter(pk=event.pk).update(
+            counted=False, outcome="not_sent", bytes_sent=0
+        )
+
+
+def record_bytes_sent(event: DownloadEvent, sent: int) -> None:
+    DownloadEvent.objects.filter(pk=event.pk).update(bytes_sent=sent)

@@ -4,7 +4,7 @@ from django.utils.translation import gettext_lazy as _
 from wagtail.admin.panels import FieldPanel, MultiFieldPanel, ObjectList, TabbedInterface
 from wagtail.snippets.views.snippets import SnippetViewSet
 
-from .models import DeliveryCopy
+from ..models import DeliveryCopy
 
 
 def _copy_fields(*names: str) -> list[FieldPanel]:

@@ -7,7 +7,7 @@ import posixpath
 from django.http import FileResponse, Http404, HttpRequest
 from django.views.decorators.cache import never_cache
 
-from ..utils import product_file_models
+from ..models.pages import product_file_models
 
 
 @never_cache

@@ -1,0 +1,9 @@
+from django.urls import path
+
+from . import files
+
+app_name = "wagtail_paid_delivery_admin"
+
+urlpatterns = [
+    path("files/<path:name>", files.product_file, name="product_file"),
+]

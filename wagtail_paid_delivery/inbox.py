@@ -1,0 +1,385 @@
+"""The Stripe event inbox: which events are ours, store, enqueue, claim, retry, record.
+
+Every verified webhook is stored (``StripeEvent``, unique on Stripe's id) before Stripe gets its
+200, then handed to django-q2. The broker delivers at least once, and the sweep may enqueue an
+event again, so processing is idempotent: an event is *claimed* with a conditional UPDATE before
+it is worked on (two copies of the task for one event never run it at once), an event already
+processed or ignored is skipped, and ``fulfill_checkout`` fulfils a purchase only once.
+
+Retrying is ours, not the broker's: django-q2 has no backoff and its Redis broker never
+re-delivers a failed task. A failed event records its error, its attempts and a next-attempt
+time (exponential backoff); :func:`sweep` (scheduled every minute) enqueues what is due, and also
+events that were stored but whose task was lost. ``next_attempt_at`` is also the claim's lease:
+while a task is queued by the sweep or running, it lies in the future, so nobody else starts the
+event until the lease runs out.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import random
+from datetime import datetime, timedelta
+from enum import Enum
+from typing import Any, get_args
+
+from django.db import IntegrityError, router, transaction
+from django.db.models import F, Q, QuerySet
+from django.utils import timezone
+
+from . import fulfillment, metadata, stripe_api
+from .conf import app_settings
+from .fulfillment import FulfillmentResult
+from .models import StripeEvent
+
+logger = logging.getLogger(__name__)
+
+#: The django-q2 task that processes one stored event (queued tasks store this path).
+TASK = "wagtail_paid_delivery.tasks.process_stripe_event"
+TASK_GROUP = "wagtail_paid_delivery.stripe_events"
+
+#: Events whose object is a Checkout Session: fulfil (or expire, or fail) that session.
+SESSION_EVENT_TYPES = frozenset(
+    {
+        "checkout.session.completed",
+        "checkout.session.async_payment_succeeded",
+        "checkout.session.async_payment_failed",
+        "checkout.session.expired",
+    }
+)
+#: Events whose object is a PaymentIntent (``id``) or carries one (``payment_intent``).
+PAYMENT_INTENT_EVENT_TYPES = frozenset(
+    {"payment_intent.succeeded", "charge.refunded", "charge.dispute.created"}
+    | {"charge.dispute.closed"}
+)
+#: Events whose object is an Invoice carrying our metadata (Checkout's invoice_creation).
+INVOICE_EVENT_TYPES = frozenset({"invoice.payment_succeeded"})
+HANDLED_EVENT_TYPES = SESSION_EVENT_TYPES | PAYMENT_INTENT_EVENT_TYPES | INVOICE_EVENT_TYPES
+
+#: Objects that carry our metadata (written by checkout on the session, its PaymentIntent and,
+#: with invoice creation on, its invoice): checked on arrival, for free.
+_METADATA_OBJECTS = ("checkout.session.", "payment_intent.", "invoice.")
+
+#: A stored event still ``received`` this long after it arrived lost its task (cluster down,
+#: broker lost it): the sweep enqueues it again.
+STUCK_AFTER = timedelta(minutes=5)
+#: Events the sweep enqueues per run; the rest wait for the next minute.
+SWEEP_BATCH = 200
+
+#: How each fulfillment outcome is recorded on the event: decided, with the reason kept in
+#: last_error (a refused purchase is marked failed; an unpaid session comes back later).
+_EVENT_STATUS = {
+    **{outcome: StripeEvent.Status.PROCESSED for outcome in get_args(fulfillment.Outcome)},
+    "not_ours": StripeEvent.Status.IGNORED,
+}
+
+
+# Arrival -------------------------------------------------------------------------------------
+
+
+def ignore_reason(event: dict[str, Any]) -> str:
+    """Why a verified event is not ours to act on; empty when it is. Reads the payload only.
+
+    Sessions, PaymentIntents and invoices carry our metadata, so another integration's are
+    told apart here. Charges and disputes may not (a charge copies its PaymentIntent's metadata
+    when it is created; a dispute has none): they need a PaymentIntent, and processing maps it
+    to one of our purchases (or finds it is not ours) by asking our database and then Stripe.
+    """
+    event_type = event.get("type")
+    if event_type not in HANDLED_EVENT_TYPES:
+        return f"unhandled event type {event_type!r}"
+    if bool(event.get("livemode")) != stripe_api.secret_key_is_live():
+        # A test-mode event reaching a live site (or the reverse) is a misrouted endpoint.
+        return "livemode does not match the configured secret key"
+    obj = _data_object(event)
+    if not obj:
+        return "no object in payload"
+    tags = obj.get("metadata")
+    if not str(event_type).startswith(_METADATA_OBJECTS):
+        if not obj.get("payment_intent"):
+            return "no PaymentIntent (not a Checkout payment)"
+        installation = tags.get(metadata.INSTALLATION) if isinstance(tags, dict) else None
+        if installation and installation != app_settings.installation_id:
+            return "not this installation's payment"
+        return ""
+    if not isinstance(tags, dict):
+        return "no metadata"
+    if not metadata.is_ours(tags):
+        # Another integration (or another site) on the same Stripe account.
+        return "not this installation's checkout session"
+    if not tags.get(metadata.PURCHASE):
+        return "no purchase id in metadata"
+    return ""
+
+
+class Stored(Enum):
+    QUEUED = "ok"
+    IGNORED = "ignored"
+    DUPLICATE = "duplicate"
+
+
+def store(event: dict[str, Any]) -> Stored:
+    """Keep a verified event and queue it for processing (ours) or record why not (ignored).
+
+    A redelivery, or two deliveries racing, finds the first row and changes nothing.
+    """
+    reason = ignore_reason(event)
+    try:
+        with transaction.atomic():
+            stored = StripeEvent.objects.create(
+                stripe_id=event["id"],
+                type=str(event.get("type") or "")[:100],
+                livemode=bool(event.get("livemode")),
+                api_version=str(event.get("api_version") or "")[:64],
+                payload=event,
+                status=StripeEvent.Status.IGNORED if reason else StripeEvent.Status.RECEIVED,
+                # For an ignored event this field says why, for the admin's events list.
+                last_error=reason,
+            )
+            if not reason:
+                pk = stored.pk
+                if _enqueues_in_same_transaction():
+                    enqueue(pk, savepoint=True)
+                else:
+                    transaction.on_commit(lambda: enqueue(pk))
+    except IntegrityError:
+        logger.info("Duplicate Stripe event %s", event["id"])
+        return Stored.DUPLICATE
+    if reason:
+        logger.info("Ignored Stripe event %s (%s): %s", event["id"], event.get("type"), reason)
+        return Stored.IGNORED
+    return Stored.QUEUED
+
+
+@functools.cache
+def _broker() -> Any:
+    # django-q2 builds a broker (for Redis: a new connection) on every async_task without one;
+    # one per process is enough (brokers are safe to share between threads).
+    from django_q.brokers import get_broker
+
+    return get_broker()
+
+
+def enqueue(event_pk: int, *, savepoint: bool = False, token: str | None = None) -> None:
+    """Hand a stored event to django-q2; the worker must be able to find the committed row.
+
+    ``savepoint``: called inside the event's own transaction, where a failed enqueue must not
+    take the stored event down with it. ``token``: the lease the sweep wrote (see :func:`claim`).
+    """
+    from django_q.tasks import async_task
+
+    args: tuple[Any, ...] = (event_pk, token) if token else (event_pk,)
+    try:
+        with transaction.atomic() if savepoint else contextlib.nullcontext():
+            async_task(TASK, *args, group=TASK_GROUP, broker=_broker())
+    except Exception:
+        # The event is stored as `received`; the sweep re-enqueues it. Stripe must still get its
+        # 200, or it would redeliver an event we already hold.
+        logger.exception("Could not enqueue Stripe event %s", event_pk)
+
+
+def _enqueues_in_same_transaction() -> bool:
+    """True when django-q2's queue is a table in the database the inbox writes to.
+
+    Then the task row is inserted in the event's own transaction: both commit together (one
+    commit instead of two, and no window where an event is stored but not queued), and no
+    worker can see the task before the event. Other brokers (Redis, SQS…) and sync mode
+    enqueue on commit instead.
+    """
+    from django_q.conf import Conf
+
+    return bool(Conf.ORM) and not Conf.SYNC and router.db_for_write(StripeEvent) == Conf.ORM
+
+
+# Processing ----------------------------------------------------------------------------------
+
+
+def lease() -> timedelta:
+    """How long a claimed event is left alone: longer than a task may run (Q_CLUSTER timeout)."""
+    from django_q.conf import Conf
+
+    return max(timedelta(minutes=5), timedelta(seconds=2 * int(Conf.TIMEOUT or 0)))
+
+
+def backoff(attempts: int) -> timedelta:
+    """The wait before the next try after ``attempts`` failed ones: doubled each time, capped,
+    plus up to 10% jitter so events that failed together (a Stripe outage) spread out."""
+    base = app_settings.event_retry_delay
+    delay = min(base * (2 ** max(0, attempts - 1)), app_settings.event_retry_max_delay)
+    return delay + delay * random.uniform(0, 0.1)  # noqa: S311  (not for security)
+
+
+def claim(event_pk: int, token: str | None = None) -> StripeEvent | None:
+    """Take an event for processing, or None when it is not ours to run now.
+
+    A conditional UPDATE (race-safe on every database): the event must still be waiting
+    (``received`` or ``failed``) and either unleased, past its lease, or leased to us (the
+    sweep passes the lease it wrote as ``token``). The claim counts an attempt and leases the
+    event to this task.
+    """
+    now = timezone.now()
+    free = Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now)
+    if token:
+        with contextlib.suppress(ValueError):
+            free |= Q(next_attempt_at=datetime.fromisoformat(token))
+    claimed = (
+        StripeEvent.objects.filter(pk=event_pk)
+        .filter(status__in=(StripeEvent.Status.RECEIVED, StripeEvent.Status.FAILED))
+        .filter(free)
+        .update(attempts=F("attempts") + 1, next_attempt_at=now + lease())
+    )
+    return StripeEvent.objects.filter(pk=event_pk).first() if claimed else None
+
+
+def process(event_pk: int, token: str | None = None) -> str:
+    """Act on a stored event; returns the outcome (also recorded on the event).
+
+    On an error the event is marked ``failed``: a transient one (Stripe unavailable, a bug) gets
+    a ``next_attempt_at`` with backoff until ``MAX_EVENT_ATTEMPTS``; a permanent one (Stripe
+    refused the request: an unknown session) none. The exception is re-raised so django-q2
+    records a failed task; the event stays replayable (``manage.py reprocess``).
+    """
+    event = claim(event_pk, token)
+    if event is None:
+        current = StripeEvent.objects.filter(pk=event_pk).values_list("status", flat=True).first()
+        if current is None:
+            logger.warning("Stripe event %s no longer exists", event_pk)
+            return "missing"
+        # Done already, or another task holds it, or it waits for its next attempt.
+        return f"skipped ({current})"
+
+    try:
+        result = route(event)
+    except Exception as exc:
+        record_failure(event, exc)
+        raise
+    if isinstance(result, str):
+        record(event.pk, StripeEvent.Status.IGNORED, result)
+        return "ignored"
+    status = _EVENT_STATUS.get(result.outcome, StripeEvent.Status.PROCESSED)
+    record(event.pk, status, result.reason if result.outcome != "fulfilled" else "", result)
+    return result.outcome
+
+
+def route(event: StripeEvent) -> FulfillmentResult | str:
+    """Call the rule for the event's type; a string says why there was nothing to do."""
+    obj = _data_object(event.payload)
+    if event.type in SESSION_EVENT_TYPES:
+        session_id = obj.get("id")
+        if not isinstance(session_id, str) or not session_id:
+            return "no Checkout Session id in payload"
+        return fulfillment.fulfill_checkout(session_id)
+    if event.type in PAYMENT_INTENT_EVENT_TYPES:
+        pi_id = obj.get("id") if event.type.startswith("payment_intent.") else None
+        pi_id = pi_id or obj.get("payment_intent")
+        if isinstance(pi_id, dict):
+            pi_id = pi_id.get("id")
+        if not isinstance(pi_id, str) or not pi_id:
+            return "no PaymentIntent in payload"
+        return fulfillment.sync_payment_intent(pi_id)
+    if event.type in INVOICE_EVENT_TYPES:
+        reference = metadata.as_dict(obj.get("metadata")).get(metadata.PURCHASE)
+        return fulfillment.sync_purchase_reference(reference)
+    return f"unhandled event type {event.type!r}"
+
+
+def record(event_pk: int, status: str, note: str, result: Any = None) -> None:
+    """Record an event's outcome: its status, why (``note``) and the purchase it concerned."""
+    updates: dict[str, Any] = {
+        "status": status,
+        "last_error": note,
+        "processed_at": timezone.now(),
+        "next_attempt_at": None,
+    }
+    purchase = getattr(result, "purchase", None)
+    if purchase is not None:
+        updates["purchase"] = purchase
+    StripeEvent.objects.filter(pk=event_pk).update(**updates)
+
+
+def record_failure(event: StripeEvent, exc: Exception) -> None:
+    """Mark a claimed event failed, with a next attempt unless it failed for good."""
+    error = f"{type(exc).__name__}: {exc}"[:2000]
+    attempts = event.attempts
+    max_attempts = int(app_settings.MAX_EVENT_ATTEMPTS)
+    permanent = isinstance(exc, stripe_api.StripePermanent)
+    if permanent or attempts >= max_attempts:
+        next_attempt = None
+        why = "permanent error" if permanent else f"gave up after {attempts} attempts"
+        error = f"{error} ({why}; run `manage.py reprocess {event.stripe_id}` once fixed)"
+        logger.error(
+            "Stripe event %s (%s) FAILED for good, %s: %s", event.stripe_id, event.type, why, exc
+        )
+    else:
+        next_attempt = timezone.now() + backoff(attempts)
+        logger.warning(
+            "Stripe event %s (%s) failed (attempt %s of %s), retrying at %s: %s",
+            event.stripe_id,
+            event.type,
+            attempts,
+            max_attempts,
+            next_attempt.isoformat(timespec="seconds"),
+            exc,
+        )
+    StripeEvent.objects.filter(pk=event.pk).update(
+        status=StripeEvent.Status.FAILED, last_error=error, next_attempt_at=next_attempt
+    )
+
+
+def reset(event_pk: int, *, reset_attempts: bool = False) -> None:
+    """Make a stored event runnable again now (``manage.py reprocess``)."""
+    changes: dict[str, Any] = {"status": StripeEvent.Status.RECEIVED, "next_attempt_at": None}
+    if reset_attempts:
+        changes["attempts"] = 0
+    StripeEvent.objects.filter(pk=event_pk).update(**changes)
+
+
+def _data_object(payload: Any) -> dict[str, Any]:
+    try:
+        obj = payload["data"]["object"]
+    except (KeyError, TypeError):
+        return {}
+    return obj if isinstance(obj, dict) else {}
+
+
+# The sweep -----------------------------------------------------------------------------------
+
+
+def due_events(now: datetime | None = None) -> QuerySet[StripeEvent]:
+    """Events the sweep should (re)start: failed ones whose next attempt is due (and that have
+    attempts left), and received ones older than ``STUCK_AFTER`` whose lease (if any) ran out."""
+    now = now or timezone.now()
+    max_attempts = int(app_settings.MAX_EVENT_ATTEMPTS)
+    lease_over = Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now)
+    retry_due = Q(status=StripeEvent.Status.FAILED, next_attempt_at__lte=now)
+    lost = Q(status=StripeEvent.Status.RECEIVED, received_at__lte=now - STUCK_AFTER) & lease_over
+    return StripeEvent.objects.filter(retry_due | lost).filter(attempts__lt=max_attempts)
+
+
+def sweep() -> str:
+    """Enqueue Stripe events that are due for another attempt or whose task was lost.
+
+    Each event is first leased with a conditional UPDATE, so two sweeps at once enqueue it once;
+    the task is handed the lease as its token. Returns a short summary for the task log.
+    """
+    now = timezone.now()
+    queued = 0
+    for pk, old in (
+        due_events(now).order_by("received_at").values_list("pk", "next_attempt_at")[:SWEEP_BATCH]
+    ):
+        until = now + lease()
+        if not StripeEvent.objects.filter(pk=pk, next_attempt_at=old).update(next_attempt_at=until):
+            continue  # another sweep (or the task itself) got there first
+        enqueue(pk, token=until.isoformat())
+        queued += 1
+    exhausted = StripeEvent.objects.filter(
+        status=StripeEvent.Status.FAILED, next_attempt_at__isnull=True
+    ).count()
+    if exhausted:
+        logger.error(
+            "%s Stripe event(s) failed for good; see the events list and run "
+            "`manage.py reprocess --failed` once the cause is fixed.",
+            exhausted,
+        )
+    return f"queued {queued}; failed for good {exhausted}"

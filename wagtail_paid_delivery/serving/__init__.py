@@ -1,0 +1,139 @@
+"""File responses for download hand-offs: the one entry point, :func:`serve_file`.
+
+The flow for one request on a hand-off URL (docs/architecture.md, "What counts as a download"):
+
+1. the view has read the signed hand-off and checked its link, as at every use;
+2. the ``before_serve_paid_download`` hook may answer instead;
+3. the backend looks the file up in storage (missing: a buyer-facing error, nothing counted);
+4. the Range is resolved (``ranges``); a request that includes byte 0 is counted before any
+   byte is sent (``links.reserve_download``); HEAD and continuations never count;
+5. the backend builds the response (``backends``); when it is closed having sent nothing (where
+   the backend can tell) the count is released;
+6. ``download_served`` is sent and every request leaves a ``DownloadEvent``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import datetime
+
+from django.http import HttpRequest, HttpResponse
+from django.http.response import HttpResponseBase
+from django.utils.http import http_date
+from wagtail import hooks
+
+from .. import links
+from ..models import DownloadEvent, DownloadLink
+from ..models.pages import AbstractProductFile
+from ..signals import download_served
+from .backends import FileUnavailable, SendTracker, ServingBackend, StoredFile, get_backend
+from .ranges import RangeNotSatisfiable, content_disposition, if_range_allows, parse_range
+
+__all__ = ["BEFORE_SERVE_HOOK", "FileUnavailable", "serve_file"]
+
+logger = logging.getLogger(__name__)
+
+#: Name of the Wagtail hook run before a file is served: ``fn(request, link, file)``; returning an
+#: HttpResponse answers the request instead (nothing is counted).
+BEFORE_SERVE_HOOK = "before_serve_paid_download"
+
+#: Headers on every file response (and 416s), after Wagtail's document serving.
+FILE_RESPONSE_HEADERS = {
+    "Cache-Control": "private, no-store",
+    "X-Robots-Tag": "noindex",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Content-Security-Policy": "default-src 'none'; sandbox",
+    "Accept-Ranges": "bytes",
+}
+
+
+def serve_file(
+    request: HttpRequest,
+    link: DownloadLink,
+    file: AbstractProductFile,
+    handoff: links.Handoff,
+    *,
+    backend: ServingBackend | None = None,
+    now: datetime | None = None,
+) -> HttpResponseBase:
+    """The response for a checked link's file; raises FileUnavailable or LinkUsedUp.
+
+    The caller has checked the link and that the file belongs to its product.
+    """
+    for fn in hooks.get_hooks(BEFORE_SERVE_HOOK):
+        result = fn(request, link, file)
+        if isinstance(result, HttpResponseBase):
+            links.record_event(
+                request, link=link, file_id=file.pk, outcome="hook", handoff=handoff.nonce
+            )
+            return result
+
+    backend = backend or get_backend()
+    is_head = request.method == "HEAD"
+    stored = backend.locate(file, open_file=not is_head)
+    try:
+        byte_range = None
+        if if_range_allows(request.headers.get("If-Range"), stored.etag, stored.last_modified):
+            byte_range = parse_range(request.headers.get("Range"), stored.size)
+    except RangeNotSatisfiable:
+        stored.close()
+        links.record_event(
+            request, link=link, file_id=file.pk, outcome="not_satisfiable", handoff=handoff.nonce
+        )
+        response416 = HttpResponse(status=416)
+        response416["Content-Range"] = f"bytes */{stored.size}"
+        _file_headers(response416, stored)
+        return response416
+
+    if is_head:
+        response: HttpResponseBase = HttpResponse(content_type=stored.content_type)
+        if byte_range is not None:
+            response.status_code = 206
+            response["Content-Range"] = f"bytes {byte_range.start}-{byte_range.end}/{stored.size}"
+        response["Content-Length"] = str(byte_range.length if byte_range else stored.size)
+        links.record_event(
+            request, link=link, file_id=file.pk, outcome="head", handoff=handoff.nonce
+        )
+    else:
+        includes_first_byte = byte_range is None or byte_range.start == 0
+        tracker = SendTracker()
+        try:
+            if includes_first_byte:
+                event = links.reserve_download(request, link, file, handoff, now=now)
+            else:
+                event = links.record_event(
+                    request, link=link, file_id=file.pk, outcome="served", handoff=handoff.nonce
+                )
+        except BaseException:
+            stored.close()
+            raise
+        response = backend.respond(stored, byte_range, tracker)
+        response._resource_closers.append(_finish(event, tracker))  # type: ignore[attr-defined]
+    _file_headers(response, stored)
+    download_served.send(sender=type(file), request=request, link=link, file=file)
+    return response
+
+
+def _finish(event: DownloadEvent, tracker: SendTracker) -> Callable[[], None]:
+    def close() -> None:
+        try:
+            if event.counted and tracker.nothing_sent:
+                links.release_download(event)
+            elif not tracker.unknown:
+                # (With sendfile the count is unknown: bytes_sent stays empty, nothing to write.)
+                links.record_bytes_sent(event, tracker.sent)
+        except Exception:  # closing must never break the server's cleanup
+            logger.exception("Could not finish download event %s", event.pk)
+
+    return close
+
+
+def _file_headers(response: HttpResponseBase, stored: StoredFile) -> None:
+    for name, value in FILE_RESPONSE_HEADERS.items():
+        response[name] = value
+    response["Content-Disposition"] = content_disposition(stored.filename)
+    response["ETag"] = stored.etag
+    if stored.last_modified is not None:
+        response["Last-Modified"] = http_date(stored.last_modified.timestamp())

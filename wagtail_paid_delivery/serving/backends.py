@@ -1,0 +1,345 @@
+"""How the bytes leave: streamed by Django, or offloaded to nginx, Apache or presigned URLs.
+
+Checks and counting happen before a backend is asked (``serving.serve_file``). The Django backend
+streams from this process and can tell when a response sent nothing; the offload backends
+(``SERVE_BACKEND``) hand the bytes to someone else and so never can.
+"""
+
+from __future__ import annotations
+
+import abc
+import inspect
+import logging
+import mimetypes
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import IO, Any, Protocol
+from urllib.parse import quote
+
+from django.http import FileResponse, HttpResponse, StreamingHttpResponse
+from django.http.response import HttpResponseBase
+
+from ..conf import app_settings
+from ..models.pages import AbstractProductFile
+from .ranges import ByteRange, content_disposition
+
+logger = logging.getLogger(__name__)
+
+#: Bytes read from storage and handed to the server at a time.
+CHUNK_SIZE = 64 * 1024
+
+
+class FileUnavailable(Exception):
+    """The file is missing from storage (or storage failed): nobody can download it now."""
+
+
+# Knowing whether anything was sent ------------------------------------------------------------
+
+
+@dataclass
+class SendTracker:
+    """Counts bytes the server has taken *and written*.
+
+    A chunk counts as sent once the server asks for the next one (it only asks after writing the
+    previous), or when the body ends. A response closed before that has sent nothing we can
+    vouch for. ``unknown`` is set when the server took the file descriptor (sendfile): from then
+    on this process cannot see what was written.
+    """
+
+    sent: int = 0
+    pending: int = 0
+    finished: bool = False
+    unknown: bool = False
+
+    def offer(self, n: int) -> None:
+        self.sent += self.pending
+        self.pending = n
+
+    def done(self) -> None:
+        self.sent += self.pending
+        self.pending = 0
+        self.finished = True
+
+    @property
+    def nothing_sent(self) -> bool:
+        return not self.unknown and self.sent == 0
+
+
+class _TrackedFile:
+    """A file object for FileResponse that reports reads to a :class:`SendTracker`.
+
+    It keeps ``fileno()`` so WSGI servers still use ``wsgi.file_wrapper`` and sendfile.
+    """
+
+    def __init__(self, handle: IO[bytes], tracker: SendTracker) -> None:
+        self._handle = handle
+        self._tracker = tracker
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._handle.read(size)
+        if data:
+            self._tracker.offer(len(data))
+        else:
+            self._tracker.done()
+        return data
+
+    def fileno(self) -> int:
+        fileno = self._handle.fileno()  # may raise: then the server falls back to read()
+        self._tracker.unknown = True
+        return fileno
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self._handle.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._handle.tell()
+
+    def seekable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        self._handle.close()
+
+
+def _range_chunks(
+    handle: IO[bytes], byte_range: ByteRange, tracker: SendTracker
+) -> Iterator[bytes]:
+    handle.seek(byte_range.start)
+    remaining = byte_range.length
+    while remaining > 0:
+        chunk = handle.read(min(CHUNK_SIZE, remaining))
+        if not chunk:
+            break
+        remaining -= len(chunk)
+        tracker.offer(len(chunk))
+        yield chunk
+    tracker.done()
+
+
+# Backends -------------------------------------------------------------------------------------
+
+
+@dataclass
+class StoredFile:
+    """What a backend found in storage for one product file."""
+
+    name: str
+    size: int
+    last_modified: datetime | None
+    etag: str
+    content_type: str
+    filename: str
+    handle: IO[bytes] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def close(self) -> None:
+        if self.handle is not None:
+            self.handle.close()
+
+
+class ServingBackend(Protocol):
+    """How the bytes leave. Checks and counting happen before a backend is asked."""
+
+    #: Whether :attr:`SendTracker` can learn that a response sent nothing.
+    can_tell_nothing_sent: bool
+
+    def locate(self, file: AbstractProductFile, *, open_file: bool) -> StoredFile: ...
+
+    def respond(
+        self, stored: StoredFile, byte_range: ByteRange | None, tracker: SendTracker
+    ) -> HttpResponseBase: ...
+
+
+class DjangoBackend:
+    """Bytes streamed by this process from the product file's storage, in constant memory.
+
+    Whole files go out as a :class:`FileResponse` over the storage's own file object, so WSGI
+    servers can use ``wsgi.file_wrapper`` (sendfile). Ranges are a generator that seeks once and
+    reads :data:`CHUNK_SIZE` at a time.
+    """
+
+    can_tell_nothing_sent = True
+
+    def locate(self, file: AbstractProductFile, *, open_file: bool) -> StoredFile:
+        storage, name = file.file.storage, file.file.name or ""
+        try:
+            if not name:
+                raise FileNotFoundError("no file recorded")
+            size = storage.size(name)
+            try:
+                last_modified: datetime | None = storage.get_modified_time(name)
+            except (NotImplementedError, AttributeError):
+                last_modified = None
+            handle = storage.open(name, "rb") if open_file else None
+        except OSError as error:  # FileNotFoundError, permissions, a storage that is down
+            logger.error(
+                "Product file %s (%r, id %s) cannot be served: %s",
+                name,
+                file.title,
+                file.pk,
+                error,
+                exc_info=True,
+            )
+            raise FileUnavailable(name) from error
+        filename = name.rsplit("/", 1)[-1] or "download"
+        if file.sha256:
+            etag = f'"{file.sha256}"'
+        else:
+            stamp = int(last_modified.timestamp()) if last_modified else 0
+            etag = f'"{size:x}-{stamp:x}"'
+        content_type = mimetypes.guess_type(filename)[0] or "application/octet-stream"
+        return StoredFile(name, size, last_modified, etag, content_type, filename, handle)
+
+    def respond(
+        self, stored: StoredFile, byte_range: ByteRange | None, tracker: SendTracker
+    ) -> HttpResponseBase:
+        assert stored.handle is not None  # noqa: S101 (locate(open_file=True) for GET)
+        response: HttpResponseBase
+        if byte_range is None:
+            response = FileResponse(
+                _TrackedFile(stored.handle, tracker),  # type: ignore[arg-type]
+                content_type=stored.content_type,
+            )
+            response.block_size = CHUNK_SIZE
+            response["Content-Length"] = str(stored.size)
+        else:
+            response = StreamingHttpResponse(
+                _range_chunks(stored.handle, byte_range, tracker),
+                status=206,
+                content_type=stored.content_type,
+            )
+            response._resource_closers.append(stored.handle.close)  # type: ignore[attr-defined]
+            response["Content-Length"] = str(byte_range.length)
+            response["Content-Range"] = f"bytes {byte_range.start}-{byte_range.end}/{stored.size}"
+        return response
+
+
+class _OffloadBackend(DjangoBackend, abc.ABC):
+    """Checks and counting stay in Django; another server sends the bytes.
+
+    What changes (docs/architecture.md, "What counts as a download"): every request reaches
+    this app first, so counting at request time, the ten-minute recount window and
+    "continuations never count" hold (the Range header comes to the app with the request).
+    What cannot hold is releasing a count when nothing was sent: the bytes leave elsewhere, so a
+    counted request is kept counted (``tracker.unknown``) and ``bytes_sent`` stays unknown.
+    HEAD, 416 and refusals are still answered by Django itself.
+    """
+
+    can_tell_nothing_sent = False
+
+    def locate(self, file: AbstractProductFile, *, open_file: bool) -> StoredFile:
+        # Never open the file here: somebody else reads it.
+        stored = super().locate(file, open_file=False)
+        stored.extra["storage"] = file.file.storage
+        try:
+            self.prepare(stored)  # before anything is counted
+        except FileUnavailable as error:
+            logger.error(
+                "Product file %s (id %s) cannot be offloaded: %s", stored.name, file.pk, error
+            )
+            raise
+        return stored
+
+    def prepare(self, stored: StoredFile) -> None:
+        """Work out what :meth:`offload` needs, or raise :class:`FileUnavailable`."""
+
+    def respond(
+        self, stored: StoredFile, byte_range: ByteRange | None, tracker: SendTracker
+    ) -> HttpResponseBase:
+        # The range is served by whoever sends the bytes, from the request's own Range header.
+        tracker.unknown = True
+        response = HttpResponse(content_type=stored.content_type)
+        self.offload(response, stored)
+        return response
+
+    @abc.abstractmethod
+    def offload(self, response: HttpResponse, stored: StoredFile) -> None:
+        """Add the header that hands ``stored`` to the server."""
+
+
+class NginxBackend(_OffloadBackend):
+    """``X-Accel-Redirect`` to an ``internal`` nginx location aliasing the storage root.
+
+    nginx serves the file (Range, If-Range against its own ETag, sendfile) and keeps the
+    headers this app set that it passes with an accel-redirect (Content-Type,
+    Content-Disposition, Cache-Control, Accept-Ranges, Set-Cookie, Expires). The security
+    headers (nosniff, no-referrer, CSP) need ``add_header … $upstream_http_…`` in the internal
+    location: the README has the configuration. ``X-Accel-Buffering`` is not sent: it governs
+    buffering of a proxied body, and this response has none (nginx reads the file itself).
+    """
+
+    def offload(self, response: HttpResponse, stored: StoredFile) -> None:
+        prefix = str(app_settings.NGINX_INTERNAL_PREFIX or "/_paid_files/")
+        prefix = "/" + prefix.strip("/") + "/"
+        # Percent-encoded: nginx decodes the URI before mapping it onto the internal location.
+        response["X-Accel-Redirect"] = prefix + quote(stored.name.lstrip("/"), safe="/")
+        # Never let a proxy cache keep an accel-redirect: it would skip the checks and counting.
+        response["X-Accel-Expires"] = "0"
+
+
+class ApacheBackend(_OffloadBackend):
+    """``X-Sendfile`` with the file's absolute path, for Apache's mod_xsendfile.
+
+    The storage must be on the local file system (``storage.path()``), and mod_xsendfile must
+    allow the folder (``XSendFilePath``). Apache answers Range itself.
+    """
+
+    def prepare(self, stored: StoredFile) -> None:
+        try:
+            stored.extra["path"] = stored.extra["storage"].path(stored.name)
+        except NotImplementedError as error:
+            raise FileUnavailable(
+                "SERVE_BACKEND 'apache' needs a storage on the local file system"
+            ) from error
+
+    def offload(self, response: HttpResponse, stored: StoredFile) -> None:
+        response["X-Sendfile"] = stored.extra["path"]
+
+
+class PresignedBackend(_OffloadBackend):
+    """A 302 to a presigned storage URL that lives ``PRESIGNED_URL_LIFETIME`` seconds.
+
+    For remote storages such as django-storages' S3Storage, whose ``url()`` signs with
+    ``expire`` and passes ``parameters`` to S3 (``ResponseContentDisposition`` and
+    ``ResponseContentType``, so the file still downloads under its name). A storage whose
+    ``url()`` takes neither cannot be trusted to make a short-lived URL and is refused.
+    """
+
+    def prepare(self, stored: StoredFile) -> None:
+        try:
+            accepted = set(inspect.signature(stored.extra["storage"].url).parameters)
+        except (TypeError, ValueError):
+            accepted = set()
+        if "expire" not in accepted:
+            raise FileUnavailable(
+                "SERVE_BACKEND 's3' needs a storage whose url() presigns with 'expire' "
+                "(django-storages' S3Storage)"
+            )
+        stored.extra["url_parameters"] = "parameters" in accepted
+
+    def offload(self, response: HttpResponse, stored: StoredFile) -> None:
+        kwargs: dict[str, Any] = {"expire": int(app_settings.PRESIGNED_URL_LIFETIME)}
+        if stored.extra["url_parameters"]:
+            kwargs["parameters"] = {
+                "ResponseContentDisposition": content_disposition(stored.filename),
+                "ResponseContentType": stored.content_type,
+                "ResponseCacheControl": "private, no-store",
+            }
+        response.status_code = 302
+        response["Location"] = stored.extra["storage"].url(stored.name, **kwargs)
+
+
+#: ``SERVE_BACKEND`` values and the backend each one names.
+BACKENDS: dict[str, type[DjangoBackend]] = {
+    "django": DjangoBackend,
+    "nginx": NginxBackend,
+    "apache": ApacheBackend,
+    "s3": PresignedBackend,
+    "presigned": PresignedBackend,
+}
+
+
+def get_backend() -> ServingBackend:
+    """The serving backend the ``SERVE_BACKEND`` setting names (default: Django streams)."""
+    return BACKENDS[str(app_settings.SERVE_BACKEND)]()
