@@ -81,6 +81,25 @@ def test_an_ipv6_client_is_its_slash_64(product, fake_stripe):
 
 
 @override_settings(WAGTAIL_PAID_DELIVERY=SMALL_LIMIT)
+def test_ipv4_clients_on_a_dual_stack_socket_are_each_their_own_address(product, fake_stripe):
+    # A server listening on [::] sees IPv4 clients as ::ffff:a.b.c.d: each is still itself,
+    # the same client as its plain IPv4 spelling, not one big "::/64".
+    assert [buy(product, "::ffff:203.0.113.5").status_code for _ in range(3)] == [303] * 3
+    assert buy(product, "203.0.113.5").status_code == 429
+    assert buy(product, "::ffff:203.0.113.6").status_code == 303
+    assert buy(product, "::ffff:198.51.100.1").status_code == 303
+
+
+@override_settings(WAGTAIL_PAID_DELIVERY=SMALL_LIMIT)
+def test_forwarded_headers_do_not_make_a_new_client(product, fake_stripe):
+    # Only REMOTE_ADDR counts (the proxy sets it); headers a client writes itself do not.
+    for n in range(3):
+        assert buy(product, HTTP_X_FORWARDED_FOR=f"198.51.100.{n}").status_code == 303
+    for header in ("HTTP_X_FORWARDED_FOR", "HTTP_X_REAL_IP", "HTTP_FORWARDED"):
+        assert buy(product, **{header: "198.51.100.99"}).status_code == 429
+
+
+@override_settings(WAGTAIL_PAID_DELIVERY=SMALL_LIMIT)
 def test_a_double_click_counts_and_refused_origins_do_not(product, fake_stripe):
     browser = Client()
     for _ in range(5):
@@ -144,3 +163,45 @@ def test_an_unreachable_cache_refuses_by_default(product, fake_stripe, caplog):
 def test_an_unreachable_cache_lets_buyers_through_with_fail_open(product, fake_stripe):
     assert buy(product).status_code == 303
     assert Purchase.objects.count() == 1
+
+
+# Parallel requests at the limit, in a shared cache ------------------------------------------
+
+
+def redis_url() -> str:
+    """The test Redis (CI starts one on 127.0.0.1:6379); skip without it, or fail in CI."""
+    import socket
+
+    from tests.conftest import REQUIRE_SYSTEM_DEPS
+
+    try:
+        socket.create_connection(("127.0.0.1", 6379), timeout=1).close()
+    except OSError:
+        if REQUIRE_SYSTEM_DEPS:
+            pytest.fail("Redis is not answering on 127.0.0.1:6379 (WPD_REQUIRE_SYSTEM_DEPS=1)")
+        pytest.skip("Redis is not answering on 127.0.0.1:6379")
+    return "redis://127.0.0.1:6379/13"
+
+
+def test_parallel_requests_at_the_limit_pass_only_as_many_as_allowed(rf):
+    import functools
+    import uuid
+
+    from tests.concurrency import run_at_once
+    from wagtail_paid_delivery import limits
+
+    shared = {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": redis_url(),
+        "KEY_PREFIX": f"wpd-tests-{uuid.uuid4().hex}",  # this run's own keys
+    }
+    with override_settings(CACHES={**settings.CACHES, "rate_limits": shared}):
+        requests = [rf.post("/shop/checkout/1/", REMOTE_ADDR="203.0.113.9") for _ in range(24)]
+        calls = [
+            functools.partial(limits.hit, request, "checkout", "203.0.113.9", (5, 600))
+            for request in requests
+        ]
+        waits = run_at_once(calls)
+        assert sum(wait is None for wait in waits) == 5
+        assert all(1 <= wait <= 600 for wait in waits if wait is not None)
+    # (The keys expire with their window; clear() would flush the whole Redis database.)

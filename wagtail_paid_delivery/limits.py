@@ -44,6 +44,10 @@ def client_key(request: HttpRequest) -> str:
         ip = ipaddress.ip_address(address)
     except ValueError:
         return "unknown"
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        # A dual-stack socket shows IPv4 clients as ::ffff:a.b.c.d; their /64 would be "::",
+        # one limit for every IPv4 client in the world.
+        ip = ip.ipv4_mapped
     if ip.version == 6:
         return str(ipaddress.ip_network(f"{ip}/64", strict=False).network_address)
     return str(ip)
