@@ -270,3 +270,95 @@ def test_e020_to_e023_delivery_settings(values, expected):
     # More cases in test_offload.py.
     with _with(**values):
         assert our_ids() == [expected]
+
+
+# The rate limits' cache (E024, E025, W004, W005) and RETENTION (E026) ---------------------------
+
+LOCMEM = {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}
+DUMMY = {"BACKEND": "django.core.cache.backends.dummy.DummyCache"}
+
+
+@pytest.mark.parametrize("limit", [(0, 600), (30,), "30/10m", (30, 0)])
+def test_e023_checkout_rate_limit_that_is_not_requests_and_seconds(limit):
+    with _with(CHECKOUT_RATE_LIMIT=limit):
+        assert our_ids() == ["wagtail_paid_delivery.E023"]
+    with _with(CHECKOUT_RATE_LIMIT=None):
+        assert our_ids() == []
+
+
+def test_w004_rate_limits_in_a_per_process_cache_warn_under_deploy():
+    with override_settings(CACHES={**settings.CACHES, "rate_limits": LOCMEM}):
+        assert our_ids() == []  # while developing, one runserver process counts right
+        [message] = [
+            m
+            for m in run_checks(include_deployment_checks=True)
+            if m.id == "wagtail_paid_delivery.W004"
+        ]
+        assert "'rate_limits'" in message.msg and "LocMemCache" in message.msg
+        assert "RATELIMIT_USE_CACHE" in message.hint
+        assert our_ids(deploy=True) == ["wagtail_paid_delivery.W004"]
+    # Django's own default CACHES (a LocMemCache "default") and no RATELIMIT_USE_CACHE:
+    with override_settings(CACHES={"default": LOCMEM}):
+        del settings.RATELIMIT_USE_CACHE
+        assert our_ids(deploy=True) == ["wagtail_paid_delivery.W004"]
+
+
+def test_w005_rate_limits_in_a_dummy_cache_count_nothing():
+    with override_settings(CACHES={**settings.CACHES, "rate_limits": DUMMY}):
+        assert our_ids(deploy=True) == ["wagtail_paid_delivery.W005"]
+        # No limit configured at all: nothing to count, nothing to warn about.
+        with _with(CHECKOUT_RATE_LIMIT=None, RESEND_RATE_LIMIT=None, RESEND_EMAIL_RATE_LIMIT=None):
+            assert our_ids(deploy=True) == []
+
+
+def test_shared_caches_pass():
+    # (Django's own checks instantiate every cache: only backends whose client is installed.)
+    for backend in (
+        "django.core.cache.backends.redis.RedisCache",
+        "django.core.cache.backends.db.DatabaseCache",
+    ):
+        shared = {"BACKEND": backend, "LOCATION": "somewhere"}
+        with override_settings(CACHES={**settings.CACHES, "rate_limits": shared}):
+            assert our_ids(deploy=True) == [], backend
+
+
+def test_e024_resend_cache_is_accepted_but_may_not_contradict_the_limits_cache():
+    with _with(RESEND_CACHE="rate_limits"):
+        assert our_ids() == []  # the old key, naming the cache the limits count in: fine
+    with _with(RESEND_CACHE="default"):
+        [message] = [m for m in run_checks() if m.id == "wagtail_paid_delivery.E024"]
+        assert "RATELIMIT_USE_CACHE = 'default'" in message.hint
+        assert our_ids() == ["wagtail_paid_delivery.E024"]
+
+
+def test_e025_rate_limits_cache_that_does_not_exist():
+    with override_settings(RATELIMIT_USE_CACHE="nowhere"):
+        assert our_ids() == ["wagtail_paid_delivery.E025"]
+
+
+@pytest.mark.parametrize(
+    "retention",
+    [
+        {"stripe_events": timedelta(days=7)},  # shorter than Stripe's 30 days
+        {"download_records": timedelta(hours=1)},
+        {"unpaid_purchases": 60},  # seconds
+        {"download_records": "180 days"},
+        {"downloads": timedelta(days=30)},  # unknown key
+        [timedelta(days=30)],
+    ],
+)
+def test_e026_retention_periods(retention):
+    with _with(RETENTION=retention):
+        assert our_ids() == ["wagtail_paid_delivery.E026"]
+
+
+def test_retention_may_be_partial_or_keep_forever():
+    from wagtail_paid_delivery.conf import app_settings
+
+    with _with(RETENTION={"download_records": None, "stripe_events": 40 * 86400}):
+        assert our_ids() == []
+        assert app_settings.retention == {
+            "download_records": None,
+            "stripe_events": timedelta(days=40),
+            "unpaid_purchases": timedelta(days=30),
+        }

@@ -10,8 +10,9 @@ import swapper
 from django.apps import apps
 from django.conf import settings
 from django.core.checks import CheckMessage, Error, Tags, Warning, register
+from django.core.exceptions import ImproperlyConfigured
 
-from .conf import CHECKOUT_OPTION_TYPES, SETTINGS_NAME, app_settings
+from .conf import CHECKOUT_OPTION_TYPES, RETENTION_MINIMUMS, SETTINGS_NAME, app_settings
 
 # Check ids are never reused or renumbered: sites silence checks by id
 # (SILENCED_SYSTEM_CHECKS), so an id means one problem for good. A new problem gets a new id, the
@@ -303,21 +304,19 @@ def _checkout_terms_problems(options: dict[str, Any]) -> list[str]:
     return problems
 
 
-# Delivery settings: SERVE_BACKEND and its options, the resend limits.
+# Delivery settings: SERVE_BACKEND and its options, the rate limits and their cache, RETENTION.
 
 
 @register(Tags.compatibility)
 def check_delivery_settings(**kwargs: Any) -> list[CheckMessage]:
-    """SERVE_BACKEND and its options, the resend limits (issue 7's settings)."""
+    """SERVE_BACKEND and its options, the rate limits (issue 7's settings)."""
     from .serving.backends import BACKENDS
 
     try:
         backend = app_settings.SERVE_BACKEND
         prefix = app_settings.NGINX_INTERNAL_PREFIX
         lifetime = app_settings.PRESIGNED_URL_LIFETIME
-        limits = {
-            k: getattr(app_settings, k) for k in ("RESEND_RATE_LIMIT", "RESEND_EMAIL_RATE_LIMIT")
-        }
+        limits = {k: getattr(app_settings, k) for k in RATE_LIMIT_KEYS}
     except Exception:  # reported by check_settings
         return []
     messages: list[CheckMessage] = []
@@ -371,6 +370,108 @@ def check_delivery_settings(**kwargs: Any) -> list[CheckMessage]:
                 )
             )
     return messages
+
+
+#: Every rate limit setting: (requests, seconds) or None (E023).
+RATE_LIMIT_KEYS = ("CHECKOUT_RATE_LIMIT", "RESEND_RATE_LIMIT", "RESEND_EMAIL_RATE_LIMIT")
+
+#: Cache backends that count for one process only, or not at all: (check id, what it means).
+_UNSHARED_CACHES = {
+    "django.core.cache.backends.locmem.LocMemCache": (
+        f"{ID}.W004",
+        "counts per process: with N processes (gunicorn workers, servers) every limit is "
+        "N times higher, and a restart forgets it",
+    ),
+    "django.core.cache.backends.dummy.DummyCache": (
+        f"{ID}.W005",
+        "counts nothing: no rate limit applies at all",
+    ),
+}
+
+
+@register(Tags.caches)
+def check_rate_limit_cache(**kwargs: Any) -> list[CheckMessage]:
+    """The cache the limits count in exists, and RESEND_CACHE (old) does not contradict it."""
+    try:
+        alias = app_settings.rate_limit_cache
+        old_alias = app_settings.RESEND_CACHE
+    except Exception:  # reported by check_settings
+        return []
+    messages: list[CheckMessage] = []
+    if old_alias is not None and old_alias != alias:
+        messages.append(
+            Error(
+                f"{SETTINGS_NAME}['RESEND_CACHE'] is {old_alias!r}, but the rate limits count "
+                f"in RATELIMIT_USE_CACHE ({alias!r}).",
+                hint=f"RESEND_CACHE is no longer read. Set RATELIMIT_USE_CACHE = {old_alias!r} "
+                f"(a Django setting) and remove RESEND_CACHE from {SETTINGS_NAME}.",
+                id=f"{ID}.E024",
+            )
+        )
+    if alias not in settings.CACHES:
+        messages.append(
+            Error(
+                f"The rate limits' cache {alias!r} (RATELIMIT_USE_CACHE) is not in CACHES.",
+                hint="Name a cache from CACHES in RATELIMIT_USE_CACHE, or add that cache.",
+                id=f"{ID}.E025",
+            )
+        )
+    return messages
+
+
+@register(Tags.caches, deploy=True)
+def check_rate_limit_cache_shared(**kwargs: Any) -> list[CheckMessage]:
+    # Deploy only: while developing, one runserver process counts right in a LocMemCache.
+    try:
+        alias = app_settings.rate_limit_cache
+        limited = any(getattr(app_settings, key) for key in RATE_LIMIT_KEYS)
+    except Exception:  # reported by check_settings
+        return []
+    backend = (settings.CACHES.get(alias) or {}).get("BACKEND", "")
+    if not limited or backend not in _UNSHARED_CACHES:
+        return []
+    check_id, meaning = _UNSHARED_CACHES[backend]
+    return [
+        Warning(
+            f"The rate limits (checkout, resend) count in the cache {alias!r}, a "
+            f"{backend.rsplit('.', 1)[-1]}, which {meaning}.",
+            hint="Point RATELIMIT_USE_CACHE at a cache every app process shares: Redis or "
+            "Memcached (best: atomic counts), or the database cache.",
+            id=check_id,
+        )
+    ]
+
+
+_RETENTION_HINT = (
+    "Each RETENTION period is a timedelta (or seconds), or None to keep forever; "
+    "'stripe_events' at least 30 days (Stripe may send an event again that long), the others "
+    'at least a day. See the README\'s "Data we store".'
+)
+
+
+@register(Tags.compatibility)
+def check_retention(**kwargs: Any) -> list[CheckMessage]:
+    try:
+        app_settings.user_settings  # noqa: B018 (raises for unknown keys, not a dict)
+    except Exception:  # reported by check_settings
+        return []
+    problem = _retention_problem()
+    if not problem:
+        return []
+    return [Error(problem, hint=_RETENTION_HINT, id=f"{ID}.E026")]
+
+
+def _retention_problem() -> str:
+    try:
+        periods = app_settings.retention
+    except ImproperlyConfigured as exc:
+        return str(exc)
+    short = [
+        f"'{key}' is {period} (at least {RETENTION_MINIMUMS[key]})"
+        for key, period in periods.items()
+        if period is not None and period < RETENTION_MINIMUMS[key]
+    ]
+    return f"{SETTINGS_NAME}['RETENTION']: {'; '.join(short)}." if short else ""
 
 
 # General settings: the settings dict itself (E000), WEBHOOK_TOLERANCE, DOWNLOAD_LIMIT.
