@@ -408,3 +408,17 @@ def test_reprocessing_an_ignored_hostile_event_ignores_it_again(client, db, fake
     assert stored.status == StripeEvent.Status.IGNORED
     assert stored.attempts == 1
     assert fake_stripe.requests == []
+
+
+def test_store_reports_duplicate_only_when_the_event_is_really_stored(db):
+    # Before bodies were checked, NaN reached the database: SQLite's JSON check constraint
+    # refused it with an IntegrityError that was answered "duplicate" (200), so the event was
+    # neither stored nor retried. A refusal that is not a redelivery must not pass as one.
+    from django.db import DatabaseError
+
+    with pytest.raises(DatabaseError):
+        inbox.store({"id": "evt_nan", "type": "x.y", "data": {"object": {"n": float("nan")}}})
+    assert not StripeEvent.objects.exists()
+    event = {"id": "evt_twice", "type": "x.y", "data": {}}
+    assert inbox.store(event) == inbox.Stored.IGNORED
+    assert inbox.store(event) == inbox.Stored.DUPLICATE

@@ -7,8 +7,9 @@ Everything else calls the functions here, never ``stripe`` directly, so that:
 - a stand-in (stripe-mock, the sandbox emulator) is reached by setting ``STRIPE_API_BASE``;
 - tests intercept at the HTTP layer (``_http_client_override``) so stripe-python runs for real;
 - callers catch this module's own exceptions, never stripe-python's: ``StripeUnavailable`` (try
-  again later), ``StripeRefused`` (Stripe answered and said no) and its subclass
-  ``StripePermanent`` (a request that can never succeed: an unknown id, a bad key).
+  again later), ``StripeRefused`` (Stripe answered and said no), its subclass
+  ``StripePermanent`` (a request that can never succeed: an unknown id, a bad key) and that
+  one's ``StripeKeyRejected`` (the API key itself was refused).
 
 No database transaction may be open while these functions run: a Stripe call can take seconds
 (and, with retries, longer), and a row lock held that long stalls every other worker.
@@ -78,6 +79,11 @@ class StripePermanent(StripeRefused):
     """A refusal no retry can fix: an unknown object or bad id, a bad API key, no permission."""
 
 
+class StripeKeyRejected(StripePermanent):
+    """Stripe refused the API key itself: a wrong, revoked or rolled key (401), or a restricted
+    key without the permission the request needs (403). Stripe did nothing with the request."""
+
+
 class InvalidWebhook(Exception):
     """A webhook body that must not be trusted: no, a forged, a stale or a future signature, or a
     body that cannot be a Stripe event.
@@ -129,10 +135,20 @@ def _drop_clients_on_setting_changed(*, setting: str, **kwargs: Any) -> None:
         reset_clients()
 
 
+def key_mode(key: Any) -> str:
+    """What an API key is, by its prefix: ``"live"`` or ``"test"`` for a secret (``sk_``) or
+    restricted (``rk_``) key, ``"publishable"`` for a ``pk_`` key, ``""`` for anything else."""
+    key = key if isinstance(key, str) else ""
+    if key.startswith(("sk_live_", "rk_live_")):
+        return "live"
+    if key.startswith(("sk_test_", "rk_test_")):
+        return "test"
+    return "publishable" if key.startswith("pk_") else ""
+
+
 def secret_key_is_live() -> bool:
     """Whether the configured key is a live-mode key; test keys and placeholders are not."""
-    key = str(app_settings.STRIPE_SECRET_KEY or "")
-    return key.startswith(("sk_live_", "rk_live_"))
+    return key_mode(app_settings.STRIPE_SECRET_KEY) == "live"
 
 
 #: stripe-python errors that mean "this request can never succeed".
@@ -152,6 +168,8 @@ def _translate_errors() -> Iterator[None]:
             logger.warning("Stripe unavailable: %s", exc)
             raise StripeUnavailable(str(exc.user_message or exc)) from exc
         refused = StripePermanent if isinstance(exc, _PERMANENT) else StripeRefused
+        if isinstance(exc, (stripe.AuthenticationError, stripe.PermissionError)):
+            refused = StripeKeyRejected
         raise refused(str(exc), code=exc.code or "", user_message=exc.user_message or "") from exc
 
 
