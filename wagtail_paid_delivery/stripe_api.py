@@ -135,6 +135,11 @@ def _drop_clients_on_setting_changed(*, setting: str, **kwargs: Any) -> None:
         reset_clients()
 
 
+#: A secret (``sk_``) or restricted (``rk_``) API key as Stripe issues them: the mode, then
+#: letters and digits (underscores in placeholders), no spaces or line breaks.
+SECRET_KEY = re.compile(r"[sr]k_(?:test|live)_[A-Za-z0-9_]{1,247}")
+
+
 def key_mode(key: Any) -> str:
     """What an API key is, by its prefix: ``"live"`` or ``"test"`` for a secret (``sk_``) or
     restricted (``rk_``) key, ``"publishable"`` for a ``pk_`` key, ``""`` for anything else."""
