@@ -25,7 +25,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeGuard
 
 import stripe
 from django.core.signals import setting_changed
@@ -263,9 +263,12 @@ EVENT_TYPE = re.compile(r"[A-Za-z0-9_.\-]{1,100}")
 #: Characters PostgreSQL cannot store in ``jsonb`` or ``text``: NUL and unpaired UTF-16
 #: surrogates (which JSON's ``\uXXXX`` escapes can produce but UTF-8 cannot encode).
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+#: The JSON escapes that can produce them (a false alarm, e.g. an escaped backslash before
+#: "u0000" or a valid surrogate pair, only costs a closer look).
+_UNSTORABLE_ESCAPE = re.compile(r"\\u(?:0000|[dD][89a-fA-F])")
 
 
-def looks_like_id(value: Any, *prefixes: str) -> bool:
+def looks_like_id(value: Any, *prefixes: str) -> TypeGuard[str]:
     """Whether ``value`` has the shape of a Stripe object id starting with one of ``prefixes``
     (``"cs_"``, ``"pi_"``…): letters, digits and underscores, at most 255 characters."""
     return (
@@ -386,19 +389,31 @@ def _parse_event(text: str) -> dict[str, Any]:
         raise InvalidWebhook("event id is not a Stripe event id")
     if not isinstance(data.get("type"), str) or not EVENT_TYPE.fullmatch(data["type"]):
         raise InvalidWebhook("event type is not a Stripe event type")
-    return _storable(data, 1)
+    _check_depth(data)
+    # Both can only come from a \u escape (raw NUL is not JSON; UTF-8 has no surrogates).
+    return _storable(data) if _UNSTORABLE_ESCAPE.search(text) else data
 
 
-def _storable(node: Any, depth: int) -> Any:
-    """``node`` with NUL and unpaired surrogates replaced, refused when nested too deeply."""
+def _check_depth(root: Any) -> None:
+    """Refuse a body whose objects and lists nest deeper than ``MAX_WEBHOOK_DEPTH``."""
+    stack = [(root, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_WEBHOOK_DEPTH:
+            raise InvalidWebhook("body nested too deeply")
+        for child in node.values() if isinstance(node, dict) else node:
+            if isinstance(child, (dict, list)):
+                stack.append((child, depth + 1))
+
+
+def _storable(node: Any) -> Any:
+    """``node`` with NUL and unpaired surrogates in its strings replaced by U+FFFD."""
     if isinstance(node, str):
         return _UNSTORABLE.sub("\ufffd", node)
-    if isinstance(node, (dict, list)) and depth > MAX_WEBHOOK_DEPTH:
-        raise InvalidWebhook("body nested too deeply")
     if isinstance(node, list):
-        return [_storable(item, depth + 1) for item in node]
+        return [_storable(item) for item in node]
     if isinstance(node, dict):
-        result = {_storable(k, depth): _storable(v, depth + 1) for k, v in node.items()}
+        result = {_storable(k): _storable(v) for k, v in node.items()}
         if len(result) != len(node):  # two keys that differed only by what was replaced
             raise InvalidWebhook("duplicate key in body")
         return result
