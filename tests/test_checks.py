@@ -16,9 +16,15 @@ def our_ids(*, deploy=False):
     )
 
 
+def cache_ids(*, deploy=False):
+    """Our check ids apart from W030 (the test settings' test-mode key under --deploy)."""
+    return [i for i in our_ids(deploy=deploy) if i != "wagtail_paid_delivery.W030"]
+
+
 def test_the_test_settings_pass_every_check_including_deploy():
     assert our_ids() == []
-    assert our_ids(deploy=True) == []
+    # The tests use a test-mode key, which `check --deploy` points out (W030) and nothing else.
+    assert our_ids(deploy=True) == ["wagtail_paid_delivery.W030"]
 
 
 def test_e001_private_storage_root_missing():
@@ -251,7 +257,7 @@ def test_every_check_id_in_checks_py_names_one_problem():
 def test_w003_ack_failures_is_recommended_for_deploy():
     with override_settings(Q_CLUSTER={**settings.Q_CLUSTER, "ack_failures": False}):
         assert our_ids() == []
-        assert our_ids(deploy=True) == ["wagtail_paid_delivery.W003"]
+        assert our_ids(deploy=True) == ["wagtail_paid_delivery.W003", "wagtail_paid_delivery.W030"]
 
 
 @pytest.mark.parametrize(
@@ -296,19 +302,19 @@ def test_w004_rate_limits_in_a_per_process_cache_warn_under_deploy():
         ]
         assert "'rate_limits'" in message.msg and "LocMemCache" in message.msg
         assert "RATELIMIT_USE_CACHE" in message.hint
-        assert our_ids(deploy=True) == ["wagtail_paid_delivery.W004"]
+        assert cache_ids(deploy=True) == ["wagtail_paid_delivery.W004"]
     # Django's own default CACHES (a LocMemCache "default") and no RATELIMIT_USE_CACHE:
     with override_settings(CACHES={"default": LOCMEM}):
         del settings.RATELIMIT_USE_CACHE
-        assert our_ids(deploy=True) == ["wagtail_paid_delivery.W004"]
+        assert cache_ids(deploy=True) == ["wagtail_paid_delivery.W004"]
 
 
 def test_w005_rate_limits_in_a_dummy_cache_count_nothing():
     with override_settings(CACHES={**settings.CACHES, "rate_limits": DUMMY}):
-        assert our_ids(deploy=True) == ["wagtail_paid_delivery.W005"]
+        assert cache_ids(deploy=True) == ["wagtail_paid_delivery.W005"]
         # No limit configured at all: nothing to count, nothing to warn about.
         with _with(CHECKOUT_RATE_LIMIT=None, RESEND_RATE_LIMIT=None, RESEND_EMAIL_RATE_LIMIT=None):
-            assert our_ids(deploy=True) == []
+            assert cache_ids(deploy=True) == []
 
 
 def test_shared_caches_pass():
@@ -319,7 +325,7 @@ def test_shared_caches_pass():
     ):
         shared = {"BACKEND": backend, "LOCATION": "somewhere"}
         with override_settings(CACHES={**settings.CACHES, "rate_limits": shared}):
-            assert our_ids(deploy=True) == [], backend
+            assert cache_ids(deploy=True) == [], backend
 
 
 def test_e024_resend_cache_is_accepted_but_may_not_contradict_the_limits_cache():
@@ -362,3 +368,121 @@ def test_retention_may_be_partial_or_keep_forever():
             "stripe_events": timedelta(days=40),
             "unpaid_purchases": timedelta(days=30),
         }
+
+
+# Stripe key shapes ------------------------------------------------------------------------------
+
+
+def _messages(check_id, *, deploy=False):
+    return [m for m in run_checks(include_deployment_checks=deploy) if m.id == check_id]
+
+
+@pytest.mark.parametrize("key", ["pk_test_51Habc", "pk_live_51Habc"])
+def test_e030_publishable_key_where_the_secret_key_belongs(key):
+    with _with(STRIPE_SECRET_KEY=key):
+        assert our_ids() == ["wagtail_paid_delivery.E030"]
+        [message] = _messages("wagtail_paid_delivery.E030")
+    assert message.is_serious()
+    assert "publishable" in message.msg
+    assert key not in message.msg + message.hint
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "sk_51Habc",  # no mode
+        "sk_prod_abc",
+        "rk_abc",
+        "mk_test_abc",
+        "whsec_abc",  # the webhook secret, in the wrong setting
+        "sk_test_abc\n",  # copied with its line break
+        " sk_test_abc",
+        "sk_test_ab cd",
+        "sk_test_",
+        "SK_TEST_ABC",
+        "sk_live_" + "a" * 300,
+        12345,
+        ["sk_test_abc"],
+    ],
+)
+def test_e031_a_key_that_is_neither_test_nor_live(key):
+    with _with(STRIPE_SECRET_KEY=key):
+        assert our_ids() == ["wagtail_paid_delivery.E031"]
+        [message] = _messages("wagtail_paid_delivery.E031")
+    assert "neither a test nor a live secret key" in message.msg
+    if key != "sk_test_":  # (the hint names that prefix itself)
+        assert str(key) not in message.msg + message.hint
+
+
+def test_e031_says_when_the_key_is_a_webhook_secret():
+    with _with(STRIPE_SECRET_KEY="whsec_abc"):
+        [message] = _messages("wagtail_paid_delivery.E031")
+    assert "looks like a webhook signing secret" in message.msg
+
+
+@pytest.mark.parametrize("key", ["sk_test_abc", "sk_live_abc", "rk_test_abc", "rk_live_abc"])
+def test_secret_and_restricted_keys_of_either_mode_pass(key):
+    with _with(STRIPE_SECRET_KEY=key):
+        assert our_ids() == []
+
+
+@pytest.mark.parametrize(
+    ("secrets", "positions"),
+    [
+        (["sk_test_abc"], [1]),
+        (["whsec_ok", "abc"], [2]),
+        (["whsec_ok", "whsec_x\n", "pk_live_x"], [2, 3]),
+        (["whsec_"], [1]),
+        ("plain", [1]),
+        ([42], [1]),
+    ],
+)
+def test_e032_webhook_secret_without_the_whsec_prefix(secrets, positions):
+    with _with(STRIPE_WEBHOOK_SECRETS=secrets):
+        messages = _messages("wagtail_paid_delivery.E032")
+    assert [m.msg.split("entry ")[1].split()[0] for m in messages] == [str(p) for p in positions]
+    assert all(m.is_serious() for m in messages)
+
+
+def test_e032_never_quotes_the_secret():
+    with _with(STRIPE_WEBHOOK_SECRETS=["TOPSECRET1", "whsec_TOPSECRET2 "]):
+        messages = _messages("wagtail_paid_delivery.E032")
+    assert len(messages) == 2
+    assert "TOPSECRET" not in " ".join(m.msg + m.hint for m in messages)
+
+
+def test_e032_says_when_the_webhook_secret_is_an_api_key():
+    with _with(STRIPE_WEBHOOK_SECRETS=["sk_test_abc"]):
+        [message] = _messages("wagtail_paid_delivery.E032")
+    assert "looks like an API key" in message.msg
+
+
+@pytest.mark.parametrize("key", ["sk_live_abc", "rk_live_abc"])
+def test_e033_live_key_with_debug_on(key):
+    with _with(STRIPE_SECRET_KEY=key):
+        with override_settings(DEBUG=True):
+            assert our_ids() == ["wagtail_paid_delivery.E033"]
+            [message] = _messages("wagtail_paid_delivery.E033")
+        assert our_ids() == []
+    assert message.is_serious()
+    with _with(STRIPE_SECRET_KEY="sk_test_abc"), override_settings(DEBUG=True):
+        assert our_ids() == []
+
+
+@pytest.mark.parametrize("key", ["sk_test_abc", "rk_test_abc"])
+def test_w030_test_key_under_check_deploy(key):
+    with _with(STRIPE_SECRET_KEY=key):
+        assert our_ids() == []
+        assert our_ids(deploy=True) == ["wagtail_paid_delivery.W030"]
+        [message] = _messages("wagtail_paid_delivery.W030", deploy=True)
+    assert not message.is_serious()
+    assert "test-mode" in message.msg
+    with _with(STRIPE_SECRET_KEY="sk_live_abc"):
+        assert our_ids(deploy=True) == []
+
+
+def test_key_shape_checks_stay_quiet_without_credentials():
+    # Missing credentials are W001/W002 (E101/E102 under deploy), not a shape problem.
+    with override_settings(WAGTAIL_PAID_DELIVERY={}):
+        ids = our_ids(deploy=True)
+    assert not {"E030", "E031", "E032", "E033", "W030"} & {i.split(".")[1] for i in ids}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -12,12 +13,14 @@ from django.conf import settings
 from django.core.checks import CheckMessage, Error, Tags, Warning, register
 from django.core.exceptions import ImproperlyConfigured
 
+from . import stripe_api
 from .conf import CHECKOUT_OPTION_TYPES, RETENTION_MINIMUMS, SETTINGS_NAME, app_settings
 
 # Check ids are never reused or renumbered: sites silence checks by id
 # (SILENCED_SYSTEM_CHECKS), so an id means one problem for good. A new problem gets a new id, the
 # next free number in its range (E000-E019 installation and settings, E020-E029 delivery
-# settings, E101- deploy-only errors, W001- warnings); a retired check leaves its id unused.
+# settings, E030-E039 and W030-W039 Stripe key shapes, E101- deploy-only errors, W001-
+# warnings); a retired check leaves its id unused.
 # The README's "System checks" table lists every id.
 ID = "wagtail_paid_delivery"
 
@@ -187,6 +190,101 @@ def check_stripe_credentials_deploy(**kwargs: Any) -> list[CheckMessage]:
             id=f"{ID}.E101" if key == "STRIPE_SECRET_KEY" else f"{ID}.E102",
         )
         for key in _safe_missing()
+    ]
+
+
+# Stripe key shapes: a key pasted into the wrong setting, or from the wrong mode, is caught at
+# start-up rather than by the first buyer. Messages never quote a key or a secret.
+
+_KEYS_PAGE = "the Stripe Dashboard, Developers: API keys"
+
+
+def _safe_credentials() -> tuple[Any, list[Any]] | None:
+    try:
+        return app_settings.STRIPE_SECRET_KEY, app_settings.webhook_secrets
+    except Exception:  # reported by check_settings
+        return None
+
+
+@register(Tags.security)
+def check_stripe_key_shapes(**kwargs: Any) -> list[CheckMessage]:
+    credentials = _safe_credentials()
+    if credentials is None:
+        return []
+    key, webhook_secrets = credentials
+    messages = _check_secret_key(key) if key else []
+    for position, secret in enumerate(webhook_secrets, start=1):
+        messages += _check_webhook_secret(position, secret)
+    return messages
+
+
+def _check_secret_key(key: Any) -> list[CheckMessage]:
+    mode = stripe_api.key_mode(key)
+    name = f"{SETTINGS_NAME}['STRIPE_SECRET_KEY']"
+    if mode == "publishable":
+        return [
+            Error(
+                f"{name} is a publishable key (pk_...).",
+                hint=f"Use the secret key (sk_test_... or sk_live_...) or a restricted key "
+                f"(rk_...) from {_KEYS_PAGE}. The publishable key is for browsers; this app "
+                "does not need it.",
+                id=f"{ID}.E030",
+            )
+        ]
+    if not mode or not stripe_api.SECRET_KEY.fullmatch(key):
+        swapped = isinstance(key, str) and key.startswith("whsec_")
+        return [
+            Error(
+                f"{name} is neither a test nor a live secret key"
+                + (" (it looks like a webhook signing secret)." if swapped else "."),
+                hint="A Stripe secret key starts with sk_test_, sk_live_, rk_test_ or rk_live_ "
+                f"and has no spaces or line breaks. Copy it again from {_KEYS_PAGE}.",
+                id=f"{ID}.E031",
+            )
+        ]
+    if mode == "live" and settings.DEBUG:
+        return [
+            Error(
+                f"{name} is a live key and DEBUG is on.",
+                hint="With DEBUG on, any error shows buyers a page full of this site's "
+                "internals while it takes real money. Turn DEBUG off, or use a test key "
+                "(sk_test_...) while developing.",
+                id=f"{ID}.E033",
+            )
+        ]
+    return []
+
+
+def _check_webhook_secret(position: int, secret: Any) -> list[CheckMessage]:
+    if isinstance(secret, str) and re.fullmatch(r"whsec_\S+", secret):
+        return []
+    swapped = isinstance(secret, str) and secret.startswith(("sk_", "rk_", "pk_"))
+    return [
+        Error(
+            f"{SETTINGS_NAME}['STRIPE_WEBHOOK_SECRETS'] entry {position} is not a webhook "
+            "signing secret (whsec_...)" + (" (it looks like an API key)." if swapped else "."),
+            hint="Copy the endpoint's signing secret from the Stripe Dashboard (Developers: "
+            "Webhooks, your endpoint, Signing secret), or from `stripe listen`. It starts "
+            "with whsec_ and has no spaces or line breaks.",
+            id=f"{ID}.E032",
+        )
+    ]
+
+
+@register(Tags.security, deploy=True)
+def check_stripe_test_key_deploy(**kwargs: Any) -> list[CheckMessage]:
+    credentials = _safe_credentials()
+    if credentials is None or stripe_api.key_mode(credentials[0]) != "test":
+        return []
+    return [
+        Warning(
+            f"{SETTINGS_NAME}['STRIPE_SECRET_KEY'] is a test-mode key: this site takes no real "
+            "payments.",
+            hint="Set the live key (sk_live_... or rk_live_...) before opening the shop. On a "
+            "staging site that stays in test mode, add this warning's id to "
+            "SILENCED_SYSTEM_CHECKS.",
+            id=f"{ID}.W030",
+        )
     ]
 
 

@@ -25,7 +25,8 @@ DEFAULTS: dict[str, Any] = {
     "STRIPE_WEBHOOK_SECRETS": [],
     # Base URL of a Stripe stand-in (stripe-mock, the sandbox emulator). None: Stripe itself.
     "STRIPE_API_BASE": None,
-    # Seconds a webhook signature stays valid; stripe-python's own default.
+    # Seconds a webhook signature stays valid (stripe-python's own default), and how far ahead
+    # of our clock its timestamp may be.
     "WEBHOOK_TOLERANCE": 300,
     # How long a download link works after it is issued. A product may override it.
     "LINK_LIFETIME": timedelta(hours=24),
