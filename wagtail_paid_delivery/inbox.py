@@ -335,7 +335,11 @@ def record_failure(event: StripeEvent, exc: Exception) -> None:
     error = f"{type(exc).__name__}: {exc}"[:2000].replace("\x00", "\ufffd")
     attempts = event.attempts
     max_attempts = int(app_settings.MAX_EVENT_ATTEMPTS)
-    permanent = isinstance(exc, stripe_api.StripePermanent)
+    # A rejected API key is the site's to fix (a rolled key): keep retrying with backoff, so the
+    # events heal once the new key is set, instead of failing for good at the first attempt.
+    permanent = isinstance(exc, stripe_api.StripePermanent) and not isinstance(
+        exc, stripe_api.StripeKeyRejected
+    )
     if permanent or attempts >= max_attempts:
         next_attempt = None
         why = "permanent error" if permanent else f"gave up after {attempts} attempts"
