@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 from datetime import timedelta
 from typing import Any
 
@@ -23,6 +24,8 @@ from ..conf import app_settings
 from ..forms import ProductPageForm
 from ..storage import get_product_storage, product_file_upload_to
 from .copy import DeliveryCopy
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_TEMPLATE = "wagtail_paid_delivery/product_page.html"
 #: Bytes read at a time when measuring a stored file.
@@ -219,10 +222,15 @@ def _measure(field_file: Any) -> tuple[int, str]:
     digest = hashlib.sha256()
     size = 0
     if getattr(field_file, "_committed", True):
-        with field_file.storage.open(field_file.name, "rb") as handle:
-            for chunk in iter(lambda: handle.read(CHUNK), b""):
-                digest.update(chunk)
-                size += len(chunk)
+        try:
+            with field_file.storage.open(field_file.name, "rb") as handle:
+                for chunk in iter(lambda: handle.read(CHUNK), b""):
+                    digest.update(chunk)
+                    size += len(chunk)
+        except OSError as error:
+            # Unknown rather than wrong: serving then takes size and ETag from the storage.
+            logger.warning("Product file %s could not be measured: %s", field_file.name, error)
+            return 0, ""
         return size, digest.hexdigest()
     field_file.seek(0)
     for chunk in field_file.chunks():
