@@ -83,6 +83,20 @@ def test_first_request_counts_whatever_its_range_or_conditional_headers(
     assert (event.outcome, event.counted, event.bytes_promised) == ("served", True, len(expected))
 
 
+def test_a_304_made_by_conditional_get_middleware_is_still_counted(client, bought, settings):
+    """A site's ConditionalGetMiddleware may answer 304 for the file: nothing widens, and the
+    count stands (this process never sees the file response closed)."""
+    settings.MIDDLEWARE = [*settings.MIDDLEWARE, "django.middleware.http.ConditionalGetMiddleware"]
+    issued, file = bought
+    url = press(client, issued, file)
+    response, body = fetch(client, url, **{"If-None-Match": ETAG})
+    assert (response.status_code, body) == (304, b"")
+    assert counts(issued, file) == (1, 1)
+    # The hand-off's next request rides on that count, within the budget as always.
+    assert fetch(client, url)[1] == DATA
+    assert counts(issued, file) == (1, 1)
+
+
 def test_head_never_counts_and_the_get_after_it_does(client, bought):
     issued, file = bought
     url = press(client, issued, file)

@@ -295,7 +295,7 @@ def test_hand_off_minted_before_the_limit_is_refused_at_the_limit(client, home):
     assert response.status_code == 410
     assert b"download limit" in body
     assert DownloadEvent.objects.filter(outcome="used_up", handoff__isnull=False).count() == 1
-    # A continuation on the counted hand-off still works: resuming is never refused for the limit.
+    # A resume on the counted hand-off rides on its count (within its window and byte budget).
     response, body = fetch(client, a, Range="bytes=5-")
     assert response.status_code == 206
 
