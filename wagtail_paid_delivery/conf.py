@@ -95,6 +95,15 @@ DEFAULTS: dict[str, Any] = {
     "NGINX_INTERNAL_PREFIX": "/_paid_files/",
     # s3/presigned: seconds a presigned URL stays valid; only long enough to follow the redirect.
     "PRESIGNED_URL_LIFETIME": 30,
+    # A download counts on the first request served on its hand-off (one button press). Later
+    # requests on the same hand-off (resuming, a player's probe then fetch) are free for this
+    # long after that count (timedelta or seconds); after it they count like a new download.
+    "HANDOFF_WINDOW": timedelta(hours=1),
+    # …and only while the responses served since that count promised (Content-Length) at most
+    # this many times the file's size, the counted one included; past it the next request counts
+    # like a new download. The nginx and Apache backends free only a single Range after byte 0
+    # without If-Range; on the presigned backend every redirect counts.
+    "HANDOFF_BYTE_BUDGET": 2,
     # How long `manage.py cleanup` (and its daily schedule) keeps records; each a timedelta,
     # seconds, or None (keep forever). A site may set only some keys; the others keep these
     # defaults. See the README's "Data we store".
@@ -184,6 +193,14 @@ class PaidDeliverySettings:
     def link_lifetime(self) -> timedelta:
         value = self.LINK_LIFETIME
         return value if isinstance(value, timedelta) else timedelta(seconds=int(value))
+
+    @property
+    def handoff_window(self) -> timedelta:
+        return _as_timedelta(self.HANDOFF_WINDOW)
+
+    def handoff_byte_budget(self, size: int) -> int:
+        """Bytes a hand-off's responses may promise on one count, for a file of ``size``."""
+        return int(max(float(self.HANDOFF_BYTE_BUDGET), 0) * max(size, 0))
 
     @property
     def event_retry_delay(self) -> timedelta:
