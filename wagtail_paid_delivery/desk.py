@@ -40,6 +40,7 @@ REVOKE = "wagtail_paid_delivery.revoke"
 SUSPEND = "wagtail_paid_delivery.suspend"
 RESTORE = "wagtail_paid_delivery.restore"
 CORRECT_EMAIL = "wagtail_paid_delivery.correct_email"
+GRANT = "wagtail_paid_delivery.grant"
 
 #: Statuses after which a purchase never gives access again.
 FINAL = (S.REFUNDED, S.REVOKED)
@@ -326,6 +327,15 @@ def correct_email(
     return issued
 
 
+def grant(product: Any, *, user: Any, email: str, reason: str) -> Purchase:
+    """A complimentary copy of ``product`` for ``email`` (no Stripe, no money), delivered by the
+    usual delivery email, queued when the transaction commits like any paid purchase's."""
+    with transaction.atomic():
+        purchase = fulfillment.grant_purchase(product, email)
+        _log(purchase, GRANT, user, status=str(S.PAID), reason=reason)
+    return purchase
+
+
 # How the log shows them ----------------------------------------------------------------------
 
 
@@ -418,6 +428,10 @@ FORMATTERS: dict[str, type[LogFormatter]] = {
     SUSPEND: _formatter(_("Shop desk: suspend access"), _("Access suspended")),
     RESTORE: _formatter(_("Shop desk: restore access"), _("Access restored")),
     CORRECT_EMAIL: _EmailFormatter,
+    GRANT: _formatter(
+        _("Shop desk: grant a complimentary copy"),
+        _("Complimentary copy granted (no payment)"),
+    ),
 }
 
 

@@ -18,11 +18,12 @@ from typing import Any
 from django.db.models import Q, QuerySet
 from django.template.defaultfilters import filesizeformat
 from django.utils import formats, timezone
+from django.utils.dateparse import parse_datetime
 from django.utils.functional import cached_property
 from django.utils.translation import gettext_lazy as _
 from wagtail.log_actions import registry as log_registry
 
-from . import currencies, fulfillment, links, metadata
+from . import currencies, desk, fulfillment, links, metadata
 from .models import DownloadEvent, DownloadLink, Purchase, StripeEvent
 
 S = Purchase.Status
@@ -110,8 +111,11 @@ def purchase_entries(facts: Facts) -> Iterable[Entry]:
     A change an editor made is shown by its log entry instead (it names them and the reason).
     """
     purchase = facts.purchase
-    if purchase.source == Purchase.Source.GRANT:
-        yield Entry(purchase.created_at, "purchase", str(_("Granted")), purchase.price_display)
+    granted = purchase.source == Purchase.Source.GRANT
+    if granted:
+        # The desk's log entry says who granted it and why; without one (granted in code):
+        if not any(entry.action == desk.GRANT for entry in facts.log_entries):
+            yield Entry(purchase.created_at, "purchase", str(_("Granted (no payment)")))
     else:
         detail = str(_("%(price)s, %(mode)s")) % {
             "price": purchase.price_display,
@@ -122,7 +126,7 @@ def purchase_entries(facts: Facts) -> Iterable[Entry]:
         )
     for name, status, title, level in STATUS_TIMESTAMPS:
         at = getattr(purchase, name)
-        if at is None or _recorded_by_editor(facts, status, at):
+        if at is None or _recorded_by_editor(facts, status, at) or (granted and status == S.PAID):
             continue
         # Only the current status keeps its reason.
         detail = purchase.status_reason if purchase.status == status else ""
@@ -197,12 +201,24 @@ def _limit_display(limit: int | None) -> str:
     return str(_("%(n)s downloads per file")) % {"n": limit}
 
 
+def issued_expiry(facts: Facts, link: DownloadLink) -> datetime:
+    """The expiry ``link`` was issued with: before its first extension (the desk logs the
+    expiry it replaced), else its current one."""
+    for entry in facts.log_entries:
+        data = entry.data or {}
+        if entry.action == desk.EXTEND_LINK and data.get("link") == link.pk:
+            previous = parse_datetime(str(data.get("previous") or ""))
+            if previous is not None:
+                return previous
+    return link.expires_at
+
+
 def link_entries(facts: Facts) -> Iterable[Entry]:
     """Each link issued (why, until when, how many downloads) and each link revoked."""
     for link in facts.links:
         reason = LINK_REASONS.get(link.reason, link.get_reason_display())
         detail = str(_("valid until %(expires)s, %(limit)s")) % {
-            "expires": _when(link.expires_at),
+            "expires": _when(issued_expiry(facts, link)),
             "limit": _limit_display(link.download_limit),
         }
         title = str(_("Link #%(id)s issued %(reason)s")) % {"id": link.pk, "reason": reason}
@@ -391,7 +407,7 @@ def verdict(purchase: Purchase, overview: list[LinkSummary]) -> Verdict:
     working = [summary for summary in overview if summary.works]
     if working:
         newest = working[0].link
-        text = str(_("Yes: link #%(id)s works until %(expires)s.")) % {
+        text = str(_("Yes, with link #%(id)s, valid until %(expires)s")) % {
             "id": newest.pk,
             "expires": _when(newest.expires_at),
         }

@@ -16,6 +16,7 @@ from urllib.parse import quote as urlquote
 
 import django_filters
 from django import forms
+from django.apps import apps
 from django.contrib.admin.utils import quote
 from django.contrib.auth.models import Permission
 from django.contrib.contenttypes.models import ContentType
@@ -35,10 +36,11 @@ from wagtail.admin.views.generic import IndexView, InspectView
 from wagtail.admin.views.generic.base import WagtailAdminTemplateMixin
 from wagtail.admin.views.generic.permissions import PermissionCheckedMixin
 from wagtail.admin.viewsets.model import ModelViewSet, ModelViewSetGroup
+from wagtail.admin.widgets.button import HeaderButton
 from wagtail.permissions import policy_registry
 
 from .. import currencies, desk, links, permissions, timeline
-from ..models import DownloadLink, Purchase
+from ..models import DownloadLink, ProductPageMixin, Purchase
 from .export import FormulaSafeExportMixin
 
 S = Purchase.Status
@@ -98,11 +100,22 @@ def _buyer(purchase: Purchase) -> str:
 
 
 def _mode(purchase: Purchase) -> str:
+    if purchase.source == Purchase.Source.GRANT:
+        return str(_("Complimentary"))
     return str(_("Live") if purchase.livemode else _("Test"))
 
 
 class PurchaseIndexView(FormulaSafeExportMixin, IndexView):
     any_permission_required = [permissions.VIEW]
+    grant_url_name: str | None = None
+
+    @cached_property
+    def header_buttons(self) -> list[Any]:
+        buttons = list(super().header_buttons)
+        if self.grant_url_name and self.user_has_permission(permissions.GRANT):
+            label = _("Grant a complimentary copy")
+            buttons.append(HeaderButton(label, url=reverse(self.grant_url_name), icon_name="plus"))
+        return buttons
 
     @cached_property
     def columns(self) -> list[Any]:
@@ -115,7 +128,7 @@ class PurchaseIndexView(FormulaSafeExportMixin, IndexView):
                 get_url=self.get_inspect_url,
             ),
             Column("product_title", label=_("Product"), sort_key="product_title"),
-            Column("price_display", label=_("Amount"), sort_key="amount"),
+            Column("price_display", label=_("Price"), sort_key="amount"),
             StatusTagColumn(
                 "status",
                 label=_("Status"),
@@ -578,6 +591,76 @@ class CorrectEmailView(PurchaseActionView):
         return None
 
 
+def product_pages() -> Any:
+    """Every product page (of any product page model), for the grant form."""
+    page_model = Purchase._meta.get_field("product").related_model
+    models = [
+        m
+        for m in apps.get_models()
+        if issubclass(m, ProductPageMixin) and issubclass(m, page_model)
+    ]
+    return page_model._default_manager.type(*models).order_by("title")  # type: ignore[union-attr,attr-defined]
+
+
+class GrantForm(forms.Form):
+    product = forms.ModelChoiceField(label=_("Product"), queryset=Purchase.objects.none())
+    email = forms.EmailField(label=_("Email address"))
+    reason = forms.CharField(
+        label=_("Reason"),
+        max_length=500,
+        help_text=_("A press copy, a support case… Kept in the log."),
+    )
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["product"].queryset = product_pages()  # type: ignore[attr-defined]
+
+
+class GrantView(PermissionCheckedMixin, WagtailAdminTemplateMixin, FormView):
+    """A complimentary copy: a new purchase, paid without Stripe, delivered by email."""
+
+    model = Purchase
+    any_permission_required = [permissions.VIEW]
+    permission_required = permissions.GRANT
+    template_name = "wagtail_paid_delivery/admin/grant.html"
+    form_class = GrantForm
+    page_title = _("Grant a complimentary copy")
+    header_icon = "clipboard-list"
+    index_url_name: str | None = None
+    inspect_url_name: str | None = None
+
+    def get_breadcrumbs_items(self) -> list[dict[str, Any]]:
+        return [
+            *self.breadcrumbs_items,
+            {"url": reverse(self.index_url_name or ""), "label": _("Purchases")},
+            {"url": "", "label": self.get_page_title()},
+        ]
+
+    def get_context_data(self, **kwargs: Any) -> dict[str, Any]:
+        context = super().get_context_data(**kwargs)
+        context["cancel_url"] = reverse(self.index_url_name or "")
+        context["action_url"] = self.request.path
+        return context
+
+    def form_valid(self, form: forms.Form) -> HttpResponse:
+        data = form.cleaned_data
+        purchase = desk.grant(
+            data["product"].specific,
+            user=self.request.user,
+            email=data["email"],
+            reason=data["reason"],
+        )
+        messages.success(
+            self.request,
+            str(_("Complimentary copy of “%(product)s” granted to %(email)s."))
+            % {
+                "product": purchase.product_title,
+                "email": purchase.email,
+            },
+        )
+        return redirect(reverse(self.inspect_url_name or "", args=(quote(purchase.pk),)))
+
+
 #: Desk action → (URL path under the purchase, view, permission).
 ACTION_VIEWS: dict[str, tuple[str, type[PurchaseActionView]]] = {
     desk.RESEND: ("resend/", ResendView),
@@ -654,7 +737,7 @@ class PurchaseViewSet(ModelViewSet):
     export_headings = {
         "public_id": _("Purchase id"),
         "created_at": _("Created"),
-        "amount_major": _("Amount"),
+        "amount_major": _("Price"),
         "amount_refunded_major": _("Amount refunded"),
         "livemode": _("Live mode"),
     }
@@ -679,6 +762,9 @@ class PurchaseViewSet(ModelViewSet):
             **kwargs,
         )
 
+    def get_index_view_kwargs(self, **kwargs: Any) -> dict[str, Any]:
+        return super().get_index_view_kwargs(grant_url_name=self.get_url_name("grant"), **kwargs)
+
     def action_view(self, action: str) -> Any:
         _path, view_class = ACTION_VIEWS[action]
         return view_class.as_view(
@@ -691,6 +777,14 @@ class PurchaseViewSet(ModelViewSet):
             path("", self.index_view, name="index"),
             path("results/", self.index_results_view, name="index_results"),
             path("<int:pk>/", self.inspect_view, name="inspect"),
+            path(
+                "grant/",
+                GrantView.as_view(
+                    index_url_name=self.get_url_name("index"),
+                    inspect_url_name=self.get_url_name("inspect"),
+                ),
+                name="grant",
+            ),
         ]
         for action, (route, _view) in ACTION_VIEWS.items():
             name = action.rsplit(".", 1)[1]
