@@ -5,6 +5,7 @@ POST, log entry, effect) and who may do what."""
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import re
 from datetime import timedelta
@@ -17,6 +18,7 @@ from django.utils import timezone
 from openpyxl import load_workbook
 from wagtail.models import ModelLogEntry
 
+from tests.concurrency import run_at_once
 from tests.factories import (
     DownloadLinkFactory,
     ProductFileFactory,
@@ -26,7 +28,8 @@ from tests.factories import (
     UserFactory,
 )
 from tests.stripe_fake import event_for, post_event, start_checkout
-from wagtail_paid_delivery import desk, timeline
+from tests.test_fulfillment import needs_postgres
+from wagtail_paid_delivery import desk, links, timeline
 from wagtail_paid_delivery.models import DownloadEvent, DownloadLink, FileDownloadCount, Purchase
 
 pytestmark = pytest.mark.django_db
@@ -215,6 +218,21 @@ def test_listing_is_paginated(admin_client, home):
     second = admin_client.get(url("index"), {"p": 2})
     assert len(rows(first)) == 50 and len(rows(second)) == 5
     assert not set(rows(first)) & set(rows(second))
+
+
+def test_listing_survives_nonsense_in_its_query(admin_client, shop):
+    query = {
+        "status": ["bogus", "paid"],
+        "product": "abc",
+        "created_at_from": "not a date",
+        "mode": "sideways",
+        "ordering": "stripe_checkout_session_id__password",
+        "q": "%_\\'\"",
+        "p": "999",
+    }
+    response = admin_client.get(url("index"), query)
+    assert response.status_code == 200
+    assert rows(admin_client.get(url("index"), {"q": "%"})) == []  # no LIKE wildcard
 
 
 # Export -------------------------------------------------------------------------------------
@@ -917,3 +935,57 @@ def test_grant_needs_its_own_permission(client, home):
     client.force_login(desk_user("view_purchase", "grant_purchase", username="press"))
     assert client.post(url("grant"), data).status_code == 302
     assert Purchase.objects.get().source == Purchase.Source.GRANT
+
+
+# Concurrency (PostgreSQL) ---------------------------------------------------------------------
+
+
+@needs_postgres
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
+def test_reset_while_buyers_download_neither_deadlocks_nor_loses_a_count(home, rf):
+    """Reset takes the counters' row locks before the link's, the order a download takes them:
+    the other order deadlocks (PostgreSQL aborts one side) when both run at once."""
+    product = ProductPageFactory(parent=home, files=2)
+    purchase = PurchaseFactory(paid=True, product=product)
+    link = links.issue_link(purchase, reason=DownloadLink.Reason.WEBHOOK, download_limit=None).link
+    files = product.product_files
+    for file in files:
+        FileDownloadCount.objects.create(link=link, file_id=file.pk, count=1)
+    DownloadLink.objects.filter(pk=link.pk).update(download_count=2)
+
+    def download(i: int) -> None:
+        file = files[i % 2]
+        links.reserve_download(rf.get("/"), link, file, links.Handoff(link.pk, file.pk, f"n{i}"))
+
+    def reset() -> None:
+        desk.reset_link_counts(link, user=None)
+
+    for _round in range(3):
+        run_at_once([functools.partial(download, i) for i in range(8)] + [reset, reset])
+        link.refresh_from_db()
+        counted = sum(FileDownloadCount.objects.filter(link=link).values_list("count", flat=True))
+        assert link.download_count == counted
+
+
+def test_buyer_and_editor_text_is_escaped_everywhere(admin_client, home):
+    evil = "<img src=x onerror=alert(1)>"
+    product = ProductPageFactory(parent=home, title=evil)
+    purchase = PurchaseFactory(
+        paid=True, product=product, email='"<svg/onload=alert(2)>"@example.com'
+    )
+    DownloadLinkFactory(purchase=purchase)
+    payload = {"data": {"object": {"id": purchase.stripe_checkout_session_id}}}
+    StripeEventFactory(purchase=purchase, status="failed", last_error=evil, payload=payload)
+    response = admin_client.post(url("revoke", purchase.pk), {"how": "suspend", "reason": evil})
+    assert response.status_code == 302
+    pages = [
+        url("index"),
+        url("inspect", purchase.pk),
+        url("restore", purchase.pk),
+        url("correct_email", purchase.pk),
+        reverse("wagtailadmin_reports:site_history"),
+    ]
+    for path in pages:
+        html = admin_client.get(path).content.decode()
+        assert "<img src=x" not in html and "<svg/onload" not in html, path
+    assert "&lt;img src=x onerror=alert(1)&gt;" in admin_client.get(pages[1]).content.decode()
