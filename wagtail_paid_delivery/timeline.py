@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
+from urllib.parse import quote
 
 from django.db.models import Q, QuerySet
 from django.template.defaultfilters import filesizeformat
@@ -459,3 +460,12 @@ def amount_paid(purchase: Purchase) -> AmountPaid:
                 }
             return AmountPaid(total, currency.upper(), note)
     return AmountPaid(purchase.amount, purchase.currency.upper())
+
+
+def stripe_dashboard_url(purchase: Purchase) -> str:
+    """The payment in Stripe's Dashboard (the test or live one by the purchase's mode); "" when
+    there is no payment (pending, granted)."""
+    if not purchase.stripe_payment_intent_id:
+        return ""
+    mode = "" if purchase.livemode else "test/"
+    return f"https://dashboard.stripe.com/{mode}payments/{quote(purchase.stripe_payment_intent_id)}"

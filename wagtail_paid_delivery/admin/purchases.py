@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from datetime import timedelta
 from typing import Any
-from urllib.parse import quote as urlquote
 
 import django_filters
 from django import forms
@@ -44,16 +43,6 @@ from ..models import DownloadLink, ProductPageMixin, Purchase
 from .export import FormulaSafeExportMixin
 
 S = Purchase.Status
-
-
-def dashboard_url(purchase: Purchase) -> str:
-    """The payment in Stripe's Dashboard (test or live by the purchase's mode); "" without one."""
-    if not purchase.stripe_payment_intent_id:
-        return ""
-    mode = "" if purchase.livemode else "test/"
-    return (
-        f"https://dashboard.stripe.com/{mode}payments/{urlquote(purchase.stripe_payment_intent_id)}"
-    )
 
 
 # Listing --------------------------------------------------------------------------------------
@@ -221,7 +210,7 @@ class PurchaseInspectView(InspectView):
                 "timeline_rows": [(e, ENTRY_ICONS.get(e.kind, "info-circle")) for e in entries],
                 "link_rows": self.link_rows(overview),
                 "desk_actions": self.actions(),
-                "dashboard_url": dashboard_url(purchase),
+                "dashboard_url": timeline.stripe_dashboard_url(purchase),
                 "product_edit_url": reverse("wagtailadmin_pages:edit", args=[product.pk])
                 if product is not None
                 else "",
