@@ -128,7 +128,8 @@ def test_browser_listing_and_inspect_view(desk_shop, live_server, headless_chrom
 
     # The first action a shop owner takes on such a day: resend, confirmed on its own page.
     page.get_by_role("link", name="Resend the delivery email").click()
-    assert page.get_by_role("button", name="Yes, send it").is_visible()
+    page.wait_for_url(f"**{url('resend', purchase.pk)}")
+    page.get_by_role("button", name="Yes, send it").wait_for(timeout=10000)
     full_screenshot(page, "desk-resend.png")
     page.get_by_role("button", name="Yes, send it").click()
     page.wait_for_url(f"**{url('inspect', purchase.pk)}")
