@@ -21,7 +21,9 @@ import ipaddress
 import re
 import secrets
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
+from enum import Enum
+from typing import Literal
 
 from django.conf import settings
 from django.core import signing
@@ -110,18 +112,40 @@ def hash_token(raw: str) -> str:
     return hashlib.sha256(raw.encode("ascii")).hexdigest()
 
 
-def issue_link(purchase: Purchase, *, reason: str, now: datetime | None = None) -> IssuedLink:
-    """A new download link for a paid purchase, with the product's (or the site's) rules."""
+class Rule(Enum):
+    """``issue_link``'s default for lifetime and limit: the product's rule, else the site's."""
+
+    PRODUCT = "product"
+
+
+def link_rules(purchase: Purchase) -> tuple[timedelta, int | None]:
+    """The lifetime and per-file download limit (None: unlimited) a new link of ``purchase``
+    gets: the product's own, else the site's (also when the product page is gone)."""
+    product = purchase.product_page
+    if product is not None:
+        return product.get_link_lifetime(), product.get_download_limit()
+    return app_settings.link_lifetime, app_settings.DOWNLOAD_LIMIT
+
+
+def issue_link(
+    purchase: Purchase,
+    *,
+    reason: str,
+    now: datetime | None = None,
+    lifetime: timedelta | Literal[Rule.PRODUCT] = Rule.PRODUCT,
+    download_limit: int | None | Literal[Rule.PRODUCT] = Rule.PRODUCT,
+) -> IssuedLink:
+    """A new download link for a paid purchase.
+
+    ``lifetime`` and ``download_limit`` (per file; None: unlimited) default to the product's
+    rules (``link_rules``); the shop desk passes an editor's choice.
+    """
     if purchase.status != Purchase.Status.PAID:
         raise CannotIssueLink(f"Purchase {purchase.pk} is {purchase.status}, not paid.")
     now = now or timezone.now()
-    product = purchase.product_page
-    if product is not None:
-        lifetime = product.get_link_lifetime()
-        limit = product.get_download_limit()
-    else:
-        lifetime = app_settings.link_lifetime
-        limit = app_settings.DOWNLOAD_LIMIT
+    default_lifetime, default_limit = link_rules(purchase)
+    lifetime = default_lifetime if lifetime is Rule.PRODUCT else lifetime
+    limit = default_limit if download_limit is Rule.PRODUCT else download_limit
     raw = secrets.token_urlsafe(32)
     link = DownloadLink.objects.create(
         purchase=purchase,

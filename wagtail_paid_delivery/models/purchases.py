@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from decimal import Decimal
 from typing import Any
 
 import swapper
@@ -87,6 +88,22 @@ class Purchase(models.Model):
         verbose_name_plural = _("purchases")
         ordering = ["-created_at"]
         indexes = [models.Index(fields=["email", "status"])]
+        # Purchases are made by checkout and moved by the state machine, never added, edited or
+        # deleted as rows: the shop desk's permissions are what an editor may do with them
+        # (``permissions.PurchasePermissionPolicy``; the README's "The shop desk" section).
+        default_permissions = ("view",)
+        permissions = [
+            (
+                "support_purchase",
+                _(
+                    "Can help buyers (resend the delivery email, issue, extend or reset a link, "
+                    "correct the email address)"
+                ),
+            ),
+            ("revoke_purchase", _("Can revoke, suspend and restore access to purchases")),
+            ("refund_purchase", _("Can refund purchases through Stripe")),
+            ("grant_purchase", _("Can grant complimentary purchases")),
+        ]
 
     def __str__(self) -> str:
         return f"{self.product_title} – {self.email or self.public_id}"
@@ -94,6 +111,15 @@ class Purchase(models.Model):
     @property
     def price_display(self) -> str:
         return currencies.format_price(self.amount, self.currency)
+
+    @property
+    def amount_major(self) -> Decimal:
+        """The amount in major units (12.50 for 1250 USD cents), for exports."""
+        return currencies.to_major(self.amount, self.currency)
+
+    @property
+    def amount_refunded_major(self) -> Decimal:
+        return currencies.to_major(self.amount_refunded, self.currency)
 
     @property
     def product_page(self) -> Any:
