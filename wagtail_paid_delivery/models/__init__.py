@@ -1,5 +1,6 @@
 from .copy import DeliveryCopy
 from .events import StripeEvent
+from .outbox import OutboundEmail
 from .pages import AbstractProductFile, ProductPageMixin
 from .purchases import DownloadEvent, DownloadHandoff, DownloadLink, FileDownloadCount, Purchase
 
@@ -10,6 +11,7 @@ __all__ = [
     "DownloadHandoff",
     "DownloadLink",
     "FileDownloadCount",
+    "OutboundEmail",
     "ProductPageMixin",
     "Purchase",
     "StripeEvent",
