@@ -207,10 +207,8 @@ def test_the_row_keeps_what_to_send_never_the_message_or_a_token(paid):
     assert tasks.send_delivery_email(paid.pk) == "sent"
     message = mail.outbox[0]
     _, token = token_in(message)
-    stored = json.dumps(
-        list(OutboundEmail.objects.values()) + list(OutboundEmail.purchases.through.objects.values()),
-        default=str,
-    )
+    rows = [*OutboundEmail.objects.values(), *OutboundEmail.purchases.through.objects.values()]
+    stored = json.dumps(rows, default=str)
     assert token not in stored
     assert message.subject not in stored and "Download your files" not in stored
     assert "ada@example.com" in stored  # the recipient is what it needs to know
