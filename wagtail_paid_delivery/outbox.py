@@ -106,9 +106,10 @@ def _render_delivery(
 
 
 def _delivery_sent(email: OutboundEmail, now: datetime) -> None:
-    Purchase.objects.filter(pk=email.purchase_id, delivery_email_sent_at=None).update(
-        delivery_email_sent_at=now, updated_at=now
-    )
+    if email.purchase_id is not None:
+        Purchase.objects.filter(pk=email.purchase_id, delivery_email_sent_at=None).update(
+            delivery_email_sent_at=now, updated_at=now
+        )
 
 
 def _issue_resend(email: OutboundEmail) -> list[links.IssuedLink]:
