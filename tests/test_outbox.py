@@ -148,6 +148,23 @@ def test_the_email_is_promised_with_the_payment_and_a_lost_task_is_swept(purchas
     assert len(mail.outbox) == 1
 
 
+def test_a_worker_that_died_mid_send_is_taken_over_after_its_lease_with_the_same_message_id(
+    paid,
+):
+    email = outbox.promise_delivery(paid)
+    # A worker claims it, and dies (maybe after the mail server took the message).
+    assert outbox.claim(email.pk) is not None
+    assert tasks.send_delivery_email(paid.pk) == "waiting"  # leased: nobody else sends it
+    assert tasks.sweep_emails().startswith("queued 0")
+    email.refresh_from_db()
+    assert seconds_until(email.next_attempt_at) >= 299  # the lease: at least five minutes
+    make_due(email)  # the lease ran out
+    assert tasks.sweep_emails().startswith("queued 1")
+    email.refresh_from_db()
+    assert (email.status, email.attempts) == (OutboundEmail.Status.SENT, 2)
+    assert mail.outbox[0].message()["Message-ID"] == email.message_id
+
+
 def test_after_max_attempts_the_email_is_failed_logged_and_can_be_tried_again(
     paid, settings, caplog, django_capture_on_commit_callbacks
 ):
