@@ -24,7 +24,9 @@ says ``sent`` sends it again once its lease runs out, with the same Message-ID, 
 show it once. A failed attempt never sent anything (the server refused it), so its retry does
 not send twice.
 
-Kinds: ``KINDS`` says, for each kind, which links its message carries and how it is rendered.
+Kinds: ``KINDS`` says, for each kind, which links its message carries and how it is rendered:
+the delivery email and a resend issue new links at each attempt; the shop desk's email sends the
+link an editor issued, with a new token at each attempt (``links.rekey_link``).
 A new kind (a failed-payment notice, say) is an ``OutboundEmail.Kind`` choice, one entry in
 ``KINDS`` and a function that records the promise. See docs/architecture.md, "Emails".
 """
@@ -77,6 +79,11 @@ class NothingToSend(Exception):
 # Kinds -----------------------------------------------------------------------------------------
 
 
+def _revoke(issued: list[links.IssuedLink]) -> None:
+    for one in issued:
+        links.revoke_link(one.link)
+
+
 @dataclass(frozen=True)
 class EmailKind:
     """How one kind of email is made at each attempt."""
@@ -87,6 +94,9 @@ class EmailKind:
     render: Callable[[OutboundEmail, list[links.IssuedLink]], EmailMultiAlternatives]
     #: Called once the email is sent (with the time), e.g. to mark the purchase.
     on_sent: Callable[[OutboundEmail, datetime], None] | None = None
+    #: What becomes of a failed attempt's links: revoked, so no copy a failed send left
+    #: anywhere (a mail server's queue, a log) opens anything.
+    discard: Callable[[list[links.IssuedLink]], None] = _revoke
 
 
 def _issue_delivery(email: OutboundEmail) -> list[links.IssuedLink]:
@@ -112,6 +122,36 @@ def _delivery_sent(email: OutboundEmail, now: datetime) -> None:
         )
 
 
+def _issue_desk(email: OutboundEmail) -> list[links.IssuedLink]:
+    # The editor's link, with a token of its own for this attempt.
+    purchase, link = email.purchase, email.link
+    if purchase is None or link is None:
+        raise NothingToSend("the purchase or its link no longer exists")
+    if purchase.status != Purchase.Status.PAID:
+        raise NothingToSend(f"the purchase is {purchase.status}")
+    with transaction.atomic():
+        issued = links.rekey_link(link)
+    if issued is None:
+        raise NothingToSend(f"link #{link.pk} was revoked")
+    return [issued]
+
+
+def _desk_sent(email: OutboundEmail, now: datetime) -> None:
+    if email.purchase_id is None:
+        return
+    # The buyer has their delivery email now: one still waiting for a retry would be a second.
+    OutboundEmail.objects.filter(
+        kind=Kind.DELIVERY, purchase_id=email.purchase_id, status=Status.PENDING
+    ).update(status=Status.CANCELLED, last_error=f"sent from the shop desk instead (#{email.pk})")
+    _delivery_sent(email, now)
+
+
+def _forget_tokens(issued: list[links.IssuedLink]) -> None:
+    # The link is the editor's and stays; only the token a failed attempt carried must die.
+    for one in issued:
+        links.rekey_link(one.link)
+
+
 def _issue_resend(email: OutboundEmail) -> list[links.IssuedLink]:
     # Purchases refunded or disputed since the request are left out; none left: nothing to send.
     paid = list(
@@ -133,6 +173,7 @@ def _render_resend(email: OutboundEmail, issued: list[links.IssuedLink]) -> Emai
 KINDS: dict[str, EmailKind] = {
     Kind.DELIVERY: EmailKind(_issue_delivery, _render_delivery, _delivery_sent),
     Kind.RESEND: EmailKind(_issue_resend, _render_resend),
+    Kind.DESK: EmailKind(_issue_desk, _render_delivery, _desk_sent, _forget_tokens),
 }
 
 
@@ -152,6 +193,7 @@ def promise(
     to: str,
     purchase: Purchase | None = None,
     purchases: list[Purchase] | None = None,
+    link: DownloadLink | None = None,
     key: str | None = None,
 ) -> tuple[OutboundEmail, bool]:
     """Record an email to send; returns it and whether it is new.
@@ -166,6 +208,7 @@ def promise(
                 kind=kind,
                 to=to or "",
                 purchase=purchase,
+                link=link,
                 idempotency_key=key,
                 message_id=new_message_id(),
             )
@@ -214,6 +257,15 @@ def deliver_purchase(purchase_pk: int) -> str:
             return f"not_paid ({purchase.status})"
         email = promise_delivery(purchase)
     return attempt(email.pk)
+
+
+def promise_desk_email(purchase: Purchase, link: DownloadLink) -> OutboundEmail:
+    """The delivery email of ``purchase`` with ``link`` (an editor just issued it), sent as soon
+    as the caller's transaction commits (:func:`attempt_on_commit`), never while it holds the
+    purchase's row lock; retried like every email."""
+    email, _ = promise(Kind.DESK, to=purchase.email, purchase=purchase, link=link)
+    attempt_on_commit(email.pk)
+    return email
 
 
 def resend_links(address: str, product_id: int | None = None, request_id: str = "") -> str:
@@ -289,10 +341,10 @@ def attempt(email_pk: int, token: str | None = None) -> str:
     except NothingToSend as exc:
         return _cancel(email, str(exc))
     except Exception as exc:
-        # The buyer never got these links: they must not work for whoever reads a copy the
-        # failed send may have left (a mail server's queue, a log).
-        for one in issued:
-            links.revoke_link(one.link)
+        if issued:
+            # The buyer never got these links' tokens: they must not work for whoever reads a
+            # copy the failed send may have left.
+            KINDS[email.kind].discard(issued)
         return _record_failure(email, exc)
     return _record_sent(email, kind)
 
@@ -365,6 +417,12 @@ def _record_failure(email: OutboundEmail, exc: Exception) -> str:
         error,
     )
     return f"failed (attempt {attempts} of {max_attempts})"
+
+
+def attempt_on_commit(email_pk: int) -> None:
+    """Attempt the email right after the current transaction commits, in this process (the
+    shop desk tells its editor at once whether it went); the sweep retries a failure."""
+    transaction.on_commit(lambda: attempt(email_pk))
 
 
 def retry_failed(email_pk: int) -> bool:

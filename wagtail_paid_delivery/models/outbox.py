@@ -7,7 +7,7 @@ from django.db.models import Q
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
-from .purchases import Purchase
+from .purchases import DownloadLink, Purchase
 
 
 class OutboundEmail(models.Model):
@@ -15,8 +15,12 @@ class OutboundEmail(models.Model):
     attempts and their outcome. ``outbox`` sends it; see that module for the rules."""
 
     class Kind(models.TextChoices):
+        #: The delivery email of a paid purchase: one per purchase.
         DELIVERY = "delivery", _("delivery email")
+        #: The buyer asked for their links again (resend/): every paid purchase of the address.
         RESEND = "resend", _("links sent again")
+        #: The shop desk sent a purchase's delivery email with the link an editor issued.
+        DESK = "desk", _("delivery email from the shop desk")
 
     class Status(models.TextChoices):
         #: Not sent yet: waiting for its first attempt, for its next one, or being sent.
@@ -29,9 +33,8 @@ class OutboundEmail(models.Model):
 
     kind = models.CharField(_("kind"), max_length=32, choices=Kind.choices)
     to = models.EmailField(_("recipient"), blank=True)
-    #: The purchase a once-per-purchase email is about (the delivery email): at most one email
-    #: of each kind per purchase. Emails about several purchases, or sent on request, list them
-    #: in ``purchases`` instead.
+    #: The purchase the email is about (the delivery email, the desk's); an email about several
+    #: purchases (a resend) lists them in ``purchases`` instead.
     purchase = models.ForeignKey(
         Purchase,
         verbose_name=_("purchase"),
@@ -42,6 +45,16 @@ class OutboundEmail(models.Model):
     )
     purchases = models.ManyToManyField(
         Purchase, verbose_name=_("purchases listed"), blank=True, related_name="+"
+    )
+    #: The link an editor issued, for the desk's emails: every attempt sends it with a new token
+    #: (a failed attempt's token is discarded), so its number, expiry and limit stay the editor's.
+    link = models.ForeignKey(
+        DownloadLink,
+        verbose_name=_("link"),
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
     )
     #: Makes a repeated request (a task the broker ran twice) one email: e.g. "resend:<uuid>".
     idempotency_key = models.CharField(
@@ -68,8 +81,8 @@ class OutboundEmail(models.Model):
         constraints = [
             models.UniqueConstraint(
                 fields=["kind", "purchase"],
-                condition=Q(purchase__isnull=False),
-                name="wagtail_paid_delivery_one_email_of_a_kind_per_purchase",
+                condition=Q(kind="delivery"),
+                name="wagtail_paid_delivery_one_delivery_email_per_purchase",
             )
         ]
 
