@@ -129,6 +129,9 @@ DEFAULTS: dict[str, Any] = {
         # Purchases that were never paid and that Stripe reported expired or failed
         # (abandoned checkouts). Never younger than a Checkout Session's lifetime.
         "unpaid_purchases": timedelta(days=30),
+        # Emails the outbox recorded (recipient address, what was sent, errors), counted from
+        # when they were recorded: proof of delivery in a dispute. Never one still to be sent.
+        "emails": timedelta(days=180),
     },
 }
 
@@ -137,6 +140,7 @@ RETENTION_MINIMUMS: dict[str, timedelta] = {
     "download_records": timedelta(days=1),
     "stripe_events": timedelta(days=30),
     "unpaid_purchases": timedelta(days=1),
+    "emails": timedelta(days=1),
 }
 
 #: The keys ``CHECKOUT_OPTIONS`` accepts, with the type each value must have.

@@ -253,6 +253,8 @@ def deliver_purchase(purchase_pk: int) -> str:
         if purchase is None:
             logger.warning("Delivery email: purchase %s no longer exists", purchase_pk)
             return "missing"
+        if purchase.delivery_email_sent_at is not None:
+            return "already_sent"  # its record may be gone (RETENTION["emails"])
         if purchase.status != Purchase.Status.PAID:
             return f"not_paid ({purchase.status})"
         email = promise_delivery(purchase)
