@@ -386,6 +386,7 @@ def test_retention_may_be_partial_or_keep_forever():
             "download_records": None,
             "stripe_events": timedelta(days=40),
             "unpaid_purchases": timedelta(days=30),
+            "emails": timedelta(days=180),
         }
 
 

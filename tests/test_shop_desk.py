@@ -703,12 +703,15 @@ class BrokenMail:
 
 @pytest.mark.django_db(transaction=True, serialized_rollback=True)
 def test_a_failed_send_is_kept_says_so_and_is_retried(admin_client, paid, settings):
+    from tests.mail_backends import DownBackend
+
     # Transactional, so the action commits in the request and the email is tried right after.
-    settings.EMAIL_BACKEND = "tests.test_shop_desk.BrokenMail"
+    settings.EMAIL_BACKEND = "tests.mail_backends.DownBackend"
+    DownBackend.handed = []
     purchase, _old = paid
     response = admin_client.post(url("resend", purchase.pk), follow=True)
     html = response.content.decode()
-    assert "could not be sent yet (ConnectionRefusedError: mail server down)" in html
+    assert "could not be sent yet (SMTPServerDisconnected: Connection unexpectedly closed)" in html
     assert "tried again automatically" in html
     # The action stands: logged, its link issued, the email recorded for another attempt.
     entry = ModelLogEntry.objects.get(action=desk.RESEND)
@@ -727,6 +730,14 @@ def test_a_failed_send_is_kept_says_so_and_is_retried(admin_client, paid, settin
     assert len(mail.outbox) == 1
     token = re.search(r"/d/([A-Za-z0-9_-]{43})/", mail.outbox[0].body).group(1)
     assert links.check_token(token).pk == link.pk
+    # The token the failed attempt carried opens nothing; the link itself lives on.
+    (failed,) = DownBackend.handed
+    dead = re.search(r"/d/([A-Za-z0-9_-]{43})/", failed.body).group(1)
+    assert dead != token
+    assert (
+        admin_client.get(reverse("wagtail_paid_delivery:download", args=[dead])).status_code == 404
+    )
+    assert failed.message()["Message-ID"] == mail.outbox[0].message()["Message-ID"]
     inspect = admin_client.get(url("inspect", purchase.pk)).content.decode()
     assert "Delivery email from the shop desk sent" in inspect
 
