@@ -37,7 +37,7 @@ from wagtail_paid_delivery.models import (
     OutboundEmail,
     Purchase,
 )
-from wagtail_paid_delivery.tasks import send_delivery_email, sweep_emails
+from wagtail_paid_delivery.tasks import resend_links, send_delivery_email, sweep_emails
 
 pytestmark = pytest.mark.django_db
 
@@ -682,6 +682,23 @@ def test_correct_email_revokes_old_links_and_sends_a_new_one(
     entry = logged(purchase, desk.CORRECT_EMAIL)
     assert entry.data["revoked_links"] == 1 and entry.data["link"]
     assert "ada@example" not in str(entry.data) + entry.label
+
+
+def test_correct_email_sends_a_delivery_email_still_waiting_to_the_new_address(
+    admin_client, paid, settings
+):
+    purchase, _old = paid
+    settings.EMAIL_BACKEND = "tests.mail_backends.DownBackend"
+    assert send_delivery_email(purchase.pk).startswith("failed")  # to ada@example.com, waiting
+    resend_links("ada@example.com")  # a resend to the mistyped address, waiting too
+    admin_client.post(url("correct_email", purchase.pk), {"email": "ada@example.org"})
+    settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
+    OutboundEmail.objects.update(next_attempt_at=timezone.now())
+    sweep_emails()
+    # The delivery email goes to the corrected address; nothing more goes to the old one.
+    assert [m.to for m in mail.outbox] == [["ada@example.org"]]
+    resend = OutboundEmail.objects.get(kind="resend")
+    assert (resend.status, resend.last_error) == ("cancelled", "the buyer's address was corrected")
 
 
 def test_correct_email_rejects_an_invalid_address(admin_client, paid):

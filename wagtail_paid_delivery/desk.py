@@ -297,8 +297,10 @@ def correct_email(
     a stranger) and send a fresh link to the new address (paid purchases only)."""
     with transaction.atomic():
         locked = _lock(purchase, CORRECT_EMAIL)
+        old = locked.email
         locked.email = email
         locked.save(update_fields=["email", "updated_at"])
+        outbox.address_corrected(locked, old)
         revoked = 0
         if revoke_links:
             revoked = DownloadLink.objects.filter(purchase=locked, revoked_at=None).update(

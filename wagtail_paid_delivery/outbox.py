@@ -421,6 +421,18 @@ def _record_failure(email: OutboundEmail, exc: Exception) -> str:
     return f"failed (attempt {attempts} of {max_attempts})"
 
 
+def address_corrected(purchase: Purchase, old: str) -> None:
+    """The buyer's address was corrected from ``old``: emails about the purchase still waiting
+    go to the new address, not the old one (it may be a stranger's); a resend to the old address
+    that lists the purchase is cancelled (it lists that address's other purchases too)."""
+    waiting = OutboundEmail.objects.filter(status=Status.PENDING, to__iexact=old)
+    waiting.filter(purchase=purchase).update(to=purchase.email)
+    why = "the buyer's address was corrected"
+    waiting.filter(kind=Kind.RESEND, purchases=purchase).update(
+        status=Status.CANCELLED, last_error=why, next_attempt_at=None
+    )
+
+
 def attempt_on_commit(email_pk: int) -> None:
     """Attempt the email right after the current transaction commits, in this process (the
     shop desk tells its editor at once whether it went); the sweep retries a failure."""
