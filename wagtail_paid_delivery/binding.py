@@ -13,6 +13,7 @@ no download token: the success page's link is derived on the server (``links.suc
 
 from __future__ import annotations
 
+import hashlib
 import os
 from datetime import timedelta
 from typing import Any
@@ -50,6 +51,18 @@ def load(request: HttpRequest) -> dict[str, Any]:
     except signing.BadSignature:
         return {}
     return data if isinstance(data, dict) else {}
+
+
+def cookie_fingerprint(request: HttpRequest) -> str | None:
+    """A SHA-256 of the exact binding cookie this request carries, when it is one of ours.
+
+    Two POSTs of one click carry the same cookie; a request from anywhere else cannot (it is
+    signed and HttpOnly). ``checkout.nonce_key`` scopes the Buy form's nonce with it.
+    """
+    raw = request.COOKIES.get(COOKIE_NAME)
+    if not raw or not load(request):
+        return None
+    return hashlib.sha256(raw.encode()).hexdigest()
 
 
 def bound_purchase_ids(request: HttpRequest) -> list[str]:
