@@ -23,8 +23,9 @@ import math
 import re
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any, TypeGuard
 
 import stripe
@@ -240,6 +241,46 @@ def list_disputes_for_payment_intent(payment_intent_id: str) -> list[stripe.Disp
     with _translate_errors():
         result = get_client().v1.disputes.list({"payment_intent": payment_intent_id, "limit": 10})
     return sorted(result.data, key=lambda d: getattr(d, "created", 0) or 0, reverse=True)
+
+
+@dataclass(frozen=True)
+class EventPage:
+    """One page of Stripe's list of events, newest first; ``events`` are plain dicts shaped like
+    a webhook's body (``inbox.store`` takes them as they are)."""
+
+    events: list[dict[str, Any]]
+    has_more: bool
+
+
+#: Stripe's largest page.
+EVENT_PAGE_SIZE = 100
+
+
+def list_events(
+    *,
+    types: Sequence[str],
+    created_gt: int,
+    created_lte: int | None = None,
+    starting_after: str | None = None,
+    limit: int = EVENT_PAGE_SIZE,
+) -> EventPage:
+    """One page of the events of ``types`` created after ``created_gt`` (and up to
+    ``created_lte``), Unix seconds; ``starting_after``: the last event id of the previous page.
+
+    Stripe keeps events for 30 days and lists them newest first, each rendered in the API
+    version of its creation (as its webhook was). Raises ``StripeUnavailable``, or
+    ``StripeRefused`` (a restricted key without the "Events: read" permission, for one).
+    """
+    created: dict[str, int] = {"gt": int(created_gt)}
+    if created_lte is not None:
+        created["lte"] = int(created_lte)
+    params: dict[str, Any] = {"types": list(types), "created": created, "limit": int(limit)}
+    if starting_after:
+        params["starting_after"] = starting_after
+    with _translate_errors():
+        page = get_client().v1.events.list(params)  # type: ignore[arg-type]
+    events = [event.to_dict(for_json=True) for event in page.data]
+    return EventPage(events=events, has_more=bool(page.has_more))
 
 
 def retrieve_price(price_id: str) -> stripe.Price:
