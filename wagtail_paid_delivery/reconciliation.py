@@ -345,10 +345,9 @@ def check_pending(*, limit: int | None = None, now: datetime | None = None) -> d
             counts["stripe unavailable"] = 1
             break
         counts[outcome] = counts.get(outcome, 0) + 1
-        checked = timezone.now()
         Purchase.objects.filter(pk=pk).update(
             reconcile_checks=F("reconcile_checks") + 1,
-            reconcile_after=next_check(created_at, checks + 1, checked),
+            reconcile_after=next_check(created_at, checks + 1, now),
         )
     return counts
 
