@@ -305,7 +305,14 @@ def send_events(
     from the webhook, as an endpoint that is down would."""
     if not events:
         return
-    made = [webhooks.make_event(obj, type_) for type_, obj in events]
+    # Kept to the microsecond (Stripe's ``created`` is whole seconds), so the list is in the
+    # order the events were made, as Stripe's is.
+    now = timezone.now()
+    times = [now + timedelta(microseconds=i) for i in range(len(events))]
+    made = [
+        webhooks.make_event(obj, type_, int(at.timestamp()))
+        for (type_, obj), at in zip(events, times, strict=True)
+    ]
     secrets = app_settings.webhook_secrets
     held = hold or EmulatorSwitches.current().webhooks_held
     why = ""
@@ -313,11 +320,11 @@ def send_events(
         why = "held back (webhooks off)"
     elif not secrets:
         why = "not sent: no STRIPE_WEBHOOK_SECRETS configured"
-    for event in made:
+    for event, at in zip(made, times, strict=True):
         EmulatedEvent.objects.create(
             id=event["id"],
             type=event["type"],
-            created=datetime.fromtimestamp(event["created"], tz=UTC),
+            created=at,
             session=session,
             payload=event,
             delivery=why or "sending",
