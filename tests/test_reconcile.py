@@ -15,8 +15,10 @@ from tests.test_fulfillment import Receiver
 from wagtail_paid_delivery import reconciliation, signals
 from wagtail_paid_delivery.models import Purchase, StripeEvent
 
-# The pending pass on its own, as tasks.reconcile runs it after the events pass.
-reconcile = reconciliation.reconcile_pending
+
+def reconcile() -> str:
+    """The pending pass on its own (tasks.reconcile runs it after the events pass)."""
+    return reconciliation.pending_summary(reconciliation.check_pending())
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ webhook had delivered it; the buyer's link is checked through the real download 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -23,10 +24,13 @@ from django.test import override_settings
 from django.urls import reverse
 from django.utils import timezone
 
-from tests.factories import ProductPageFactory
+from tests.concurrency import run_at_once
+from tests.factories import ProductPageFactory, PurchaseFactory
 from tests.settings import WAGTAIL_PAID_DELIVERY as SETTINGS
-from tests.stripe_fake import event_for, post_event
-from wagtail_paid_delivery import reconciliation, tasks
+from tests.stripe_fake import event_for, post_event, start_checkout
+from tests.test_fulfillment import Receiver, needs_postgres
+from wagtail_paid_delivery import reconciliation, signals, tasks
+from wagtail_paid_delivery.fulfillment import fulfill_checkout
 from wagtail_paid_delivery.models import Purchase, ReconcileMark, StripeEvent
 
 pytestmark = pytest.mark.django_db
@@ -412,6 +416,31 @@ def test_the_mark_is_kept_per_stripe_mode(fake_stripe, run):
         "events:test",
         "events:live",
     }
+
+
+@needs_postgres
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
+def test_parallel_runs_store_and_apply_a_missed_refund_once(home, fake_stripe):
+    purchase = PurchaseFactory(product=ProductPageFactory(parent=home))
+    session_id = start_checkout(fake_stripe, purchase)
+    fake_stripe.pay(session_id)
+    assert fulfill_checkout(session_id).outcome == "fulfilled"
+    fake_stripe.refund(session_id)
+
+    with Receiver(signals.purchase_revoked) as revoked:
+        results = run_at_once([tasks.reconcile] * 4)
+
+    # Two events the inbox lacked (the webhook delivered neither): each stored by one run.
+    assert sum(int(re.search(r"(\d+) queued", r)[1]) for r in results) == 2, results
+    assert StripeEvent.objects.count() == 2
+    refund = stored(fake_stripe.last_event("charge.refunded"))
+    assert (refund.status, refund.attempts) == (StripeEvent.Status.PROCESSED, 1)
+    assert StripeEvent.objects.filter(type="charge.refunded").count() == 1
+    assert len(revoked.calls) == 1
+    purchase.refresh_from_db()
+    assert purchase.status == Purchase.Status.REFUNDED
+    assert ReconcileMark.objects.count() == 1
+    assert mark().listed_until > timezone.now() - timedelta(minutes=1)
 
 
 # manage.py reconcile ---------------------------------------------------------------------------

@@ -307,11 +307,6 @@ def _advance_mark(name: str, to: datetime) -> bool:
 # Pending purchases -----------------------------------------------------------------------------
 
 
-def reconcile_pending() -> str:
-    """The pending pass alone; returns its summary (``pending_summary``)."""
-    return pending_summary(check_pending())
-
-
 def check_pending(*, limit: int | None = None, now: datetime | None = None) -> dict[str, int]:
     """Pass up to ``limit`` (``RECONCILE_BATCH``) due pending purchases through
     ``fulfill_checkout``, fewest checks first, newest first among equals.
