@@ -295,6 +295,15 @@ def test_events_younger_than_the_grace_are_left_to_the_webhook(
     assert bought.status() == Purchase.Status.REFUNDED
 
 
+def test_the_command_lists_up_to_this_second(bought, fake_stripe, monkeypatch):
+    """Someone running ``manage.py reconcile`` wants the refund they just made, grace or not."""
+    monkeypatch.setattr(reconciliation, "EVENT_GRACE", timedelta(minutes=2))
+    fake_stripe.refund(bought.session_id)
+    out, _ = command("--sync")
+    assert "1 new and queued" in out
+    assert bought.status() == Purchase.Status.REFUNDED
+
+
 def foreign_events(count: int, created: int) -> list[dict]:
     """Events of another integration (stored ignored, no Stripe call), all made at ``created``."""
     events = []

@@ -152,14 +152,20 @@ def pending_summary(counts: dict[str, int] | None) -> str:
     return ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "nothing pending"
 
 
-def reconcile(since: datetime | None = None, *, unbounded: bool = False) -> Report:
+def reconcile(since: datetime | None = None, *, manual: bool = False) -> Report:
     """One run: list the events the inbox lacks since the mark (or ``since``), then check the
     pending purchases that are due. Stripe unavailable: the run stops, nothing is skipped.
-    ``unbounded``: list the whole window, however many pages (the command); otherwise at most
-    about ``EVENT_PAGES_PER_RUN``. Without ``STRIPE_SECRET_KEY`` nothing is asked."""
+
+    ``manual`` (the command: someone is waiting for the answer): the whole window, however many
+    pages, up to this second. Otherwise (the schedule) about ``EVENT_PAGES_PER_RUN`` pages, up to
+    ``EVENT_GRACE`` ago. Without ``STRIPE_SECRET_KEY`` nothing is asked.
+    """
     if not app_settings.STRIPE_SECRET_KEY:
         return Report(EventsReport(error="STRIPE_SECRET_KEY is not set"))
-    events = heal_events(since, max_pages=None if unbounded else EVENT_PAGES_PER_RUN)
+    if manual:
+        events = heal_events(since, max_pages=None, grace=timedelta(0))
+    else:
+        events = heal_events(since, max_pages=EVENT_PAGES_PER_RUN, grace=EVENT_GRACE)
     if events.unavailable:
         return Report(events)
     return Report(events, check_pending())
@@ -183,10 +189,11 @@ def heal_events(
     since: datetime | None = None,
     *,
     max_pages: int | None,
+    grace: timedelta,
     now: datetime | None = None,
 ) -> EventsReport:
     """List the events of ``EVENT_TYPES`` created since the mark (or ``since``, which callers
-    keep within ``EVENT_RETENTION``) and store the ones the inbox lacks.
+    keep within ``EVENT_RETENTION``) up to ``grace`` ago, and store the ones the inbox lacks.
 
     The mark moves only over slices listed whole, and only when the window starts at or before
     it (a ``since`` later than the mark leaves a gap the mark must not jump). Stops at the end
@@ -197,7 +204,7 @@ def heal_events(
     name = mark_name()
     mark = current_mark()
     if since is None:
-        start = mark - EVENT_OVERLAP if mark else now - EVENT_GRACE - FIRST_LOOKBACK
+        start = mark - EVENT_OVERLAP if mark else now - grace - FIRST_LOOKBACK
     else:
         start = since
     moves_mark = since is None or mark is None or since <= mark
@@ -212,7 +219,7 @@ def heal_events(
                 now - EVENT_RETENTION,
             )
         start = now - EVENT_RETENTION
-    lower, end = int(start.timestamp()), int((now - EVENT_GRACE).timestamp())
+    lower, end = int(start.timestamp()), int((now - grace).timestamp())
     report.since = _from_unix(lower)
     while lower < end:
         if max_pages is not None and report.pages >= max_pages:

@@ -71,7 +71,7 @@ class Command(BaseCommand):
                 returncode=2,
             )
         since = self.since(options["since"]) if options["since"] is not None else None
-        report = reconciliation.reconcile(since, unbounded=True)
+        report = reconciliation.reconcile(since, manual=True)
         self.write_events(report.events)
         self.stdout.write(f"Pending purchases: {reconciliation.pending_summary(report.pending)}")
         failed = self.process(report.events.queued) if options["sync"] else 0
