@@ -476,7 +476,9 @@ def test_since_beyond_stripes_30_days_is_refused_before_asking_stripe(fake_strip
     assert not ReconcileMark.objects.exists()
 
 
-@pytest.mark.parametrize("since", ["yesterday", "30", "2999-01-01", ""])
+@pytest.mark.parametrize(
+    "since", ["yesterday", "30", "2999-01-01", "", "2026-02-30", "99999999w", "3x"]
+)
 def test_since_that_is_not_a_past_duration_or_date_is_refused(fake_stripe, since):
     assert refused("--since", since).returncode == 2
     assert fake_stripe.requests == []

@@ -29,7 +29,10 @@ def parse_since(text: str, now: datetime) -> datetime:
     match = _DURATION.fullmatch(text)
     if text and match:
         weeks, days, hours, minutes = (int(g or 0) for g in match.groups())
-        return now - timedelta(weeks=weeks, days=days, hours=hours, minutes=minutes)
+        try:
+            return now - timedelta(weeks=weeks, days=days, hours=hours, minutes=minutes)
+        except OverflowError:
+            raise ValueError(f"{text!r} reaches back before the year 1") from None
     moment = dateparse.parse_datetime(text)
     if moment is None:
         day = dateparse.parse_date(text)
