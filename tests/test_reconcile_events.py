@@ -417,6 +417,40 @@ def test_a_key_that_may_not_list_events_still_checks_pending_purchases(
     assert not ReconcileMark.objects.exists()
 
 
+def test_a_rejected_key_stops_the_run_without_spending_checks(home, fake_stripe, run):
+    purchase = PurchaseFactory(product=ProductPageFactory(parent=home))
+    start_checkout(fake_stripe, purchase)
+    Purchase.objects.filter(pk=purchase.pk).update(created_at=timezone.now() - timedelta(hours=1))
+    fake_stripe.rejected_keys.add(SETTINGS["STRIPE_SECRET_KEY"])  # the key was rolled
+
+    summary = run()
+
+    assert "Stripe refused to list events" in summary
+    assert "pending: stripe unavailable 1" in summary
+    purchase.refresh_from_db()
+    assert (purchase.reconcile_checks, purchase.reconcile_after) == (0, None)
+    assert not ReconcileMark.objects.exists()
+
+
+def test_listed_events_are_held_to_a_webhook_bodys_rules(fake_stripe, run):
+    """No signature (they come from Stripe's API with our key), but the same shape: a bad id is
+    left out (and the listing goes on past it), a NUL is stored as U+FFFD, as the webhook
+    would."""
+    now = int(timezone.now().timestamp()) - 60
+    events = foreign_events(101, now)
+    events[0]["data"]["object"]["metadata"] = {"note": "a\x00b"}
+    events[1]["id"] = "evt bad!"  # newest first: the last event of the first page
+    fake_stripe.events += events
+
+    summary = run()
+
+    assert "101 listed" not in summary and "100 listed" in summary and "1 unstorable" in summary
+    [second_page] = fake_stripe.calls("GET", "/v1/events")[1:]
+    assert second_page.params["starting_after"] == "evt bad!"
+    assert StripeEvent.objects.count() == 100
+    assert stored(events[0]).payload["data"]["object"]["metadata"] == {"note": "a\ufffdb"}
+
+
 def test_the_mark_is_kept_per_stripe_mode(fake_stripe, run):
     run()
     with override_settings(WAGTAIL_PAID_DELIVERY={**SETTINGS, "STRIPE_SECRET_KEY": "sk_live_x"}):

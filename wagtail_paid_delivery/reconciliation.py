@@ -104,6 +104,8 @@ class EventsReport:
     queued: list[str] = field(default_factory=list)
     #: Stored as ``ignored`` (``inbox.ignore_reason``: not ours).
     ignored: int = 0
+    #: Left out: they could not be a webhook's body either (logged by ``stripe_api``).
+    unstorable: int = 0
     #: The window was listed to its end.
     complete: bool = False
     #: The mark after the run, and whether this run moved it.
@@ -122,6 +124,8 @@ class EventsReport:
             f"events: {self.listed} listed on {self.pages} page(s), {len(self.queued)} queued, "
             f"{self.ignored} ignored, {self.held} already held"
         )
+        if self.unstorable:
+            text += f", {self.unstorable} unstorable"
         if self.error:
             text += f"; stopped: {self.error}"
         elif not self.complete:
@@ -233,7 +237,10 @@ def heal_events(
             break
         except stripe_api.StripeRefused as exc:
             report.error = f"Stripe refused to list events: {exc}"
-            logger.error("Reconciliation: %s (a restricted key needs 'Events: read')", exc)
+            logger.error(
+                "Reconciliation: %s (a restricted key needs the 'Events: read' permission)",
+                report.error,
+            )
             break
         lower = upper
         report.until = _from_unix(upper)
@@ -266,13 +273,13 @@ def _list_slice(created_gt: int, created_lte: int, report: EventsReport) -> None
             starting_after=after,
         )
         report.pages += 1
+        report.unstorable += page.unstorable
         _store_new(page.events, report)
-        if not page.has_more or not page.events:
+        if not page.has_more or page.last_id is None:
             return
-        last = page.events[-1].get("id")
-        if not isinstance(last, str) or last == after:
-            raise stripe_api.StripeRefused(f"Stripe's list of events cannot go on after {last!r}")
-        after = last
+        if page.last_id == after:
+            raise stripe_api.StripeRefused(f"Stripe's list of events repeats after {after}")
+        after = page.last_id
 
 
 def _store_new(events: list[dict[str, Any]], report: EventsReport) -> None:
@@ -318,8 +325,9 @@ def check_pending(*, limit: int | None = None, now: datetime | None = None) -> d
     """Pass up to ``limit`` (``RECONCILE_BATCH``) due pending purchases through
     ``fulfill_checkout``, fewest checks first, newest first among equals.
 
-    Returns outcome → count; ``{"stripe unavailable": 1}`` is added when Stripe went away and
-    the pass stopped (the purchase being checked keeps its turn).
+    Returns outcome → count; ``{"stripe unavailable": 1}`` is added when Stripe went away (or
+    rejected our key) and the pass stopped: the purchase being checked keeps its turn, and no
+    check is spent on an outage.
     """
     now = now or timezone.now()
     due = Q(reconcile_after__isnull=True, created_at__lte=now - RECONCILE_MIN_AGE) | Q(
@@ -342,7 +350,7 @@ def check_pending(*, limit: int | None = None, now: datetime | None = None) -> d
     for pk, session_id, created_at, checks in pending[: limit or RECONCILE_BATCH]:
         try:
             outcome = _reconcile_one(pk, str(session_id))
-        except stripe_api.StripeUnavailable as exc:
+        except (stripe_api.StripeUnavailable, stripe_api.StripeKeyRejected) as exc:
             logger.warning("Reconciliation stopped, Stripe is unavailable: %s", exc)
             counts["stripe unavailable"] = 1
             break
@@ -367,6 +375,8 @@ def next_check(created_at: datetime, checks: int, now: datetime) -> datetime:
 def _reconcile_one(pk: int, session_id: str) -> str:
     try:
         result = fulfillment.fulfill_checkout(session_id)
+    except stripe_api.StripeKeyRejected:
+        raise  # our key, not this purchase: the pass stops
     except stripe_api.StripeRefused as exc:
         logger.error("Reconciliation: Stripe refused session %s: %s", session_id, exc)
         return "error"

@@ -246,10 +246,15 @@ def list_disputes_for_payment_intent(payment_intent_id: str) -> list[stripe.Disp
 @dataclass(frozen=True)
 class EventPage:
     """One page of Stripe's list of events, newest first; ``events`` are plain dicts shaped like
-    a webhook's body (``inbox.store`` takes them as they are)."""
+    a webhook's body, held to the same rules (``inbox.store`` takes them as they are)."""
 
     events: list[dict[str, Any]]
     has_more: bool
+    #: The id of the page's last event, the cursor for the next page (even when that event
+    #: was left out).
+    last_id: str | None = None
+    #: Events left out: they could not be a webhook's body (see :func:`verify_webhook`).
+    unstorable: int = 0
 
 
 #: Stripe's largest page.
@@ -279,8 +284,30 @@ def list_events(
         params["starting_after"] = starting_after
     with _translate_errors():
         page = get_client().v1.events.list(params)  # type: ignore[arg-type]
-    events = [event.to_dict(for_json=True) for event in page.data]
-    return EventPage(events=events, has_more=bool(page.has_more))
+    listed = [event.to_dict(for_json=True) for event in page.data]
+    events = [event for event in map(_listed_event, listed) if event is not None]
+    last_id = listed[-1].get("id") if listed else None
+    return EventPage(
+        events=events,
+        has_more=bool(page.has_more),
+        last_id=last_id if isinstance(last_id, str) else None,
+        unstorable=len(listed) - len(events),
+    )
+
+
+def _listed_event(event: dict[str, Any]) -> dict[str, Any] | None:
+    """A listed event held to a webhook body's rules (no signature: it came from Stripe's API
+    with our key): an ``evt_`` id, a type, bounded nesting, storable strings. None otherwise."""
+    try:
+        if not EVENT_ID.fullmatch(str(event.get("id") or "")):
+            raise InvalidWebhook("event id is not a Stripe event id")
+        if not EVENT_TYPE.fullmatch(str(event.get("type") or "")):
+            raise InvalidWebhook("event type is not a Stripe event type")
+        _check_depth(event)
+        return _storable(event)  # type: ignore[no-any-return]
+    except InvalidWebhook as exc:
+        logger.error("Stripe listed an event that cannot be stored (%s): left out", exc.reason)
+        return None
 
 
 def retrieve_price(price_id: str) -> stripe.Price:
