@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('wagtail_paid_delivery', '0003_handoff_window_and_budget'),
+        ('wagtail_paid_delivery', '0004_purchase_permissions'),
     ]
 
     operations = [
