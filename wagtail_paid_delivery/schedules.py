@@ -1,11 +1,12 @@
 """The django-q2 schedules this app needs, created (or brought up to date) after ``migrate``.
 
 ``sweep`` re-enqueues Stripe events due for another attempt or whose task was lost, every
-minute; ``reconcile`` asks Stripe about recent pending purchases, every ten minutes; ``cleanup``
-removes records past their ``RETENTION`` period, once a day. They are
-upserted by name, so a site never adds them by hand, and a changed interval here reaches every
-site on its next ``migrate``. ``WAGTAIL_PAID_DELIVERY["SCHEDULES"] = False`` leaves them alone
-(and removes nothing a site made itself).
+minute; ``reconcile`` stores the Stripe events the webhook missed (refunds, disputes, paid
+sessions) and asks Stripe about due pending purchases, every ten minutes; ``cleanup`` removes
+records past their ``RETENTION`` period, once a day. They are upserted by name, so a site never
+adds them by hand, and a changed interval here reaches every site on its next ``migrate``.
+``WAGTAIL_PAID_DELIVERY["SCHEDULES"] = False`` leaves them alone (and removes nothing a site
+made itself).
 """
 
 from __future__ import annotations

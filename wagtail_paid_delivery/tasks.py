@@ -20,8 +20,9 @@ def sweep() -> str:
 
 
 def reconcile() -> str:
-    """Every ten minutes: ask Stripe about recent pending purchases."""
-    return reconciliation.reconcile_pending()
+    """Every ten minutes: store the Stripe events the webhook missed (refunds, disputes, paid
+    sessions) and ask Stripe about the pending purchases that are due."""
+    return reconciliation.reconcile().summary()
 
 
 def cleanup() -> str:

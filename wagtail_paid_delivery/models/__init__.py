@@ -1,5 +1,5 @@
 from .copy import DeliveryCopy
-from .events import StripeEvent
+from .events import ReconcileMark, StripeEvent
 from .pages import AbstractProductFile, ProductPageMixin
 from .purchases import DownloadEvent, DownloadHandoff, DownloadLink, FileDownloadCount, Purchase
 
@@ -12,5 +12,6 @@ __all__ = [
     "FileDownloadCount",
     "ProductPageMixin",
     "Purchase",
+    "ReconcileMark",
     "StripeEvent",
 ]

@@ -1,4 +1,8 @@
-"""The Stripe webhook inbox: every verified event is stored before it is acknowledged."""
+"""The Stripe webhook inbox: every verified event is stored before it is acknowledged.
+
+``ReconcileMark`` is how far reconciliation has read Stripe's own list of events, so the events
+a webhook never delivered still reach the inbox (see ``reconciliation``).
+"""
 
 from __future__ import annotations
 
@@ -43,3 +47,19 @@ class StripeEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.type} {self.stripe_id}"
+
+
+class ReconcileMark(models.Model):
+    """A high-water mark: reconciliation has listed every Stripe event created before
+    ``listed_until`` (and stored the ones the inbox lacked). One row per name (a Stripe mode)."""
+
+    name = models.CharField(_("name"), max_length=64, unique=True)
+    listed_until = models.DateTimeField(_("events listed until"))
+    updated_at = models.DateTimeField(_("updated"), auto_now=True)
+
+    class Meta:
+        verbose_name = _("reconciliation mark")
+        verbose_name_plural = _("reconciliation marks")
+
+    def __str__(self) -> str:
+        return f"{self.name}: {self.listed_until.isoformat(timespec='seconds')}"

@@ -93,6 +93,10 @@ class Purchase(models.Model):
     disputed_at = models.DateTimeField(_("disputed"), null=True, blank=True)
     revoked_at = models.DateTimeField(_("revoked"), null=True, blank=True)
     delivery_email_sent_at = models.DateTimeField(_("delivery email sent"), null=True, blank=True)
+    #: Reconciliation's polling of a pending purchase (see ``reconciliation``): how often Stripe
+    #: was asked about it, and when it may be asked next (None: not yet asked).
+    reconcile_checks = models.PositiveSmallIntegerField(_("reconciliation checks"), default=0)
+    reconcile_after = models.DateTimeField(_("next reconciliation check"), null=True, blank=True)
 
     class Meta:
         verbose_name = _("purchase")
