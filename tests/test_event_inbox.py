@@ -304,7 +304,7 @@ def dashboard(client) -> str:
 
 
 def panel(html: str) -> str:
-    match = re.search(r'<section class="w-panel wpd-dash".*?</section>', html, re.S)
+    match = re.search(r'<section[^>]*id="wpd-shop-section".*?</section>', html, re.S)
     assert match, "no shop panel"
     return match.group(0)
 
@@ -387,7 +387,7 @@ def test_dashboard_warns_about_a_stale_heartbeat_until_the_sweep_runs(admin_clie
     tasks.sweep()  # what the cluster runs every minute
     html = panel(dashboard(admin_client))
     assert "No task cluster" not in html
-    assert "Task cluster last seen 0\xa0minutes ago" in html
+    assert "Task cluster last seen less than a minute ago" in html
 
 
 def test_dashboard_panel_is_only_for_editors_who_may_view_purchases(client, sales, inbox):

@@ -7,6 +7,7 @@ Added by ``wagtail_hooks`` (``construct_homepage_panels``) for editors who may v
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.urls import NoReverseMatch, reverse
@@ -131,6 +132,15 @@ def _cluster_warning(numbers: stats.ShopStats) -> str:
     }
 
 
+def last_seen(when: datetime | None) -> str:
+    """When the cluster last beat, for people ("less than a minute ago", "3 minutes ago")."""
+    if when is None:
+        return ""
+    if timezone.now() - when < timedelta(minutes=1):
+        return str(_("less than a minute ago"))
+    return str(_("%(ago)s ago")) % {"ago": timesince(when)}
+
+
 class ShopPanel(Component):
     name = "wagtail_paid_delivery_shop"
     order = 90
@@ -144,6 +154,11 @@ class ShopPanel(Component):
         numbers = self.numbers
         events_url = _url("wagtail_paid_delivery_events:index") if self.can_view_events else ""
         return {
+            "heading": ngettext(
+                "Shop: the last %(days)s day", "Shop: the last %(days)s days", stats.DAYS
+            )
+            % {"days": stats.DAYS},
+            "last_seen": last_seen(numbers.last_beat),
             "numbers": numbers,
             "days": stats.DAYS,
             "sales_chart": chart(_("Sales per day"), numbers.days, "sales"),

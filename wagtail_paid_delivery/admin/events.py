@@ -43,7 +43,7 @@ from ..models import Purchase, StripeEvent
 E = StripeEvent.Status
 
 #: Each status's badge: Wagtail's status tag with a colour class (desk.css).
-STATUS_CLASSES = {
+STATUS_CLASSES: dict[str, str] = {
     E.RECEIVED: "wpd-status--waiting",
     E.PROCESSED: "wpd-status--ok",
     E.IGNORED: "wpd-status--muted",
@@ -145,7 +145,13 @@ class StripeEventIndexView(IndexView):
     @cached_property
     def columns(self) -> list[Any]:
         return [
-            TitleColumn("type", label=_("Type"), sort_key="type", get_url=self.get_inspect_url),
+            TitleColumn(
+                "type",
+                label=_("Type"),
+                sort_key="type",
+                get_url=self.get_inspect_url,
+                classname="wpd-nowrap",
+            ),
             Column("status", label=_("Status"), accessor=status_badge, sort_key="status"),
             Column("attempts", label=_("Attempts"), sort_key="attempts"),
             Column(
@@ -285,6 +291,8 @@ class StripeEventViewSet(ModelViewSet):
     inspect_view_enabled = True
     index_view_class = StripeEventIndexView
     inspect_view_class = StripeEventInspectView
+    #: The generic listing, with the desk's stylesheet (the status badges' colours).
+    index_template_name = "wagtail_paid_delivery/admin/event_index.html"
     filterset_class = StripeEventFilterSet
     #: Django ORM search over the ids Stripe's Dashboard shows.
     search_fields = ["stripe_id", "type"]
