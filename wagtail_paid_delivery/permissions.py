@@ -29,6 +29,14 @@ GRANT = "grant"
 ACTIONS = frozenset({VIEW, SUPPORT, REVOKE, REFUND, GRANT})
 
 
+#: Stripe events: see the event inbox (listing and each event's payload).
+VIEW_EVENTS = "view"
+#: Stripe events: run a stored event again (``desk.reprocess_event``).
+REPROCESS = "reprocess"
+#: Every action the events' policy knows.
+EVENT_ACTIONS = frozenset({VIEW_EVENTS, REPROCESS})
+
+
 class PurchasePermissionPolicy(ModelPermissionPolicy):
     """``ModelPermissionPolicy`` limited to the desk's actions (``<action>_purchase``).
 
@@ -36,12 +44,21 @@ class PurchasePermissionPolicy(ModelPermissionPolicy):
     those, superusers included, so no generic add, edit or delete screen ever opens on one.
     """
 
+    #: The actions this policy grants; any other (``add``, ``change``…) is refused.
+    actions: frozenset[str] = ACTIONS
+
     def user_has_permission(self, user: Any, action: str) -> bool:
-        return action in ACTIONS and super().user_has_permission(user, action)
+        return action in self.actions and super().user_has_permission(user, action)
 
     def users_with_any_permission(self, actions: Iterable[str]) -> Any:
-        return super().users_with_any_permission([a for a in actions if a in ACTIONS])
+        return super().users_with_any_permission([a for a in actions if a in self.actions])
 
     def permission_codenames(self) -> list[str]:
         """The codenames an administrator can give to a group (Settings → Groups)."""
-        return sorted(self._get_permission_codenames(ACTIONS))
+        return sorted(self._get_permission_codenames(self.actions))
+
+
+class EventPermissionPolicy(PurchasePermissionPolicy):
+    """The same policy for Stripe events (``view_stripeevent``, ``reprocess_stripeevent``)."""
+
+    actions = EVENT_ACTIONS

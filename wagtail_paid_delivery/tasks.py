@@ -6,7 +6,7 @@ The broker delivers at least once: each rule called here is idempotent.
 
 from __future__ import annotations
 
-from . import delivery, inbox, reconciliation, retention
+from . import delivery, heartbeat, inbox, reconciliation, retention
 
 
 def process_stripe_event(event_pk: int, token: str | None = None) -> str:
@@ -15,7 +15,9 @@ def process_stripe_event(event_pk: int, token: str | None = None) -> str:
 
 
 def sweep() -> str:
-    """Every minute: enqueue events due for another attempt or whose task was lost."""
+    """Every minute: record the cluster's heartbeat, and enqueue events due for another attempt
+    or whose task was lost."""
+    heartbeat.beat()
     return inbox.sweep()
 
 

@@ -19,22 +19,43 @@ from wagtail.admin.utils import get_valid_next_url_from_request
 from wagtail.permissions import register_permission_policy
 from wagtail.snippets.models import register_snippet
 
-from . import desk
+from . import desk, permissions, stats
 from .admin import urls as admin_urls
+from .admin.dashboard import ShopPanel
+from .admin.events import StripeEventViewSet
 from .admin.purchases import ShopViewSetGroup
 from .admin.viewsets import DeliveryCopyViewSet
-from .models import Purchase
-from .permissions import PurchasePermissionPolicy
+from .models import Purchase, StripeEvent
+from .permissions import EventPermissionPolicy, PurchasePermissionPolicy
 
 register_snippet(DeliveryCopyViewSet)
 # Before the viewsets register: they look the policy up.
 register_permission_policy(Purchase, PurchasePermissionPolicy(Purchase))
+register_permission_policy(StripeEvent, EventPermissionPolicy(StripeEvent))
 
 
 @hooks.register("register_admin_viewset")
 def register_shop_desk():
     """The "Shop" menu: purchases (listing, export, inspect with timeline, actions)."""
     return ShopViewSetGroup()
+
+
+@hooks.register("register_admin_viewset")
+def register_event_inbox():
+    """The event inbox, in the "Shop" menu (its ``menu_hook``)."""
+    return StripeEventViewSet()
+
+
+@hooks.register("construct_homepage_panels")
+def add_shop_panel(request, panels):
+    """The shop's last 30 days on the dashboard, for editors who may view purchases."""
+    user = request.user
+    if not PurchasePermissionPolicy(Purchase).user_has_permission(user, permissions.VIEW):
+        return
+    can_view_events = EventPermissionPolicy(StripeEvent).user_has_permission(
+        user, permissions.VIEW_EVENTS
+    )
+    panels.append(ShopPanel(stats.dashboard(), can_view_events=can_view_events))
 
 
 @hooks.register("register_log_actions")

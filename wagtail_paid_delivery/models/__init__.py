@@ -1,10 +1,11 @@
 from .copy import DeliveryCopy
-from .events import ReconcileMark, StripeEvent
+from .events import ClusterHeartbeat, ReconcileMark, StripeEvent
 from .pages import AbstractProductFile, ProductPageMixin
 from .purchases import DownloadEvent, DownloadHandoff, DownloadLink, FileDownloadCount, Purchase
 
 __all__ = [
     "AbstractProductFile",
+    "ClusterHeartbeat",
     "DeliveryCopy",
     "DownloadEvent",
     "DownloadHandoff",
