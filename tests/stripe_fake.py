@@ -142,6 +142,8 @@ class FakeStripe(stripe.HTTPClient):
         self.prices: dict[str, dict[str, Any]] = {}
         self.charges: dict[str, dict[str, Any]] = {}
         self.disputes: dict[str, dict[str, Any]] = {}
+        #: Webhook endpoints on file (``GET /v1/webhook_endpoints``), as Stripe shapes them.
+        self.webhook_endpoints: list[dict[str, Any]] = []
         #: Calls to the emulator control endpoint (``POST /_emulator/sessions/<id>/<action>``).
         self.controls: list[tuple[str, str, dict[str, Any]]] = []
         self.requests: list[FakeRequest] = []
@@ -223,6 +225,10 @@ class FakeStripe(stripe.HTTPClient):
             pi = params.get("payment_intent")
             found = [self._public(x) for x in self.sessions.values() if x["payment_intent"] == pi]
             return self._ok(self._list(found, path))
+        if method == "get" and path == "/v1/account":
+            return self._ok({"id": "acct_fake", "object": "account"})
+        if method == "get" and path == "/v1/webhook_endpoints":
+            return self._ok(self._list(self.webhook_endpoints, "/v1/webhook_endpoints"))
         if method == "get" and path == "/v1/disputes":
             pi = params.get("payment_intent")
             found = [d for d in self.disputes.values() if not pi or d["payment_intent"] == pi]
