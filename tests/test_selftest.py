@@ -154,3 +154,59 @@ def test_selftest_stripe_reports_a_rejected_key(site, fake_stripe, settings):
     code, out = selftest("--stripe")
     assert code == 1
     assert "FAIL Stripe answers with the configured key: StripeKeyRejected" in out
+
+
+# The admin page ------------------------------------------------------------------------------
+
+SELFTEST_URL = "/admin/paid-delivery/selftest/"
+
+
+def test_selftest_page_shows_checks_and_queues_a_full_run_for_a_viewer(site, client):
+    from tests.test_shop_desk import desk_user
+
+    client.force_login(desk_user("view_purchase"))
+    home = client.get("/admin/").content.decode()
+    assert SELFTEST_URL in home  # Shop → Delivery self-test
+    response = client.get(SELFTEST_URL)
+    assert response.status_code == 200
+    html = response.content.decode()
+    assert "Settings and system checks" in html and "Schedules exist" in html
+    assert "No full run yet." in html
+    assert "manage.py delivery_selftest" in html
+
+    # The tests' cluster runs tasks at once (sync): the probes ask the live server.
+    response = client.post(SELFTEST_URL)
+    assert response.status_code == 302
+    html = client.get(SELFTEST_URL).content.decode()
+    assert "Last full run" in html and "No full run yet." not in html
+    assert "Private file not reachable through MEDIA_URL" in html
+    assert f"{site.url}/media/selftest/" in html
+    assert "FAIL" not in html
+
+
+def test_selftest_page_shows_a_failing_full_run(site, client, settings):
+    from tests.test_shop_desk import desk_user
+
+    settings.ROOT_URLCONF = "tests.urls_private_storage"
+    settings.PRIVATE_STORAGE_ROOT = settings.MEDIA_ROOT
+    client.force_login(desk_user("view_purchase"))
+    client.post(SELFTEST_URL)
+    html = client.get(SELFTEST_URL).content.decode()
+    assert "FAIL" in html and "with the file&#x27;s bytes" in html
+    assert "Product files must live outside MEDIA_ROOT" in html
+
+
+def test_selftest_page_refuses_editors_without_the_view_permission(site, client):
+    from tests.test_shop_desk import assert_refused, desk_user
+
+    client.force_login(desk_user("support_purchase", username="helper"))
+    assert SELFTEST_URL not in client.get("/admin/").content.decode()
+    assert_refused(client, SELFTEST_URL)
+    assert_refused(client, SELFTEST_URL, "post")
+    from django_q.models import OrmQ, Task
+
+    assert not Task.objects.exists() and not OrmQ.objects.exists()
+
+
+def test_selftest_page_is_open_to_superusers(site, admin_client):
+    assert admin_client.get(SELFTEST_URL).status_code == 200

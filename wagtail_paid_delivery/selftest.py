@@ -13,7 +13,7 @@ import secrets
 import urllib.error
 import urllib.request
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 from urllib.parse import urljoin, urlsplit, urlunsplit
 
@@ -265,3 +265,47 @@ def run(base_url: str | None, *, with_stripe: bool = False) -> list[Result]:
             steps.append(lambda: stripe_webhook_endpoint(base))
     results.extend(step() for step in steps)
     return results
+
+
+# The admin page's side: checks that need no HTTP, and the probe run as a task ----------------
+
+#: The django-q2 task that runs every check (``tasks.delivery_selftest``).
+TASK = "wagtail_paid_delivery.tasks.delivery_selftest"
+
+
+def local_checks() -> list[Result]:
+    """The checks a web request may run itself (no HTTP request to the site)."""
+    return [system_checks(), schedules_exist(), inbox_not_stuck()]
+
+
+def as_dicts(results: list[Result]) -> list[dict[str, Any]]:
+    """Results as plain data, as a task stores them."""
+    return [asdict(r) for r in results]
+
+
+def enqueue(*, with_stripe: bool = False) -> str:
+    """Queue a full run (the HTTP probes included) for the task cluster; returns the task id."""
+    from django_q.tasks import async_task
+
+    return str(async_task(TASK, with_stripe=with_stripe, group=TASK))
+
+
+@dataclass(frozen=True)
+class LastRun:
+    finished: Any
+    #: False when the task itself raised (``results`` then holds its error).
+    completed: bool
+    results: list[Result]
+
+
+def last_run() -> LastRun | None:
+    """The newest finished run of ``TASK`` that django-q2 keeps (``Q_CLUSTER["save_limit"]``)."""
+    from django_q.models import Task
+
+    task = Task.objects.filter(func=TASK).order_by("-stopped").first()
+    if task is None:
+        return None
+    if not task.success or not isinstance(task.result, list):
+        failure = Result("The self-test task", False, str(task.result), "Read the task's log.")
+        return LastRun(task.stopped, False, [failure])
+    return LastRun(task.stopped, True, [Result(**r) for r in task.result])

@@ -20,6 +20,7 @@ from wagtail.permissions import register_permission_policy
 from wagtail.snippets.models import register_snippet
 
 from . import desk
+from .admin import selftest as selftest_admin
 from .admin import urls as admin_urls
 from .admin.purchases import ShopViewSetGroup
 from .admin.viewsets import DeliveryCopyViewSet
@@ -35,6 +36,12 @@ register_permission_policy(Purchase, PurchasePermissionPolicy(Purchase))
 def register_shop_desk():
     """The "Shop" menu: purchases (listing, export, inspect with timeline, actions)."""
     return ShopViewSetGroup()
+
+
+@hooks.register("register_paid_delivery_shop_menu_item")
+def register_selftest_menu_item():
+    """Shop → Delivery self-test (superusers and editors who may view purchases)."""
+    return selftest_admin.menu_item()
 
 
 @hooks.register("register_log_actions")
