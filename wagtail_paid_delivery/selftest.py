@@ -63,8 +63,9 @@ def system_checks() -> Result:
     return Result("Settings and system checks", True, detail)
 
 
-def _fetch(url: str) -> tuple[int, bytes]:
-    """GET ``url`` as a stranger (no cookies), following redirects; (status, first bytes)."""
+def _fetch(url: str) -> tuple[int, str, bytes]:
+    """GET ``url`` as a stranger (no cookies), following redirects; (status, final URL, first
+    bytes)."""
     if urlsplit(url).scheme not in ("http", "https"):
         raise ValueError(f"not an HTTP URL: {url}")
     # The scheme is checked above: S310 is about file: and custom schemes.
@@ -73,9 +74,9 @@ def _fetch(url: str) -> tuple[int, bytes]:
     )
     try:
         with urllib.request.urlopen(request, timeout=PROBE_TIMEOUT) as response:  # noqa: S310
-            return response.status, response.read(1 << 16)
+            return response.status, response.geturl(), response.read(1 << 16)
     except urllib.error.HTTPError as exc:
-        return exc.code, exc.read(1 << 16)
+        return exc.code, exc.geturl() or url, exc.read(1 << 16)
 
 
 def _unsigned(url: str) -> str:
@@ -117,7 +118,7 @@ def private_file_probe(base_url: str) -> list[Result]:
 def _probe_one(label: str, url: str, secret: bytes) -> Result:
     title = f"Private file not reachable through {label}"
     try:
-        status, body = _fetch(url)
+        status, final, body = _fetch(url)
     except (OSError, ValueError) as exc:
         return Result(
             title,
@@ -135,7 +136,8 @@ def _probe_one(label: str, url: str, secret: bytes) -> Result:
             "elsewhere), with a storage whose url() serves nothing publicly; with nginx, mark "
             "the offload location `internal;`.",
         )
-    return Result(title, True, f"{url} answered {status} without the file")
+    where = "" if final == url else f" (redirected to {final})"
+    return Result(title, True, f"{url} answered {status}{where} without the file")
 
 
 def schedules_exist() -> Result:
