@@ -19,12 +19,12 @@ from wagtail.admin.utils import get_valid_next_url_from_request
 from wagtail.permissions import register_permission_policy
 from wagtail.snippets.models import register_snippet
 
-from . import desk
+from . import desk, product_stats
 from .admin import selftest as selftest_admin
 from .admin import urls as admin_urls
 from .admin.purchases import ShopViewSetGroup
 from .admin.viewsets import DeliveryCopyViewSet
-from .models import Purchase
+from .models import ProductPageMixin, Purchase
 from .permissions import PurchasePermissionPolicy
 
 register_snippet(DeliveryCopyViewSet)
@@ -120,3 +120,27 @@ def refuse_bulk_deleting_sold_products(request, action_type, objects, action_cla
 #:
 #: After the response is built, ``signals.download_served`` is sent (``request``, ``link``,
 #: ``file``).
+
+
+#: Where ``before_edit_page`` keeps the product's files (id → title) for ``after_edit_page``.
+FILES_BEFORE_EDIT = "paid_delivery_files_before_edit"
+
+
+@hooks.register("before_edit_page")
+def remember_product_files(request, page):
+    specific = page.specific
+    if request.method == "POST" and isinstance(specific, ProductPageMixin):
+        files = {f.pk: str(f) for f in specific.files.all()}  # type: ignore[attr-defined]
+        setattr(request, FILES_BEFORE_EDIT, files)
+
+
+@hooks.register("after_edit_page")
+def warn_about_removed_files(request, page):
+    """A file paid buyers own was removed: allowed, but the editor is told what it means."""
+    before = getattr(request, FILES_BEFORE_EDIT, None)
+    if not before:
+        return
+    kept = {f.pk for f in page.files.all()}
+    removed = {pk: title for pk, title in before.items() if pk not in kept}
+    if removed and product_stats.owned_files(page, set(removed)):
+        messages.warning(request, product_stats.removal_warning(list(removed.values())))
