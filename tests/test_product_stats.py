@@ -109,3 +109,28 @@ def test_removing_a_file_of_an_unsold_product_says_nothing(admin_client, home):
     assert response.status_code == 302, form_errors(response)
     assert not [m for m in get_messages(response.wsgi_request) if m.level_tag == "warning"]
     assert product.files.count() == 1
+
+
+def test_a_removed_file_leaves_a_past_buyers_download_page(admin_client, client, sold):
+    """What the warning says: the page lists the product's files as they are now."""
+    from django.urls import reverse
+
+    from wagtail_paid_delivery import links
+
+    product, first, second = sold
+    ada = Purchase.objects.get(email="ada@example.com")
+    issued = links.issue_link(ada, reason="admin")
+    page = reverse("wagtail_paid_delivery:download", args=[issued.token])
+    before = client.get(page).content.decode()
+    assert first.title in before and second.title in before
+
+    files = _existing_files_formset(product)
+    files["0"]["DELETE"] = "1"
+    data = product_data(title="Field guide", slug=product.slug)
+    data.update(nested_form_data({"files": files}))
+    assert admin_client.post(edit_url(product), data).status_code == 302
+
+    after = client.get(page).content.decode()
+    assert first.title not in after and second.title in after
+    button = reverse("wagtail_paid_delivery:download_file", args=[issued.token, first.pk])
+    assert client.post(button).status_code == 404

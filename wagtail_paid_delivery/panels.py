@@ -6,20 +6,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.apps import apps
 from django.utils.translation import gettext_lazy as _
 from wagtail.admin.panels import Panel
-from wagtail.permissions import policy_registry
 
 from . import permissions
-
-
-def may_see_sales(user: Any) -> bool:
-    """Superusers and editors with the purchases' view permission."""
-    if user is None or not user.is_authenticated:
-        return False
-    policy = policy_registry.get_by_type(apps.get_model("wagtail_paid_delivery", "Purchase"))
-    return bool(user.is_superuser or policy.user_has_permission(user, permissions.VIEW))
 
 
 class ProductSalesPanel(Panel):
@@ -34,7 +24,7 @@ class ProductSalesPanel(Panel):
 
         def is_shown(self) -> bool:
             instance = self.instance
-            return bool(getattr(instance, "pk", None)) and may_see_sales(
+            return bool(getattr(instance, "pk", None)) and permissions.may_view_purchases(
                 getattr(self.request, "user", None)
             )
 

@@ -18,18 +18,11 @@ from wagtail.admin import messages
 from wagtail.admin.menu import MenuItem
 from wagtail.admin.views.generic.base import WagtailAdminTemplateMixin
 from wagtail.admin.views.generic.permissions import PermissionCheckedMixin
-from wagtail.permissions import policy_registry
 
 from .. import permissions, selftest
 from ..models import Purchase
 
 URL_NAME = "wagtail_paid_delivery_admin:selftest"
-
-
-def may_see(user: Any) -> bool:
-    """Superusers and editors who may view purchases."""
-    policy = policy_registry.get_by_type(Purchase)
-    return bool(user.is_superuser or policy.user_has_permission(user, permissions.VIEW))
 
 
 class SelfTestView(PermissionCheckedMixin, WagtailAdminTemplateMixin, TemplateView):
@@ -67,7 +60,7 @@ class SelfTestView(PermissionCheckedMixin, WagtailAdminTemplateMixin, TemplateVi
 
 class SelfTestMenuItem(MenuItem):
     def is_shown(self, request: HttpRequest) -> bool:
-        return may_see(request.user)
+        return permissions.may_view_purchases(request.user)
 
 
 def menu_item() -> MenuItem:
