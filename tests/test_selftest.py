@@ -210,3 +210,20 @@ def test_selftest_page_refuses_editors_without_the_view_permission(site, client)
 
 def test_selftest_page_is_open_to_superusers(site, admin_client):
     assert admin_client.get(SELFTEST_URL).status_code == 200
+
+
+def test_selftest_probes_the_nginx_internal_location_when_nginx_serves(site, settings):
+    settings.WAGTAIL_PAID_DELIVERY = {**settings.WAGTAIL_PAID_DELIVERY, "SERVE_BACKEND": "nginx"}
+    code, out = selftest()
+    assert "Private file not reachable through the nginx internal location" in out
+    assert f"{site.url}/_paid_files/selftest/" in out
+    # Served straight from MEDIA_ROOT under that prefix (what a missing `internal;` does).
+    settings.ROOT_URLCONF = "tests.urls_private_storage"
+    settings.PRIVATE_STORAGE_ROOT = settings.MEDIA_ROOT
+    settings.WAGTAIL_PAID_DELIVERY = {
+        **settings.WAGTAIL_PAID_DELIVERY,
+        "NGINX_INTERNAL_PREFIX": "/media/",
+    }
+    code, out = selftest()
+    assert code == 1
+    assert "FAIL Private file not reachable through the nginx internal location" in out
