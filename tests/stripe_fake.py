@@ -147,6 +147,8 @@ class FakeStripe(stripe.HTTPClient):
         self.prices: dict[str, dict[str, Any]] = {}
         self.charges: dict[str, dict[str, Any]] = {}
         self.disputes: dict[str, dict[str, Any]] = {}
+        #: Webhook endpoints on file (``GET /v1/webhook_endpoints``), as Stripe shapes them.
+        self.webhook_endpoints: list[dict[str, Any]] = []
         #: Calls to the emulator control endpoint (``POST /_emulator/sessions/<id>/<action>``).
         self.controls: list[tuple[str, str, dict[str, Any]]] = []
         #: Every event Stripe would have sent, oldest first (``GET /v1/events`` lists them).
@@ -243,6 +245,10 @@ class FakeStripe(stripe.HTTPClient):
             return self._ok(self._list(found, path))
         if method == "get" and path == "/v1/events":
             return self._list_events(params)
+        if method == "get" and path == "/v1/account":
+            return self._ok({"id": "acct_fake", "object": "account"})
+        if method == "get" and path == "/v1/webhook_endpoints":
+            return self._ok(self._list(self.webhook_endpoints, "/v1/webhook_endpoints"))
         if method == "get" and path == "/v1/disputes":
             pi = params.get("payment_intent")
             found = [d for d in self.disputes.values() if not pi or d["payment_intent"] == pi]

@@ -11,7 +11,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from django.apps import apps
 from wagtail.permission_policies import ModelPermissionPolicy
+from wagtail.permissions import policy_registry
 
 #: See the purchases listing, each purchase's inspect view and timeline, and export the listing.
 VIEW = "view"
@@ -62,3 +64,12 @@ class EventPermissionPolicy(PurchasePermissionPolicy):
     """The same policy for Stripe events (``view_stripeevent``, ``reprocess_stripeevent``)."""
 
     actions = EVENT_ACTIONS
+
+
+def may_view_purchases(user: Any) -> bool:
+    """Superusers and editors whose group has ``view_purchase`` (the desk's pages, the product
+    editor's sales panel, the delivery self-test)."""
+    if user is None or not getattr(user, "is_authenticated", False):
+        return False
+    policy = policy_registry.get_by_type(apps.get_model("wagtail_paid_delivery", "Purchase"))
+    return bool(user.is_superuser or policy.user_has_permission(user, VIEW))

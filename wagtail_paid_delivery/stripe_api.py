@@ -486,3 +486,15 @@ def _storable(node: Any) -> Any:
             raise InvalidWebhook("duplicate key in body")
         return result
     return node
+
+
+def retrieve_account() -> Any:
+    """The Stripe account the configured secret key belongs to (proves the key works)."""
+    with _translate_errors():
+        return get_client().v1.accounts.retrieve_current()
+
+
+def list_webhook_endpoints() -> list[Any]:
+    """The webhook endpoints Stripe has on file for this account (first 100)."""
+    with _translate_errors():
+        return list(get_client().v1.webhook_endpoints.list({"limit": 100}).data)

@@ -6,7 +6,9 @@ The broker delivers at least once: each rule called here is idempotent.
 
 from __future__ import annotations
 
-from . import delivery, heartbeat, inbox, reconciliation, retention
+from typing import Any
+
+from . import delivery, heartbeat, inbox, reconciliation, retention, selftest
 
 
 def process_stripe_event(event_pk: int, token: str | None = None) -> str:
@@ -44,3 +46,9 @@ def resend_links(email: str, product_id: int | None = None) -> str:
     every address it accepts, so whether the address bought is decided here, out of the
     request: the page's answer and timing say nothing about it."""
     return delivery.resend_links(email, product_id)
+
+
+def delivery_selftest(with_stripe: bool = False) -> list[dict[str, Any]]:
+    """Run every self-test check, the HTTP probes included (queued by the admin's self-test
+    page, so the probes never run inside the web request that would wait on them)."""
+    return selftest.as_dicts(selftest.run(None, with_stripe=with_stripe))

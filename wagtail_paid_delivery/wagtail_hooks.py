@@ -19,13 +19,14 @@ from wagtail.admin.utils import get_valid_next_url_from_request
 from wagtail.permissions import register_permission_policy
 from wagtail.snippets.models import register_snippet
 
-from . import desk, permissions, stats
+from . import desk, permissions, product_stats, stats
+from .admin import selftest as selftest_admin
 from .admin import urls as admin_urls
 from .admin.dashboard import ShopPanel
 from .admin.events import StripeEventViewSet
 from .admin.purchases import ShopViewSetGroup
 from .admin.viewsets import DeliveryCopyViewSet
-from .models import Purchase, StripeEvent
+from .models import ProductPageMixin, Purchase, StripeEvent
 from .permissions import EventPermissionPolicy, PurchasePermissionPolicy
 
 register_snippet(DeliveryCopyViewSet)
@@ -56,6 +57,12 @@ def add_shop_panel(request, panels):
         user, permissions.VIEW_EVENTS
     )
     panels.append(ShopPanel(stats.dashboard(), can_view_events=can_view_events))
+
+
+@hooks.register("register_paid_delivery_shop_menu_item")
+def register_selftest_menu_item():
+    """Shop → Delivery self-test (superusers and editors who may view purchases)."""
+    return selftest_admin.menu_item()
 
 
 @hooks.register("register_log_actions")
@@ -134,3 +141,27 @@ def refuse_bulk_deleting_sold_products(request, action_type, objects, action_cla
 #:
 #: After the response is built, ``signals.download_served`` is sent (``request``, ``link``,
 #: ``file``).
+
+
+#: Where ``before_edit_page`` keeps the product's files (id → title) for ``after_edit_page``.
+FILES_BEFORE_EDIT = "paid_delivery_files_before_edit"
+
+
+@hooks.register("before_edit_page")
+def remember_product_files(request, page):
+    specific = page.specific
+    if request.method == "POST" and isinstance(specific, ProductPageMixin):
+        files = {f.pk: str(f) for f in specific.files.all()}  # type: ignore[attr-defined]
+        setattr(request, FILES_BEFORE_EDIT, files)
+
+
+@hooks.register("after_edit_page")
+def warn_about_removed_files(request, page):
+    """A file paid buyers own was removed: allowed, but the editor is told what it means."""
+    before = getattr(request, FILES_BEFORE_EDIT, None)
+    if not before:
+        return
+    kept = {f.pk for f in page.files.all()}
+    removed = {pk: title for pk, title in before.items() if pk not in kept}
+    if removed and product_stats.owned_files(page, set(removed)):
+        messages.warning(request, product_stats.removal_warning(list(removed.values())))
