@@ -5,6 +5,11 @@ requests for real, and only the socket is replaced. Objects are shaped like the 
 OpenAPI fixtures (``checkout.session``, ``item``, ``price``, ``payment_intent``, ``charge``,
 ``refund``, ``dispute``, ``event``).
 
+Like Stripe, it keeps an event for every change it makes (``events``, newest last) and lists them
+at ``GET /v1/events``; it never delivers them itself, so a test either posts one to the webhook
+(``post_event(client, fake.last_event("charge.refunded"))``) or leaves it undelivered, as a
+webhook outage would.
+
 Use the ``fake_stripe`` fixture (tests/conftest.py), then::
 
     session = stripe_api.create_checkout_session({...}, idempotency_key="k")
@@ -142,12 +147,18 @@ class FakeStripe(stripe.HTTPClient):
         self.prices: dict[str, dict[str, Any]] = {}
         self.charges: dict[str, dict[str, Any]] = {}
         self.disputes: dict[str, dict[str, Any]] = {}
+        #: Webhook endpoints on file (``GET /v1/webhook_endpoints``), as Stripe shapes them.
+        self.webhook_endpoints: list[dict[str, Any]] = []
         #: Calls to the emulator control endpoint (``POST /_emulator/sessions/<id>/<action>``).
         self.controls: list[tuple[str, str, dict[str, Any]]] = []
+        #: Every event Stripe would have sent, oldest first (``GET /v1/events`` lists them).
+        self.events: list[dict[str, Any]] = []
         self.requests: list[FakeRequest] = []
         self.down: str | None = None
         #: Secret keys Stripe answers 401 for (revoked or rolled); keys not starting sk_ are too.
         self.rejected_keys: set[str] = set()
+        #: Requests still answered before ``down`` takes effect (None: at once).
+        self.down_after: int | None = None
         self._idempotent: dict[str, tuple[str, tuple[str, int, dict[str, str]]]] = {}
         self._lock = threading.RLock()
 
@@ -171,12 +182,21 @@ class FakeStripe(stripe.HTTPClient):
         lower = {k.lower(): v for k, v in dict(headers or {}).items()}
         with self._lock:
             self.requests.append(FakeRequest(method.upper(), parts.path, params, lower))
+            if self.down and self.down_after:
+                self.down_after -= 1
+                return self._answer(method, parts, params, lower, body)
             if self.down == "connection":
                 raise stripe.APIConnectionError(
                     "Fake Stripe is down (connection refused).", should_retry=True
                 )
             if self.down == "500":
                 return self._error(500, "api_error", "Fake Stripe is down.")
+            return self._answer(method, parts, params, lower, body)
+
+    def _answer(
+        self, method: str, parts: Any, params: dict[str, Any], lower: dict[str, str], body: str
+    ) -> tuple[str, int, dict[str, str]]:
+        with self._lock:
             authorization = lower.get("authorization", "")
             if (
                 not authorization.startswith("Bearer sk_")
@@ -223,6 +243,12 @@ class FakeStripe(stripe.HTTPClient):
             pi = params.get("payment_intent")
             found = [self._public(x) for x in self.sessions.values() if x["payment_intent"] == pi]
             return self._ok(self._list(found, path))
+        if method == "get" and path == "/v1/events":
+            return self._list_events(params)
+        if method == "get" and path == "/v1/account":
+            return self._ok({"id": "acct_fake", "object": "account"})
+        if method == "get" and path == "/v1/webhook_endpoints":
+            return self._ok(self._list(self.webhook_endpoints, "/v1/webhook_endpoints"))
         if method == "get" and path == "/v1/disputes":
             pi = params.get("payment_intent")
             found = [d for d in self.disputes.values() if not pi or d["payment_intent"] == pi]
@@ -272,6 +298,54 @@ class FakeStripe(stripe.HTTPClient):
     @staticmethod
     def _list(data: list[dict[str, Any]], url: str) -> dict[str, Any]:
         return {"object": "list", "data": data, "has_more": False, "url": url}
+
+    def _list_events(self, params: dict[str, Any]) -> tuple[str, int, dict[str, str]]:
+        """``GET /v1/events`` as Stripe answers it: newest first, ``types[]``, ``created[gt]``
+        (and gte, lt, lte), ``limit`` (10 by default, 100 at most), ``starting_after``."""
+        types = params.get("types") or ([params["type"]] if params.get("type") else None)
+        created = params.get("created")
+        bounds = created if isinstance(created, dict) else {}
+        if created is not None and not isinstance(created, dict):
+            bounds = {"gte": created, "lte": created}
+        tests = {
+            "gt": lambda c, v: c > v,
+            "gte": lambda c, v: c >= v,
+            "lt": lambda c, v: c < v,
+            "lte": lambda c, v: c <= v,
+        }
+        found = [
+            e
+            for e in reversed(self.events)  # newest first; equal seconds: last made first
+            if (not types or e["type"] in types)
+            and all(tests[op](e["created"], int(v)) for op, v in bounds.items() if op in tests)
+        ]
+        found.sort(key=lambda e: e["created"], reverse=True)  # stable: keeps the above
+        after = params.get("starting_after")
+        if after:
+            ids = [e["id"] for e in found]
+            if after not in ids:
+                return self._missing("event", after)
+            found = found[ids.index(after) + 1 :]
+        limit = int(params.get("limit") or 10)
+        if not 1 <= limit <= 100:
+            return self._error(400, "invalid_request_error", "limit must be from 1 to 100.")
+        page = {
+            "object": "list",
+            "data": copy.deepcopy(found[:limit]),
+            "has_more": len(found) > limit,
+            "url": "/v1/events",
+        }
+        return self._ok(page)
+
+    def _emit(self, type_: str, obj: dict[str, Any]) -> dict[str, Any]:
+        """Keep the event Stripe makes for a change (the object as stored, at that moment)."""
+        event = event_for(obj, type_, bool(obj.get("livemode")))
+        self.events.append(event)
+        return copy.deepcopy(event)
+
+    def last_event(self, type_: str | None = None) -> dict[str, Any]:
+        """The newest event (of ``type_``), as a webhook would carry it."""
+        return copy.deepcopy(next(e for e in reversed(self.events) if type_ in (None, e["type"])))
 
     def _control(self, session_id: str, action: str, params: dict[str, Any]) -> tuple:
         """A tiny stand-in for the sandbox emulator's control endpoint (the trigger command)."""
@@ -500,6 +574,9 @@ class FakeStripe(stripe.HTTPClient):
             session["total_details"]["amount_discount"] = amount_discount
             if succeeded:
                 self._charge(pi_id)
+            self._emit("checkout.session.completed", self._public(session))
+            if succeeded:
+                self._emit("payment_intent.succeeded", self.payment_intents[pi_id])
             return self._public(session)
 
     def settle(self, session_id: str) -> dict[str, Any]:
@@ -510,6 +587,8 @@ class FakeStripe(stripe.HTTPClient):
             pi = self.payment_intents[session["payment_intent"]]
             pi.update(status="succeeded", amount_received=pi["amount"])
             self._charge(pi["id"])
+            self._emit("checkout.session.async_payment_succeeded", self._public(session))
+            self._emit("payment_intent.succeeded", pi)
             return self._public(session)
 
     def fail_async(self, session_id: str, message: str = "The bank debit was returned.") -> None:
@@ -521,10 +600,13 @@ class FakeStripe(stripe.HTTPClient):
                 status="requires_payment_method",
                 last_payment_error={"type": "card_error", "message": message},
             )
+            self._emit("checkout.session.async_payment_failed", self.session(session_id))
+            self._emit("payment_intent.payment_failed", pi)
 
     def expire(self, session_id: str) -> dict[str, Any]:
         with self._lock:
             self.sessions[session_id]["status"] = "expired"
+            self._emit("checkout.session.expired", self.session(session_id))
             return self._public(self.sessions[session_id])
 
     def _charge(self, pi_id: str) -> dict[str, Any]:
@@ -584,6 +666,7 @@ class FakeStripe(stripe.HTTPClient):
             charge["amount_refunded"] += amount
             charge["refunded"] = charge["amount_refunded"] >= charge["amount"]
             charge["refunds"]["data"].insert(0, refund)
+            self._emit("charge.refunded", charge)
             return copy.deepcopy(charge)
 
     def dispute(self, session_id: str, status: str = "needs_response") -> dict[str, Any]:
@@ -607,6 +690,7 @@ class FakeStripe(stripe.HTTPClient):
                 "status": status,
             }
             self.disputes[dispute["id"]] = dispute
+            self._emit("charge.dispute.created", dispute)
             return copy.deepcopy(dispute)
 
     def close_dispute(self, session_id: str, status: str = "won") -> dict[str, Any]:
@@ -618,6 +702,7 @@ class FakeStripe(stripe.HTTPClient):
                 key=lambda d: d["created"],
             )
             dispute["status"] = status
+            self._emit("charge.dispute.closed", dispute)
             return copy.deepcopy(dispute)
 
     def tamper_line_item(
@@ -650,9 +735,11 @@ class FakeStripe(stripe.HTTPClient):
                 item["quantity"] = quantity
             item["amount_subtotal"] = item["amount_total"] = price["unit_amount"] * item["quantity"]
 
-    def set_down(self, down: bool = True, *, mode: str = "connection") -> None:
-        """Make every request fail: ``mode="connection"`` (refused) or ``"500"`` (server error)."""
+    def set_down(self, down: bool = True, *, mode: str = "connection", after: int = 0) -> None:
+        """Make every request fail: ``mode="connection"`` (refused) or ``"500"`` (server error);
+        ``after``: answer that many more requests first."""
         self.down = mode if down else None
+        self.down_after = after or None
 
     def calls(self, method: str | None = None, path_prefix: str = "") -> list[FakeRequest]:
         return [

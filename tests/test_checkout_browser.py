@@ -9,6 +9,7 @@ the signed webhook both travel over real HTTP), and saves docs/screenshots/check
 from __future__ import annotations
 
 import os
+import re
 import time
 
 import pytest
@@ -108,3 +109,72 @@ def test_buyer_buys_in_a_real_browser(shop, transactional_db):
     purchase = Purchase.objects.get()
     assert purchase.status == Purchase.Status.PAID
     assert purchase.email == "ada@example.com"
+
+
+def _emulated_sessions() -> int:
+    from sandbox.stripe_emulator.models import EmulatedSession
+
+    return EmulatedSession.objects.count()
+
+
+def test_a_double_click_on_buy_starts_one_checkout_session(shop, transactional_db):
+    from playwright.sync_api import sync_playwright
+
+    live_server, product = shop
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            posts = []
+            page.on(
+                "request",
+                lambda r: posts.append(r.post_data or "") if r.method == "POST" else None,
+            )
+            page.goto(live_server.url + product.url)
+            page.get_by_role("button", name="Buy now for $12.50").dblclick()
+            page.wait_for_url("**/stripe-emulator/pay/**")
+        finally:
+            browser.close()
+
+    assert posts and all(re.fullmatch(r"checkout_nonce=[0-9a-f]{32}", body) for body in posts)
+    assert len(set(posts)) == 1  # every POST of the click carries the same nonce
+    assert Purchase.objects.count() == 1
+    assert _emulated_sessions() == 1
+
+
+def test_two_posts_from_one_page_at_once_and_no_cookie_start_one_checkout_session(
+    shop, transactional_db
+):
+    # The button's own guard lets one POST through; a browser retry or a second submission it
+    # misses sends another. Here the page's script fills the nonce (a submit event, as a click
+    # makes) and the page then sends the form twice at the same moment, before any cookie.
+    from playwright.sync_api import sync_playwright
+
+    live_server, product = shop
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            page.goto(live_server.url + product.url)
+            page.wait_for_load_state("load")  # checkout.js is deferred
+            result = page.evaluate(
+                """async () => {
+                    const form = document.querySelector("form[data-pd-checkout]");
+                    form.dispatchEvent(new Event("submit", {cancelable: true}));
+                    const nonce = form.elements.checkout_nonce.value;
+                    const send = () => fetch(form.action, {
+                        method: "POST", body: new FormData(form), redirect: "manual",
+                    });
+                    const answers = await Promise.all([send(), send()]);
+                    return {nonce, types: answers.map((a) => a.type)};
+                }"""
+            )
+            cookies = page.context.cookies()
+        finally:
+            browser.close()
+
+    assert re.fullmatch(r"[0-9a-f]{32}", result["nonce"])
+    assert result["types"] == ["opaqueredirect", "opaqueredirect"]  # both 303 to Stripe
+    assert Purchase.objects.count() == 1
+    assert _emulated_sessions() == 1
+    assert [c["name"] for c in cookies] == ["wpd_checkout"]

@@ -1,4 +1,6 @@
-"""tasks.reconcile: a shop whose webhook never arrived heals itself from Stripe's own state."""
+"""Reconciliation's pending pass: a pending purchase whose webhook never arrived heals itself
+from Stripe's own state, in fair batches. (The events pass, which heals refunds and disputes of
+paid purchases, is tested in test_reconcile_events.py.)"""
 
 from __future__ import annotations
 
@@ -12,7 +14,11 @@ from tests.stripe_fake import start_checkout
 from tests.test_fulfillment import Receiver
 from wagtail_paid_delivery import reconciliation, signals
 from wagtail_paid_delivery.models import Purchase, StripeEvent
-from wagtail_paid_delivery.tasks import reconcile
+
+
+def reconcile() -> str:
+    """The pending pass on its own (tasks.reconcile runs it after the events pass)."""
+    return reconciliation.pending_summary(reconciliation.check_pending())
 
 
 @pytest.fixture
@@ -86,10 +92,10 @@ def test_reconcile_is_bounded_and_takes_turns(product, fake_stripe, monkeypatch)
     assert reconcile() == "not_paid 2"
     assert len(fake_stripe.calls("GET", "/v1/checkout/sessions/")) == 2
     # The one left out is checked first next time.
+    checked_first_time = {r.path.rsplit("/", 1)[1] for r in fake_stripe.calls("GET")}
     fake_stripe.requests.clear()
     reconcile()
     first = fake_stripe.calls("GET", "/v1/checkout/sessions/")[0].path
-    checked_first_time = {p.stripe_checkout_session_id for p in purchases[:2]}
     unchecked = {p.stripe_checkout_session_id for p in purchases} - checked_first_time
     assert first.rsplit("/", 1)[1] in unchecked
 
@@ -101,3 +107,55 @@ def test_reconcile_stops_when_stripe_is_down(product, fake_stripe):
     assert reconcile() == "stripe unavailable 1"
     # One session tried (with stripe-python's own retries), then the run stopped.
     assert len(fake_stripe.calls("GET")) == 3
+
+
+# Fair batches ----------------------------------------------------------------------------------
+
+
+def test_a_flood_of_old_pending_purchases_does_not_starve_a_new_one(product, fake_stripe):
+    """120 abandoned checkouts from the last day, more than two batches, never checked yet; a
+    buyer who paid five minutes ago (and whose webhook was lost) is still found in the first
+    run, and every abandoned one is asked about once before any is asked twice."""
+    abandoned = [
+        pending(product, fake_stripe, age=timedelta(hours=1 + i % 20))[0] for i in range(120)
+    ]
+    recent, recent_id = pending(product, fake_stripe, age=timedelta(minutes=5))
+    fake_stripe.pay(recent_id)
+
+    assert reconcile() == "fulfilled 1, not_paid 49"
+    assert status(recent) == Purchase.Status.PAID
+    reconcile()
+    reconcile()
+    checks = Purchase.objects.filter(pk__in=[p.pk for p in abandoned])
+    assert set(checks.values_list("reconcile_checks", flat=True)) == {1}
+    # Nothing is due again yet: the next check of each waits a growing while.
+    fake_stripe.requests.clear()
+    assert reconcile() == "nothing pending"
+    assert fake_stripe.requests == []
+
+
+def test_each_pending_purchase_is_checked_a_bounded_number_of_times_with_growing_spacing(
+    product, fake_stripe
+):
+    purchase, _ = pending(product, fake_stripe, age=timedelta(0))
+    purchase.refresh_from_db()
+    start = purchase.created_at
+    checked_at = []
+    minute = start
+    while minute < start + reconciliation.RECONCILE_WINDOW + timedelta(hours=1):
+        if reconciliation.check_pending(now=minute):
+            checked_at.append(minute - start)
+        minute += timedelta(minutes=1)
+
+    assert len(checked_at) <= reconciliation.MAX_CHECKS
+    assert len(checked_at) >= 10
+    assert checked_at[0] == timedelta(minutes=2)
+    gaps = [b - a for a, b in zip(checked_at, checked_at[1:], strict=False)]
+    assert gaps[:6] == [timedelta(minutes=m) for m in (4, 8, 16, 32, 64, 128)]
+    assert max(gaps) <= reconciliation.MAX_CHECK_SPACING
+    # One check falls just after the session must have expired, so it is seen expired.
+    expiry = reconciliation.SESSION_LIFETIME + reconciliation.EXPIRY_MARGIN
+    assert any(expiry <= at < expiry + timedelta(minutes=2) for at in checked_at)
+    assert checked_at[-1] < reconciliation.RECONCILE_WINDOW
+    purchase.refresh_from_db()
+    assert purchase.reconcile_checks == len(checked_at)

@@ -1053,7 +1053,8 @@ def test_reset_while_buyers_download_neither_deadlocks_nor_loses_a_count(home, r
 
     def download(i: int) -> None:
         file = files[i % 2]
-        links.reserve_download(rf.get("/"), link, file, links.Handoff(link.pk, file.pk, f"n{i}"))
+        handoff = links.Handoff(link.pk, file.pk, f"n{i}")
+        links.reserve_download(rf.get("/"), link, file, handoff, promised=file.size, size=file.size)
 
     def reset() -> None:
         desk.reset_link_counts(link, user=None)

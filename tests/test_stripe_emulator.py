@@ -7,6 +7,7 @@ emulator sends on Pay is captured and posted to the package's webhook view.
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -450,3 +451,91 @@ def test_control_endpoint_needs_the_secret_key(client, paid):
     url = f"/stripe-emulator/_emulator/sessions/{paid.stripe_checkout_session_id}/refund"
     assert client.post(url).status_code == 401
     assert state(paid) == Purchase.Status.PAID
+
+
+# Events kept and listed: reconciliation heals what held-back webhooks missed --------------------
+
+
+def test_emulator_lists_the_events_it_made_as_stripe_does(paid, emulator):
+    from sandbox.stripe_emulator.models import EmulatedEvent
+
+    trigger("refund", str(paid.public_id), "--amount", "250", "--hold-webhook")
+    trigger("refund", str(paid.public_id), "--hold-webhook")
+    assert emulator == []  # held back: nothing sent
+
+    page = stripe_api.list_events(types=["charge.refunded"], created_gt=0)
+    assert not page.has_more
+    newest, oldest = page.events
+    assert (newest["type"], newest["object"]) == ("charge.refunded", "event")
+    assert newest["data"]["object"]["amount_refunded"] == 1250
+    assert oldest["data"]["object"]["amount_refunded"] == 250
+    assert newest["data"]["object"]["payment_intent"] == paid.stripe_payment_intent_id
+    assert set(newest) >= {
+        "id",
+        "api_version",
+        "created",
+        "livemode",
+        "pending_webhooks",
+        "request",
+    }
+
+    # Pagination and filters, as Stripe's list has them.
+    first = stripe_api.list_events(types=["charge.refunded"], created_gt=0, limit=1)
+    assert first.has_more and first.events[0]["id"] == newest["id"]
+    second = stripe_api.list_events(
+        types=["charge.refunded"], created_gt=0, limit=1, starting_after=newest["id"]
+    )
+    assert not second.has_more and second.events[0]["id"] == oldest["id"]
+    later = stripe_api.list_events(types=["charge.refunded"], created_gt=newest["created"])
+    assert later.events == []
+    everything = stripe_api.list_events(
+        types=["checkout.session.completed", "charge.refunded"], created_gt=0
+    )
+    assert [e["type"] for e in everything.events] == [
+        "charge.refunded",
+        "charge.refunded",
+        "checkout.session.completed",
+    ]
+    # Events that were delivered are listed with the very body the webhook carried.
+    delivered = EmulatedEvent.objects.get(type="checkout.session.completed")
+    assert delivered.delivery == "delivered (200)"
+    assert everything.events[-1] == delivered.payload
+    assert EmulatedEvent.objects.get(pk=newest["id"]).delivery == "held back (webhooks off)"
+
+
+def test_refund_with_webhooks_held_back_then_manage_py_reconcile_kills_the_link(
+    client, paid, emulator, monkeypatch, django_capture_on_commit_callbacks
+):
+    """The sandbox walk-through: hold webhooks back on the dashboard, refund, run
+    ``manage.py reconcile``: the link dies."""
+    from io import StringIO
+
+    from django.core import mail
+    from django.core.management import call_command
+
+    from wagtail_paid_delivery import reconciliation
+
+    monkeypatch.setattr(reconciliation, "EVENT_GRACE", timedelta(0))
+    link = mail.outbox[-1].body.split("Download your files:\n")[1].split("\n")[0]
+    link = link.removeprefix("http://testserver")
+    assert client.get(link).status_code == 200
+
+    dashboard = reverse("stripe_emulator:dashboard")
+    response = client.post(dashboard, {"webhooks": "hold"})
+    assert "Webhooks held back" in client.get(response["Location"]).content.decode()
+    with django_capture_on_commit_callbacks(execute=True):
+        client.post(dashboard, {"session": paid.stripe_checkout_session_id, "action": "refund"})
+    assert emulator == []
+    page = client.get(dashboard).content.decode()
+    assert "held back (webhooks off)" in page and "charge.refunded" in page
+    assert state(paid) == Purchase.Status.PAID
+    assert client.get(link).status_code == 200
+
+    out = StringIO()
+    call_command("reconcile", "--sync", stdout=out)
+    assert "1 new and queued" in out.getvalue()
+    assert state(paid) == Purchase.Status.REFUNDED
+    assert client.get(link).status_code == 410
+
+    response = client.post(dashboard, {"webhooks": "send"})
+    assert "Webhooks are sent again" in client.get(response["Location"]).content.decode()

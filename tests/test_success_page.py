@@ -7,20 +7,34 @@ fulfill anything; the webhook (or the buyer's own browser) does that.
 
 from __future__ import annotations
 
-import pytest
-from django.test import Client
-from django.urls import reverse
+import re
+from datetime import timedelta
 
+import pytest
+from django.core import mail, signing
+from django.core.cache import cache
+from django.db import connection
+from django.test import Client, override_settings
+from django.urls import reverse
+from django.utils import timezone
+
+from tests.concurrency import run_at_once
 from tests.factories import DeliveryCopyFactory, ProductPageFactory, PurchaseFactory
 from tests.stripe_fake import event_for, post_event
-from wagtail_paid_delivery import binding, signals
-from wagtail_paid_delivery.models import Purchase
+from wagtail_paid_delivery import binding, links, signals
+from wagtail_paid_delivery.models import DownloadLink, Purchase
 
 ORIGIN = "http://testserver"
 SUCCESS = "Thank you for your purchase"
 PENDING = "Your payment is processing"
 FAILED = "The payment did not go through"
 NEUTRAL = "Check your email"
+
+needs_postgres = pytest.mark.skipif(
+    connection.vendor != "postgresql",
+    reason="parallel requests are proven on PostgreSQL (DATABASE_URL=postgres://...); SQLite "
+    "serialises writers instead",
+)
 
 
 @pytest.fixture
@@ -209,55 +223,187 @@ def test_success_page_headers_keep_it_private(client, product):
 
 
 def _download_href(html: str) -> str:
-    import re
-
     match = re.search(r'href="(http://testserver/shop/d/[A-Za-z0-9_-]{43}/)"', html)
     assert match, "no download link on the success page"
     return match.group(1)
 
 
-def test_success_page_links_to_the_download_page_and_reloads_mint_no_new_links(
-    client, product, fake_stripe
-):
-    from wagtail_paid_delivery.models import DownloadLink
+def _token(url: str) -> str:
+    return url.rstrip("/").rsplit("/", 1)[1]
 
+
+def success_links(purchase):
+    return DownloadLink.objects.filter(purchase=purchase, reason="success_page")
+
+
+@pytest.fixture
+def paid_in_browser(client, product, fake_stripe):
+    """A purchase started by ``client`` (which holds its binding cookie) and paid at Stripe."""
     purchase = start_checkout(client, product)
+    fake_stripe.pay(purchase.stripe_checkout_session_id, email="ada@example.com")
+    return purchase
+
+
+def test_success_page_links_to_the_download_page_and_reloads_mint_no_new_links(
+    client, paid_in_browser
+):
+    purchase = paid_in_browser
     session_id = purchase.stripe_checkout_session_id
-    fake_stripe.pay(session_id, email="ada@example.com")
 
     first = thanks(client, session_id)
     url = _download_href(first.content.decode())
-    links = DownloadLink.objects.filter(purchase=purchase, reason="success_page")
-    assert links.count() == 1
-    # The raw token is only in the (signed, HttpOnly) binding cookie, never stored server-side.
-    cookie = first.cookies[binding.COOKIE_NAME]
-    assert cookie["httponly"]
-    token = url.rstrip("/").rsplit("/", 1)[1]
+    assert success_links(purchase).count() == 1
+    # No token travels in a cookie (the page sets none), and none is stored: only its hash.
+    assert binding.COOKIE_NAME not in first.cookies
+    token = _token(url)
+    assert links.TOKEN_RE.match(token)
+    assert success_links(purchase).get().token_hash == links.hash_token(token)
     assert not DownloadLink.objects.filter(token_hash=token).exists()
 
-    second = thanks(client, session_id)
-    assert _download_href(second.content.decode()) == url
-    assert links.count() == 1
+    for _ in range(5):
+        assert _download_href(thanks(client, session_id).content.decode()) == url
+    assert success_links(purchase).count() == 1
+    assert DownloadLink.objects.filter(purchase=purchase).count() == 1
 
     page = client.get(url.replace("http://testserver", ""))
     assert page.status_code == 200
     assert "Field guide" in page.content.decode()
 
 
-def test_success_page_gives_a_fresh_link_when_the_remembered_one_was_revoked(
-    client, product, fake_stripe
-):
-    from wagtail_paid_delivery import links
-
-    purchase = start_checkout(client, product)
+def test_a_replayed_cookie_and_a_copied_cookie_show_the_same_link(client, paid_in_browser):
+    purchase = paid_in_browser
     session_id = purchase.stripe_checkout_session_id
-    fake_stripe.pay(session_id)
-    old = _download_href(thanks(client, session_id).content.decode())
-    links.revoke_link(links.check_token(old.rstrip("/").rsplit("/", 1)[1]))
+    # The cookie exactly as the checkout left it, before the success page was ever seen.
+    cookie_before = client.cookies[binding.COOKIE_NAME].value
+    url = _download_href(thanks(client, session_id).content.decode())
 
-    new = _download_href(thanks(client, session_id).content.decode())
-    assert new != old
-    assert client.get(new.replace("http://testserver", "")).status_code == 200
+    client.cookies[binding.COOKIE_NAME] = cookie_before
+    assert _download_href(thanks(client, session_id).content.decode()) == url
+    other_tab = Client()
+    other_tab.cookies[binding.COOKIE_NAME] = cookie_before
+    assert _download_href(thanks(other_tab, session_id).content.decode()) == url
+    assert success_links(purchase).count() == 1
+
+
+def test_a_cookie_from_an_earlier_build_with_a_raw_token_in_it_changes_nothing(
+    client, product, paid_in_browser, fake_stripe
+):
+    purchase = paid_in_browser
+    session_id = purchase.stripe_checkout_session_id
+    url = _download_href(thanks(client, session_id).content.decode())
+    # Earlier builds kept the success page's raw token in the cookie; one that names another
+    # (real) link must neither be shown nor make a new one.
+    other = links.issue_link(PurchaseFactory(product=product, paid=True), reason="webhook")
+    old = {"purchases": [str(purchase.public_id)], "links": {str(purchase.public_id): other.token}}
+    client.cookies[binding.COOKIE_NAME] = signing.dumps(old, salt=binding.SALT, compress=True)
+
+    html = thanks(client, session_id).content.decode()
+    assert _download_href(html) == url
+    assert other.token not in html
+    assert success_links(purchase).count() == 1
+    # The next checkout rewrites the cookie without the raw token.
+    response = client.post(
+        reverse("wagtail_paid_delivery:checkout", args=[product.pk]), HTTP_ORIGIN=ORIGIN
+    )
+    data = signing.loads(response.cookies[binding.COOKIE_NAME].value, salt=binding.SALT)
+    assert "links" not in data
+    assert other.token not in response.cookies[binding.COOKIE_NAME].value
+
+
+def test_a_revoked_success_link_is_not_replaced_by_the_success_page(client, paid_in_browser):
+    purchase = paid_in_browser
+    session_id = purchase.stripe_checkout_session_id
+    old = _download_href(thanks(client, session_id).content.decode())
+    links.revoke_link(links.check_token(_token(old)))
+
+    html = thanks(client, session_id).content.decode()
+    assert SUCCESS in html  # the copy still says it is paid and where the email went
+    assert "/shop/d/" not in html
+    assert "ada@example.com" in html
+    assert success_links(purchase).count() == 1
+    # Fresh links come by email: the resend form.
+    cache.clear()  # resend's rate limit counts in the cache
+    response = client.post(reverse("wagtail_paid_delivery:resend"), {"email": "ada@example.com"})
+    assert response.status_code == 200
+    [message] = mail.outbox
+    [path] = re.findall(r"http://testserver(/shop/d/[A-Za-z0-9_-]{43}/)", message.body)
+    assert client.get(path).status_code == 200
+    assert success_links(purchase).count() == 1
+
+
+def test_an_expired_success_link_is_not_replaced_by_the_success_page(
+    client, paid_in_browser, settings
+):
+    purchase = paid_in_browser
+    session_id = purchase.stripe_checkout_session_id
+    _download_href(thanks(client, session_id).content.decode())
+    success_links(purchase).update(expires_at=timezone.now() - timedelta(seconds=1))
+
+    html = thanks(client, session_id).content.decode()
+    assert SUCCESS in html
+    assert "/shop/d/" not in html
+    assert success_links(purchase).count() == 1
+
+
+def test_the_success_link_survives_a_secret_key_rotation(client, paid_in_browser, settings):
+    purchase = paid_in_browser
+    session_id = purchase.stripe_checkout_session_id
+    url = _download_href(thanks(client, session_id).content.decode())
+
+    old_key = settings.SECRET_KEY
+    settings.SECRET_KEY = "rotated-" + old_key
+    settings.SECRET_KEY_FALLBACKS = [old_key]
+    assert _download_href(thanks(client, session_id).content.decode()) == url
+    assert success_links(purchase).count() == 1
+
+    # With the old key gone from the fallbacks its link cannot be shown again: the page makes
+    # one under the current key (once: reloads reuse it). At most one link per secret.
+    settings.SECRET_KEY_FALLBACKS = []
+    data = {"purchases": [str(purchase.public_id)]}
+    client.cookies[binding.COOKIE_NAME] = signing.dumps(data, salt=binding.SALT, compress=True)
+    rotated = _download_href(thanks(client, session_id).content.decode())
+    assert rotated != url
+    assert _download_href(thanks(client, session_id).content.decode()) == rotated
+    assert success_links(purchase).count() == 2
+
+
+def test_one_purchases_success_token_opens_only_its_own_download_page(client, product):
+    first, second = (PurchaseFactory(product=product, paid=True) for _ in range(2))
+    a, b = links.success_page_link(first), links.success_page_link(second)
+    assert a is not None and b is not None
+    assert a.token != b.token
+    assert links.check_token(a.token).purchase == first
+    assert links.check_token(b.token).purchase == second
+    # Derived from the secret: another SECRET_KEY gives another token for the same purchase.
+    with override_settings(SECRET_KEY="another secret key, 50 characters long........"):
+        assert links.success_page_tokens(first)[0] != a.token
+
+
+@needs_postgres
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
+def test_parallel_success_pages_make_one_link_on_postgres(home, fake_stripe):
+    product = ProductPageFactory(parent=home, title="Field guide", price_amount=1250)
+    buyer = Client()
+    purchase = start_checkout(buyer, product)
+    session_id = purchase.stripe_checkout_session_id
+    fake_stripe.pay(session_id, email="ada@example.com")  # no webhook: every request settles it
+    cookie = buyer.cookies[binding.COOKIE_NAME].value
+
+    def load():
+        tab = Client()
+        tab.cookies[binding.COOKIE_NAME] = cookie
+        return thanks(tab, session_id).content.decode()
+
+    pages = run_at_once([load] * 8)
+
+    assert {_download_href(html) for html in pages} == {_download_href(pages[0])}
+    assert success_links(purchase).count() == 1
+    # Besides it only the delivery email's link (this test commits, so the email is sent).
+    others = DownloadLink.objects.filter(purchase=purchase).exclude(reason="success_page")
+    assert others.count() == 1
+    assert len(mail.outbox) == 1
+    purchase.refresh_from_db()
+    assert purchase.status == Purchase.Status.PAID
 
 
 def test_a_stranger_gets_no_download_link(client, product, fake_stripe):

@@ -7,11 +7,13 @@ second one. It is signed (``django.core.signing``), HttpOnly, SameSite=Lax (it m
 top-level redirect back from Stripe) and Secure on HTTPS, and its path is limited to this app's
 URLs, so it never reaches (and never busts) front-end-cached site pages.
 
-The value is a small JSON object so later features can carry more than purchase ids.
+The value is a small JSON object so later features can carry more than purchase ids. It holds
+no download token: the success page's link is derived on the server (``links.success_page_link``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 from datetime import timedelta
 from typing import Any
@@ -51,6 +53,18 @@ def load(request: HttpRequest) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
+def cookie_fingerprint(request: HttpRequest) -> str | None:
+    """A SHA-256 of the exact binding cookie this request carries, when it is one of ours.
+
+    Two POSTs of one click carry the same cookie; a request from anywhere else cannot (it is
+    signed and HttpOnly). ``checkout.nonce_key`` scopes the Buy form's nonce with it.
+    """
+    raw = request.COOKIES.get(COOKIE_NAME)
+    if not raw or not load(request):
+        return None
+    return hashlib.sha256(raw.encode()).hexdigest()
+
+
 def bound_purchase_ids(request: HttpRequest) -> list[str]:
     """Public ids (strings) of the purchases this browser started, newest first."""
     ids = load(request).get("purchases", [])
@@ -76,27 +90,9 @@ def save(request: HttpRequest, response: HttpResponse, data: dict[str, Any]) -> 
 def bind_purchase(request: HttpRequest, response: HttpResponse, public_id: Any) -> None:
     """Remember ``public_id`` for this browser (newest first, at most MAX_PURCHASES)."""
     data = load(request)
+    # Earlier builds kept the success page's raw download tokens here ("links"); the success
+    # page derives its link on the server now (links.success_page_link): never write them back.
+    data.pop("links", None)
     ids = [str(public_id), *(i for i in bound_purchase_ids(request) if i != str(public_id))]
     data["purchases"] = ids[:MAX_PURCHASES]
-    save(request, response, data)
-
-
-def download_token(request: HttpRequest, public_id: Any) -> str | None:
-    """The raw download token this browser was given for ``public_id`` on the success page."""
-    tokens = load(request).get("links", {})
-    token = tokens.get(str(public_id)) if isinstance(tokens, dict) else None
-    return token if isinstance(token, str) else None
-
-
-def remember_download_token(
-    request: HttpRequest, response: HttpResponse, public_id: Any, token: str
-) -> None:
-    """Keep a success-page link's raw token in this browser only (never in a server-side store),
-    so reloading the success page shows the same link instead of minting new ones."""
-    data = load(request)
-    bound = set(bound_purchase_ids(request))
-    known = data.get("links")
-    tokens = {k: v for k, v in known.items() if k in bound} if isinstance(known, dict) else {}
-    tokens[str(public_id)] = token
-    data["links"] = tokens
     save(request, response, data)

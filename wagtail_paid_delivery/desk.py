@@ -28,8 +28,8 @@ from django.utils.translation import ngettext
 from wagtail.log_actions import LogFormatter
 from wagtail.log_actions import log as log_action
 
-from . import fulfillment, links, outbox
-from .models import DownloadLink, FileDownloadCount, OutboundEmail, Purchase
+from . import fulfillment, inbox, links, outbox
+from .models import DownloadLink, FileDownloadCount, OutboundEmail, Purchase, StripeEvent
 
 S = Purchase.Status
 
@@ -43,6 +43,7 @@ SUSPEND = "wagtail_paid_delivery.suspend"
 RESTORE = "wagtail_paid_delivery.restore"
 CORRECT_EMAIL = "wagtail_paid_delivery.correct_email"
 GRANT = "wagtail_paid_delivery.grant"
+REPROCESS_EVENT = "wagtail_paid_delivery.reprocess_event"
 
 #: Statuses after which a purchase never gives access again.
 FINAL = (S.REFUNDED, S.REVOKED)
@@ -333,6 +334,43 @@ def grant(product: Any, *, user: Any, email: str, reason: str) -> Purchase:
     return purchase
 
 
+# The event inbox -------------------------------------------------------------------------------
+
+
+def event_refusal(event: StripeEvent, now: datetime | None = None) -> str:
+    """Why a stored Stripe event cannot be reprocessed now; empty when it can.
+
+    An event waiting for its task (received, leased into the future) is queued or running:
+    a second copy would only race the first.
+    """
+    now = now or timezone.now()
+    waiting = event.status == StripeEvent.Status.RECEIVED
+    if waiting and event.next_attempt_at is not None and event.next_attempt_at > now:
+        return str(_("This event is queued or running now; reload this page in a few minutes."))
+    return ""
+
+
+def reprocess_event(event: StripeEvent, *, user: Any, reset_attempts: bool = False) -> None:
+    """Queue a stored event again, as ``manage.py reprocess`` does: back to received, handed to
+    the task cluster on commit, logged with the editor. Safe to repeat: processing re-reads the
+    session from Stripe and fulfils a purchase once."""
+    with transaction.atomic():
+        locked = StripeEvent.objects.select_for_update().get(pk=event.pk)
+        why_not = event_refusal(locked)
+        if why_not:
+            raise NotApplicable(why_not)
+        inbox.reset(locked.pk, reset_attempts=reset_attempts)
+        log_action(
+            locked,
+            REPROCESS_EVENT,
+            user=user,
+            data={"status": str(locked.status), "attempts": locked.attempts},
+            title=str(locked),
+        )
+        pk = locked.pk
+        transaction.on_commit(lambda: inbox.enqueue(pk))
+
+
 # How the log shows them ----------------------------------------------------------------------
 
 
@@ -428,6 +466,10 @@ FORMATTERS: dict[str, type[LogFormatter]] = {
     GRANT: _formatter(
         _("Shop desk: grant a complimentary copy"),
         _("Complimentary copy granted (no payment)"),
+    ),
+    REPROCESS_EVENT: _formatter(
+        _("Shop desk: reprocess a Stripe event"),
+        _("Queued again (it was %(status)s after %(attempts)s attempts)"),
     ),
 }
 

@@ -2,7 +2,9 @@
 
 A link's raw token (256 random bits, ``secrets.token_urlsafe(32)``) leaves this module once, in
 the URL :func:`issue_link` builds; the database keeps only its SHA-256. Checking a token is one
-indexed lookup on that hash.
+indexed lookup on that hash. The success page's link is the one exception to "random": its token
+is derived from the server's secret and the purchase (:func:`success_page_link`), so every
+request of the buyer's browser, in any order and at once, arrives at the same single row.
 
 A link is usable only while its purchase is ``paid``, checked at every use: a disputed purchase's
 links pause and work again when the dispute is won, with no new links. Only an editor's revoke
@@ -16,6 +18,7 @@ as a download". Every request for bytes leaves a :class:`DownloadEvent` (:func:`
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import ipaddress
 import re
@@ -32,6 +35,7 @@ from django.db.models import F
 from django.http import HttpRequest
 from django.urls import reverse
 from django.utils import timezone
+from django.utils.crypto import salted_hmac
 from django.utils.translation import gettext_lazy as _
 from django.views.decorators.debug import sensitive_variables
 from wagtail.models import Site
@@ -45,6 +49,8 @@ TOKEN_RE = re.compile(r"^[A-Za-z0-9_-]{43}$")
 #: Human words for the unlimited case, used where a number of downloads is shown.
 UNLIMITED = _("unlimited")
 HANDOFF_SALT = "wagtail_paid_delivery.handoff"
+#: Key salt of the success page's token (:func:`success_page_tokens`).
+SUCCESS_LINK_SALT = "wagtail_paid_delivery.success_link"
 
 
 class LinkError(Exception):
@@ -142,11 +148,29 @@ def issue_link(
     """
     if purchase.status != Purchase.Status.PAID:
         raise CannotIssueLink(f"Purchase {purchase.pk} is {purchase.status}, not paid.")
-    now = now or timezone.now()
     default_lifetime, default_limit = link_rules(purchase)
-    lifetime = default_lifetime if lifetime is Rule.PRODUCT else lifetime
-    limit = default_limit if download_limit is Rule.PRODUCT else download_limit
     raw = secrets.token_urlsafe(32)
+    link = _create_link(
+        purchase,
+        raw,
+        reason=reason,
+        now=now or timezone.now(),
+        lifetime=default_lifetime if lifetime is Rule.PRODUCT else lifetime,
+        limit=default_limit if download_limit is Rule.PRODUCT else download_limit,
+    )
+    return IssuedLink(link=link, token=raw, url=download_page_url(raw, purchase=purchase))
+
+
+@sensitive_variables("raw")
+def _create_link(
+    purchase: Purchase,
+    raw: str,
+    *,
+    reason: str,
+    now: datetime,
+    lifetime: timedelta,
+    limit: int | None,
+) -> DownloadLink:
     link = DownloadLink.objects.create(
         purchase=purchase,
         token_hash=hash_token(raw),
@@ -155,7 +179,8 @@ def issue_link(
         expires_at=now + lifetime,
         download_limit=limit or None,
     )
-    return IssuedLink(link=link, token=raw, url=download_page_url(raw, purchase=purchase))
+    link.purchase = purchase
+    return link
 
 
 def check_link(link: DownloadLink, *, now: datetime | None = None) -> DownloadLink:
@@ -259,6 +284,83 @@ def download_page_url(raw: str, *, purchase: Purchase | None = None) -> str:
         site = Site.objects.filter(is_default_site=True).first()
         root = site.root_url if site else getattr(settings, "WAGTAILADMIN_BASE_URL", "")
     return f"{root.rstrip('/')}{path}"
+
+
+# The success page's link --------------------------------------------------------------------
+
+
+@sensitive_variables("keys", "key")
+def success_page_tokens(purchase: Purchase) -> list[str]:
+    """The success page's raw token for ``purchase``: under ``SECRET_KEY`` first, then under each
+    of ``SECRET_KEY_FALLBACKS`` (so a link made before a key rotation is still found).
+
+    HMAC-SHA256 keyed with the secret (and :data:`SUCCESS_LINK_SALT`) over the purchase's public
+    id, in the shape of a random token (:data:`TOKEN_RE`: 43 URL-safe characters, 256 bits). The
+    public id is not secret (it is in the binding cookie and in Stripe's metadata); the secret
+    is. One purchase's token says nothing about another's, and nobody without ``SECRET_KEY``
+    can compute one (whoever has it can sign hand-offs already).
+    """
+    keys = [settings.SECRET_KEY, *getattr(settings, "SECRET_KEY_FALLBACKS", [])]
+    return [_derive_token(key, str(purchase.public_id)) for key in keys]
+
+
+@sensitive_variables("secret", "mac")
+def _derive_token(secret: str, public_id: str) -> str:
+    mac = salted_hmac(SUCCESS_LINK_SALT, public_id, secret=secret, algorithm="sha256")
+    return base64.urlsafe_b64encode(mac.digest()).rstrip(b"=").decode("ascii")
+
+
+@sensitive_variables("tokens", "by_hash", "raw")
+def success_page_link(purchase: Purchase, *, now: datetime | None = None) -> IssuedLink | None:
+    """The one link the success page shows for a paid ``purchase``, or None.
+
+    The token is :func:`success_page_tokens`' (not random), so reloads, a replayed cookie and
+    parallel requests all find or create the same row: the create is keyed by the token's hash,
+    which is unique, and a request that loses the race reads the winner's row. The page never
+    mints a second link: once this one expires or is revoked (or the purchase is not paid), the
+    answer is None and the buyer gets fresh links by resend or the library. A link made under a
+    ``SECRET_KEY`` that is no longer listed (rotated out of the fallbacks) cannot be shown again;
+    the next request makes one under the current key: at most one link per secret, and no
+    request of the buyer's can make another.
+    """
+    if purchase.status != Purchase.Status.PAID:
+        return None
+    now = now or timezone.now()
+    tokens = success_page_tokens(purchase)
+    by_hash = {hash_token(token): token for token in tokens}
+    found = {
+        link.token_hash: link
+        for link in DownloadLink.objects.filter(purchase=purchase, token_hash__in=by_hash)
+    }
+    link = next((found[h] for h in by_hash if h in found), None)
+    if link is None:
+        link = _create_success_link(purchase, tokens[0], now)
+    link.purchase = purchase
+    try:
+        check_link(link, now=now)
+    except LinkError:
+        return None
+    raw = by_hash[link.token_hash]
+    return IssuedLink(link=link, token=raw, url=download_page_url(raw, purchase=purchase))
+
+
+@sensitive_variables("raw")
+def _create_success_link(purchase: Purchase, raw: str, now: datetime) -> DownloadLink:
+    try:
+        with transaction.atomic():
+            lifetime, limit = link_rules(purchase)
+            return _create_link(
+                purchase,
+                raw,
+                reason=DownloadLink.Reason.SUCCESS_PAGE,
+                now=now,
+                lifetime=lifetime,
+                limit=limit,
+            )
+    except IntegrityError:
+        # A parallel request for the same purchase created it first (token_hash is unique; on
+        # PostgreSQL this insert waited for that one to commit).
+        return DownloadLink.objects.get(token_hash=hash_token(raw))
 
 
 # Hand-offs ------------------------------------------------------------------------------------

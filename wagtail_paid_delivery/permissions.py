@@ -11,7 +11,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from django.apps import apps
 from wagtail.permission_policies import ModelPermissionPolicy
+from wagtail.permissions import policy_registry
 
 #: See the purchases listing, each purchase's inspect view and timeline, and export the listing.
 VIEW = "view"
@@ -29,6 +31,14 @@ GRANT = "grant"
 ACTIONS = frozenset({VIEW, SUPPORT, REVOKE, REFUND, GRANT})
 
 
+#: Stripe events: see the event inbox (listing and each event's payload).
+VIEW_EVENTS = "view"
+#: Stripe events: run a stored event again (``desk.reprocess_event``).
+REPROCESS = "reprocess"
+#: Every action the events' policy knows.
+EVENT_ACTIONS = frozenset({VIEW_EVENTS, REPROCESS})
+
+
 class PurchasePermissionPolicy(ModelPermissionPolicy):
     """``ModelPermissionPolicy`` limited to the desk's actions (``<action>_purchase``).
 
@@ -36,12 +46,30 @@ class PurchasePermissionPolicy(ModelPermissionPolicy):
     those, superusers included, so no generic add, edit or delete screen ever opens on one.
     """
 
+    #: The actions this policy grants; any other (``add``, ``change``…) is refused.
+    actions: frozenset[str] = ACTIONS
+
     def user_has_permission(self, user: Any, action: str) -> bool:
-        return action in ACTIONS and super().user_has_permission(user, action)
+        return action in self.actions and super().user_has_permission(user, action)
 
     def users_with_any_permission(self, actions: Iterable[str]) -> Any:
-        return super().users_with_any_permission([a for a in actions if a in ACTIONS])
+        return super().users_with_any_permission([a for a in actions if a in self.actions])
 
     def permission_codenames(self) -> list[str]:
         """The codenames an administrator can give to a group (Settings → Groups)."""
-        return sorted(self._get_permission_codenames(ACTIONS))
+        return sorted(self._get_permission_codenames(self.actions))
+
+
+class EventPermissionPolicy(PurchasePermissionPolicy):
+    """The same policy for Stripe events (``view_stripeevent``, ``reprocess_stripeevent``)."""
+
+    actions = EVENT_ACTIONS
+
+
+def may_view_purchases(user: Any) -> bool:
+    """Superusers and editors whose group has ``view_purchase`` (the desk's pages, the product
+    editor's sales panel, the delivery self-test)."""
+    if user is None or not getattr(user, "is_authenticated", False):
+        return False
+    policy = policy_registry.get_by_type(apps.get_model("wagtail_paid_delivery", "Purchase"))
+    return bool(user.is_superuser or policy.user_has_permission(user, VIEW))

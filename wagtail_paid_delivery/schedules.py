@@ -2,11 +2,12 @@
 
 ``sweep`` re-enqueues Stripe events due for another attempt or whose task was lost, every
 minute; ``email_sweep`` does the same for promised emails (``outbox``), every minute;
-``reconcile`` asks Stripe about recent pending purchases, every ten minutes; ``cleanup`` removes
+``reconcile`` stores the Stripe events the webhook missed (refunds, disputes, paid
+sessions) and asks Stripe about due pending purchases, every ten minutes; ``cleanup`` removes
 records past their ``RETENTION`` period, once a day. They are upserted by name, so a site never
 adds them by hand, and a changed interval here reaches every site on its next ``migrate``.
-``WAGTAIL_PAID_DELIVERY["SCHEDULES"] = False`` leaves them alone
-(and removes nothing a site made itself).
+``WAGTAIL_PAID_DELIVERY["SCHEDULES"] = False`` leaves them alone (and removes nothing a site
+made itself).
 """
 
 from __future__ import annotations

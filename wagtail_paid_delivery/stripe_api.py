@@ -23,8 +23,9 @@ import math
 import re
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any, TypeGuard
 
 import stripe
@@ -242,6 +243,73 @@ def list_disputes_for_payment_intent(payment_intent_id: str) -> list[stripe.Disp
     return sorted(result.data, key=lambda d: getattr(d, "created", 0) or 0, reverse=True)
 
 
+@dataclass(frozen=True)
+class EventPage:
+    """One page of Stripe's list of events, newest first; ``events`` are plain dicts shaped like
+    a webhook's body, held to the same rules (``inbox.store`` takes them as they are)."""
+
+    events: list[dict[str, Any]]
+    has_more: bool
+    #: The id of the page's last event, the cursor for the next page (even when that event
+    #: was left out).
+    last_id: str | None = None
+    #: Events left out: they could not be a webhook's body (see :func:`verify_webhook`).
+    unstorable: int = 0
+
+
+#: Stripe's largest page.
+EVENT_PAGE_SIZE = 100
+
+
+def list_events(
+    *,
+    types: Sequence[str],
+    created_gt: int,
+    created_lte: int | None = None,
+    starting_after: str | None = None,
+    limit: int = EVENT_PAGE_SIZE,
+) -> EventPage:
+    """One page of the events of ``types`` created after ``created_gt`` (and up to
+    ``created_lte``), Unix seconds; ``starting_after``: the last event id of the previous page.
+
+    Stripe keeps events for 30 days and lists them newest first, each rendered in the API
+    version of its creation (as its webhook was). Raises ``StripeUnavailable``, or
+    ``StripeRefused`` (a restricted key without the "Events: read" permission, for one).
+    """
+    created: dict[str, int] = {"gt": int(created_gt)}
+    if created_lte is not None:
+        created["lte"] = int(created_lte)
+    params: dict[str, Any] = {"types": list(types), "created": created, "limit": int(limit)}
+    if starting_after:
+        params["starting_after"] = starting_after
+    with _translate_errors():
+        page = get_client().v1.events.list(params)  # type: ignore[arg-type]
+    listed = [event.to_dict(for_json=True) for event in page.data]
+    events = [event for event in map(_listed_event, listed) if event is not None]
+    last_id = listed[-1].get("id") if listed else None
+    return EventPage(
+        events=events,
+        has_more=bool(page.has_more),
+        last_id=last_id if isinstance(last_id, str) else None,
+        unstorable=len(listed) - len(events),
+    )
+
+
+def _listed_event(event: dict[str, Any]) -> dict[str, Any] | None:
+    """A listed event held to a webhook body's rules (no signature: it came from Stripe's API
+    with our key): an ``evt_`` id, a type, bounded nesting, storable strings. None otherwise."""
+    try:
+        if not EVENT_ID.fullmatch(str(event.get("id") or "")):
+            raise InvalidWebhook("event id is not a Stripe event id")
+        if not EVENT_TYPE.fullmatch(str(event.get("type") or "")):
+            raise InvalidWebhook("event type is not a Stripe event type")
+        _check_depth(event)
+        return _storable(event)  # type: ignore[no-any-return]
+    except InvalidWebhook as exc:
+        logger.error("Stripe listed an event that cannot be stored (%s): left out", exc.reason)
+        return None
+
+
 def retrieve_price(price_id: str) -> stripe.Price:
     """Fetch a Price. Raises ``StripeUnavailable`` or ``StripeRefused``."""
     with _translate_errors():
@@ -418,3 +486,15 @@ def _storable(node: Any) -> Any:
             raise InvalidWebhook("duplicate key in body")
         return result
     return node
+
+
+def retrieve_account() -> Any:
+    """The Stripe account the configured secret key belongs to (proves the key works)."""
+    with _translate_errors():
+        return get_client().v1.accounts.retrieve_current()
+
+
+def list_webhook_endpoints() -> list[Any]:
+    """The webhook endpoints Stripe has on file for this account (first 100)."""
+    with _translate_errors():
+        return list(get_client().v1.webhook_endpoints.list({"limit": 100}).data)

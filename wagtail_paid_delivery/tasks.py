@@ -6,7 +6,9 @@ The broker delivers at least once: each rule called here is idempotent.
 
 from __future__ import annotations
 
-from . import inbox, outbox, reconciliation, retention
+from typing import Any
+
+from . import heartbeat, inbox, outbox, reconciliation, retention, selftest
 
 
 def process_stripe_event(event_pk: int, token: str | None = None) -> str:
@@ -15,13 +17,16 @@ def process_stripe_event(event_pk: int, token: str | None = None) -> str:
 
 
 def sweep() -> str:
-    """Every minute: enqueue events due for another attempt or whose task was lost."""
+    """Every minute: record the cluster's heartbeat, and enqueue events due for another attempt
+    or whose task was lost."""
+    heartbeat.beat()
     return inbox.sweep()
 
 
 def reconcile() -> str:
-    """Every ten minutes: ask Stripe about recent pending purchases."""
-    return reconciliation.reconcile_pending()
+    """Every ten minutes: store the Stripe events the webhook missed (refunds, disputes, paid
+    sessions) and ask Stripe about the pending purchases that are due."""
+    return reconciliation.reconcile().summary()
 
 
 def cleanup() -> str:
@@ -51,3 +56,9 @@ def resend_links(email: str, product_id: int | None = None, request_id: str = ""
     every address it accepts, so whether the address bought is decided here, out of the
     request: the page's answer and timing say nothing about it."""
     return outbox.resend_links(email, product_id, request_id)
+
+
+def delivery_selftest(with_stripe: bool = False) -> list[dict[str, Any]]:
+    """Run every self-test check, the HTTP probes included (queued by the admin's self-test
+    page, so the probes never run inside the web request that would wait on them)."""
+    return selftest.as_dicts(selftest.run(None, with_stripe=with_stripe))

@@ -19,22 +19,50 @@ from wagtail.admin.utils import get_valid_next_url_from_request
 from wagtail.permissions import register_permission_policy
 from wagtail.snippets.models import register_snippet
 
-from . import desk
+from . import desk, permissions, product_stats, stats
+from .admin import selftest as selftest_admin
 from .admin import urls as admin_urls
+from .admin.dashboard import ShopPanel
+from .admin.events import StripeEventViewSet
 from .admin.purchases import ShopViewSetGroup
 from .admin.viewsets import DeliveryCopyViewSet
-from .models import Purchase
-from .permissions import PurchasePermissionPolicy
+from .models import ProductPageMixin, Purchase, StripeEvent
+from .permissions import EventPermissionPolicy, PurchasePermissionPolicy
 
 register_snippet(DeliveryCopyViewSet)
 # Before the viewsets register: they look the policy up.
 register_permission_policy(Purchase, PurchasePermissionPolicy(Purchase))
+register_permission_policy(StripeEvent, EventPermissionPolicy(StripeEvent))
 
 
 @hooks.register("register_admin_viewset")
 def register_shop_desk():
     """The "Shop" menu: purchases (listing, export, inspect with timeline, actions)."""
     return ShopViewSetGroup()
+
+
+@hooks.register("register_admin_viewset")
+def register_event_inbox():
+    """The event inbox, in the "Shop" menu (its ``menu_hook``)."""
+    return StripeEventViewSet()
+
+
+@hooks.register("construct_homepage_panels")
+def add_shop_panel(request, panels):
+    """The shop's last 30 days on the dashboard, for editors who may view purchases."""
+    user = request.user
+    if not PurchasePermissionPolicy(Purchase).user_has_permission(user, permissions.VIEW):
+        return
+    can_view_events = EventPermissionPolicy(StripeEvent).user_has_permission(
+        user, permissions.VIEW_EVENTS
+    )
+    panels.append(ShopPanel(stats.dashboard(), can_view_events=can_view_events))
+
+
+@hooks.register("register_paid_delivery_shop_menu_item")
+def register_selftest_menu_item():
+    """Shop → Delivery self-test (superusers and editors who may view purchases)."""
+    return selftest_admin.menu_item()
 
 
 @hooks.register("register_log_actions")
@@ -113,3 +141,27 @@ def refuse_bulk_deleting_sold_products(request, action_type, objects, action_cla
 #:
 #: After the response is built, ``signals.download_served`` is sent (``request``, ``link``,
 #: ``file``).
+
+
+#: Where ``before_edit_page`` keeps the product's files (id → title) for ``after_edit_page``.
+FILES_BEFORE_EDIT = "paid_delivery_files_before_edit"
+
+
+@hooks.register("before_edit_page")
+def remember_product_files(request, page):
+    specific = page.specific
+    if request.method == "POST" and isinstance(specific, ProductPageMixin):
+        files = {f.pk: str(f) for f in specific.files.all()}  # type: ignore[attr-defined]
+        setattr(request, FILES_BEFORE_EDIT, files)
+
+
+@hooks.register("after_edit_page")
+def warn_about_removed_files(request, page):
+    """A file paid buyers own was removed: allowed, but the editor is told what it means."""
+    before = getattr(request, FILES_BEFORE_EDIT, None)
+    if not before:
+        return
+    kept = {f.pk for f in page.files.all()}
+    removed = {pk: title for pk, title in before.items() if pk not in kept}
+    if removed and product_stats.owned_files(page, set(removed)):
+        messages.warning(request, product_stats.removal_warning(list(removed.values())))

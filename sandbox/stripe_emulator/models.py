@@ -318,3 +318,40 @@ class EmulatedSession(models.Model):
                 expand_charge="payment_intent.latest_charge" in expand
             )
         return obj
+
+
+class EmulatedEvent(models.Model):
+    """An event the emulator made, as Stripe keeps it (listed at ``GET /v1/events``), and what
+    became of its webhook."""
+
+    id = models.CharField(primary_key=True, max_length=64)
+    type = models.CharField(max_length=100, db_index=True)
+    created = models.DateTimeField(default=timezone.now, db_index=True)
+    session = models.ForeignKey(
+        EmulatedSession, null=True, blank=True, on_delete=models.CASCADE, related_name="events"
+    )
+    #: The whole event, exactly as its webhook carries it (and the list returns it).
+    payload = models.JSONField()
+    #: "sending", "delivered (200)", "failed: …", "held back (webhooks off)", "not sent: …".
+    delivery = models.CharField(max_length=255, blank=True)
+
+    class Meta:
+        ordering = ["-created", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.type} {self.id}"
+
+
+class EmulatorSwitches(models.Model):
+    """The dashboard's switches; one row (pk 1)."""
+
+    #: Webhooks are held back, as if the shop's endpoint were down or misconfigured: events are
+    #: still made (and listed), never delivered.
+    webhooks_held = models.BooleanField(default=False)
+
+    def __str__(self) -> str:
+        return "webhooks held back" if self.webhooks_held else "webhooks sent"
+
+    @classmethod
+    def current(cls) -> EmulatorSwitches:
+        return cls.objects.get_or_create(pk=1)[0]

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hmac
+import json
 import re
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any
 from urllib.parse import parse_qsl
@@ -12,9 +14,11 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import validate_email
 from django.db import IntegrityError, transaction
+from django.db.models import Q
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, render
 from django.urls import reverse
+from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
@@ -22,7 +26,7 @@ from wagtail_paid_delivery.conf import app_settings
 from wagtail_paid_delivery.currencies import exponent, format_price, to_major
 
 from . import actions, webhooks
-from .models import EmulatedPrice, EmulatedSession, new_id
+from .models import EmulatedEvent, EmulatedPrice, EmulatedSession, EmulatorSwitches, new_id
 
 # API -------------------------------------------------------------------------------------------
 
@@ -272,9 +276,8 @@ def api_control(request: HttpRequest, session_id: str, action: str) -> HttpRespo
     """POST /_emulator/sessions/<id>/<action>: not a Stripe endpoint. This app's ``manage.py
     trigger`` (through ``control.emulator_control``) uses it to make something happen (pay,
     refund, dispute…) as a buyer or bank would; the signed webhooks Stripe would send follow."""
-    params = {
-        k: v for k, v in decode_form(request.body.decode()).items() if k in ("email", "amount")
-    }
+    form = decode_form(request.body.decode())
+    params = {k: v for k, v in form.items() if k in ("email", "amount")}
     try:
         session, events = actions.perform(session_id, action, params)
     except LookupError:
@@ -283,28 +286,111 @@ def api_control(request: HttpRequest, session_id: str, action: str) -> HttpRespo
         )
     except actions.ActionRefused as exc:
         return stripe_error(400, f"Cannot {action}: {exc}.")
-    send_events(request, session, events)
+    held = form.get("webhook") == "hold" or EmulatorSwitches.current().webhooks_held
+    send_events(request, session, events, hold=held)
     return JsonResponse(
         {
             "session": session.as_stripe(url=hosted_url(request, session)),
             "events": [type_ for type_, _ in events],
+            "webhooks": "held" if held else "sent",
         }
     )
 
 
-def send_events(request: HttpRequest, session: EmulatedSession, events: actions.Events) -> None:
-    """Deliver the action's events, signed, once its change is committed (as Stripe would)."""
+def send_events(
+    request: HttpRequest, session: EmulatedSession, events: actions.Events, *, hold: bool = False
+) -> None:
+    """Keep the action's events (``GET /v1/events`` lists them) and deliver them, signed, once
+    the change is committed, as Stripe would; ``hold`` (or the dashboard's switch) keeps them
+    from the webhook, as an endpoint that is down would."""
     if not events:
         return
+    # Kept to the microsecond (Stripe's ``created`` is whole seconds), so the list is in the
+    # order the events were made, as Stripe's is.
+    now = timezone.now()
+    times = [now + timedelta(microseconds=i) for i in range(len(events))]
+    made = [
+        webhooks.make_event(obj, type_, int(at.timestamp()))
+        for (type_, obj), at in zip(events, times, strict=True)
+    ]
     secrets = app_settings.webhook_secrets
-    if not secrets:
-        EmulatedSession.objects.filter(pk=session.pk).update(
-            webhook_result="not sent: no STRIPE_WEBHOOK_SECRETS configured"
+    held = hold or EmulatorSwitches.current().webhooks_held
+    why = ""
+    if held:
+        why = "held back (webhooks off)"
+    elif not secrets:
+        why = "not sent: no STRIPE_WEBHOOK_SECRETS configured"
+    for event, at in zip(made, times, strict=True):
+        EmulatedEvent.objects.create(
+            id=event["id"],
+            type=event["type"],
+            created=at,
+            session=session,
+            payload=event,
+            delivery=why or "sending",
         )
+    if why:
+        EmulatedSession.objects.filter(pk=session.pk).update(webhook_result=why)
         return
     url = webhook_url(request)
-    payloads = [webhooks.event_payload(obj, type_) for type_, obj in events]
+    payloads = [json.dumps(event).encode() for event in made]
     transaction.on_commit(lambda: webhooks.deliver_later(session.id, url, secrets[0], payloads))
+
+
+#: ``created[op]`` → the lookup on the event's creation time (to the microsecond) that means
+#: the same as Stripe's comparison of whole seconds.
+_CREATED = {"gt": ("gte", 1), "gte": ("gte", 0), "lt": ("lt", 0), "lte": ("lt", 1)}
+
+
+@api_view
+@require_GET
+def api_events(request: HttpRequest) -> HttpResponse:
+    """GET /v1/events, as Stripe lists them: newest first, the last 30 days, ``types[]`` (or
+    ``type``), ``created`` (a time, or ``[gt]``, ``[gte]``, ``[lt]``, ``[lte]``), ``limit`` (10
+    by default, at most 100) and ``starting_after``."""
+    params = decode_form(request.META.get("QUERY_STRING", ""))
+    events = EmulatedEvent.objects.filter(created__gte=timezone.now() - timedelta(days=30))
+    # types[0]=a&types[1]=b (stripe-python), types[]=a&types[]=b, or type=a
+    types = [
+        v
+        for k in request.GET
+        if k == "type" or k.startswith("types[")
+        for v in request.GET.getlist(k)
+    ]
+    if types:
+        events = events.filter(type__in=types)
+    created = params.get("created")
+    bounds = created if isinstance(created, dict) else {}
+    if created not in (None, "") and not isinstance(created, dict):
+        bounds = {"gte": created, "lte": created}
+    try:
+        for op, value in bounds.items():
+            lookup, shift = _CREATED[op]
+            moment = datetime.fromtimestamp(int(value) + shift, tz=UTC)
+            events = events.filter(**{f"created__{lookup}": moment})
+        limit = int(params.get("limit") or 10)
+    except (KeyError, ValueError, OverflowError, OSError):
+        return stripe_error(400, "Invalid created or limit parameter.")
+    if not 1 <= limit <= 100:
+        return stripe_error(400, "limit must be an integer from 1 to 100.", param="limit")
+    if params.get("starting_after"):
+        cursor = EmulatedEvent.objects.filter(pk=params["starting_after"]).first()
+        if cursor is None:
+            return stripe_error(
+                404, f"No such event: '{params['starting_after']}'", code="resource_missing"
+            )
+        events = events.filter(
+            Q(created__lt=cursor.created) | Q(created=cursor.created, id__lt=cursor.id)
+        )
+    page = list(events.order_by("-created", "-id")[: limit + 1])
+    return JsonResponse(
+        {
+            "object": "list",
+            "data": [event.payload for event in page[:limit]],
+            "has_more": len(page) > limit,
+            "url": "/v1/events",
+        }
+    )
 
 
 # The hosted page -------------------------------------------------------------------------------
@@ -394,6 +480,15 @@ ACTION_LABELS = {
 def dashboard(request: HttpRequest) -> HttpResponse:
     """Every session, its state as a shop owner would read it, and what can happen next."""
     message = ""
+    if request.method == "POST" and "webhooks" in request.POST:
+        held = request.POST["webhooks"] == "hold"
+        EmulatorSwitches.objects.update_or_create(pk=1, defaults={"webhooks_held": held})
+        message = (
+            "Webhooks held back: events are made and listed at /v1/events, never delivered."
+            if held
+            else "Webhooks are sent again (events made meanwhile stay undelivered)."
+        )
+        return HttpResponseSeeOther(f"{request.path}?done={message}")
     if request.method == "POST":
         session_id = request.POST.get("session", "")
         action = request.POST.get("action", "")
@@ -413,7 +508,8 @@ def dashboard(request: HttpRequest) -> HttpResponse:
         else:
             send_events(request, session, events)
             sent = ", ".join(type_ for type_, _ in events) or "no event"
-            message = f"{ACTION_LABELS.get(action, (action,))[0]}: {session.id[-8:]} sends {sent}."
+            verb = "makes (held back)" if EmulatorSwitches.current().webhooks_held else "sends"
+            message = f"{ACTION_LABELS.get(action, (action,))[0]}: {session.id[-8:]} {verb} {sent}."
             return HttpResponseSeeOther(f"{request.path}?done={message}")
     message = message or request.GET.get("done", "")
     sessions = list(EmulatedSession.objects.order_by("-created")[:50])
@@ -436,7 +532,12 @@ def dashboard(request: HttpRequest) -> HttpResponse:
     response = render(
         request,
         "stripe_emulator/dashboard.html",
-        {"rows": rows, "message": message},
+        {
+            "rows": rows,
+            "message": message,
+            "webhooks_held": EmulatorSwitches.current().webhooks_held,
+            "events": EmulatedEvent.objects.order_by("-created", "-id")[:20],
+        },
         status=400 if message and request.method == "POST" else 200,
     )
     response["Cache-Control"] = "no-store"

@@ -19,7 +19,7 @@ from typing import Any
 from django.db import close_old_connections, connection
 from django.db.models import F
 
-from .models import EmulatedSession, new_id
+from .models import EmulatedEvent, EmulatedSession, new_id
 
 logger = logging.getLogger(__name__)
 
@@ -35,26 +35,32 @@ def sign(payload: bytes, secret: str, timestamp: int | None = None) -> str:
     return f"t={ts},v1={mac}"
 
 
-def event_payload(obj: Any, type_: str = "checkout.session.completed") -> bytes:
-    """A signed-to-be event around ``obj`` (a session model or an object dict), as Stripe sends.
+def make_event(
+    obj: Any, type_: str = "checkout.session.completed", created: int | None = None
+) -> dict[str, Any]:
+    """An event around ``obj`` (a session model or an object dict), as Stripe makes it.
 
-    Webhook events carry the object as stored: no expansions, no hosted-page url.
+    Events carry the object as stored: no expansions, no hosted-page url.
     """
     from wagtail_paid_delivery.stripe_api import API_VERSION
 
     data = obj.as_stripe() if isinstance(obj, EmulatedSession) else obj
-    event: dict[str, Any] = {
+    return {
         "id": new_id("evt"),
         "object": "event",
         "api_version": API_VERSION,
-        "created": int(time.time()),
+        "created": int(time.time()) if created is None else created,
         "data": {"object": data},
         "livemode": False,
         "pending_webhooks": 1,
         "request": {"id": None, "idempotency_key": None},
         "type": type_,
     }
-    return json.dumps(event).encode()
+
+
+def event_payload(obj: Any, type_: str = "checkout.session.completed") -> bytes:
+    """A signed-to-be webhook body around ``obj`` (see :func:`make_event`)."""
+    return json.dumps(make_event(obj, type_)).encode()
 
 
 def post(url: str, payload: bytes, signature: str) -> int:
@@ -97,8 +103,10 @@ def deliver(session_id: str, url: str, secret: str, payloads: list[bytes] | None
                 result = f"delivered ({status})" if ok else f"failed: HTTP {status}"
                 if ok:
                     break
-            event_type = json.loads(payload).get("type", "?")
+            event = json.loads(payload)
+            event_type = event.get("type", "?")
             results.append(f"{event_type} {result}")
+            EmulatedEvent.objects.filter(pk=event.get("id")).update(delivery=result[:255])
             logger.info("Stripe emulator: %s for %s to %s: %s", event_type, session_id, url, result)
         EmulatedSession.objects.filter(pk=session_id).update(
             webhook_result="; ".join(results)[:255],

@@ -1,11 +1,12 @@
 from .copy import DeliveryCopy
-from .events import StripeEvent
+from .events import ClusterHeartbeat, ReconcileMark, StripeEvent
 from .outbox import OutboundEmail
 from .pages import AbstractProductFile, ProductPageMixin
 from .purchases import DownloadEvent, DownloadHandoff, DownloadLink, FileDownloadCount, Purchase
 
 __all__ = [
     "AbstractProductFile",
+    "ClusterHeartbeat",
     "DeliveryCopy",
     "DownloadEvent",
     "DownloadHandoff",
@@ -14,5 +15,6 @@ __all__ = [
     "OutboundEmail",
     "ProductPageMixin",
     "Purchase",
+    "ReconcileMark",
     "StripeEvent",
 ]

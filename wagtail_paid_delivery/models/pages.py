@@ -22,6 +22,7 @@ from wagtail.models import Orderable
 from .. import currencies
 from ..conf import app_settings
 from ..forms import ProductPageForm
+from ..panels import ProductSalesPanel
 from ..storage import get_product_storage, product_file_upload_to
 from .copy import DeliveryCopy
 
@@ -109,6 +110,8 @@ class ProductPageMixin(models.Model):
             ],
             heading=_("Delivery"),
         ),
+        #: Read-only: sales, revenue, refunds, downloads per file (purchase viewers only).
+        ProductSalesPanel(),
     ]
 
     base_form_class = ProductPageForm

@@ -64,6 +64,17 @@ class Purchase(models.Model):
     stripe_checkout_session_id = models.CharField(
         _("Checkout Session id"), max_length=255, unique=True, null=True, blank=True
     )
+    #: What the Buy form's nonce (made by checkout.js) keys: a SHA-256 over the product, the
+    #: browser's scope and the nonce (``checkout.nonce_key``), never the nonce itself. Unique, so
+    #: two POSTs of one click arrive at one purchase; see ``checkout.start_checkout``.
+    checkout_nonce = models.CharField(
+        _("checkout nonce (hashed)"),
+        max_length=64,
+        unique=True,
+        null=True,
+        blank=True,
+        editable=False,
+    )
     stripe_payment_intent_id = models.CharField(
         _("PaymentIntent id"), max_length=255, blank=True, db_index=True
     )
@@ -82,6 +93,10 @@ class Purchase(models.Model):
     disputed_at = models.DateTimeField(_("disputed"), null=True, blank=True)
     revoked_at = models.DateTimeField(_("revoked"), null=True, blank=True)
     delivery_email_sent_at = models.DateTimeField(_("delivery email sent"), null=True, blank=True)
+    #: Reconciliation's polling of a pending purchase (see ``reconciliation``): how often Stripe
+    #: was asked about it, and when it may be asked next (None: not yet asked).
+    reconcile_checks = models.PositiveSmallIntegerField(_("reconciliation checks"), default=0)
+    reconcile_after = models.DateTimeField(_("next reconciliation check"), null=True, blank=True)
 
     class Meta:
         verbose_name = _("purchase")

@@ -6,7 +6,8 @@ to vary per visitor. Instead the view checks the request's Origin (Referer when 
 no Origin) against the site's own origin, which is what Django's CSRF protection also relies on
 for HTTPS requests. A cross-site form cannot forge Origin, and all a successful forgery could do
 is open a Checkout page for the victim, which they would still have to pay themselves.
-The rules of what is bought live in ``checkout.py``.
+The rules of what is bought, and how a double click stays one checkout (the form's nonce, the
+binding cookie), live in ``checkout.py``.
 
 Every Buy click from this site's pages counts against ``CHECKOUT_RATE_LIMIT`` per client
 (``limits``), before anything is written or Stripe is called: past it, a 429 page says how long
@@ -115,6 +116,13 @@ def get_purchasable_page(request: HttpRequest, page_id: int) -> Any:
     return page
 
 
+def posted_nonce(request: HttpRequest) -> str:
+    """The Buy form's nonce (checkout.js fills it in), from the body only and only when sent
+    once; ``checkout.nonce_key`` checks its shape."""
+    values = request.POST.getlist("checkout_nonce")
+    return values[0] if len(values) == 1 else ""
+
+
 def render_unavailable(request: HttpRequest, page: Any, *, status: int) -> HttpResponse:
     context = screens.checkout_unavailable_context(page, delivery.copy_for(product=page))
     response = render(request, screens.TEMPLATES["checkout_unavailable"], context, status=status)
@@ -156,6 +164,9 @@ def checkout(request: HttpRequest, page_id: int) -> HttpResponse:
             page,
             user=getattr(request, "user", None),
             bound_ids=binding.bound_purchase_ids(request),
+            nonce=posted_nonce(request),
+            cookie=binding.cookie_fingerprint(request),
+            address=request.META.get("REMOTE_ADDR"),
         )
     except checkout_rules.CheckoutUnavailable:
         return render_unavailable(request, page, status=503)

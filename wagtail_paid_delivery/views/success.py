@@ -10,6 +10,10 @@ purchase's status. Anyone else with the URL (a forwarded link, a shared screensh
 id) reads the neutral "check your email" copy, always with status 200, and their visit does not
 call Stripe: what they would learn or trigger is exactly nothing, and the webhook (or the
 bound browser) does the fulfilling.
+
+The bound browser's download link is ``links.success_page_link``: one per purchase, whatever
+the browser sends (a reload, a replayed cookie, two tabs at once), and none once it stopped
+working.
 """
 
 from __future__ import annotations
@@ -20,10 +24,11 @@ from django.contrib.auth.decorators import login_not_required
 from django.http import HttpRequest, HttpResponse
 from django.http.response import HttpResponseBase
 from django.shortcuts import render
+from django.views.decorators.debug import sensitive_variables
 from django.views.decorators.http import require_safe
 
 from .. import binding, delivery, fulfillment, links, screens, stripe_api
-from ..models import DownloadLink, Purchase
+from ..models import Purchase
 from .responses import delivery_headers
 
 logger = logging.getLogger(__name__)
@@ -59,32 +64,10 @@ def settle_pending(purchase: Purchase) -> Purchase:
     return purchase
 
 
-def success_page_link(request: HttpRequest, purchase: Purchase) -> tuple[str | None, str | None]:
-    """(download page URL, new raw token to remember) for a paid purchase's bound browser.
-
-    The token this browser was given before is reused while it still works; only when it has
-    none (or it stopped working) is a new link issued, and its raw token goes into the signed
-    binding cookie, nowhere else.
-    """
-    known = binding.download_token(request, purchase.public_id)
-    if known:
-        try:
-            link = links.check_token(known)
-        except links.LinkError:
-            pass
-        else:
-            if link.purchase_id == purchase.pk:
-                return links.download_page_url(known, purchase=purchase), None
-    try:
-        issued = links.issue_link(purchase, reason=DownloadLink.Reason.SUCCESS_PAGE)
-    except links.CannotIssueLink:
-        return None, None
-    return issued.url, issued.token
-
-
 @login_not_required
 @require_safe
 @delivery_headers
+@sensitive_variables("issued", "download_url", "context")  # the link's token
 def success(request: HttpRequest) -> HttpResponseBase:
     session_id = request.GET.get("session_id", "").strip()
     purchase = find_bound_purchase(request, session_id)
@@ -95,9 +78,8 @@ def success(request: HttpRequest) -> HttpResponseBase:
     if purchase is None or state is None:
         response = render(request, screens.TEMPLATES["success"], screens.neutral_context())
         return _private(response)
-    download_url = new_token = None
-    if state == "success":
-        download_url, new_token = success_page_link(request, purchase)
+    issued = links.success_page_link(purchase) if state == "success" else None
+    download_url = issued.url if issued is not None else None
     product = purchase.product_page
     product_url = (
         product.get_url(request) if state == "failed" and product and product.live else None
@@ -105,8 +87,6 @@ def success(request: HttpRequest) -> HttpResponseBase:
     copy = delivery.copy_for(purchase)
     context = screens.state_context(copy, state, purchase, download_url, product_url)
     response = render(request, screens.TEMPLATES["success"], context)
-    if new_token:
-        binding.remember_download_token(request, response, purchase.public_id, new_token)
     return _private(response)
 
 

@@ -81,6 +81,14 @@ class Command(BaseCommand):
         parser.add_argument(
             "--email", default="buyer@example.com", help="pay, pay-later: the buyer's email"
         )
+        parser.add_argument(
+            "--hold-webhook",
+            action="store_true",
+            help=(
+                "make the events but do not deliver them, as if the shop's webhook endpoint "
+                "were down (they are listed at /v1/events: `manage.py reconcile` heals)"
+            ),
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         action = options["action"]
@@ -99,6 +107,8 @@ class Command(BaseCommand):
             params["email"] = options["email"]
         if options["amount"] is not None:
             params["amount"] = options["amount"]
+        if options["hold_webhook"]:
+            params["webhook"] = "hold"
         try:
             answer = emulator_control(session_id, ACTIONS[action][0], params)
         except ImproperlyConfigured as exc:
@@ -120,8 +130,9 @@ class Command(BaseCommand):
                 f"{session.get('payment_status')}"
             )
         )
+        verb = "makes (webhook held back)" if answer.get("webhooks") == "held" else "sends"
         for event_type in events:
-            self.stdout.write(f"  sends {event_type}")
+            self.stdout.write(f"  {verb} {event_type}")
 
 
 def _session_id(reference: str) -> str:

@@ -8,7 +8,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('wagtail_paid_delivery', '0004_purchase_permissions'),
+        ('wagtail_paid_delivery', '0007_stripeevent_permissions'),
     ]
 
     operations = [

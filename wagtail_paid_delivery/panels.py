@@ -1,0 +1,38 @@
+"""The product editor's read-only "Sales and downloads" panel (in
+``ProductPageMixin.product_panels``). Statistics come from ``product_stats``; only superusers
+and editors who may view purchases see it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.utils.translation import gettext_lazy as _
+from wagtail.admin.panels import Panel
+
+from . import permissions
+
+
+class ProductSalesPanel(Panel):
+    """Sales count, revenue per currency, refunds, grants and downloads per file."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("heading", _("Sales and downloads"))
+        super().__init__(**kwargs)
+
+    class BoundPanel(Panel.BoundPanel):
+        template_name = "wagtail_paid_delivery/admin/panels/product_sales.html"
+
+        def is_shown(self) -> bool:
+            instance = self.instance
+            return bool(getattr(instance, "pk", None)) and permissions.may_view_purchases(
+                getattr(self.request, "user", None)
+            )
+
+        def get_context_data(self, parent_context: Any = None) -> Any:
+            # Imported when rendered, as Wagtail's own page-model hooks do: the page model
+            # imports this panel, and the statistics read the purchase models.
+            from . import product_stats
+
+            context = super().get_context_data(parent_context)
+            context["stats"] = product_stats.product_stats(self.instance)
+            return context
