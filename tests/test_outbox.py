@@ -279,6 +279,21 @@ def test_the_sweep_takes_each_due_email_once_and_a_bounded_batch(paid, settings,
     )
 
 
+def test_the_dashboard_warns_about_emails_retrying_and_failed(admin_client, paid, settings):
+    from tests.test_event_inbox import dashboard, panel
+
+    settings.EMAIL_BACKEND = DOWN
+    settings.WAGTAIL_PAID_DELIVERY = {**SETTINGS, "MAX_EMAIL_ATTEMPTS": 2}
+    tasks.send_delivery_email(paid.pk)
+    html = panel(dashboard(admin_client))
+    assert "1 email to a buyer could not be sent yet and is being retried" in html
+    make_due(OutboundEmail.objects.get())
+    tasks.sweep_emails()  # the second and last attempt fails too
+    html = panel(dashboard(admin_client))
+    assert "1 email to a buyer failed every attempt and will not be retried" in html
+    assert "being retried" not in html
+
+
 # PostgreSQL: claims and row locks --------------------------------------------------------------
 
 
