@@ -270,3 +270,31 @@ def test_e020_to_e023_delivery_settings(values, expected):
     # More cases in test_offload.py.
     with _with(**values):
         assert our_ids() == [expected]
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"script-src": ["'self'"]},  # scripts run only with the page's nonce
+        {"connect-src": ["'self'"]},
+        {"style-src": "'self'"},  # a string, not a list
+        {"img-src": ["'self'; script-src *"]},  # would end the directive
+        {"font-src": ["https://fonts.example, https://evil.example"]},
+        {"style-src": ["'nonce-fixed'"]},  # a fixed nonce is no nonce
+        {"img-src": ["'self'", None]},
+        ["'self'"],
+    ],
+)
+def test_e024_delivery_page_csp_allows_only_style_font_and_image_sources(value):
+    with _with(DELIVERY_PAGE_CSP=value):
+        assert our_ids() == ["wagtail_paid_delivery.E024"]
+
+
+def test_e024_accepts_sources_a_site_layout_needs():
+    value = {
+        "style-src": ["'self'", "https://fonts.googleapis.com", "'unsafe-inline'"],
+        "font-src": ["'self'", "https://fonts.gstatic.com", "data:"],
+        "img-src": ["'self'", "https:", "data:", "'sha256-abc+/=='"],
+    }
+    with _with(DELIVERY_PAGE_CSP=value):
+        assert our_ids() == []

@@ -10,6 +10,7 @@ import swapper
 from django.apps import apps
 from django.conf import settings
 from django.core.checks import CheckMessage, Error, Tags, Warning, register
+from django.core.exceptions import ImproperlyConfigured
 
 from .conf import CHECKOUT_OPTION_TYPES, SETTINGS_NAME, app_settings
 
@@ -320,7 +321,7 @@ def check_delivery_settings(**kwargs: Any) -> list[CheckMessage]:
         }
     except Exception:  # reported by check_settings
         return []
-    messages: list[CheckMessage] = []
+    messages: list[CheckMessage] = check_delivery_page_csp()
     if backend not in BACKENDS:
         messages.append(
             Error(
@@ -371,6 +372,23 @@ def check_delivery_settings(**kwargs: Any) -> list[CheckMessage]:
                 )
             )
     return messages
+
+
+def check_delivery_page_csp() -> list[CheckMessage]:
+    """DELIVERY_PAGE_CSP: only style, font and image sources, each a valid source expression."""
+    try:
+        app_settings.delivery_page_csp  # noqa: B018 (validates)
+    except ImproperlyConfigured as error:
+        return [
+            Error(
+                str(error),
+                hint="For example {'style-src': [\"'self'\", 'https://fonts.googleapis.com'], "
+                "'font-src': [\"'self'\", 'https://fonts.gstatic.com']}. Scripts are allowed "
+                "only with the page's nonce (README, 'Pages that show a token').",
+                id=f"{ID}.E024",
+            )
+        ]
+    return []
 
 
 # General settings: the settings dict itself (E000), WEBHOOK_TOLERANCE, DOWNLOAD_LIMIT.

@@ -24,7 +24,7 @@ from django.views.decorators.http import require_safe
 
 from .. import binding, delivery, fulfillment, links, screens, stripe_api
 from ..models import DownloadLink, Purchase
-from .responses import delivery_headers
+from .responses import add_strict_csp, csp_nonce, delivery_headers
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +86,7 @@ def success_page_link(request: HttpRequest, purchase: Purchase) -> tuple[str | N
 @require_safe
 @delivery_headers
 def success(request: HttpRequest) -> HttpResponseBase:
+    csp_nonce(request)  # before rendering: the site's base template may use it
     session_id = request.GET.get("session_id", "").strip()
     purchase = find_bound_purchase(request, session_id)
     if purchase is not None and purchase.status == Purchase.Status.PENDING:
@@ -107,6 +108,10 @@ def success(request: HttpRequest) -> HttpResponseBase:
     response = render(request, screens.TEMPLATES["success"], context)
     if new_token:
         binding.remember_download_token(request, response, purchase.public_id, new_token)
+    if download_url:
+        # The page shows a token: only scripts with the nonce run (views/responses.py). Other
+        # states (pending, failed, neutral) show none and keep the site's own scripts.
+        add_strict_csp(request, response)
     return _private(response)
 
 
