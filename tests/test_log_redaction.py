@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from datetime import timedelta
 
 import pytest
@@ -198,6 +199,9 @@ def leaks(text: str) -> bool:
             f"links /shop/d/{TOKEN}/ and /shop/d/h/{SIG}/ x",
             "links /shop/d/[redacted]/ and /shop/d/h/[redacted]/ x",
         ),
+        # A token outside a URL, as the views' keyword arguments print.
+        (f"callback_kwargs={{'token': '{TOKEN}'}}", "callback_kwargs={'token': '[redacted]'}"),
+        (f'{{"signed": "{SIG}", "n": 1}}', '{"signed": "[redacted]", "n": 1}'),
         # Left alone: no delivery shape.
         ("/blog/posts/?q=50%2F50", "/blog/posts/?q=50%2F50"),
         ("the id/123 and and/more", "the id/123 and and/more"),
@@ -317,3 +321,107 @@ def test_arguments_that_cannot_be_formatted_still_give_a_redacted_message(captur
     )
     assert captured.records[0].getMessage() == "at /shop/d/[redacted]/ %s %d"
     assert not leaks("\n".join(captured.lines))
+
+
+def test_error_email_for_a_500_on_a_download_url_holds_no_token(
+    client, home, settings, mailoutbox, monkeypatch, rf
+):
+    """AdminEmailHandler (mail_admins) with the filter: message, request, variables, cookies."""
+    from django.http import HttpResponse
+    from django.test import Client
+    from django.utils.log import AdminEmailHandler
+
+    from wagtail_paid_delivery import binding
+
+    settings.ADMINS = [("Ops", "ops@example.com")]
+    purchase = PurchaseFactory(paid=True)
+    token = links.issue_link(purchase, reason=DownloadLink.Reason.WEBHOOK).token
+    # The binding cookie as the success page writes it: it carries the token.
+    cookie_response = HttpResponse()
+    binding.remember_download_token(rf.get("/"), cookie_response, purchase.public_id, token)
+    cookie = cookie_response.cookies[binding.COOKIE_NAME].value
+
+    def broken_check(token):  # an undecorated frame whose variable is the raw token
+        raise RuntimeError("the database went away")
+
+    monkeypatch.setattr(links, "check_token", broken_check)
+    handler = AdminEmailHandler(include_html=True)
+    handler.addFilter(RedactTokensFilter())
+    logger = logging.getLogger("django.request")
+    logger.addHandler(handler)
+    try:
+        browser = Client(raise_request_exception=False)
+        browser.cookies[binding.COOKIE_NAME] = cookie
+        response = browser.get(
+            f"/shop/d/{token}/?from=%2Fshop%2Fd%2F{token}", HTTP_REFERER=f"/shop/d/{token}/"
+        )
+    finally:
+        logger.removeHandler(handler)
+    assert response.status_code == 500
+
+    # Ours, and Django's default mail_admins after it (the record was cleaned in place).
+    assert mailoutbox
+    for email in mailoutbox:
+        html = email.alternatives[0][0] if email.alternatives else ""
+        assert "the database went away" in email.body  # the report is there…
+        assert "/shop/d/[redacted]/" in email.subject + email.body
+        for text in (email.subject, email.body, html):  # …without the token or the cookie
+            for i in range(len(token) - 7):
+                assert token[i : i + 8] not in text
+            assert cookie not in text
+    html = mailoutbox[0].alternatives[0][0]
+    assert "broken_check" in html and "Local vars" in html.replace("Local Vars", "Local vars")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_development_server_access_log_through_runservers_handler(captured, home):
+    """runserver's own WSGIRequestHandler logs every request line through django.server."""
+    import socket
+    import threading
+
+    from django.core.handlers.wsgi import WSGIHandler
+    from django.core.servers.basehttp import ThreadedWSGIServer, WSGIRequestHandler
+
+    token = TOKEN
+    server = ThreadedWSGIServer(("127.0.0.1", 0), WSGIRequestHandler)
+    server.set_app(WSGIHandler())  # not get_wsgi_application(): its setup() redoes LOGGING
+    port = server.server_address[1]
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+
+    def send(request_line: str, *headers: str) -> bytes:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            head = "\r\n".join([request_line, "Host: 127.0.0.1", *headers, "Connection: close"])
+            sock.sendall((head + "\r\n\r\n").encode("latin-1"))
+            chunks = []
+            while chunk := sock.recv(65536):
+                chunks.append(chunk)
+            return b"".join(chunks)
+
+    try:
+        requests = [
+            f"GET /shop/d/h/{SIG}/ HTTP/1.1",
+            f"GET /shop/d%2F{token[:30]}/ HTTP/1.1",
+            f"GET /shop/%64/{token}/12/ HTTP/1.1",
+            f"GET /shop/d%252F{token}/ HTTP/1.1",
+            f"GET /shop/d/%68/{SIG}/ HTTP/1.1",
+            f"GET http://127.0.0.1:{port}/shop/D/{token}/ HTTP/1.1",  # absolute form
+            f"GET /shop/thanks/?next=%2Fshop%2Fd%2F{token} HTTP/1.1",
+            f"GET /shop/d/{token}/ HTTP/9.9",  # refused by the server itself (505)
+            f"BREW /shop/d/{token}/",  # bad request syntax (400)
+        ]
+        for line in requests:
+            assert send(line, f"Referer: http://127.0.0.1/shop/d/{token}/")
+    finally:
+        server.shutdown()
+        server.server_close()
+
+    # The server logs a request after its response went out, from the request's thread.
+    deadline = time.monotonic() + 10
+    while sum(r.name == "django.server" for r in captured.records) < len(requests):
+        assert time.monotonic() < deadline, captured.lines
+        time.sleep(0.05)
+    text = "\n".join(captured.lines)
+    assert not leaks(text), text
+    assert '"GET /shop/d/h/[redacted]/ HTTP/1.1"' in text
+    assert '"GET /shop/d/[redacted]/ HTTP/1.1"' in text

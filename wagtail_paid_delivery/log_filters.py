@@ -78,8 +78,14 @@ _BINDING_COOKIE = re.compile(r"(?<![^;\s])(" + re.escape(binding.COOKIE_NAME) + 
 _SECRET_KWARGS = ("token", "signed")
 
 
+#: A token outside a URL, as the views' keyword arguments print: ``'token': '…'`` (a dict's or a
+#: ResolverMatch's repr, JSON). Error reports print ``callback_kwargs`` in every frame.
+_KWARG = re.compile(r"""(["'](?:token|signed)["']\s*:\s*)(["'])(?!\[redacted\])[^"']*\2""")
+
+
 def _substitute(text: str) -> str:
-    return _SHAPE.sub(lambda m: m.group(1) + (m.group(2) or "") + REDACTED, text)
+    text = _SHAPE.sub(lambda m: m.group(1) + (m.group(2) or "") + REDACTED, text)
+    return _KWARG.sub(lambda m: m.group(1) + m.group(2) + REDACTED + m.group(2), text)
 
 
 def _unescape_once(text: str) -> str:
@@ -114,7 +120,7 @@ def redact(text: str) -> str:
         decoded = _unescaped(text)
         if decoded is None:
             return REDACTED
-        if decoded != text and _SHAPE.search(decoded):
+        if decoded != text and (_SHAPE.search(decoded) or _KWARG.search(decoded)):
             return _substitute(decoded)
     return _substitute(text)
 
