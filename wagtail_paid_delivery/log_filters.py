@@ -54,9 +54,9 @@ REDACTED = "[redacted]"
 #: segment that already says ``[redacted]`` is left alone, so redacting twice changes nothing.
 _SHAPE = re.compile(
     r"(?<![A-Za-z0-9._~%-])"  # "d" is a whole segment: after "/", a quote, a space, the start
-    r"([dD]/)"
-    r"(?:([hH]/)|(?![hH]/))"
-    r"(?!\[redacted\])"
+    r"([dD]/(?:\.?/)*)"  # extra slashes and "./" segments: a proxy may normalise them away
+    r"(?:([hH]/(?:\.?/)*)|(?![hH]/))"
+    r"(?!\[redacted\]|\.?/)"  # (not a "./" given back by backtracking)
     r"[^/\s?#\"'<>\\]+"
 )
 
