@@ -162,6 +162,21 @@ def _redact_text(value: Any) -> Any:
     return _redact_value(value) if isinstance(value, (str, bytes)) else value
 
 
+def _redact_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
+    return {k: REDACTED if k in _SECRET_KWARGS else _redact_text(v) for k, v in kwargs.items()}
+
+
+def _resolver_options(match: ResolverMatch) -> dict[str, Any]:
+    return {
+        "url_name": match.url_name,
+        "app_names": match.app_names,
+        "namespaces": match.namespaces,
+        "route": match.route,
+        "captured_kwargs": _redact_kwargs(getattr(match, "captured_kwargs", None) or {}),
+        "extra_kwargs": getattr(match, "extra_kwargs", None),
+    }
+
+
 def redacted_request(request: HttpRequest) -> HttpRequest:
     """A shallow copy of ``request`` that says no token: path, META, query, cookies, URL kwargs.
 
@@ -191,19 +206,8 @@ def redacted_request(request: HttpRequest) -> HttpRequest:
         clean.resolver_match = ResolverMatch(
             match.func,
             tuple(_redact_text(a) for a in match.args),
-            {
-                k: REDACTED if k in _SECRET_KWARGS else _redact_text(v)
-                for k, v in match.kwargs.items()
-            },
-            url_name=match.url_name,
-            app_names=match.app_names,
-            namespaces=match.namespaces,
-            route=match.route,
-            captured_kwargs={
-                k: REDACTED if k in _SECRET_KWARGS else _redact_text(v)
-                for k, v in match.captured_kwargs.items()
-            },
-            extra_kwargs=match.extra_kwargs,
+            _redact_kwargs(match.kwargs),
+            **_resolver_options(match),
         )
     clean.exception_reporter_filter = RedactingExceptionReporterFilter()  # type: ignore[attr-defined]
     clean._wpd_redacted = True  # type: ignore[attr-defined]
