@@ -181,6 +181,11 @@ def leaks(text: str) -> bool:
         (f"/shop/d/./{TOKEN}/", "/shop/d/./[redacted]/"),
         (f"/shop/d/.//h/./{SIG}/", "/shop/d/.//h/./[redacted]/"),
         (f"/shop/d/%2E/{TOKEN}/", "/shop/d/./[redacted]/"),
+        # Whitespace after d/ (a link pasted from a wrapped plain-text email).
+        (f"Not Found: /shop/d/ {TOKEN}/", "Not Found: /shop/d/[redacted]/"),
+        (f"/shop/d/%20{TOKEN}/", "/shop/d/[redacted]/"),
+        (f"/shop/d/%0A{TOKEN}/", "/shop/d/[redacted]/"),
+        ('"GET /shop/d/ HTTP/1.1" 404', '"GET /shop/d/ HTTP/1.1" 404'),
         # JSON and HTML escapes.
         (f"\\/shop\\/d\\/{TOKEN}\\/", "/shop/d/[redacted]/"),
         (f"/shop/d\\u002f{TOKEN}/", "/shop/d/[redacted]/"),
@@ -261,6 +266,8 @@ def everything_deep(handler) -> str:
         "/shop/d/{token}/?next=%2Fshop%2Fd%2F{token}%2F",
         "/shop/d/h/{short}/",
         "/shop/d/%68/{short}/",
+        "/shop/d/%20{token}/",  # Django logs the decoded path: "/shop/d/ <token>/"
+        "/shop//d//{token}/",
     ],
 )
 def test_encoded_and_truncated_delivery_urls_log_no_token(client, home, captured, path):

@@ -321,6 +321,7 @@ def test_access_log_redacts_every_delivery_shape(nginx, bought, app_log):
         f"/shop/d%2Fh%2F{signed}%2F",
         f"/shop/D/H/{signed}/",
         f"/shop/d/{token[:12]}",  # truncated
+        f"/shop/d/%20{token}/",  # pasted from a wrapped plain-text email
         f"/shop//d//{token}/",
         f"/shop/./d/./{token}/",
         f"/shop/d/%2E/%2F{token}/",

@@ -57,6 +57,9 @@ _SHAPE = re.compile(
     r"([dD]/(?:\.?/)*)"  # extra slashes and "./" segments: a proxy may normalise them away
     r"(?:([hH]/(?:\.?/)*)|(?![hH]/))"
     r"(?!\[redacted\]|\.?/)"  # (not a "./" given back by backtracking)
+    # Whitespace first: a link pasted from a wrapped plain-text email reaches Django as
+    # d/%20<token>, and Django logs the decoded path. Not before a request line's HTTP/.
+    r"(?:[ \t\r\n]+(?!HTTP/|\[redacted\])(?=[^/\s?#\"'<>\\]))?"
     r"[^/\s?#\"'<>\\]+"
 )
 
