@@ -70,7 +70,7 @@ _ESCAPED = re.compile(r"%[0-9A-Fa-f]{2}|\\/|\\u00[0-9A-Fa-f]{2}|&#?[0-9A-Za-z]+;
 #: Rounds of unescaping before a text that still changes is taken for hostile and replaced whole.
 _MAX_ROUNDS = 12
 
-#: Request META keys are all redacted; these attributes of a record are the logging module's own.
+#: A record's own attributes (cleaned one by one); any other attribute came in ``extra``.
 _RECORD_ATTRS = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
 
 #: The binding cookie in a Cookie header: it carries the success page's token (signed, not
@@ -79,7 +79,6 @@ _BINDING_COOKIE = re.compile(r"(?<![^;\s])(" + re.escape(binding.COOKIE_NAME) + 
 
 #: URL keyword arguments that hold a raw token or hand-off (ResolverMatch, error reports).
 _SECRET_KWARGS = ("token", "signed")
-
 
 #: A token outside a URL, as the views' keyword arguments print: ``'token': '…'`` (a dict's or a
 #: ResolverMatch's repr, JSON). Error reports print ``callback_kwargs`` in every frame.
@@ -300,8 +299,9 @@ class RedactTokensFilter(logging.Filter):
                 setattr(record, name, {k: _redact_text(v) for k, v in value.items()})
 
     def _clean_message(self, record: logging.LogRecord) -> None:
-        if isinstance(record.msg, str):
-            record.msg = redact(record.msg)
+        # Arguments first (a handler may read them apart from the message: error trackers do),
+        # then the message they make. A format string is rewritten only when it holds a token:
+        # undoing escapes in "%2d" would change its meaning.
         if isinstance(record.args, dict):
             record.args = {k: _redact_value(v) for k, v in record.args.items()}
         elif isinstance(record.args, tuple):
