@@ -63,9 +63,12 @@ def csp_nonce(request: HttpRequest) -> str:
 
 
 def _origin(url: str) -> str | None:
+    """``url``'s origin as a CSP source; a protocol-relative ``//cdn…/`` gives its host."""
     parts = urlsplit(url or "")
     if parts.scheme in ("http", "https") and parts.netloc:
         return f"{parts.scheme}://{parts.netloc}"
+    if not parts.scheme and parts.netloc:
+        return parts.netloc
     return None
 
 
