@@ -4,6 +4,17 @@ import shutil
 import pytest
 
 
+@pytest.fixture(autouse=True)
+def _no_rate_limit_counted_yet():
+    """Every test starts with nothing counted: the limits are per client, and every test
+    client is 127.0.0.1."""
+    from django.core.cache import caches
+
+    from wagtail_paid_delivery.conf import app_settings
+
+    caches[app_settings.rate_limit_cache].clear()
+
+
 @pytest.fixture
 def home(db):
     from tests.factories import home_page

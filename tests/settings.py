@@ -85,6 +85,17 @@ PRIVATE_STORAGE_ROOT = str(_TMP / "private")
 
 EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
 
+# The rate limits (checkout, resend) count in a cache every process shares, as a deployed site's
+# must (W004): a file cache of this test run's own, emptied before each test (conftest.py).
+CACHES = {
+    "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
+    "rate_limits": {
+        "BACKEND": "django.core.cache.backends.filebased.FileBasedCache",
+        "LOCATION": str(_TMP / "rate-limits"),
+    },
+}
+RATELIMIT_USE_CACHE = "rate_limits"
+
 WAGTAIL_SITE_NAME = "Test shop"
 WAGTAILADMIN_BASE_URL = "http://testserver"
 WAGTAILSEARCH_BACKENDS = {"default": {"BACKEND": "wagtail.search.backends.database"}}

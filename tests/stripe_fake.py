@@ -146,6 +146,8 @@ class FakeStripe(stripe.HTTPClient):
         self.controls: list[tuple[str, str, dict[str, Any]]] = []
         self.requests: list[FakeRequest] = []
         self.down: str | None = None
+        #: Secret keys Stripe answers 401 for (revoked or rolled); keys not starting sk_ are too.
+        self.rejected_keys: set[str] = set()
         self._idempotent: dict[str, tuple[str, tuple[str, int, dict[str, str]]]] = {}
         self._lock = threading.RLock()
 
@@ -175,8 +177,15 @@ class FakeStripe(stripe.HTTPClient):
                 )
             if self.down == "500":
                 return self._error(500, "api_error", "Fake Stripe is down.")
-            if not lower.get("authorization", "").startswith("Bearer sk_"):
-                return self._error(401, "invalid_request_error", "Invalid API Key provided.")
+            authorization = lower.get("authorization", "")
+            if (
+                not authorization.startswith("Bearer sk_")
+                or authorization.removeprefix("Bearer ") in self.rejected_keys
+            ):
+                # Stripe's own answer: the key redacted in the message, no error code.
+                key = authorization.removeprefix("Bearer ")
+                message = f"Invalid API Key provided: {key[:8]}****{key[-4:]}"
+                return self._error(401, "invalid_request_error", message)
             key = lower.get("idempotency-key")
             if method == "post" and key:
                 fingerprint = f"{parts.path}?{body}"

@@ -6,10 +6,11 @@ import logging
 
 import pytest
 from django.core import signing
-from django.test import Client, RequestFactory
+from django.test import Client, RequestFactory, override_settings
 from django.urls import reverse
 
 from tests.factories import ProductPageFactory, PurchaseFactory, UserFactory
+from tests.settings import WAGTAIL_PAID_DELIVERY as SETTINGS
 from tests.testapp.models import HomePage
 from wagtail_paid_delivery import binding
 from wagtail_paid_delivery.models import Purchase
@@ -478,3 +479,77 @@ def test_saving_a_draft_does_not_check_the_stripe_price(admin_client, home, fake
 
     assert response.status_code == 302
     assert fake_stripe.requests == []
+
+
+# A key Stripe rejects ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("key", ["sk_test_revoked", "pk_test_publishable"])
+def test_checkout_with_a_rejected_key_shows_copy_and_keeps_no_purchase(
+    client, product, fake_stripe, caplog, key
+):
+    fake_stripe.rejected_keys.add("sk_test_revoked")
+    with (
+        override_settings(WAGTAIL_PAID_DELIVERY={**SETTINGS, "STRIPE_SECRET_KEY": key}),
+        caplog.at_level(logging.ERROR, logger="wagtail_paid_delivery"),
+    ):
+        response = buy(client, product)
+        # Clicking again (a buyer who tries twice) piles nothing up either.
+        assert buy(client, product).status_code == 503
+
+    assert response.status_code == 503
+    assert "Checkout is unavailable right now" in response.content.decode()
+    assert "no-store" in response["Cache-Control"]
+    assert binding.COOKIE_NAME not in response.cookies
+    assert not Purchase.objects.exists()
+    # Stripe was asked (and said 401), once per click: stripe-python does not retry a 401.
+    assert len(session_calls(fake_stripe)) == 2
+    [first, _] = [r for r in caplog.records if r.name == "wagtail_paid_delivery.checkout"]
+    message = first.getMessage()
+    assert "Stripe REJECTED the secret key (WAGTAIL_PAID_DELIVERY['STRIPE_SECRET_KEY'])" in message
+    assert "Invalid API Key provided" in message
+    assert "Field guide" in message
+    assert key not in caplog.text  # Stripe redacts it; so do we
+    assert first.exc_info is None  # a configuration mistake, not a bug: no traceback
+
+
+def test_checkout_with_a_rejected_key_and_a_stripe_price_says_the_key_was_rejected(
+    client, home, fake_stripe, caplog
+):
+    price = fake_stripe.add_price(1250, "usd")
+    product = ProductPageFactory(parent=home, title="Atlas", stripe_price_id=price["id"])
+    fake_stripe.rejected_keys.add("sk_test_tests")
+
+    with caplog.at_level(logging.ERROR, logger="wagtail_paid_delivery"):
+        response = buy(client, product)
+
+    assert response.status_code == 503
+    assert not Purchase.objects.exists()
+    assert session_calls(fake_stripe) == []
+    assert "Stripe REJECTED the secret key" in caplog.text
+    assert "cannot be sold" not in caplog.text
+
+
+def test_checkout_refused_by_stripe_for_another_reason_keeps_no_purchase(
+    client, product, fake_stripe, caplog, monkeypatch
+):
+    # A 400 (say, a Checkout option the Stripe account has not enabled): nothing was created.
+    monkeypatch.setattr(
+        fake_stripe,
+        "_route",
+        lambda *args: fake_stripe._error(400, "invalid_request_error", "Tax is not enabled."),
+    )
+    with caplog.at_level(logging.ERROR, logger="wagtail_paid_delivery"):
+        response = buy(client, product)
+    assert response.status_code == 503
+    assert not Purchase.objects.exists()
+    assert "refused, no purchase kept: " in caplog.text
+    assert "Tax is not enabled." in caplog.text
+
+
+def test_publishing_with_a_rejected_key_is_a_form_error_about_the_key(
+    admin_client, home, fake_stripe
+):
+    fake_stripe.rejected_keys.add("sk_test_tests")
+    response = publish_with_price_id(admin_client, home, "price_whatever")
+    assert "Stripe rejected this site's secret key" in price_id_errors(response)[0]

@@ -16,9 +16,15 @@ def our_ids(*, deploy=False):
     )
 
 
+def cache_ids(*, deploy=False):
+    """Our check ids apart from W030 (the test settings' test-mode key under --deploy)."""
+    return [i for i in our_ids(deploy=deploy) if i != "wagtail_paid_delivery.W030"]
+
+
 def test_the_test_settings_pass_every_check_including_deploy():
     assert our_ids() == []
-    assert our_ids(deploy=True) == []
+    # The tests use a test-mode key, which `check --deploy` points out (W030) and nothing else.
+    assert our_ids(deploy=True) == ["wagtail_paid_delivery.W030"]
 
 
 def test_e001_private_storage_root_missing():
@@ -251,7 +257,7 @@ def test_every_check_id_in_checks_py_names_one_problem():
 def test_w003_ack_failures_is_recommended_for_deploy():
     with override_settings(Q_CLUSTER={**settings.Q_CLUSTER, "ack_failures": False}):
         assert our_ids() == []
-        assert our_ids(deploy=True) == ["wagtail_paid_delivery.W003"]
+        assert our_ids(deploy=True) == ["wagtail_paid_delivery.W003", "wagtail_paid_delivery.W030"]
 
 
 @pytest.mark.parametrize(
@@ -272,6 +278,219 @@ def test_e020_to_e023_delivery_settings(values, expected):
         assert our_ids() == [expected]
 
 
+# The rate limits' cache (E024, E025, W004, W005) and RETENTION (E026) ---------------------------
+
+LOCMEM = {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}
+DUMMY = {"BACKEND": "django.core.cache.backends.dummy.DummyCache"}
+
+
+@pytest.mark.parametrize("limit", [(0, 600), (30,), "30/10m", (30, 0)])
+def test_e023_checkout_rate_limit_that_is_not_requests_and_seconds(limit):
+    with _with(CHECKOUT_RATE_LIMIT=limit):
+        assert our_ids() == ["wagtail_paid_delivery.E023"]
+    with _with(CHECKOUT_RATE_LIMIT=None):
+        assert our_ids() == []
+
+
+def test_w004_rate_limits_in_a_per_process_cache_warn_under_deploy():
+    with override_settings(CACHES={**settings.CACHES, "rate_limits": LOCMEM}):
+        assert our_ids() == []  # while developing, one runserver process counts right
+        [message] = [
+            m
+            for m in run_checks(include_deployment_checks=True)
+            if m.id == "wagtail_paid_delivery.W004"
+        ]
+        assert "'rate_limits'" in message.msg and "LocMemCache" in message.msg
+        assert "RATELIMIT_USE_CACHE" in message.hint
+        assert cache_ids(deploy=True) == ["wagtail_paid_delivery.W004"]
+    # Django's own default CACHES (a LocMemCache "default") and no RATELIMIT_USE_CACHE:
+    with override_settings(CACHES={"default": LOCMEM}):
+        del settings.RATELIMIT_USE_CACHE
+        assert cache_ids(deploy=True) == ["wagtail_paid_delivery.W004"]
+
+
+def test_w005_rate_limits_in_a_dummy_cache_count_nothing():
+    with override_settings(CACHES={**settings.CACHES, "rate_limits": DUMMY}):
+        assert cache_ids(deploy=True) == ["wagtail_paid_delivery.W005"]
+        # No limit configured at all: nothing to count, nothing to warn about.
+        with _with(CHECKOUT_RATE_LIMIT=None, RESEND_RATE_LIMIT=None, RESEND_EMAIL_RATE_LIMIT=None):
+            assert cache_ids(deploy=True) == []
+
+
+def test_shared_caches_pass():
+    # (Django's own checks instantiate every cache: only backends whose client is installed.)
+    for backend in (
+        "django.core.cache.backends.redis.RedisCache",
+        "django.core.cache.backends.db.DatabaseCache",
+    ):
+        shared = {"BACKEND": backend, "LOCATION": "somewhere"}
+        with override_settings(CACHES={**settings.CACHES, "rate_limits": shared}):
+            assert cache_ids(deploy=True) == [], backend
+
+
+def test_e024_resend_cache_is_accepted_but_may_not_contradict_the_limits_cache():
+    with _with(RESEND_CACHE="rate_limits"):
+        assert our_ids() == []  # the old key, naming the cache the limits count in: fine
+    with _with(RESEND_CACHE="default"):
+        [message] = [m for m in run_checks() if m.id == "wagtail_paid_delivery.E024"]
+        assert "RATELIMIT_USE_CACHE = 'default'" in message.hint
+        assert our_ids() == ["wagtail_paid_delivery.E024"]
+
+
+def test_e025_rate_limits_cache_that_does_not_exist():
+    with override_settings(RATELIMIT_USE_CACHE="nowhere"):
+        assert our_ids() == ["wagtail_paid_delivery.E025"]
+
+
+@pytest.mark.parametrize(
+    "retention",
+    [
+        {"stripe_events": timedelta(days=7)},  # shorter than Stripe's 30 days
+        {"download_records": timedelta(hours=1)},
+        {"unpaid_purchases": 60},  # seconds
+        {"download_records": "180 days"},
+        {"downloads": timedelta(days=30)},  # unknown key
+        [timedelta(days=30)],
+    ],
+)
+def test_e026_retention_periods(retention):
+    with _with(RETENTION=retention):
+        assert our_ids() == ["wagtail_paid_delivery.E026"]
+
+
+def test_retention_may_be_partial_or_keep_forever():
+    from wagtail_paid_delivery.conf import app_settings
+
+    with _with(RETENTION={"download_records": None, "stripe_events": 40 * 86400}):
+        assert our_ids() == []
+        assert app_settings.retention == {
+            "download_records": None,
+            "stripe_events": timedelta(days=40),
+            "unpaid_purchases": timedelta(days=30),
+        }
+
+
+# Stripe key shapes ------------------------------------------------------------------------------
+
+
+def _messages(check_id, *, deploy=False):
+    return [m for m in run_checks(include_deployment_checks=deploy) if m.id == check_id]
+
+
+@pytest.mark.parametrize("key", ["pk_test_51Habc", "pk_live_51Habc"])
+def test_e030_publishable_key_where_the_secret_key_belongs(key):
+    with _with(STRIPE_SECRET_KEY=key):
+        assert our_ids() == ["wagtail_paid_delivery.E030"]
+        [message] = _messages("wagtail_paid_delivery.E030")
+    assert message.is_serious()
+    assert "publishable" in message.msg
+    assert key not in message.msg + message.hint
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "sk_51Habc",  # no mode
+        "sk_prod_abc",
+        "rk_abc",
+        "mk_test_abc",
+        "whsec_abc",  # the webhook secret, in the wrong setting
+        "sk_test_abc\n",  # copied with its line break
+        " sk_test_abc",
+        "sk_test_ab cd",
+        "sk_test_",
+        "SK_TEST_ABC",
+        "sk_live_" + "a" * 300,
+        12345,
+        ["sk_test_abc"],
+    ],
+)
+def test_e031_a_key_that_is_neither_test_nor_live(key):
+    with _with(STRIPE_SECRET_KEY=key):
+        assert our_ids() == ["wagtail_paid_delivery.E031"]
+        [message] = _messages("wagtail_paid_delivery.E031")
+    assert "neither a test nor a live secret key" in message.msg
+    if key != "sk_test_":  # (the hint names that prefix itself)
+        assert str(key) not in message.msg + message.hint
+
+
+def test_e031_says_when_the_key_is_a_webhook_secret():
+    with _with(STRIPE_SECRET_KEY="whsec_abc"):
+        [message] = _messages("wagtail_paid_delivery.E031")
+    assert "looks like a webhook signing secret" in message.msg
+
+
+@pytest.mark.parametrize("key", ["sk_test_abc", "sk_live_abc", "rk_test_abc", "rk_live_abc"])
+def test_secret_and_restricted_keys_of_either_mode_pass(key):
+    with _with(STRIPE_SECRET_KEY=key):
+        assert our_ids() == []
+
+
+@pytest.mark.parametrize(
+    ("secrets", "positions"),
+    [
+        (["sk_test_abc"], [1]),
+        (["whsec_ok", "abc"], [2]),
+        (["whsec_ok", "whsec_x\n", "pk_live_x"], [2, 3]),
+        (["whsec_"], [1]),
+        ("plain", [1]),
+        ([42], [1]),
+    ],
+)
+def test_e032_webhook_secret_without_the_whsec_prefix(secrets, positions):
+    with _with(STRIPE_WEBHOOK_SECRETS=secrets):
+        messages = _messages("wagtail_paid_delivery.E032")
+    assert [m.msg.split("entry ")[1].split()[0] for m in messages] == [str(p) for p in positions]
+    assert all(m.is_serious() for m in messages)
+
+
+def test_e032_never_quotes_the_secret():
+    with _with(STRIPE_WEBHOOK_SECRETS=["TOPSECRET1", "whsec_TOPSECRET2 "]):
+        messages = _messages("wagtail_paid_delivery.E032")
+    assert len(messages) == 2
+    assert "TOPSECRET" not in " ".join(m.msg + m.hint for m in messages)
+
+
+def test_e032_says_when_the_webhook_secret_is_an_api_key():
+    with _with(STRIPE_WEBHOOK_SECRETS=["sk_test_abc"]):
+        [message] = _messages("wagtail_paid_delivery.E032")
+    assert "looks like an API key" in message.msg
+
+
+@pytest.mark.parametrize("key", ["sk_live_abc", "rk_live_abc"])
+def test_e033_live_key_with_debug_on(key):
+    with _with(STRIPE_SECRET_KEY=key):
+        with override_settings(DEBUG=True):
+            assert our_ids() == ["wagtail_paid_delivery.E033"]
+            [message] = _messages("wagtail_paid_delivery.E033")
+        assert our_ids() == []
+    assert message.is_serious()
+    with _with(STRIPE_SECRET_KEY="sk_test_abc"), override_settings(DEBUG=True):
+        assert our_ids() == []
+
+
+@pytest.mark.parametrize("key", ["sk_test_abc", "rk_test_abc"])
+def test_w030_test_key_under_check_deploy(key):
+    with _with(STRIPE_SECRET_KEY=key):
+        assert our_ids() == []
+        assert our_ids(deploy=True) == ["wagtail_paid_delivery.W030"]
+        [message] = _messages("wagtail_paid_delivery.W030", deploy=True)
+    assert not message.is_serious()
+    assert "test-mode" in message.msg
+    with _with(STRIPE_SECRET_KEY="sk_live_abc"):
+        assert our_ids(deploy=True) == []
+
+
+def test_key_shape_checks_stay_quiet_without_credentials():
+    # Missing credentials are W001/W002 (E101/E102 under deploy), not a shape problem.
+    with override_settings(WAGTAIL_PAID_DELIVERY={}):
+        ids = our_ids(deploy=True)
+    assert not {"E030", "E031", "E032", "E033", "W030"} & {i.split(".")[1] for i in ids}
+
+
+# DELIVERY_PAGE_CSP (E027) ------------------------------------------------------------------
+
+
 @pytest.mark.parametrize(
     "value",
     [
@@ -285,12 +504,12 @@ def test_e020_to_e023_delivery_settings(values, expected):
         ["'self'"],
     ],
 )
-def test_e024_delivery_page_csp_allows_only_style_font_and_image_sources(value):
+def test_e027_delivery_page_csp_allows_only_style_font_and_image_sources(value):
     with _with(DELIVERY_PAGE_CSP=value):
-        assert our_ids() == ["wagtail_paid_delivery.E024"]
+        assert our_ids() == ["wagtail_paid_delivery.E027"]
 
 
-def test_e024_accepts_sources_a_site_layout_needs():
+def test_e027_accepts_sources_a_site_layout_needs():
     value = {
         "style-src": ["'self'", "https://fonts.googleapis.com", "'unsafe-inline'"],
         "font-src": ["'self'", "https://fonts.gstatic.com", "data:"],

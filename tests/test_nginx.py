@@ -7,13 +7,16 @@ configuration is the one the README gives site owners (plus temp paths for an un
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import http.client
 import logging
 import os
 import socket
 import subprocess
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from datetime import timedelta
 from pathlib import Path
@@ -21,15 +24,22 @@ from pathlib import Path
 import pytest
 from django.conf import settings
 from django.core.files.base import ContentFile
+from django.db import connection
 from django.test import Client, override_settings
 from django.urls import reverse
 from django.utils import timezone
 
+from tests.concurrency import run_at_once
 from tests.conftest import require_executable
 from tests.factories import ProductFileFactory, ProductPageFactory, PurchaseFactory
 from wagtail_paid_delivery import links
 from wagtail_paid_delivery.log_filters import RedactTokensFilter
-from wagtail_paid_delivery.models import DownloadEvent, DownloadLink, FileDownloadCount
+from wagtail_paid_delivery.models import (
+    DownloadEvent,
+    DownloadHandoff,
+    DownloadLink,
+    FileDownloadCount,
+)
 
 pytestmark = [
     pytest.mark.slow,
@@ -285,6 +295,108 @@ def test_one_gib_sparse_file_through_nginx(nginx, home):
         assert counted(issued, file) == 1
     finally:
         path.unlink()
+
+
+def get_raw(url, headers):
+    """A GET whose header lines are sent as given, repeats included (urllib merges them)."""
+    parts = urllib.parse.urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
+    try:
+        conn.putrequest("GET", parts.path)
+        for name, value in headers:
+            conn.putheader(name, value)
+        conn.endheaders()
+        response = conn.getresponse()
+        return response.status, dict(response.getheaders()), response.read()
+    finally:
+        conn.close()
+
+
+@override_settings(WAGTAIL_PAID_DELIVERY={"SERVE_BACKEND": "nginx"})
+def test_no_byte_through_nginx_without_a_count(nginx, bought):
+    """Each way of asking nginx for bytes on one hand-off: it counted, or it was refused."""
+    issued, file = bought  # three downloads per file
+    size = len(DATA)
+    url = nginx.url + press(issued, file)
+
+    # HEAD is answered by the app, with no bytes: nothing counted.
+    assert get(url, method="HEAD")[0] == 200
+    assert counted(issued, file) == 0
+    # The first request counts although it starts after byte 0.
+    status, headers, body = get(url, Range="bytes=100-199")
+    assert (status, body) == (206, DATA[100:200])
+    assert counted(issued, file) == 1
+    nginx_etag = headers["ETag"]  # nginx's own validator (mtime-size), not the app's SHA-256
+    # A plain resume rides on it; so does a suffix.
+    assert get(url, Range="bytes=200-299")[2] == DATA[200:300]
+    assert get(url, Range="bytes=-100")[2] == DATA[-100:]
+    assert counted(issued, file) == 1
+    # If-Range: nginx compares it with its own ETag and sends the range; the app cannot know
+    # in advance, so it counted a download.
+    status, _, body = get(url, Range="bytes=300-399", **{"If-Range": nginx_etag})
+    assert (status, body) == (206, DATA[300:400])
+    assert counted(issued, file) == 2
+    # The app's own ETag in If-Range asks the app for one byte; nginx, comparing with its own
+    # ETag, sends the whole file. Had the app charged one byte, this would repeat for free.
+    app_etag = f'"{hashlib.sha256(DATA).hexdigest()}"'
+    status, _, body = get(url, Range="bytes=-1", **{"If-Range": app_etag})
+    assert (status, body) == (200, DATA)
+    assert counted(issued, file) == 3
+    # The limit is reached. Two ranges, one from byte 0 (nginx would answer multipart), and two
+    # Range lines (nginx reads the first, bytes=0-; the app sees both) would count: refused,
+    # and the hand-off with them.
+    status, _, body = get(url, Range="bytes=0-9,20-29")
+    assert status == 410 and DATA[:10] not in body
+    status, _, body = get_raw(url, [("Range", "bytes=0-"), ("Range", "bytes=100-")])
+    assert status == 410 and DATA[:100] not in body
+    assert counted(issued, file) == 3
+    # Refused for good: even a plain resume well within the budget gets nothing now.
+    for headers in ({"Range": "bytes=400-499"}, {"Range": f"bytes={size - 1}-"}, {}):
+        status, _, body = get(url, **headers)
+        assert status == 410 and DATA[400:500] not in body, headers
+    FileDownloadCount.objects.update(count=0)  # an editor's reset does not revive it either
+    assert get(url, Range="bytes=400-499")[0] == 410
+    assert DownloadHandoff.objects.get().refused_at is not None
+
+
+@override_settings(WAGTAIL_PAID_DELIVERY={"SERVE_BACKEND": "nginx"})
+def test_repeated_range_lines_through_nginx_count(nginx, bought):
+    issued, file = bought
+    url = nginx.url + press(issued, file)
+    assert get(url, Range="bytes=0-0")[2] == DATA[:1]
+    # nginx serves the first line (the whole file from byte 0); the app sees both: counted.
+    status, _, body = get_raw(url, [("Range", "bytes=0-"), ("Range", "bytes=100-")])
+    assert (status, body) == (206, DATA)
+    assert counted(issued, file) == 2
+    status, _, body = get_raw(url, [("Range", "bytes=100-"), ("Range", "bytes=0-")])
+    assert (status, body) == (206, DATA[100:])
+    assert counted(issued, file) == 3
+    # (Two ranges, one from byte 0: nginx answers multipart. Counted, so refused at the limit.)
+    status, headers, body = get(url, Range="bytes=0-9,20-29")
+    assert status == 410 and DATA[:10] not in body
+
+
+@override_settings(WAGTAIL_PAID_DELIVERY={"SERVE_BACKEND": "nginx"})
+def test_parallel_first_requests_through_nginx_at_the_limit(nginx, home):
+    if connection.vendor != "postgresql":
+        pytest.skip("row locks need PostgreSQL; run with DATABASE_URL=postgres://...")
+    product = ProductPageFactory(parent=home, files=0, download_limit=2)
+    file = ProductFileFactory(page=product, file=ContentFile(DATA, name="atlas.pdf"))
+    issued = links.issue_link(PurchaseFactory(paid=True, product=product), reason="webhook")
+    forms = ["bytes=100-", "bytes=-100", "bytes=0-", "bytes=5-9,0-1", "bytes=1-1"]
+    urls = [nginx.url + press(issued, file) for _ in forms * 2]
+
+    def fetch(url, range_header):
+        status, _, body = get(url, Range=range_header)
+        return status, body
+
+    results = run_at_once(
+        [functools.partial(fetch, u, r) for u, r in zip(urls, forms * 2, strict=True)]
+    )
+    served = [body for status, body in results if status in (200, 206)]
+    assert len(served) == 2
+    assert all(status == 410 for status, _ in results if status not in (200, 206))
+    assert counted(issued, file) == 2
 
 
 def raw_request(base_url: str, request_line: str, *headers: str) -> bytes:

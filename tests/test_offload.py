@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
@@ -92,24 +93,85 @@ def test_nginx_prefix_is_normalised(client, bought):
 
 
 @backend("nginx")
-def test_nginx_range_continuation_and_head_do_not_count(client, bought):
+def test_nginx_first_request_counts_whatever_its_range_and_head_never_counts(client, bought):
     issued, file = bought
     url = press(client, issued, file)
-    response = client.get(url, headers={"Range": "bytes=100-"})
-    assert response.status_code == 200 and "X-Accel-Redirect" in response  # nginx answers 206
     head = client.head(url)
     assert head.status_code == 200 and "X-Accel-Redirect" not in head
     assert head["Content-Length"] == str(len(DATA))
     assert count(issued, file) == 0
-    # 416 and refusals are still Django's.
+    # 416 is still Django's, and counts nothing.
     assert client.get(url, headers={"Range": "bytes=999999-"}).status_code == 416
+    assert count(issued, file) == 0
+    # The first request served counts, though it starts after byte 0 (nginx answers 206).
+    response = client.get(url, headers={"Range": "bytes=100-"})
+    assert response.status_code == 200 and "X-Accel-Redirect" in response
+    assert count(issued, file) == 1
+    # A resume nginx cannot be trusted with (it starts at byte 0) counts like a new download.
     client.get(url)
-    client.get(press(client, issued, file))
     assert count(issued, file) == 2
+    # At the limit: refused, by the button and by a hand-off pressed before.
     third = client.post(
         reverse("wagtail_paid_delivery:download_file", args=[issued.token, file.pk])
     )
     assert third.status_code == 410
+
+
+@pytest.mark.parametrize("name", ["nginx", "apache"])
+@pytest.mark.parametrize(
+    ("headers", "free"),
+    [
+        ({"Range": "bytes=100-"}, True),
+        ({"Range": "bytes=100-199"}, True),
+        ({"Range": "bytes=100-999999"}, True),
+        ({"Range": "bytes=-100"}, True),
+        ({}, False),
+        ({"Range": "bytes=0-"}, False),
+        ({"Range": "bytes=0-99"}, False),
+        ({"Range": f"bytes=-{len(DATA)}"}, False),  # a suffix that is the whole file
+        ({"Range": "bytes=100-,200-"}, False),
+        ({"Range": "bytes=100-199,0-99"}, False),
+        ({"Range": "bytes= 100-"}, False),  # nginx skips the space; not vouched for
+        ({"Range": "bytes=0100-"}, False),
+        ({"Range": "BYTES=100-"}, False),
+        ({"Range": "bytes=200-100"}, False),
+        ({"Range": "items=100-"}, False),
+        ({"Range": "bytes=100-", "If-Range": '"whatever"'}, False),
+        # The app's own ETag: the app would send the range, nginx compares its own and would
+        # send the whole file.
+        ({"Range": "bytes=-1", "If-Range": f'"{hashlib.sha256(DATA).hexdigest()}"'}, False),
+        ({"Range": "bytes=100-", "If-Range": "Thu, 01 Jan 1970 00:00:00 GMT"}, False),
+    ],
+)
+def test_offload_follow_up_is_free_only_for_a_plain_range_after_byte_0(
+    client, bought, name, headers, free
+):
+    """The server reads Range and If-Range itself: the app frees only what it can predict."""
+    issued, file = bought
+    with backend(name):
+        url = press(client, issued, file)
+        client.get(url, headers={"Range": "bytes=0-99"})
+        assert count(issued, file) == 1
+        response = client.get(url, headers=headers)
+    assert response.status_code == 200
+    assert ("X-Accel-Redirect" if name == "nginx" else "X-Sendfile") in response
+    assert count(issued, file) == (1 if free else 2)
+    event = DownloadEvent.objects.order_by("pk").last()
+    assert event.counted is not free
+
+
+@backend("nginx")
+def test_offload_follow_ups_spend_the_byte_budget(client, bought):
+    issued, file = bought
+    url = press(client, issued, file)
+    for expected in (1, 1, 2):  # (len - 1) x 3 is past 2 x len
+        response = client.get(url, headers={"Range": "bytes=1-"})
+        assert "X-Accel-Redirect" in response
+        assert count(issued, file) == expected
+    response = client.get(url, headers={"Range": "bytes=1-"})  # rides on the second count
+    assert count(issued, file) == 2
+    assert client.get(url).status_code == 410  # a third download: refused for good
+    assert client.get(url, headers={"Range": "bytes=1-"}).status_code == 410
 
 
 @backend("apache")
@@ -181,6 +243,28 @@ def test_presigned_redirect_lives_seconds_and_names_the_file(
     assert response["Cache-Control"] == "private, no-store"
     assert response["Referrer-Policy"] == "no-referrer"
     assert count(issued, file) == 1
+
+
+def test_every_presigned_redirect_counts(client, remote_bought, monkeypatch):
+    """The storage serves any range, any number of times, while the URL lives."""
+    issued, file, storage = remote_bought(SigningStorage)
+    monkeypatch.setattr(links, "get_product_file", lambda link, file_id: file)
+    with backend("s3"):
+        url = press(client, issued, file)
+        for n, headers in enumerate(
+            [{"Range": "bytes=100-"}, {"Range": "bytes=100-199"}, {"Range": "bytes=-1"}, {}],
+            start=1,
+        ):
+            response = client.get(url, headers=headers)
+            assert response.status_code == 302
+            assert count(issued, file) == n
+        head = client.head(url)
+        assert head.status_code == 200 and "Location" not in head
+        assert count(issued, file) == 4
+        assert client.get(url).status_code == 302  # the fifth of DOWNLOAD_LIMIT's five
+        assert client.get(url).status_code == 410
+    events = DownloadEvent.objects.order_by("pk").values_list("outcome", "counted")
+    assert [e for e in events if e[0] == "served"] == [("served", True)] * 5
 
 
 def test_a_storage_that_cannot_presign_is_refused_before_counting(

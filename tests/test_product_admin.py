@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import hashlib
 import re
+from datetime import timedelta
+from io import StringIO
 
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
+from django.core.management import call_command
 from django.template.defaultfilters import filesizeformat
 from django.urls import reverse
+from django.utils import timezone
+from wagtail.models import Revision
 from wagtail.test.utils.form_data import inline_formset, nested_form_data, rich_text
 
-from tests.factories import DeliveryCopyFactory, page_editor
+from tests.factories import DeliveryCopyFactory, PurchaseFactory, page_editor
+from wagtail_paid_delivery import links
 from wagtail_paid_delivery.models import DeliveryCopy
 from wagtail_paid_delivery.product.models import ProductFile, ProductPage
 
@@ -280,3 +286,128 @@ def test_default_delivery_copy_exists_for_products_that_choose_none(admin_client
     page = ProductPage.objects.get()
     assert page.delivery_copy is None
     assert page.get_delivery_copy() == DeliveryCopy.objects.get(is_default=True)
+
+
+# Replacing a file: its facts (size, SHA-256, hence the ETag) follow the new upload ----------
+
+NEW_PDF = b"%PDF-1.7 second edition, corrected\n" * 300
+
+
+def _replace_first_file_data(page, content: bytes, **fields) -> dict:
+    """Edit-view POST data that replaces the upload of the page's first file."""
+    forms = [
+        {"id": str(f.pk), "title": f.title, "file": ""} for f in page.files.order_by("sort_order")
+    ]
+    forms[0]["file"] = upload("field-guide.pdf", content)
+    data = product_data(**fields)
+    data.update(nested_form_data({"files": inline_formset(forms, initial=len(forms))}))
+    return data
+
+
+def _buyer_starts_a_download(client, page):
+    """A paid buyer presses Download and gets the first 100 bytes; returns (url, etag)."""
+    file = page.files.order_by("sort_order").first()
+    issued = links.issue_link(PurchaseFactory(paid=True, product=page), reason="webhook")
+    button = reverse("wagtail_paid_delivery:download_file", args=[issued.token, file.pk])
+    url = client.post(button)["Location"]
+    response = client.get(url, headers={"Range": "bytes=0-99"})
+    assert response.status_code == 206
+    assert b"".join(response.streaming_content) == PDF[:100]
+    assert response["ETag"] == f'"{hashlib.sha256(PDF).hexdigest()}"'
+    return url, response["ETag"]
+
+
+def _resume(client, url, etag):
+    response = client.get(url, headers={"Range": "bytes=100-", "If-Range": etag})
+    body = b"".join(response.streaming_content) if response.streaming else response.content
+    return response, body
+
+
+def _assert_measured(file_pk, content: bytes, old_name: str) -> None:
+    product_file = ProductFile.objects.get(pk=file_pk)
+    assert product_file.file.name != old_name
+    assert product_file.size == len(content)
+    assert product_file.sha256 == hashlib.sha256(content).hexdigest()
+    with product_file.file.open("rb") as handle:
+        assert handle.read() == content
+
+
+def test_replacing_a_file_and_publishing_remeasures_it_and_a_resume_gets_the_new_file(
+    admin_client, client, home
+):
+    admin_client.post(add_url(home), product_data(two_files()))
+    page = ProductPage.objects.get()
+    old = page.files.order_by("sort_order").first()
+    url, old_etag = _buyer_starts_a_download(client, page)
+
+    response = admin_client.post(edit_url(page), _replace_first_file_data(page, NEW_PDF))
+    assert response.status_code == 302, form_errors(response)
+    _assert_measured(old.pk, NEW_PDF, old.file.name)
+
+    # The buyer's resume names the old file's ETag: it gets the whole new file, not a splice.
+    response, body = _resume(client, url, old_etag)
+    assert response.status_code == 200
+    assert body == NEW_PDF
+    assert response["ETag"] == f'"{hashlib.sha256(NEW_PDF).hexdigest()}"'
+    assert response["Content-Length"] == str(len(NEW_PDF))
+
+
+def test_a_replaced_file_saved_as_a_draft_keeps_serving_the_live_file(admin_client, client, home):
+    admin_client.post(add_url(home), product_data(two_files()))
+    page = ProductPage.objects.get()
+    old = page.files.order_by("sort_order").first()
+    url, old_etag = _buyer_starts_a_download(client, page)
+
+    data = _replace_first_file_data(page, NEW_PDF, publish=False)
+    response = admin_client.post(edit_url(page), data)
+    assert response.status_code == 302, form_errors(response)
+    # The draft knows the new file's facts (the edit view shows them)…
+    page.refresh_from_db()
+    draft = page.get_latest_revision_as_object().files.order_by("sort_order")[0]
+    assert (draft.size, draft.sha256) == (len(NEW_PDF), hashlib.sha256(NEW_PDF).hexdigest())
+    html = admin_client.get(edit_url(page)).content.decode()
+    assert hashlib.sha256(NEW_PDF).hexdigest() in html
+    # …while buyers still get the live file, resumed.
+    live = ProductFile.objects.get(pk=old.pk)
+    assert (live.file.name, live.sha256) == (old.file.name, old.sha256)
+    response, body = _resume(client, url, old_etag)
+    assert (response.status_code, body) == (206, PDF[100:])
+
+
+def test_a_replaced_file_published_on_schedule_is_remeasured(admin_client, client, home):
+    admin_client.post(add_url(home), product_data(two_files()))
+    page = ProductPage.objects.get()
+    old = page.files.order_by("sort_order").first()
+    url, old_etag = _buyer_starts_a_download(client, page)
+
+    go_live = timezone.localtime() + timedelta(days=1)
+    data = _replace_first_file_data(page, NEW_PDF, go_live_at=go_live.strftime("%Y-%m-%d %H:%M"))
+    response = admin_client.post(edit_url(page), data)
+    assert response.status_code == 302, form_errors(response)
+    revision = Revision.page_revisions.get(approved_go_live_at__isnull=False)
+    assert ProductFile.objects.get(pk=old.pk).file.name == old.file.name  # not yet
+
+    # A day passes (moved back rather than freezing the clock): the revision's own go_live_at too.
+    past = timezone.now() - timedelta(minutes=1)
+    revision.content["go_live_at"] = past.isoformat()
+    revision.approved_go_live_at = past
+    revision.save(update_fields=["content", "approved_go_live_at"])
+    call_command("publish_scheduled", stdout=StringIO())
+    _assert_measured(old.pk, NEW_PDF, old.file.name)
+    response, body = _resume(client, url, old_etag)
+    assert (response.status_code, body) == (200, NEW_PDF)
+
+
+def test_a_file_added_while_editing_is_measured(admin_client, home):
+    admin_client.post(add_url(home), product_data(two_files()))
+    page = ProductPage.objects.get()
+    forms = [
+        {"id": str(f.pk), "title": f.title, "file": ""} for f in page.files.order_by("sort_order")
+    ]
+    forms.append({"title": "Errata", "file": upload("errata.pdf", NEW_PDF)})
+    data = product_data()
+    data.update(nested_form_data({"files": inline_formset(forms, initial=2)}))
+    response = admin_client.post(edit_url(page), data)
+    assert response.status_code == 302, form_errors(response)
+    added = page.files.get(title="Errata")
+    assert (added.size, added.sha256) == (len(NEW_PDF), hashlib.sha256(NEW_PDF).hexdigest())

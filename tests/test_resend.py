@@ -154,7 +154,8 @@ def test_client_limit_is_429_for_everyone_alike(client, bought, enqueued):
     assert known.status_code == unknown.status_code == 429
     assert known.content == unknown.content
     assert "try again later" in known.content.decode()
-    assert known["Retry-After"] == "600"
+    # When this client's window turns (django-ratelimit's windows are offset per client).
+    assert 1 <= int(known["Retry-After"]) <= 600
     assert len(enqueued) == 3
     # Another client is not affected.
     other = client.post(URL, {"email": "buyer@example.com"}, REMOTE_ADDR="192.0.2.77")

@@ -139,6 +139,25 @@ def test_a_permanent_error_is_not_retried(home, fake_stripe):
     assert event.attempts == 1
 
 
+def test_a_rejected_api_key_is_retried_until_the_key_is_fixed(
+    client, purchase, paid_session, fake_stripe, django_capture_on_commit_callbacks
+):
+    # A rolled key: Stripe answers 401 until the site sets the new one.
+    fake_stripe.rejected_keys.add("sk_test_tests")
+    with django_capture_on_commit_callbacks(execute=True):
+        post_event(client, event_for(fake_stripe.session(paid_session)))
+    event = StripeEvent.objects.get()
+    assert event.status == StripeEvent.Status.FAILED
+    assert event.next_attempt_at is not None and "permanent" not in event.last_error
+    fake_stripe.rejected_keys.clear()
+    make_due(event)
+    sweep()
+    event.refresh_from_db()
+    assert event.status == StripeEvent.Status.PROCESSED
+    purchase.refresh_from_db()
+    assert purchase.status == Purchase.Status.PAID
+
+
 def test_claim_is_taken_once(db):
     event = StripeEventFactory()
     assert claim(event.pk) is not None

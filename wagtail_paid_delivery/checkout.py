@@ -3,8 +3,9 @@
 The view (``views/checkout.py``) checks the request and answers; everything it asks here takes
 plain values, not the request. Success and cancel URLs come from the Wagtail Site the product
 belongs to, never from the request, so a forged Host header cannot send a buyer (and their
-session id) elsewhere. A Purchase whose session could not be made is marked failed through the
-state machine (``fulfillment.fail_checkout``), so nothing is left pending without a session.
+session id) elsewhere. Nothing is left pending without a session: a Purchase whose session
+Stripe refused (a rejected key, a bad parameter) is deleted, one whose session may exist (Stripe
+unreachable) is marked failed through the state machine (``fulfillment.fail_checkout``).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from . import fulfillment, metadata, stripe_api
-from .conf import app_settings
+from .conf import SETTINGS_NAME, app_settings
 from .models import Purchase
 from .prices import stripe_price_problems
 
@@ -114,6 +115,9 @@ def check_stripe_price(page: Any) -> None:
         problems = stripe_price_problems(page.stripe_price_id, page.price_amount, page.currency)
     except stripe_api.StripeUnavailable as exc:
         raise CheckoutUnavailable(f"Stripe unavailable checking {page.stripe_price_id}") from exc
+    except stripe_api.StripeKeyRejected as exc:
+        _log_refused(page, exc)
+        raise CheckoutUnavailable(str(exc)) from exc
     if problems:
         logger.error(
             "Product %s (page %s): Stripe Price %s cannot be sold: %s. Checkout refused.",
@@ -166,13 +170,37 @@ def _reuse(purchase: Purchase, page: Any, email: str | None) -> CheckoutStarted 
     return None
 
 
+def _log_refused(page: Any, exc: Exception) -> None:
+    if isinstance(exc, stripe_api.StripeKeyRejected):
+        # A configuration mistake, not a bug: no traceback, and say what to fix.
+        logger.error(
+            "Stripe REJECTED the secret key (%s['STRIPE_SECRET_KEY']): %s. Checkout for "
+            "product %s (page %s) is unavailable until the key is fixed (`manage.py check` "
+            "recognises publishable and malformed keys); no purchase was kept.",
+            SETTINGS_NAME,
+            exc,
+            page.title,
+            page.pk,
+        )
+        return
+    logger.error(
+        "Checkout for product %s (page %s) refused, no purchase kept: %s",
+        page.title,
+        page.pk,
+        exc,
+        exc_info=not isinstance(exc, ImproperlyConfigured),
+    )
+
+
 def start_checkout(
     page: Any, *, user: Any = None, bound_ids: Iterable[str] = ()
 ) -> CheckoutStarted:
     """Create (or reuse one of ``bound_ids``') pending Purchase and its Checkout Session.
 
     ``user``: the signed-in buyer, if any (their address is passed to Stripe). Raises
-    ``CheckoutUnavailable``; a Purchase created here is then marked ``failed`` with the reason.
+    ``CheckoutUnavailable``. A Purchase created here is then deleted when Stripe refused the
+    session (a rejected key, a bad parameter: nothing exists at Stripe) and marked ``failed``
+    with the reason when Stripe could not be reached (a session may exist, unpaid).
     """
     if page.stripe_price_id:
         check_stripe_price(page)
@@ -199,7 +227,15 @@ def start_checkout(
         session = _create_session(purchase, page, email)
         if not session.url:
             raise CheckoutUnavailable(f"Checkout Session {session.id} has no url")
-    except (stripe_api.StripeProblem, ImproperlyConfigured, CheckoutUnavailable) as exc:
+    except (stripe_api.StripeRefused, ImproperlyConfigured) as exc:
+        # Stripe made nothing (it refused, or was never asked): the purchase never began, and a
+        # row kept for it would only pile up while, say, the key stays wrong.
+        _log_refused(page, exc)
+        purchase.delete()
+        raise CheckoutUnavailable(str(exc)) from exc
+    except (stripe_api.StripeUnavailable, CheckoutUnavailable) as exc:
+        # A session may exist (an answer lost on the way); the buyer never got its URL, so it
+        # cannot be paid. The purchase is kept, failed, with the reason.
         logger.error(
             "Checkout for product %s (page %s) failed; purchase %s marked failed: %s",
             page.title,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -12,12 +13,14 @@ from django.conf import settings
 from django.core.checks import CheckMessage, Error, Tags, Warning, register
 from django.core.exceptions import ImproperlyConfigured
 
-from .conf import CHECKOUT_OPTION_TYPES, SETTINGS_NAME, app_settings
+from . import stripe_api
+from .conf import CHECKOUT_OPTION_TYPES, RETENTION_MINIMUMS, SETTINGS_NAME, app_settings
 
 # Check ids are never reused or renumbered: sites silence checks by id
 # (SILENCED_SYSTEM_CHECKS), so an id means one problem for good. A new problem gets a new id, the
 # next free number in its range (E000-E019 installation and settings, E020-E029 delivery
-# settings, E101- deploy-only errors, W001- warnings); a retired check leaves its id unused.
+# settings, E030-E039 and W030-W039 Stripe key shapes, E101- deploy-only errors, W001-
+# warnings); a retired check leaves its id unused.
 # The README's "System checks" table lists every id.
 ID = "wagtail_paid_delivery"
 
@@ -190,6 +193,101 @@ def check_stripe_credentials_deploy(**kwargs: Any) -> list[CheckMessage]:
     ]
 
 
+# Stripe key shapes: a key pasted into the wrong setting, or from the wrong mode, is caught at
+# start-up rather than by the first buyer. Messages never quote a key or a secret.
+
+_KEYS_PAGE = "the Stripe Dashboard, Developers: API keys"
+
+
+def _safe_credentials() -> tuple[Any, list[Any]] | None:
+    try:
+        return app_settings.STRIPE_SECRET_KEY, app_settings.webhook_secrets
+    except Exception:  # reported by check_settings
+        return None
+
+
+@register(Tags.security)
+def check_stripe_key_shapes(**kwargs: Any) -> list[CheckMessage]:
+    credentials = _safe_credentials()
+    if credentials is None:
+        return []
+    key, webhook_secrets = credentials
+    messages = _check_secret_key(key) if key else []
+    for position, secret in enumerate(webhook_secrets, start=1):
+        messages += _check_webhook_secret(position, secret)
+    return messages
+
+
+def _check_secret_key(key: Any) -> list[CheckMessage]:
+    mode = stripe_api.key_mode(key)
+    name = f"{SETTINGS_NAME}['STRIPE_SECRET_KEY']"
+    if mode == "publishable":
+        return [
+            Error(
+                f"{name} is a publishable key (pk_...).",
+                hint=f"Use the secret key (sk_test_... or sk_live_...) or a restricted key "
+                f"(rk_...) from {_KEYS_PAGE}. The publishable key is for browsers; this app "
+                "does not need it.",
+                id=f"{ID}.E030",
+            )
+        ]
+    if not mode or not stripe_api.SECRET_KEY.fullmatch(key):
+        swapped = isinstance(key, str) and key.startswith("whsec_")
+        return [
+            Error(
+                f"{name} is neither a test nor a live secret key"
+                + (" (it looks like a webhook signing secret)." if swapped else "."),
+                hint="A Stripe secret key starts with sk_test_, sk_live_, rk_test_ or rk_live_ "
+                f"and has no spaces or line breaks. Copy it again from {_KEYS_PAGE}.",
+                id=f"{ID}.E031",
+            )
+        ]
+    if mode == "live" and settings.DEBUG:
+        return [
+            Error(
+                f"{name} is a live key and DEBUG is on.",
+                hint="With DEBUG on, any error shows buyers a page full of this site's "
+                "internals while it takes real money. Turn DEBUG off, or use a test key "
+                "(sk_test_...) while developing.",
+                id=f"{ID}.E033",
+            )
+        ]
+    return []
+
+
+def _check_webhook_secret(position: int, secret: Any) -> list[CheckMessage]:
+    if isinstance(secret, str) and re.fullmatch(r"whsec_\S+", secret):
+        return []
+    swapped = isinstance(secret, str) and secret.startswith(("sk_", "rk_", "pk_"))
+    return [
+        Error(
+            f"{SETTINGS_NAME}['STRIPE_WEBHOOK_SECRETS'] entry {position} is not a webhook "
+            "signing secret (whsec_...)" + (" (it looks like an API key)." if swapped else "."),
+            hint="Copy the endpoint's signing secret from the Stripe Dashboard (Developers: "
+            "Webhooks, your endpoint, Signing secret), or from `stripe listen`. It starts "
+            "with whsec_ and has no spaces or line breaks.",
+            id=f"{ID}.E032",
+        )
+    ]
+
+
+@register(Tags.security, deploy=True)
+def check_stripe_test_key_deploy(**kwargs: Any) -> list[CheckMessage]:
+    credentials = _safe_credentials()
+    if credentials is None or stripe_api.key_mode(credentials[0]) != "test":
+        return []
+    return [
+        Warning(
+            f"{SETTINGS_NAME}['STRIPE_SECRET_KEY'] is a test-mode key: this site takes no real "
+            "payments.",
+            hint="Set the live key (sk_live_... or rk_live_...) before opening the shop. On a "
+            "staging site that stays in test mode, add this warning's id to "
+            "SILENCED_SYSTEM_CHECKS.",
+            id=f"{ID}.W030",
+        )
+    ]
+
+
 # Money settings: refund and dispute policies, event attempts and retry delays, CHECKOUT_OPTIONS.
 
 #: Each policy setting: its allowed values and its own check id.
@@ -304,21 +402,19 @@ def _checkout_terms_problems(options: dict[str, Any]) -> list[str]:
     return problems
 
 
-# Delivery settings: SERVE_BACKEND and its options, the resend limits.
+# Delivery settings: SERVE_BACKEND and its options, the rate limits and their cache, RETENTION.
 
 
 @register(Tags.compatibility)
 def check_delivery_settings(**kwargs: Any) -> list[CheckMessage]:
-    """SERVE_BACKEND and its options, the resend limits (issue 7's settings)."""
+    """SERVE_BACKEND and its options, the rate limits (issue 7's settings)."""
     from .serving.backends import BACKENDS
 
     try:
         backend = app_settings.SERVE_BACKEND
         prefix = app_settings.NGINX_INTERNAL_PREFIX
         lifetime = app_settings.PRESIGNED_URL_LIFETIME
-        limits = {
-            k: getattr(app_settings, k) for k in ("RESEND_RATE_LIMIT", "RESEND_EMAIL_RATE_LIMIT")
-        }
+        limits = {k: getattr(app_settings, k) for k in RATE_LIMIT_KEYS}
     except Exception:  # reported by check_settings
         return []
     messages: list[CheckMessage] = check_delivery_page_csp()
@@ -385,10 +481,112 @@ def check_delivery_page_csp() -> list[CheckMessage]:
                 hint="For example {'style-src': [\"'self'\", 'https://fonts.googleapis.com'], "
                 "'font-src': [\"'self'\", 'https://fonts.gstatic.com']}. Scripts are allowed "
                 "only with the page's nonce (README, 'Pages that show a token').",
-                id=f"{ID}.E024",
+                id=f"{ID}.E027",
             )
         ]
     return []
+
+
+#: Every rate limit setting: (requests, seconds) or None (E023).
+RATE_LIMIT_KEYS = ("CHECKOUT_RATE_LIMIT", "RESEND_RATE_LIMIT", "RESEND_EMAIL_RATE_LIMIT")
+
+#: Cache backends that count for one process only, or not at all: (check id, what it means).
+_UNSHARED_CACHES = {
+    "django.core.cache.backends.locmem.LocMemCache": (
+        f"{ID}.W004",
+        "counts per process: with N processes (gunicorn workers, servers) every limit is "
+        "N times higher, and a restart forgets it",
+    ),
+    "django.core.cache.backends.dummy.DummyCache": (
+        f"{ID}.W005",
+        "counts nothing: no rate limit applies at all",
+    ),
+}
+
+
+@register(Tags.caches)
+def check_rate_limit_cache(**kwargs: Any) -> list[CheckMessage]:
+    """The cache the limits count in exists, and RESEND_CACHE (old) does not contradict it."""
+    try:
+        alias = app_settings.rate_limit_cache
+        old_alias = app_settings.RESEND_CACHE
+    except Exception:  # reported by check_settings
+        return []
+    messages: list[CheckMessage] = []
+    if old_alias is not None and old_alias != alias:
+        messages.append(
+            Error(
+                f"{SETTINGS_NAME}['RESEND_CACHE'] is {old_alias!r}, but the rate limits count "
+                f"in RATELIMIT_USE_CACHE ({alias!r}).",
+                hint=f"RESEND_CACHE is no longer read. Set RATELIMIT_USE_CACHE = {old_alias!r} "
+                f"(a Django setting) and remove RESEND_CACHE from {SETTINGS_NAME}.",
+                id=f"{ID}.E024",
+            )
+        )
+    if alias not in settings.CACHES:
+        messages.append(
+            Error(
+                f"The rate limits' cache {alias!r} (RATELIMIT_USE_CACHE) is not in CACHES.",
+                hint="Name a cache from CACHES in RATELIMIT_USE_CACHE, or add that cache.",
+                id=f"{ID}.E025",
+            )
+        )
+    return messages
+
+
+@register(Tags.caches, deploy=True)
+def check_rate_limit_cache_shared(**kwargs: Any) -> list[CheckMessage]:
+    # Deploy only: while developing, one runserver process counts right in a LocMemCache.
+    try:
+        alias = app_settings.rate_limit_cache
+        limited = any(getattr(app_settings, key) for key in RATE_LIMIT_KEYS)
+    except Exception:  # reported by check_settings
+        return []
+    backend = (settings.CACHES.get(alias) or {}).get("BACKEND", "")
+    if not limited or backend not in _UNSHARED_CACHES:
+        return []
+    check_id, meaning = _UNSHARED_CACHES[backend]
+    return [
+        Warning(
+            f"The rate limits (checkout, resend) count in the cache {alias!r}, a "
+            f"{backend.rsplit('.', 1)[-1]}, which {meaning}.",
+            hint="Point RATELIMIT_USE_CACHE at a cache every app process shares: Redis or "
+            "Memcached (best: atomic counts), or the database cache.",
+            id=check_id,
+        )
+    ]
+
+
+_RETENTION_HINT = (
+    "Each RETENTION period is a timedelta (or seconds), or None to keep forever; "
+    "'stripe_events' at least 30 days (Stripe may send an event again that long), the others "
+    'at least a day. See the README\'s "Data we store".'
+)
+
+
+@register(Tags.compatibility)
+def check_retention(**kwargs: Any) -> list[CheckMessage]:
+    try:
+        app_settings.user_settings  # noqa: B018 (raises for unknown keys, not a dict)
+    except Exception:  # reported by check_settings
+        return []
+    problem = _retention_problem()
+    if not problem:
+        return []
+    return [Error(problem, hint=_RETENTION_HINT, id=f"{ID}.E026")]
+
+
+def _retention_problem() -> str:
+    try:
+        periods = app_settings.retention
+    except ImproperlyConfigured as exc:
+        return str(exc)
+    short = [
+        f"'{key}' is {period} (at least {RETENTION_MINIMUMS[key]})"
+        for key, period in periods.items()
+        if period is not None and period < RETENTION_MINIMUMS[key]
+    ]
+    return f"{SETTINGS_NAME}['RETENTION']: {'; '.join(short)}." if short else ""
 
 
 # General settings: the settings dict itself (E000), WEBHOOK_TOLERANCE, DOWNLOAD_LIMIT.

@@ -26,7 +26,8 @@ DEFAULTS: dict[str, Any] = {
     "STRIPE_WEBHOOK_SECRETS": [],
     # Base URL of a Stripe stand-in (stripe-mock, the sandbox emulator). None: Stripe itself.
     "STRIPE_API_BASE": None,
-    # Seconds a webhook signature stays valid; stripe-python's own default.
+    # Seconds a webhook signature stays valid (stripe-python's own default), and how far ahead
+    # of our clock its timestamp may be.
     "WEBHOOK_TOLERANCE": 300,
     # How long a download link works after it is issued. A product may override it.
     "LINK_LIFETIME": timedelta(hours=24),
@@ -60,17 +61,25 @@ DEFAULTS: dict[str, Any] = {
     # service, set in the Stripe Dashboard) and terms_message (text shown beside that checkbox,
     # e.g. the EU withdrawal waiver for immediate digital delivery; needs require_terms).
     "CHECKOUT_OPTIONS": {},
-    # resend/ ("email me my links again"): (requests, seconds) per client IP address. Over it the
-    # page answers 429 "try again later", the same for everyone. None: no limit (not advised).
-    # Counted in Django's cache (RESEND_CACHE): use a cache all app processes share (Redis,
-    # Memcached, the database); a per-process LocMemCache multiplies the limit by the processes.
-    # Behind a proxy, make REMOTE_ADDR the client's address (or limit at the proxy as well).
+    # Rate limits are (requests, seconds), or None for no limit (not advised). They count in
+    # the cache named by Django's RATELIMIT_USE_CACHE setting (django-ratelimit's; "default"
+    # when unset): use one all app processes share (Redis, Memcached, the database); a
+    # per-process LocMemCache multiplies every limit by the processes (W004). A client is an
+    # IPv4 address or an IPv6 /64; behind a proxy, make REMOTE_ADDR the client's address.
+    #
+    # checkout/<page id>/: Buy clicks per client. Over it, a 429 page "wait a few minutes",
+    # and no Purchase or Stripe call. Far above what a shopper does (a repeated click reuses
+    # its checkout anyway); mind many buyers behind one IPv4 address (offices, mobile CGNAT).
+    "CHECKOUT_RATE_LIMIT": (30, 600),
+    # resend/ ("email me my links again"): requests per client. Over it the page answers 429
+    # "try again later", the same for everyone.
     "RESEND_RATE_LIMIT": (10, 3600),
-    # resend/: (requests, seconds) per email address. Over it the answer is the usual one and
-    # nothing is sent: silent, so the limit reveals nothing about the address.
+    # resend/: requests per email address. Over it the answer is the usual one and nothing is
+    # sent: silent, so the limit reveals nothing about the address.
     "RESEND_EMAIL_RATE_LIMIT": (3, 3600),
-    # The Django cache alias the resend limits count in.
-    "RESEND_CACHE": "default",
+    # Deprecated and no longer read: the limits count in RATELIMIT_USE_CACHE (see above). Still
+    # accepted so old settings load; naming another cache than RATELIMIT_USE_CACHE is E024.
+    "RESEND_CACHE": None,
     # library/: also list paid purchases whose email equals the signed-in user's email (matched
     # case-insensitively), not only those linked to the user. Turn it on ONLY when your accounts'
     # email addresses are verified: otherwise anyone who signs up with a buyer's address sees
@@ -93,6 +102,38 @@ DEFAULTS: dict[str, Any] = {
     # (CSP source expressions; a missing key means ["'self'"]). STATIC_URL's origin (and
     # MEDIA_URL's, for images) is added when it is another host. Scripts cannot be allowed here.
     "DELIVERY_PAGE_CSP": {},
+    # A download counts on the first request served on its hand-off (one button press). Later
+    # requests on the same hand-off (resuming, a player's probe then fetch) are free for this
+    # long after that count (timedelta or seconds); after it they count like a new download.
+    "HANDOFF_WINDOW": timedelta(hours=1),
+    # …and only while the responses served since that count promised (Content-Length) at most
+    # this many times the file's size, the counted one included; past it the next request counts
+    # like a new download. The nginx and Apache backends free only a single Range after byte 0
+    # without If-Range; on the presigned backend every redirect counts.
+    "HANDOFF_BYTE_BUDGET": 2,
+    # How long `manage.py cleanup` (and its daily schedule) keeps records; each a timedelta,
+    # seconds, or None (keep forever). A site may set only some keys; the others keep these
+    # defaults. See the README's "Data we store".
+    "RETENTION": {
+        # Download events, and links once they expired: disputes and chargebacks need them
+        # (card networks allow about 120 days, some longer). A disputed purchase's records
+        # are kept whatever their age.
+        "download_records": timedelta(days=180),
+        # Processed and ignored Stripe events (their payloads hold buyers' names and emails).
+        # At least 30 days: Stripe keeps events that long and may still send them again.
+        # Failed or unprocessed events are never removed.
+        "stripe_events": timedelta(days=90),
+        # Purchases that were never paid and that Stripe reported expired or failed
+        # (abandoned checkouts). Never younger than a Checkout Session's lifetime.
+        "unpaid_purchases": timedelta(days=30),
+    },
+}
+
+#: The periods ``RETENTION`` knows, with the shortest each may be.
+RETENTION_MINIMUMS: dict[str, timedelta] = {
+    "download_records": timedelta(days=1),
+    "stripe_events": timedelta(days=30),
+    "unpaid_purchases": timedelta(days=1),
 }
 
 #: The directives ``DELIVERY_PAGE_CSP`` may set, each ``'self'`` unless set.
@@ -171,6 +212,14 @@ class PaidDeliverySettings:
         return value if isinstance(value, timedelta) else timedelta(seconds=int(value))
 
     @property
+    def handoff_window(self) -> timedelta:
+        return _as_timedelta(self.HANDOFF_WINDOW)
+
+    def handoff_byte_budget(self, size: int) -> int:
+        """Bytes a hand-off's responses may promise on one count, for a file of ``size``."""
+        return int(max(float(self.HANDOFF_BYTE_BUDGET), 0) * max(size, 0))
+
+    @property
     def event_retry_delay(self) -> timedelta:
         return _as_timedelta(self.EVENT_RETRY_DELAY)
 
@@ -203,6 +252,44 @@ class PaidDeliverySettings:
                 )
             sources[directive] = list(listed)
         return sources
+
+    @property
+    def rate_limit_cache(self) -> str:
+        """The cache alias the rate limits count in: django-ratelimit's own setting."""
+        return str(getattr(django_settings, "RATELIMIT_USE_CACHE", "default"))
+
+    @property
+    def rate_limit_fail_open(self) -> bool:
+        """Let requests through when the limits' cache fails (django-ratelimit's setting)."""
+        return bool(getattr(django_settings, "RATELIMIT_FAIL_OPEN", False))
+
+    @property
+    def retention(self) -> dict[str, timedelta | None]:
+        """``RETENTION`` over its defaults, each period a timedelta or None (keep forever).
+
+        Raises ``ImproperlyConfigured`` for an unknown key or a value that is not a duration
+        (the system checks report it as E026).
+        """
+        value = self.RETENTION
+        if not isinstance(value, dict):
+            raise ImproperlyConfigured(f"{SETTINGS_NAME}['RETENTION'] must be a dict.")
+        unknown = sorted(set(value) - set(RETENTION_MINIMUMS))
+        if unknown:
+            raise ImproperlyConfigured(
+                f"Unknown key(s) in {SETTINGS_NAME}['RETENTION']: {', '.join(unknown)}. "
+                f"Known keys: {', '.join(sorted(RETENTION_MINIMUMS))}."
+            )
+        merged = {**DEFAULTS["RETENTION"], **value}
+        periods: dict[str, timedelta | None] = {}
+        for key, period in merged.items():
+            try:
+                periods[key] = None if period is None else _as_timedelta(period)
+            except (TypeError, ValueError):
+                raise ImproperlyConfigured(
+                    f"{SETTINGS_NAME}['RETENTION']['{key}'] is {period!r}: use a timedelta, "
+                    "a number of seconds, or None."
+                ) from None
+        return periods
 
     def require_secret_key(self) -> str:
         if not self.STRIPE_SECRET_KEY:

@@ -88,6 +88,11 @@ class ProductPageForm(WagtailAdminPageForm):
                 "Stripe could not be reached to check this Price id. Try publishing again in "
                 "a minute (you can save a draft meanwhile)."
             )
+        except stripe_api.StripeKeyRejected:
+            message = _(
+                "Stripe rejected this site's secret key, so the Price id cannot be checked. "
+                "Ask whoever runs the site to fix STRIPE_SECRET_KEY, or leave this empty."
+            )
         else:
             message = problems[0] if problems else None
         if message:

@@ -46,7 +46,7 @@ Outcome = Literal[
 
 #: What Stripe says about the money (``PaymentState.state``), and what the shop decides.
 StripeState = Literal["paid", "won", "pending", "failed", "expired", "refunded", "disputed"]
-ShopDecision = Literal["revoke", "refund", "suspend", "restore", "checkout_failed"]
+ShopDecision = Literal["revoke", "refund", "suspend", "restore", "checkout_failed", "grant"]
 
 #: Checkout Session payment statuses that mean the money is in (or none was due).
 PAID_STATUSES = frozenset({"paid", "no_payment_required"})
@@ -92,6 +92,8 @@ def _payment_rows() -> Rows:
         (source, said): deliver for source in (S.PENDING, S.EXPIRED) for said in ("paid", "won")
     }
     rows[HELD, "won"] = deliver
+    # An editor's complimentary copy (``grant_purchase``): a new purchase, paid without Stripe.
+    rows[S.PENDING, "grant"] = deliver
     rows[S.PAID, "paid"] = rows[S.PAID, "won"] = Transition(None, "already_paid", why="")
     rows[S.DISPUTED, "won"] = Transition(S.PAID, "restored", (NOTIFY_RESTORED,), "dispute won")
     rows[S.DISPUTED, "paid"] = rows[HELD, "paid"] = Transition(None, "refused", why=_FINAL)
@@ -517,6 +519,25 @@ def revoke_purchase(purchase: Purchase, *, reason: str, status: S = S.REVOKED) -
 def restore_purchase(purchase: Purchase) -> bool:
     """Give a suspended (disputed after being paid) purchase its access back."""
     return decide(purchase, "restore", "").changed
+
+
+def grant_purchase(product: Any, email: str) -> Purchase:
+    """A complimentary purchase of ``product`` (a product page) for ``email``: no Stripe, no
+    money (amount 0, marked ``Source.GRANT``), delivered like a paid one (``purchase_paid``, the
+    delivery email) through the same table. Call it inside the caller's transaction to record
+    who granted it and why (the shop desk logs both)."""
+    purchase = Purchase.objects.create(
+        product=product,
+        product_title=product.title,
+        amount=0,
+        currency=product.currency,
+        email=email,
+        source=Purchase.Source.GRANT,
+    )
+    result = decide(purchase, "grant")
+    if not result.changed:  # pragma: no cover (a new pending purchase always moves)
+        raise RuntimeError(f"grant of purchase {purchase.pk}: {result.outcome}")
+    return purchase
 
 
 def fail_checkout(purchase: Purchase, reason: str) -> bool:

@@ -95,14 +95,27 @@ def ignore_reason(event: dict[str, Any]) -> str:
     obj = _data_object(event)
     if not obj:
         return "no object in payload"
+    if str(event_type).startswith(_METADATA_OBJECTS):
+        return _tagged_object_problem(str(event_type), obj)
+    return _charge_problem(obj)
+
+
+def _charge_problem(obj: dict[str, Any]) -> str:
+    """A charge or a dispute: ours to look at if it names a PaymentIntent of no other site."""
+    if not obj.get("payment_intent"):
+        return "no PaymentIntent (not a Checkout payment)"
+    if not stripe_api.looks_like_id(payment_intent_id(obj), "pi_"):
+        return "no PaymentIntent id in payload"
     tags = obj.get("metadata")
-    if not str(event_type).startswith(_METADATA_OBJECTS):
-        if not obj.get("payment_intent"):
-            return "no PaymentIntent (not a Checkout payment)"
-        installation = tags.get(metadata.INSTALLATION) if isinstance(tags, dict) else None
-        if installation and installation != app_settings.installation_id:
-            return "not this installation's payment"
-        return ""
+    installation = tags.get(metadata.INSTALLATION) if isinstance(tags, dict) else None
+    if installation and installation != app_settings.installation_id:
+        return "not this installation's payment"
+    return ""
+
+
+def _tagged_object_problem(event_type: str, obj: dict[str, Any]) -> str:
+    """A session, a PaymentIntent or an invoice: ours only with our metadata."""
+    tags = obj.get("metadata")
     if not isinstance(tags, dict):
         return "no metadata"
     if not metadata.is_ours(tags):
@@ -110,6 +123,24 @@ def ignore_reason(event: dict[str, Any]) -> str:
         return "not this installation's checkout session"
     if not tags.get(metadata.PURCHASE):
         return "no purchase id in metadata"
+    return _object_id_problem(event_type, obj)
+
+
+#: The id each event's object must carry for processing to look it up at Stripe, by prefix.
+_OBJECT_IDS = {
+    "checkout.session.": ("cs_", "Checkout Session"),
+    "payment_intent.": ("pi_", "PaymentIntent"),
+}
+
+
+def _object_id_problem(event_type: str, obj: dict[str, Any]) -> str:
+    """Why the object's own id cannot be one Stripe gave (so processing would only ask Stripe
+    about junk); empty when it can. Invoices are found by our metadata, not their id."""
+    for type_prefix, (id_prefix, name) in _OBJECT_IDS.items():
+        if event_type.startswith(type_prefix) and not stripe_api.looks_like_id(
+            obj.get("id"), id_prefix
+        ):
+            return f"no {name} id in payload"
     return ""
 
 
@@ -144,6 +175,8 @@ def store(event: dict[str, Any]) -> Stored:
                 else:
                     transaction.on_commit(lambda: enqueue(pk))
     except IntegrityError:
+        if not StripeEvent.objects.filter(stripe_id=event["id"]).exists():
+            raise  # not a redelivery: answering "duplicate" would lose the event
         logger.info("Duplicate Stripe event %s", event["id"])
         return Stored.DUPLICATE
     if reason:
@@ -267,15 +300,13 @@ def route(event: StripeEvent) -> FulfillmentResult | str:
     obj = _data_object(event.payload)
     if event.type in SESSION_EVENT_TYPES:
         session_id = obj.get("id")
-        if not isinstance(session_id, str) or not session_id:
+        if not stripe_api.looks_like_id(session_id, "cs_"):
             return "no Checkout Session id in payload"
         return fulfillment.fulfill_checkout(session_id)
     if event.type in PAYMENT_INTENT_EVENT_TYPES:
         pi_id = obj.get("id") if event.type.startswith("payment_intent.") else None
-        pi_id = pi_id or obj.get("payment_intent")
-        if isinstance(pi_id, dict):
-            pi_id = pi_id.get("id")
-        if not isinstance(pi_id, str) or not pi_id:
+        pi_id = pi_id or payment_intent_id(obj)
+        if not stripe_api.looks_like_id(pi_id, "pi_"):
             return "no PaymentIntent in payload"
         return fulfillment.sync_payment_intent(pi_id)
     if event.type in INVOICE_EVENT_TYPES:
@@ -300,10 +331,15 @@ def record(event_pk: int, status: str, note: str, result: Any = None) -> None:
 
 def record_failure(event: StripeEvent, exc: Exception) -> None:
     """Mark a claimed event failed, with a next attempt unless it failed for good."""
-    error = f"{type(exc).__name__}: {exc}"[:2000]
+    # (No NUL: PostgreSQL refuses it in text, and this update must not fail in turn.)
+    error = f"{type(exc).__name__}: {exc}"[:2000].replace("\x00", "\ufffd")
     attempts = event.attempts
     max_attempts = int(app_settings.MAX_EVENT_ATTEMPTS)
-    permanent = isinstance(exc, stripe_api.StripePermanent)
+    # A rejected API key is the site's to fix (a rolled key): keep retrying with backoff, so the
+    # events heal once the new key is set, instead of failing for good at the first attempt.
+    permanent = isinstance(exc, stripe_api.StripePermanent) and not isinstance(
+        exc, stripe_api.StripeKeyRejected
+    )
     if permanent or attempts >= max_attempts:
         next_attempt = None
         why = "permanent error" if permanent else f"gave up after {attempts} attempts"
@@ -333,6 +369,12 @@ def reset(event_pk: int, *, reset_attempts: bool = False) -> None:
     if reset_attempts:
         changes["attempts"] = 0
     StripeEvent.objects.filter(pk=event_pk).update(**changes)
+
+
+def payment_intent_id(obj: dict[str, Any]) -> Any:
+    """The ``payment_intent`` a charge or dispute names: an id, or an expanded object's id."""
+    value = obj.get("payment_intent")
+    return value.get("id") if isinstance(value, dict) else value
 
 
 def _data_object(payload: Any) -> dict[str, Any]:

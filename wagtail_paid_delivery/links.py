@@ -22,6 +22,8 @@ import re
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from enum import Enum
+from typing import Literal
 
 from django.conf import settings
 from django.core import signing
@@ -35,7 +37,7 @@ from django.views.decorators.debug import sensitive_variables
 from wagtail.models import Site
 
 from .conf import app_settings
-from .models import DownloadEvent, DownloadLink, FileDownloadCount, Purchase
+from .models import DownloadEvent, DownloadHandoff, DownloadLink, FileDownloadCount, Purchase
 from .models.pages import AbstractProductFile, product_file_models
 
 #: ``secrets.token_urlsafe(32)``: 43 characters of the URL-safe base64 alphabet.
@@ -43,9 +45,6 @@ TOKEN_RE = re.compile(r"^[A-Za-z0-9_-]{43}$")
 #: Human words for the unlimited case, used where a number of downloads is shown.
 UNLIMITED = _("unlimited")
 HANDOFF_SALT = "wagtail_paid_delivery.handoff"
-#: A byte-0 request on a hand-off that already counted this recently does not count again
-#: (players and download managers probe, then fetch).
-RECOUNT_WINDOW = timedelta(minutes=10)
 
 
 class LinkError(Exception):
@@ -113,18 +112,40 @@ def hash_token(raw: str) -> str:
     return hashlib.sha256(raw.encode("ascii")).hexdigest()
 
 
-def issue_link(purchase: Purchase, *, reason: str, now: datetime | None = None) -> IssuedLink:
-    """A new download link for a paid purchase, with the product's (or the site's) rules."""
+class Rule(Enum):
+    """``issue_link``'s default for lifetime and limit: the product's rule, else the site's."""
+
+    PRODUCT = "product"
+
+
+def link_rules(purchase: Purchase) -> tuple[timedelta, int | None]:
+    """The lifetime and per-file download limit (None: unlimited) a new link of ``purchase``
+    gets: the product's own, else the site's (also when the product page is gone)."""
+    product = purchase.product_page
+    if product is not None:
+        return product.get_link_lifetime(), product.get_download_limit()
+    return app_settings.link_lifetime, app_settings.DOWNLOAD_LIMIT
+
+
+def issue_link(
+    purchase: Purchase,
+    *,
+    reason: str,
+    now: datetime | None = None,
+    lifetime: timedelta | Literal[Rule.PRODUCT] = Rule.PRODUCT,
+    download_limit: int | None | Literal[Rule.PRODUCT] = Rule.PRODUCT,
+) -> IssuedLink:
+    """A new download link for a paid purchase.
+
+    ``lifetime`` and ``download_limit`` (per file; None: unlimited) default to the product's
+    rules (``link_rules``); the shop desk passes an editor's choice.
+    """
     if purchase.status != Purchase.Status.PAID:
         raise CannotIssueLink(f"Purchase {purchase.pk} is {purchase.status}, not paid.")
     now = now or timezone.now()
-    product = purchase.product_page
-    if product is not None:
-        lifetime = product.get_link_lifetime()
-        limit = product.get_download_limit()
-    else:
-        lifetime = app_settings.link_lifetime
-        limit = app_settings.DOWNLOAD_LIMIT
+    default_lifetime, default_limit = link_rules(purchase)
+    lifetime = default_lifetime if lifetime is Rule.PRODUCT else lifetime
+    limit = default_limit if download_limit is Rule.PRODUCT else download_limit
     raw = secrets.token_urlsafe(32)
     link = DownloadLink.objects.create(
         purchase=purchase,
@@ -292,7 +313,7 @@ def record_event(
     outcome: str,
     handoff: str = "",
 ) -> DownloadEvent:
-    """Log one request for a file's bytes that counts nothing (refused, HEAD, a continuation)."""
+    """Log one request for a file's bytes that sends none (refused, HEAD, 416, a hook's answer)."""
     event = _event(request, link, file_id, outcome, handoff=handoff)
     event.save()
     return event
@@ -304,32 +325,116 @@ def reserve_download(
     file: AbstractProductFile,
     handoff: Handoff,
     *,
+    promised: int,
+    size: int,
+    may_be_free: bool = True,
     now: datetime | None = None,
 ) -> DownloadEvent:
-    """Count a download before any byte leaves, or raise :class:`LinkUsedUp`.
+    """Decide a GET on a hand-off before any byte leaves: counted, free, or :class:`LinkUsedUp`.
 
-    The per-file counter row is locked for the check and increment, so parallel requests at the
-    limit queue on it and only as many pass as the limit allows (on databases with row locks;
-    SQLite serialises writers instead). The event is written under the same lock, so a second
-    byte-0 request on the same hand-off sees the first one's count.
+    The first request served on a hand-off counts, whatever it asks for. A later one is free
+    when ``may_be_free`` (the backend can vouch for what it will send), the count it stands on is
+    younger than ``HANDOFF_WINDOW``, and the bytes promised since that count, ``promised``
+    included, stay within ``HANDOFF_BYTE_BUDGET`` times ``size``; otherwise it counts like a new
+    download. A request that would count at the limit is refused, and its hand-off with it, for
+    good: it serves nothing again, even if counts are given back later.
+
+    Everything is decided under the link and file's counter row lock, which every request on the
+    hand-off takes, so parallel requests at the limit queue on it and only as many pass as the
+    limit allows (on databases with row locks; SQLite serialises writers instead).
     """
     now = now or timezone.now()
     with transaction.atomic():
         counter = _lock_counter(link, file)
-        already = DownloadEvent.objects.filter(
-            handoff=handoff.nonce, counted=True, created_at__gte=now - RECOUNT_WINDOW
-        ).exists()
-        counted = False
-        if not already:
-            if link.download_limit is not None and counter.count >= link.download_limit:
-                raise LinkUsedUp(link)
-            FileDownloadCount.objects.filter(pk=counter.pk).update(count=F("count") + 1)
-            DownloadLink.objects.filter(pk=link.pk).update(download_count=F("download_count") + 1)
-            counted = True
-        event = _event(
-            request, link, file.pk, "served", handoff=handoff.nonce, counted=counted, created_at=now
+        state = _handoff_state(link, file, handoff, now)
+        if state.refused_at is None:
+            counts = not (may_be_free and _free(state, promised=promised, size=size, now=now))
+            if not (counts and _at_limit(link, counter.count)):
+                return _serve(request, link, state, counts=counts, promised=promised, now=now)
+            # Saved before raising: the refusal outlives this request.
+            state.refused_at = now
+            state.save(update_fields=["refused_at"])
+    raise LinkUsedUp(link)
+
+
+def check_handoff(
+    link: DownloadLink,
+    file: AbstractProductFile,
+    handoff: Handoff,
+    *,
+    promised: int,
+    size: int,
+    may_be_free: bool = True,
+    now: datetime | None = None,
+) -> None:
+    """Raise :class:`LinkUsedUp` when a GET like this one would be refused now; change nothing.
+
+    For HEAD, which never counts: it answers as the GET would, without taking a lock.
+    """
+    now = now or timezone.now()
+    state = DownloadHandoff.objects.filter(nonce=handoff.nonce).first()
+    if state is not None:
+        if state.refused_at is not None:
+            raise LinkUsedUp(link)
+        if may_be_free and _free(state, promised=promised, size=size, now=now):
+            return
+    if _at_limit(link, file_counts(link).get(file.pk, 0)):
+        raise LinkUsedUp(link)
+
+
+def _free(state: DownloadHandoff, *, promised: int, size: int, now: datetime) -> bool:
+    """Whether a later request on ``state``'s hand-off rides on the count it already has."""
+    return (
+        state.counted_at is not None
+        and now < state.counted_at + app_settings.handoff_window
+        and state.bytes_promised + promised <= app_settings.handoff_byte_budget(size)
+    )
+
+
+def _at_limit(link: DownloadLink, count: int) -> bool:
+    return link.download_limit is not None and count >= link.download_limit
+
+
+def _handoff_state(
+    link: DownloadLink, file: AbstractProductFile, handoff: Handoff, now: datetime
+) -> DownloadHandoff:
+    # Under the counter lock: no other request on this hand-off (same link and file) runs now.
+    state, _ = DownloadHandoff.objects.get_or_create(
+        nonce=handoff.nonce, defaults={"link": link, "file_id": file.pk, "created_at": now}
+    )
+    return state
+
+
+def _serve(
+    request: HttpRequest,
+    link: DownloadLink,
+    state: DownloadHandoff,
+    *,
+    counts: bool,
+    promised: int,
+    now: datetime,
+) -> DownloadEvent:
+    if counts:
+        FileDownloadCount.objects.filter(link=link, file_id=state.file_id).update(
+            count=F("count") + 1
         )
-        event.save()
+        DownloadLink.objects.filter(pk=link.pk).update(download_count=F("download_count") + 1)
+    event = _event(
+        request,
+        link,
+        state.file_id,
+        "served",
+        handoff=state.nonce,
+        counted=counts,
+        created_at=now,
+        bytes_promised=promised,
+    )
+    event.save()
+    if counts:
+        state.counted_at, state.counted_event, state.bytes_promised = now, event, promised
+    else:
+        state.bytes_promised += promised
+    state.save(update_fields=["counted_at", "counted_event", "bytes_promised"])
     return event
 
 
@@ -351,8 +456,24 @@ def _lock_counter(link: DownloadLink, file: AbstractProductFile) -> FileDownload
 
 
 def release_download(event: DownloadEvent) -> None:
-    """Give a counted download back (its response sent nothing)."""
+    """Give a counted download back: its response closed having sent nothing.
+
+    Only while the hand-off still stands on that count alone: if later requests on it were
+    served free on this count (or a newer count replaced it), the count stays, or those bytes
+    would have had none. A refused hand-off stays refused either way.
+    """
     with transaction.atomic():
+        # The counter lock first, as every request on the hand-off takes it.
+        FileDownloadCount.objects.select_for_update().filter(
+            link_id=event.link_id, file_id=event.file_id or 0
+        ).first()
+        handoffs = DownloadHandoff.objects.filter(nonce=event.handoff)
+        state = handoffs.first() if event.handoff else None
+        if state is not None and (
+            state.counted_event_id != event.pk or state.bytes_promised != event.bytes_promised
+        ):
+            DownloadEvent.objects.filter(pk=event.pk).update(bytes_sent=0)
+            return
         FileDownloadCount.objects.filter(
             link_id=event.link_id, file_id=event.file_id or 0, count__gt=0
         ).update(count=F("count") - 1)
@@ -362,6 +483,9 @@ def release_download(event: DownloadEvent) -> None:
         DownloadEvent.objects.filter(pk=event.pk).update(
             counted=False, outcome="not_sent", bytes_sent=0
         )
+        if state is not None:
+            state.counted_at, state.counted_event, state.bytes_promised = None, None, 0
+            state.save(update_fields=["counted_at", "counted_event", "bytes_promised"])
 
 
 def record_bytes_sent(event: DownloadEvent, sent: int) -> None:

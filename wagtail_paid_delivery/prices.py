@@ -22,10 +22,13 @@ def stripe_price_problems(price_id: str, amount: int, currency: str) -> list[Str
     """Why Stripe Price ``price_id`` cannot charge ``amount`` minor units of ``currency``.
 
     Empty when it can. Asks Stripe; raises ``stripe_api.StripeUnavailable`` when Stripe cannot
-    be reached (the caller decides whether to wait or refuse).
+    be reached and ``stripe_api.StripeKeyRejected`` when it refused the site's key (the caller
+    decides whether to wait or refuse; neither says anything about the Price).
     """
     try:
         price = stripe_api.retrieve_price(price_id)
+    except stripe_api.StripeKeyRejected:
+        raise
     except ImproperlyConfigured:
         return [
             _(

@@ -1,7 +1,8 @@
 """The django-q2 schedules this app needs, created (or brought up to date) after ``migrate``.
 
 ``sweep`` re-enqueues Stripe events due for another attempt or whose task was lost, every
-minute; ``reconcile`` asks Stripe about recent pending purchases, every ten minutes. They are
+minute; ``reconcile`` asks Stripe about recent pending purchases, every ten minutes; ``cleanup``
+removes records past their ``RETENTION`` period, once a day. They are
 upserted by name, so a site never adds them by hand, and a changed interval here reaches every
 site on its next ``migrate``. ``WAGTAIL_PAID_DELIVERY["SCHEDULES"] = False`` leaves them alone
 (and removes nothing a site made itself).
@@ -23,6 +24,7 @@ logger = logging.getLogger(__name__)
 SCHEDULES: dict[str, tuple[str, int]] = {
     "wagtail_paid_delivery.sweep": ("wagtail_paid_delivery.tasks.sweep", 1),
     "wagtail_paid_delivery.reconcile": ("wagtail_paid_delivery.tasks.reconcile", 10),
+    "wagtail_paid_delivery.cleanup": ("wagtail_paid_delivery.tasks.cleanup", 24 * 60),
 }
 
 

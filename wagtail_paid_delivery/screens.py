@@ -8,6 +8,7 @@ This module imports no view, so the admin and the models can reach it.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -27,6 +28,7 @@ from .models import DeliveryCopy, DownloadLink, Purchase
 TEMPLATES = {
     "success": "wagtail_paid_delivery/success.html",
     "checkout_unavailable": "wagtail_paid_delivery/checkout_unavailable.html",
+    "checkout_limited": "wagtail_paid_delivery/checkout_limited.html",
     "download": "wagtail_paid_delivery/download.html",
     "refused": "wagtail_paid_delivery/download_refused.html",
     "file_unavailable": "wagtail_paid_delivery/download_unavailable.html",
@@ -93,6 +95,14 @@ def checkout_unavailable_context(page: Any, copy: DeliveryCopy) -> dict[str, Any
         "title": copy.render_text("checkout_unavailable_title", product=page.title),
         "message": copy.render("checkout_unavailable_message", product=page.title),
     }
+
+
+def checkout_limited_context(page: Any, retry_after: int) -> dict[str, Any]:
+    """The 429 page for a client past ``CHECKOUT_RATE_LIMIT``: when to try again.
+
+    Fixed, translatable words (like resend's 429): the page protects the shop, it is not copy.
+    """
+    return {"page": page, "minutes": max(1, math.ceil(retry_after / 60))}
 
 
 # Downloads -----------------------------------------------------------------------------------

@@ -7,8 +7,9 @@ Everything else calls the functions here, never ``stripe`` directly, so that:
 - a stand-in (stripe-mock, the sandbox emulator) is reached by setting ``STRIPE_API_BASE``;
 - tests intercept at the HTTP layer (``_http_client_override``) so stripe-python runs for real;
 - callers catch this module's own exceptions, never stripe-python's: ``StripeUnavailable`` (try
-  again later), ``StripeRefused`` (Stripe answered and said no) and its subclass
-  ``StripePermanent`` (a request that can never succeed: an unknown id, a bad key).
+  again later), ``StripeRefused`` (Stripe answered and said no), its subclass
+  ``StripePermanent`` (a request that can never succeed: an unknown id, a bad key) and that
+  one's ``StripeKeyRejected`` (the API key itself was refused).
 
 No database transaction may be open while these functions run: a Stripe call can take seconds
 (and, with retries, longer), and a row lock held that long stalls every other worker.
@@ -18,10 +19,13 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+import re
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeGuard
 
 import stripe
 from django.core.signals import setting_changed
@@ -75,15 +79,23 @@ class StripePermanent(StripeRefused):
     """A refusal no retry can fix: an unknown object or bad id, a bad API key, no permission."""
 
 
+class StripeKeyRejected(StripePermanent):
+    """Stripe refused the API key itself: a wrong, revoked or rolled key (401), or a restricted
+    key without the permission the request needs (403). Stripe did nothing with the request."""
+
+
 class InvalidWebhook(Exception):
-    """A webhook body that must not be trusted: no, a forged or a stale signature, or bad JSON.
+    """A webhook body that must not be trusted: no, a forged, a stale or a future signature, or a
+    body that cannot be a Stripe event.
 
     ``reason`` is a short, non-secret explanation suitable for a 400 response and the log.
     """
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, *, status: int = 400) -> None:
         super().__init__(reason)
         self.reason = reason
+        #: The HTTP status to answer with: 400, or 413 for a body too large to read.
+        self.status = status
 
 
 def get_client() -> stripe.StripeClient:
@@ -123,10 +135,25 @@ def _drop_clients_on_setting_changed(*, setting: str, **kwargs: Any) -> None:
         reset_clients()
 
 
+#: A secret (``sk_``) or restricted (``rk_``) API key as Stripe issues them: the mode, then
+#: letters and digits (underscores in placeholders), no spaces or line breaks.
+SECRET_KEY = re.compile(r"[sr]k_(?:test|live)_[A-Za-z0-9_]{1,247}")
+
+
+def key_mode(key: Any) -> str:
+    """What an API key is, by its prefix: ``"live"`` or ``"test"`` for a secret (``sk_``) or
+    restricted (``rk_``) key, ``"publishable"`` for a ``pk_`` key, ``""`` for anything else."""
+    key = key if isinstance(key, str) else ""
+    if key.startswith(("sk_live_", "rk_live_")):
+        return "live"
+    if key.startswith(("sk_test_", "rk_test_")):
+        return "test"
+    return "publishable" if key.startswith("pk_") else ""
+
+
 def secret_key_is_live() -> bool:
     """Whether the configured key is a live-mode key; test keys and placeholders are not."""
-    key = str(app_settings.STRIPE_SECRET_KEY or "")
-    return key.startswith(("sk_live_", "rk_live_"))
+    return key_mode(app_settings.STRIPE_SECRET_KEY) == "live"
 
 
 #: stripe-python errors that mean "this request can never succeed".
@@ -146,6 +173,8 @@ def _translate_errors() -> Iterator[None]:
             logger.warning("Stripe unavailable: %s", exc)
             raise StripeUnavailable(str(exc.user_message or exc)) from exc
         refused = StripePermanent if isinstance(exc, _PERMANENT) else StripeRefused
+        if isinstance(exc, (stripe.AuthenticationError, stripe.PermissionError)):
+            refused = StripeKeyRejected
         raise refused(str(exc), code=exc.code or "", user_message=exc.user_message or "") from exc
 
 
@@ -219,14 +248,67 @@ def retrieve_price(price_id: str) -> stripe.Price:
         return get_client().v1.prices.retrieve(price_id)
 
 
+#: The largest webhook body accepted (1 MiB). Stripe's events are a few kilobytes (webhook
+#: payloads never carry expansions, metadata is capped at 50 keys of 500 characters); anything
+#: near this size is not one of them, and is refused before it is read.
+MAX_WEBHOOK_BYTES = 1024 * 1024
+#: The deepest nesting of objects and lists accepted in a webhook body. Stripe's objects nest a
+#: handful of levels (event, data, object, payment_method_options, card, ...).
+MAX_WEBHOOK_DEPTH = 64
+#: A Stripe event id: ``evt_`` and letters, digits or underscores, at most 255 characters (the
+#: longest id Stripe documents, and the ``StripeEvent.stripe_id`` column).
+EVENT_ID = re.compile(r"evt_[A-Za-z0-9_]{1,251}")
+#: A Stripe event type (``checkout.session.completed``): short, no spaces or control characters.
+EVENT_TYPE = re.compile(r"[A-Za-z0-9_.\-]{1,100}")
+#: Characters PostgreSQL cannot store in ``jsonb`` or ``text``: NUL and unpaired UTF-16
+#: surrogates (which JSON's ``\uXXXX`` escapes can produce but UTF-8 cannot encode).
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+#: The JSON escapes that can produce them (a false alarm, e.g. an escaped backslash before
+#: "u0000" or a valid surrogate pair, only costs a closer look).
+_UNSTORABLE_ESCAPE = re.compile(r"\\u(?:0000|[dD][89a-fA-F])")
+
+
+def looks_like_id(value: Any, *prefixes: str) -> TypeGuard[str]:
+    """Whether ``value`` has the shape of a Stripe object id starting with one of ``prefixes``
+    (``"cs_"``, ``"pi_"``…): letters, digits and underscores, at most 255 characters."""
+    return (
+        isinstance(value, str)
+        and len(value) <= 255
+        and value.startswith(prefixes)
+        and re.fullmatch(r"[A-Za-z0-9_]+", value) is not None
+    )
+
+
+def webhook_too_large(length: int) -> bool:
+    """Whether a webhook body of ``length`` bytes is refused without reading it."""
+    return length > MAX_WEBHOOK_BYTES
+
+
 def verify_webhook(payload: bytes, sig_header: str | None) -> dict[str, Any]:
     """Check a webhook's ``Stripe-Signature`` and return the parsed JSON body as a plain dict.
 
     Every secret in ``STRIPE_WEBHOOK_SECRETS`` is tried, so during a rotation both the old and
-    the new secret verify (Stripe then sends one ``v1`` signature per active secret). Raises
-    ``InvalidWebhook`` for a missing, forged or stale signature and for a body that is not a
-    JSON object.
+    the new secret verify (Stripe then sends one ``v1`` signature per active secret). A
+    signature older or newer than ``WEBHOOK_TOLERANCE`` is refused (stripe-python checks only
+    the past).
+
+    Raises ``InvalidWebhook`` for a missing, forged, stale or future signature and for a body
+    that cannot be a Stripe event: larger than ``MAX_WEBHOOK_BYTES``, not UTF-8, not strict JSON
+    (``NaN``, numbers out of range, a key given twice), nested deeper than
+    ``MAX_WEBHOOK_DEPTH``, not an object with an ``evt_`` id and a type. NUL characters and
+    unpaired surrogates in strings (which PostgreSQL cannot store) become U+FFFD.
     """
+    if webhook_too_large(len(payload)):
+        raise InvalidWebhook("body too large", status=413)
+    try:
+        text = payload.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidWebhook("body is not UTF-8") from None
+    _check_signature(text, sig_header)
+    return _parse_event(text)
+
+
+def _check_signature(text: str, sig_header: str | None) -> None:
     if not sig_header:
         raise InvalidWebhook("missing signature")
     secrets = app_settings.webhook_secrets
@@ -237,7 +319,7 @@ def verify_webhook(payload: bytes, sig_header: str | None) -> dict[str, Any]:
     reason = "bad signature"
     for secret in secrets:
         try:
-            stripe.WebhookSignature.verify_header(payload, sig_header, secret, tolerance)
+            stripe.WebhookSignature.verify_header(text, sig_header, secret, tolerance)
         except stripe.SignatureVerificationError as exc:
             if "tolerance" in str(exc):
                 # The signature matched this secret but is too old: a replay, or a bad clock.
@@ -245,15 +327,94 @@ def verify_webhook(payload: bytes, sig_header: str | None) -> dict[str, Any]:
             elif "extract" in str(exc) or "No signatures found with expected scheme" in str(exc):
                 reason = "malformed signature header"
             continue
-        except UnicodeDecodeError:
-            raise InvalidWebhook("body is not UTF-8") from None
         break
     else:
         raise InvalidWebhook(reason)
+    # Signed by a secret we hold, so the header parses as stripe-python read it (its first t=).
+    # A timestamp far ahead would keep a captured request replayable long after it was sent.
+    timestamp = int(next(i.split("=", 2)[1] for i in sig_header.split(",") if i[:2] == "t="))
+    if timestamp > time.time() + tolerance:
+        raise InvalidWebhook("signature from the future")
+
+
+class _NotStrictJson(ValueError):
+    """Raised while parsing for JSON that parses in Python but is not a Stripe event's."""
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        # Parsers disagree on which copy wins; Stripe never sends a key twice.
+        raise _NotStrictJson("duplicate key in body")
+    return result
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise _NotStrictJson("number out of range")
+    return value
+
+
+def _bounded_int(text: str) -> int:
     try:
-        data = json.loads(payload)
+        return int(text)
+    except ValueError:  # longer than sys.get_int_max_str_digits()
+        raise _NotStrictJson("number out of range") from None
+
+
+def _refuse_constant(name: str) -> Any:
+    # NaN, Infinity and -Infinity: Python accepts them, JSON (and PostgreSQL's jsonb) does not.
+    raise _NotStrictJson("body is not JSON")
+
+
+def _parse_event(text: str) -> dict[str, Any]:
+    try:
+        data = json.loads(
+            text,
+            object_pairs_hook=_no_duplicate_keys,
+            parse_float=_finite_float,
+            parse_int=_bounded_int,
+            parse_constant=_refuse_constant,
+        )
+    except _NotStrictJson as exc:
+        raise InvalidWebhook(str(exc)) from None
+    except RecursionError:
+        raise InvalidWebhook("body nested too deeply") from None
     except ValueError:
         raise InvalidWebhook("body is not JSON") from None
     if not isinstance(data, dict) or not isinstance(data.get("id"), str):
         raise InvalidWebhook("body is not a Stripe event")
-    return data
+    if not EVENT_ID.fullmatch(data["id"]):
+        raise InvalidWebhook("event id is not a Stripe event id")
+    if not isinstance(data.get("type"), str) or not EVENT_TYPE.fullmatch(data["type"]):
+        raise InvalidWebhook("event type is not a Stripe event type")
+    _check_depth(data)
+    # Both can only come from a \u escape (raw NUL is not JSON; UTF-8 has no surrogates).
+    return _storable(data) if _UNSTORABLE_ESCAPE.search(text) else data
+
+
+def _check_depth(root: Any) -> None:
+    """Refuse a body whose objects and lists nest deeper than ``MAX_WEBHOOK_DEPTH``."""
+    stack = [(root, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_WEBHOOK_DEPTH:
+            raise InvalidWebhook("body nested too deeply")
+        for child in node.values() if isinstance(node, dict) else node:
+            if isinstance(child, (dict, list)):
+                stack.append((child, depth + 1))
+
+
+def _storable(node: Any) -> Any:
+    """``node`` with NUL and unpaired surrogates in its strings replaced by U+FFFD."""
+    if isinstance(node, str):
+        return _UNSTORABLE.sub("\ufffd", node)
+    if isinstance(node, list):
+        return [_storable(item) for item in node]
+    if isinstance(node, dict):
+        result = {_storable(k): _storable(v) for k, v in node.items()}
+        if len(result) != len(node):  # two keys that differed only by what was replaced
+            raise InvalidWebhook("duplicate key in body")
+        return result
+    return node

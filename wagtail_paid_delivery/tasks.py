@@ -6,7 +6,7 @@ The broker delivers at least once: each rule called here is idempotent.
 
 from __future__ import annotations
 
-from . import delivery, inbox, reconciliation
+from . import delivery, inbox, reconciliation, retention
 
 
 def process_stripe_event(event_pk: int, token: str | None = None) -> str:
@@ -22,6 +22,12 @@ def sweep() -> str:
 def reconcile() -> str:
     """Every ten minutes: ask Stripe about recent pending purchases."""
     return reconciliation.reconcile_pending()
+
+
+def cleanup() -> str:
+    """Daily: remove records past their ``RETENTION`` period, within a time budget (the next
+    run carries on)."""
+    return retention.cleanup(time_budget=retention.task_time_budget()).summary()
 
 
 def send_delivery_email(purchase_pk: int) -> str:

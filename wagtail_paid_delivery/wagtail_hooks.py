@@ -1,5 +1,6 @@
-"""Wagtail admin registration: the copy snippet, the editors' private-file view, and the guard
-that keeps sold products from being deleted."""
+"""Wagtail admin registration: the shop desk (the "Shop" menu, its permission policy and log
+actions), the copy snippet, the editors' private-file view, and the guard that keeps sold products
+from being deleted."""
 
 from __future__ import annotations
 
@@ -15,13 +16,31 @@ from django.utils.translation import ngettext
 from wagtail import hooks
 from wagtail.admin import messages
 from wagtail.admin.utils import get_valid_next_url_from_request
+from wagtail.permissions import register_permission_policy
 from wagtail.snippets.models import register_snippet
 
+from . import desk
 from .admin import urls as admin_urls
+from .admin.purchases import ShopViewSetGroup
 from .admin.viewsets import DeliveryCopyViewSet
 from .models import Purchase
+from .permissions import PurchasePermissionPolicy
 
 register_snippet(DeliveryCopyViewSet)
+# Before the viewsets register: they look the policy up.
+register_permission_policy(Purchase, PurchasePermissionPolicy(Purchase))
+
+
+@hooks.register("register_admin_viewset")
+def register_shop_desk():
+    """The "Shop" menu: purchases (listing, export, inspect with timeline, actions)."""
+    return ShopViewSetGroup()
+
+
+@hooks.register("register_log_actions")
+def register_desk_log_actions(actions):
+    desk.register_log_actions(actions)
+
 
 #: Purchases whose buyers have (or may get back) access: their product must not be deleted.
 #: Refunded, revoked, failed, expired and pending purchases do not hold a page (their foreign

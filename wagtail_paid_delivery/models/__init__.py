@@ -1,12 +1,13 @@
 from .copy import DeliveryCopy
 from .events import StripeEvent
 from .pages import AbstractProductFile, ProductPageMixin
-from .purchases import DownloadEvent, DownloadLink, FileDownloadCount, Purchase
+from .purchases import DownloadEvent, DownloadHandoff, DownloadLink, FileDownloadCount, Purchase
 
 __all__ = [
     "AbstractProductFile",
     "DeliveryCopy",
     "DownloadEvent",
+    "DownloadHandoff",
     "DownloadLink",
     "FileDownloadCount",
     "ProductPageMixin",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 from datetime import timedelta
 from typing import Any
 
@@ -13,6 +14,7 @@ from django.db import models
 from django.template.defaultfilters import filesizeformat
 from django.utils.functional import cached_property
 from django.utils.translation import gettext_lazy as _
+from modelcluster.models import get_serializable_data_for_fields
 from wagtail.admin.panels import FieldPanel, FieldRowPanel, InlinePanel, MultiFieldPanel
 from wagtail.fields import RichTextField
 from wagtail.models import Orderable
@@ -23,7 +25,11 @@ from ..forms import ProductPageForm
 from ..storage import get_product_storage, product_file_upload_to
 from .copy import DeliveryCopy
 
+logger = logging.getLogger(__name__)
+
 DEFAULT_TEMPLATE = "wagtail_paid_delivery/product_page.html"
+#: Bytes read at a time when measuring a stored file.
+CHUNK = 1024 * 1024
 
 
 class ProductPageMixin(models.Model):
@@ -182,15 +188,50 @@ class AbstractProductFile(Orderable):
         return (self.file.name or "").rsplit("/", 1)[-1]
 
     def save(self, *args: Any, **kwargs: Any) -> None:
-        # A new upload (not yet committed to storage) gets its size and checksum recorded.
-        if self.file and not getattr(self.file, "_committed", True):
+        # Size and checksum (the file's ETag) always describe the stored file: a new upload is
+        # measured as it is written; a file that is not the one this row names (an upload
+        # replaced in the editor and published, now or on schedule) is measured from storage,
+        # because modelcluster's revision save committed it before we could see it was new.
+        if self.file and (not self._upload_committed() or self._names_another_file()):
             self.size, self.sha256 = _measure(self.file)
         super().save(*args, **kwargs)
 
+    def serializable_data(self) -> dict[str, Any]:
+        """What a page revision stores for this file (modelcluster calls it for child objects).
+
+        Serialising commits a new upload to storage; measuring first gives a draft or a scheduled
+        revision the new file's facts.
+        """
+        if self.file and not self._upload_committed():
+            self.size, self.sha256 = _measure(self.file)
+        return get_serializable_data_for_fields(self)
+
+    def _upload_committed(self) -> bool:
+        return bool(getattr(self.file, "_committed", True))
+
+    def _names_another_file(self) -> bool:
+        if self.pk is None:
+            # A new row for a file already in storage: measured unless its facts came with it.
+            return not self.size and not self.sha256
+        stored = type(self)._default_manager.filter(pk=self.pk).values_list("file", flat=True)
+        return stored.first() != self.file.name
+
 
 def _measure(field_file: Any) -> tuple[int, str]:
+    """Size and SHA-256 of a new upload (read from where it is now) or of a stored file."""
     digest = hashlib.sha256()
     size = 0
+    if getattr(field_file, "_committed", True):
+        try:
+            with field_file.storage.open(field_file.name, "rb") as handle:
+                for chunk in iter(lambda: handle.read(CHUNK), b""):
+                    digest.update(chunk)
+                    size += len(chunk)
+        except OSError as error:
+            # Unknown rather than wrong: serving then takes size and ETag from the storage.
+            logger.warning("Product file %s could not be measured: %s", field_file.name, error)
+            return 0, ""
+        return size, digest.hexdigest()
     field_file.seek(0)
     for chunk in field_file.chunks():
         digest.update(chunk)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from decimal import Decimal
 from typing import Any
 
 import swapper
@@ -87,6 +88,22 @@ class Purchase(models.Model):
         verbose_name_plural = _("purchases")
         ordering = ["-created_at"]
         indexes = [models.Index(fields=["email", "status"])]
+        # Purchases are made by checkout and moved by the state machine, never added, edited or
+        # deleted as rows: the shop desk's permissions are what an editor may do with them
+        # (``permissions.PurchasePermissionPolicy``; the README's "The shop desk" section).
+        default_permissions = ("view",)
+        permissions = [
+            (
+                "support_purchase",
+                _(
+                    "Can help buyers (resend the delivery email, issue, extend or reset a link, "
+                    "correct the email address)"
+                ),
+            ),
+            ("revoke_purchase", _("Can revoke, suspend and restore access to purchases")),
+            ("refund_purchase", _("Can refund purchases through Stripe")),
+            ("grant_purchase", _("Can grant complimentary purchases")),
+        ]
 
     def __str__(self) -> str:
         return f"{self.product_title} – {self.email or self.public_id}"
@@ -94,6 +111,15 @@ class Purchase(models.Model):
     @property
     def price_display(self) -> str:
         return currencies.format_price(self.amount, self.currency)
+
+    @property
+    def amount_major(self) -> Decimal:
+        """The amount in major units (12.50 for 1250 USD cents), for exports."""
+        return currencies.to_major(self.amount, self.currency)
+
+    @property
+    def amount_refunded_major(self) -> Decimal:
+        return currencies.to_major(self.amount_refunded, self.currency)
 
     @property
     def product_page(self) -> Any:
@@ -172,10 +198,12 @@ class DownloadEvent(models.Model):
     created_at = models.DateTimeField(_("time"), default=timezone.now, db_index=True)
     outcome = models.CharField(_("outcome"), max_length=32)
     counted = models.BooleanField(_("counted"), default=False)
-    #: The hand-off (one button press) the request came through; "counted once per hand-off
-    #: in ten minutes" looks it up.
+    #: The hand-off (one button press) the request came through (``DownloadHandoff.nonce``).
     handoff = models.CharField(_("hand-off"), max_length=32, blank=True, db_index=True)
     range_header = models.CharField(_("range"), max_length=100, blank=True)
+    #: What the response promised (its Content-Length, or what the offload server will send):
+    #: what the hand-off's byte budget was charged with.
+    bytes_promised = models.BigIntegerField(_("bytes promised"), null=True, blank=True)
     bytes_sent = models.BigIntegerField(_("bytes sent"), null=True, blank=True)
     ip_address = models.GenericIPAddressField(_("IP address (truncated)"), null=True, blank=True)
     user_agent = models.CharField(_("user agent"), max_length=255, blank=True)
@@ -187,3 +215,43 @@ class DownloadEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.created_at:%Y-%m-%d %H:%M} {self.outcome}"
+
+
+class DownloadHandoff(models.Model):
+    """One button press's hand-off: the download it stands on, what it promised, if refused.
+
+    Written only under the link and file's ``FileDownloadCount`` row lock (``links``), which
+    every request on the hand-off takes, so its requests are decided one at a time. See
+    docs/architecture.md, "What counts as a download".
+    """
+
+    link = models.ForeignKey(
+        DownloadLink, verbose_name=_("link"), on_delete=models.CASCADE, related_name="handoffs"
+    )
+    file_id = models.PositiveBigIntegerField(_("file id"))
+    #: The random part of the signed hand-off URL (``links.Handoff.nonce``).
+    nonce = models.CharField(_("nonce"), max_length=32, unique=True)
+    created_at = models.DateTimeField(_("first used"), default=timezone.now)
+    #: When the download this hand-off's requests stand on was counted (its window starts
+    #: there). Empty: no count stands (never served, or the count was given back).
+    counted_at = models.DateTimeField(_("counted"), null=True, blank=True)
+    #: The request that counted it (released if its response sent nothing).
+    counted_event = models.ForeignKey(
+        DownloadEvent,
+        verbose_name=_("counted request"),
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+    )
+    #: Bytes promised by the responses served since ``counted_at``, the counted one included.
+    bytes_promised = models.BigIntegerField(_("bytes promised"), default=0)
+    #: Refused at the download limit: from then on it serves nothing, whatever happens later.
+    refused_at = models.DateTimeField(_("refused"), null=True, blank=True)
+
+    class Meta:
+        verbose_name = _("download hand-off")
+        verbose_name_plural = _("download hand-offs")
+
+    def __str__(self) -> str:
+        return f"{self.link_id}/{self.file_id}: {self.nonce}"

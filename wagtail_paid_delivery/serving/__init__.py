@@ -5,11 +5,13 @@ The flow for one request on a hand-off URL (docs/architecture.md, "What counts a
 1. the view has read the signed hand-off and checked its link, as at every use;
 2. the ``before_serve_paid_download`` hook may answer instead;
 3. the backend looks the file up in storage (missing: a buyer-facing error, nothing counted);
-4. the Range is resolved (``ranges``); a request that includes byte 0 is counted before any
-   byte is sent (``links.reserve_download``); HEAD and continuations never count;
-5. the backend builds the response (``backends``); when it is closed having sent nothing (where
+4. the Range is resolved (``ranges``) and the backend says what the response will promise and
+   whether it could ride on an earlier count (``backends.Terms``);
+5. a GET is then counted, let through free, or refused, before any byte is sent
+   (``links.reserve_download``); HEAD never counts and answers as that GET would;
+6. the backend builds the response (``backends``); when it is closed having sent nothing (where
    the backend can tell) the count is released;
-6. ``download_served`` is sent and every request leaves a ``DownloadEvent``.
+7. ``download_served`` is sent and every request leaves a ``DownloadEvent``.
 """
 
 from __future__ import annotations
@@ -28,7 +30,13 @@ from ..models import DownloadEvent, DownloadLink
 from ..models.pages import AbstractProductFile
 from ..signals import download_served
 from .backends import FileUnavailable, SendTracker, ServingBackend, StoredFile, get_backend
-from .ranges import RangeNotSatisfiable, content_disposition, if_range_allows, parse_range
+from .ranges import (
+    ByteRange,
+    RangeNotSatisfiable,
+    content_disposition,
+    if_range_allows,
+    parse_range,
+)
 
 __all__ = ["BEFORE_SERVE_HOOK", "FileUnavailable", "redirect_origins", "serve_file"]
 
@@ -96,25 +104,30 @@ def serve_file(
         _file_headers(response416, stored)
         return response416
 
+    terms = backend.terms(request, stored, byte_range)
+    promised, size, may_be_free = terms.promised, stored.size, terms.may_be_free
+    response: HttpResponseBase
     if is_head:
-        response: HttpResponseBase = HttpResponse(content_type=stored.content_type)
-        if byte_range is not None:
-            response.status_code = 206
-            response["Content-Range"] = f"bytes {byte_range.start}-{byte_range.end}/{stored.size}"
-        response["Content-Length"] = str(byte_range.length if byte_range else stored.size)
+        links.check_handoff(
+            link, file, handoff, promised=promised, size=size, may_be_free=may_be_free, now=now
+        )
+        response = _head_response(stored, byte_range)
         links.record_event(
             request, link=link, file_id=file.pk, outcome="head", handoff=handoff.nonce
         )
     else:
-        includes_first_byte = byte_range is None or byte_range.start == 0
         tracker = SendTracker()
         try:
-            if includes_first_byte:
-                event = links.reserve_download(request, link, file, handoff, now=now)
-            else:
-                event = links.record_event(
-                    request, link=link, file_id=file.pk, outcome="served", handoff=handoff.nonce
-                )
+            event = links.reserve_download(
+                request,
+                link,
+                file,
+                handoff,
+                promised=promised,
+                size=size,
+                may_be_free=may_be_free,
+                now=now,
+            )
         except BaseException:
             stored.close()
             raise
@@ -122,6 +135,15 @@ def serve_file(
         response._resource_closers.append(_finish(event, tracker))  # type: ignore[attr-defined]
     _file_headers(response, stored)
     download_served.send(sender=type(file), request=request, link=link, file=file)
+    return response
+
+
+def _head_response(stored: StoredFile, byte_range: ByteRange | None) -> HttpResponse:
+    response = HttpResponse(content_type=stored.content_type)
+    if byte_range is not None:
+        response.status_code = 206
+        response["Content-Range"] = f"bytes {byte_range.start}-{byte_range.end}/{stored.size}"
+    response["Content-Length"] = str(byte_range.length if byte_range else stored.size)
     return response
 
 

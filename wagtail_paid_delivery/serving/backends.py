@@ -1,8 +1,10 @@
 """How the bytes leave: streamed by Django, or offloaded to nginx, Apache or presigned URLs.
 
-Checks and counting happen before a backend is asked (``serving.serve_file``). The Django backend
-streams from this process and can tell when a response sent nothing; the offload backends
-(``SERVE_BACKEND``) hand the bytes to someone else and so never can.
+Checks and counting happen before a backend is asked (``serving.serve_file``); each backend
+says what a request will be sent (:meth:`DjangoBackend.terms`), which is what counting needs. The
+Django backend streams from this process, knows exactly what it sends and can tell when a response
+sent nothing; the offload backends (``SERVE_BACKEND``) hand the bytes to someone else, who reads
+the request's own Range and If-Range, and so never can.
 """
 
 from __future__ import annotations
@@ -17,12 +19,12 @@ from datetime import datetime
 from typing import IO, Any, Protocol
 from urllib.parse import quote, urlsplit
 
-from django.http import FileResponse, HttpResponse, StreamingHttpResponse
+from django.http import FileResponse, HttpRequest, HttpResponse, StreamingHttpResponse
 from django.http.response import HttpResponseBase
 
 from ..conf import app_settings
 from ..models.pages import AbstractProductFile
-from .ranges import ByteRange, content_disposition
+from .ranges import ByteRange, content_disposition, is_single_range_after_first_byte
 
 logger = logging.getLogger(__name__)
 
@@ -138,6 +140,18 @@ class StoredFile:
             self.handle.close()
 
 
+@dataclass(frozen=True)
+class Terms:
+    """What a GET will be sent, as far as counting is concerned."""
+
+    #: Bytes the response promises (its Content-Length; for an offload, the most the server
+    #: may send): what the hand-off's byte budget is charged with.
+    promised: int
+    #: Whether, as a later request on a counted hand-off, it may go free (within the window and
+    #: the budget). False: it counts like a new download.
+    may_be_free: bool
+
+
 class ServingBackend(Protocol):
     """How the bytes leave. Checks and counting happen before a backend is asked."""
 
@@ -153,6 +167,10 @@ class ServingBackend(Protocol):
         the hand-off) to end there: browsers check ``form-action`` on every redirect.
         """
         ...
+
+    def terms(
+        self, request: HttpRequest, stored: StoredFile, byte_range: ByteRange | None
+    ) -> Terms: ...
 
     def respond(
         self, stored: StoredFile, byte_range: ByteRange | None, tracker: SendTracker
@@ -203,6 +221,12 @@ class DjangoBackend:
         content_type = mimetypes.guess_type(filename)[0] or "application/octet-stream"
         return StoredFile(name, size, last_modified, etag, content_type, filename, handle)
 
+    def terms(
+        self, request: HttpRequest, stored: StoredFile, byte_range: ByteRange | None
+    ) -> Terms:
+        # This process resolved Range and If-Range itself: it sends exactly ``byte_range``.
+        return Terms(byte_range.length if byte_range else stored.size, may_be_free=True)
+
     def respond(
         self, stored: StoredFile, byte_range: ByteRange | None, tracker: SendTracker
     ) -> HttpResponseBase:
@@ -231,14 +255,27 @@ class _OffloadBackend(DjangoBackend, abc.ABC):
     """Checks and counting stay in Django; another server sends the bytes.
 
     What changes (docs/architecture.md, "What counts as a download"): every request reaches
-    this app first, so counting at request time, the ten-minute recount window and
-    "continuations never count" hold (the Range header comes to the app with the request).
-    What cannot hold is releasing a count when nothing was sent: the bytes leave elsewhere, so a
-    counted request is kept counted (``tracker.unknown``) and ``bytes_sent`` stays unknown.
-    HEAD, 416 and refusals are still answered by Django itself.
+    this app first, so it is counted (or refused) before the server sends anything. But the
+    server reads the request's Range and If-Range itself (and compares If-Range with its own
+    ETag, not ours), so a later request on a hand-off goes free only when the app can tell
+    what the server will send: one range after byte 0, spelled plainly, without If-Range.
+    Anything else counts like a new download, and is charged the whole file. Releasing a count
+    when nothing was sent cannot hold either: the bytes leave elsewhere, so a counted request is
+    kept counted (``tracker.unknown``) and ``bytes_sent`` stays unknown. HEAD, 416 and refusals
+    are still answered by Django itself.
     """
 
     can_tell_nothing_sent = False
+
+    def terms(
+        self, request: HttpRequest, stored: StoredFile, byte_range: ByteRange | None
+    ) -> Terms:
+        plain = not request.headers.get("If-Range") and is_single_range_after_first_byte(
+            request.headers.get("Range"), stored.size
+        )
+        if plain and byte_range is not None:
+            return Terms(byte_range.length, may_be_free=True)
+        return Terms(stored.size, may_be_free=False)
 
     def locate(self, file: AbstractProductFile, *, open_file: bool) -> StoredFile:
         # Never open the file here: somebody else reads it.
@@ -316,7 +353,15 @@ class PresignedBackend(_OffloadBackend):
     ``expire`` and passes ``parameters`` to S3 (``ResponseContentDisposition`` and
     ``ResponseContentType``, so the file still downloads under its name). A storage whose
     ``url()`` takes neither cannot be trusted to make a short-lived URL and is refused.
+
+    Every redirect counts: the storage serves any range, any number of times, while the URL
+    lives, so nothing the request asked for bounds what it gets.
     """
+
+    def terms(
+        self, request: HttpRequest, stored: StoredFile, byte_range: ByteRange | None
+    ) -> Terms:
+        return Terms(stored.size, may_be_free=False)
 
     def prepare(self, stored: StoredFile) -> None:
         try:

@@ -58,6 +58,29 @@ def parse_range(header: str | None, size: int) -> ByteRange | None:
     return ByteRange(start, min(end, size - 1))
 
 
+# One spelling only: digits without leading zeros, no spaces, no list. Servers differ on the rest
+# (nginx skips spaces, Apache also reads Request-Range), so anything else is not vouched for.
+_PLAIN_RANGE_RE = re.compile(r"^bytes=(?:([1-9][0-9]{0,17})-([0-9]{0,18})|-([1-9][0-9]{0,17}))$")
+
+
+def is_single_range_after_first_byte(header: str | None, size: int) -> bool:
+    """Whether ``header`` asks, spelled the way every server reads alike, for one satisfiable
+    range that starts after byte 0 of a ``size``-byte file (``bytes=100-``, ``bytes=100-199``,
+    or a suffix shorter than the file).
+
+    Offload servers (nginx, Apache) read the request's Range themselves: only this shape lets the
+    app know in advance which bytes they will send.
+    """
+    match = _PLAIN_RANGE_RE.match(header or "")
+    if not match:
+        return False
+    first, last, suffix = match.groups()
+    if suffix:
+        return int(suffix) < size
+    start = int(first)
+    return start < size and (not last or int(last) >= start)
+
+
 def if_range_allows(header: str | None, etag: str, last_modified: datetime | None) -> bool:
     """Whether a Range may be honoured under ``If-Range`` (strong comparison only)."""
     if not header:

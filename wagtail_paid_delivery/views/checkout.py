@@ -7,6 +7,10 @@ no Origin) against the site's own origin, which is what Django's CSRF protection
 for HTTPS requests. A cross-site form cannot forge Origin, and all a successful forgery could do
 is open a Checkout page for the victim, which they would still have to pay themselves.
 The rules of what is bought live in ``checkout.py``.
+
+Every Buy click from this site's pages counts against ``CHECKOUT_RATE_LIMIT`` per client
+(``limits``), before anything is written or Stripe is called: past it, a 429 page says how long
+to wait. Refused origins do not count, so another site cannot use up a buyer's clicks.
 """
 
 from __future__ import annotations
@@ -25,8 +29,9 @@ from django.utils.translation import gettext as _
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
-from .. import binding, delivery, screens
+from .. import binding, delivery, limits, screens
 from .. import checkout as checkout_rules
+from ..conf import app_settings
 from ..models.pages import live_product_page
 from .responses import see_other
 
@@ -117,6 +122,14 @@ def render_unavailable(request: HttpRequest, page: Any, *, status: int) -> HttpR
     return response
 
 
+def render_limited(request: HttpRequest, page: Any, retry_after: int) -> HttpResponse:
+    context = screens.checkout_limited_context(page, retry_after)
+    response = render(request, screens.TEMPLATES["checkout_limited"], context, status=429)
+    response["Retry-After"] = str(retry_after)
+    add_never_cache_headers(response)
+    return response
+
+
 @csrf_exempt  # Origin is checked instead; see the module docstring.
 @login_not_required
 @require_POST
@@ -129,6 +142,12 @@ def checkout(request: HttpRequest, page_id: int) -> HttpResponse:
             request.headers.get("Origin") or request.headers.get("Referer"),
         )
         return HttpResponseForbidden(_("This form must be sent from this site's own pages."))
+    wait = limits.hit(
+        request, "checkout", limits.client_key(request), app_settings.CHECKOUT_RATE_LIMIT
+    )
+    if wait is not None:
+        logger.warning("Checkout for page %s refused: rate limit (retry in %ss).", page.pk, wait)
+        return render_limited(request, page, wait)
     if not page.is_purchasable:
         logger.warning("Checkout for page %s refused: the product has no files.", page.pk)
         return render_unavailable(request, page, status=409)

@@ -3,6 +3,10 @@
 ``d/<token>/`` (GET) only shows: mail scanners open emailed links, so nothing a GET does may
 change anything. The button POSTs to ``d/<token>/<file id>/`` and is answered with a 303 to a
 signed hand-off URL, where ``serving.serve_file`` counts and streams the file.
+
+A request that names no real link (a made-up token, a forged or truncated hand-off, a link
+since removed, a file not the link's product's) is a plain 404 that writes nothing: a flood of
+garbage must not grow any table. Requests on a real link are recorded (``DownloadEvent``).
 """
 
 from __future__ import annotations
@@ -82,11 +86,9 @@ def handoff(request: HttpRequest, signed: str) -> HttpResponseBase:
     try:
         ticket = links.read_handoff(signed)
     except links.BadHandoff:
-        links.record_event(request, link=None, file_id=None, outcome="invalid")
-        return not_found()
+        return not_found()  # recorded nowhere: see the module docstring
     link = DownloadLink.objects.select_related("purchase").filter(pk=ticket.link_id).first()
     if link is None:
-        links.record_event(request, link=None, file_id=None, outcome="invalid")
         return not_found()
 
     def record(outcome: str, file_id: int) -> None:
@@ -101,7 +103,6 @@ def handoff(request: HttpRequest, signed: str) -> HttpResponseBase:
         return refused(request, error)
     file = links.get_product_file(link, ticket.file_id)
     if file is None:
-        record("invalid", ticket.file_id)
         return not_found()
     try:
         return serving.serve_file(request, link, file, ticket)

@@ -5,7 +5,7 @@ address (the task decides, out of the request, whether there is anything to send
 answer is the same confirmation page with status 200: its body, status and timing say nothing
 about whether the address bought.
 
-Two limits keep it from being a mail cannon, both counted in Django's cache (``limits``):
+Two limits keep it from being a mail cannon, both counted by the app's one limiter (``limits``):
 
 - per client (``RESEND_RATE_LIMIT``): over it, 429 "try again later" for everyone alike;
 - per address (``RESEND_EMAIL_RATE_LIMIT``): over it, silence: the usual confirmation, no task.
@@ -56,10 +56,13 @@ def resend(request: HttpRequest) -> HttpResponseBase:
         form = ResendForm(initial={"product": product.pk if product else None})
         return TemplateResponse(request, template, _form_context(form, product))
 
-    if limits.over_limit("client", limits.client_key(request), app_settings.RESEND_RATE_LIMIT):
+    wait = limits.hit(
+        request, "resend.client", limits.client_key(request), app_settings.RESEND_RATE_LIMIT
+    )
+    if wait is not None:
         context = _form_context(ResendForm(), None, limited=True)
         response = TemplateResponse(request, template, context, status=429)
-        response["Retry-After"] = str(int(app_settings.RESEND_RATE_LIMIT[1]))
+        response["Retry-After"] = str(wait)
         return response
 
     form = ResendForm(request.POST)
@@ -71,7 +74,8 @@ def resend(request: HttpRequest) -> HttpResponseBase:
 
     email = form.cleaned_data["email"].strip()
     product = live_product_page(form.cleaned_data.get("product"))
-    if not limits.over_limit("email", email.lower(), app_settings.RESEND_EMAIL_RATE_LIMIT):
+    address_limit = app_settings.RESEND_EMAIL_RATE_LIMIT
+    if limits.hit(request, "resend.email", email.lower(), address_limit) is None:
         enqueue_resend(email, product.pk if product is not None else None)
     copy = delivery.copy_for(product=product)
     context = screens.resend_done_context(copy, product, email)

@@ -11,8 +11,9 @@ from __future__ import annotations
 import logging
 
 from django.contrib.auth.decorators import login_not_required
+from django.core.exceptions import RequestDataTooBig
 from django.db import transaction
-from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest
+from django.http import HttpRequest, HttpResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
@@ -31,10 +32,27 @@ logger = logging.getLogger(__name__)
 @transaction.non_atomic_requests
 def stripe_webhook(request: HttpRequest) -> HttpResponse:
     try:
-        event = stripe_api.verify_webhook(request.body, request.headers.get("Stripe-Signature"))
+        payload = read_body(request)
+        event = stripe_api.verify_webhook(payload, request.headers.get("Stripe-Signature"))
     except stripe_api.InvalidWebhook as exc:
-        # Nothing is stored: an unverified body is not an event.
+        # Nothing is stored: an unverified body is not an event, nor is a verified body that
+        # cannot be one (see verify_webhook). Stripe shows this reason in its delivery log.
         logger.warning("Rejected Stripe webhook: %s", exc.reason)
-        return HttpResponseBadRequest(exc.reason, content_type="text/plain")
+        return HttpResponse(exc.reason, status=exc.status, content_type="text/plain")
     stored = inbox.store(event)
     return HttpResponse(stored.value, content_type="text/plain")
+
+
+def read_body(request: HttpRequest) -> bytes:
+    """The request body, refused (413) before it is read when it is larger than a Stripe event
+    can be, or than the site's ``DATA_UPLOAD_MAX_MEMORY_SIZE``."""
+    try:
+        length = int(request.META.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        length = 0  # Django reads no body then either
+    if stripe_api.webhook_too_large(length):
+        raise stripe_api.InvalidWebhook("body too large", status=413)
+    try:
+        return request.body
+    except RequestDataTooBig:
+        raise stripe_api.InvalidWebhook("body too large", status=413) from None

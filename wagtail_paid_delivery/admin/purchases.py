@@ -1,0 +1,817 @@
+"""The shop desk: purchases in the Wagtail admin (listing, export, inspect with the timeline,
+and the actions that help a buyer or end their access).
+
+Wagtail's own pieces: a ``ModelViewSet`` with an index view (django-filter ``FilterSet``,
+search, sorting, pagination, CSV and XLSX export), an inspect view, and one confirmation view
+per action, all checked against ``permissions.PurchasePermissionPolicy``. The rules and the log
+entries live in ``desk`` (actions) and ``timeline`` (what happened); views here only check,
+confirm, call and answer. Registered in ``wagtail_hooks.py`` inside the "Shop" menu group.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import django_filters
+from django import forms
+from django.apps import apps
+from django.contrib.admin.utils import quote
+from django.contrib.auth.models import Permission
+from django.contrib.contenttypes.models import ContentType
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
+from django.utils import timezone
+from django.utils.functional import cached_property
+from django.utils.translation import gettext_lazy as _
+from django.views.generic import FormView
+from wagtail.admin import messages
+from wagtail.admin.admin_url_finder import ModelAdminURLFinder
+from wagtail.admin.filters import DateRangePickerWidget, WagtailFilterSet
+from wagtail.admin.ui.tables import Column, DateColumn, StatusTagColumn, TitleColumn
+from wagtail.admin.views.generic import IndexView, InspectView
+from wagtail.admin.views.generic.base import WagtailAdminTemplateMixin
+from wagtail.admin.views.generic.permissions import PermissionCheckedMixin
+from wagtail.admin.viewsets.model import ModelViewSet, ModelViewSetGroup
+from wagtail.admin.widgets.button import HeaderButton
+from wagtail.permissions import policy_registry
+
+from .. import currencies, desk, links, permissions, timeline
+from ..models import DownloadLink, ProductPageMixin, Purchase
+from .export import FormulaSafeExportMixin
+
+S = Purchase.Status
+
+
+# Listing --------------------------------------------------------------------------------------
+
+
+def _sold_products(request: HttpRequest) -> Any:
+    """The product pages with purchases (the site's own Page model: it is swappable)."""
+    pages = Purchase._meta.get_field("product").related_model._default_manager  # type: ignore[union-attr]
+    return pages.filter(pk__in=Purchase.objects.values("product_id")).order_by("title")
+
+
+class PurchaseFilterSet(WagtailFilterSet):
+    status = django_filters.MultipleChoiceFilter(
+        label=_("Status"), choices=S.choices, widget=forms.CheckboxSelectMultiple
+    )
+    product = django_filters.ModelChoiceFilter(
+        label=_("Product"), queryset=_sold_products, empty_label=_("All products")
+    )
+    created_at = django_filters.DateFromToRangeFilter(label=_("Date"), widget=DateRangePickerWidget)
+    mode = django_filters.ChoiceFilter(
+        label=_("Mode"),
+        choices=[("live", _("Live")), ("test", _("Test"))],
+        empty_label=_("All"),
+        widget=forms.RadioSelect,
+        method="filter_mode",
+    )
+    source = django_filters.ChoiceFilter(
+        label=_("Source"),
+        choices=Purchase.Source.choices,
+        empty_label=_("All"),
+        widget=forms.RadioSelect,
+    )
+
+    class Meta:
+        model = Purchase
+        fields = ["status", "product", "created_at", "mode", "source"]
+
+    def filter_mode(self, queryset: Any, name: str, value: str) -> Any:
+        return queryset.filter(livemode=(value == "live")) if value else queryset
+
+
+def _buyer(purchase: Purchase) -> str:
+    return purchase.email or str(_("(no email address yet)"))
+
+
+def _mode(purchase: Purchase) -> str:
+    if purchase.source == Purchase.Source.GRANT:
+        return str(_("Complimentary"))
+    return str(_("Live") if purchase.livemode else _("Test"))
+
+
+class PurchaseIndexView(FormulaSafeExportMixin, IndexView):
+    any_permission_required = [permissions.VIEW]
+    grant_url_name: str | None = None
+
+    @cached_property
+    def header_buttons(self) -> list[Any]:
+        buttons = list(super().header_buttons)
+        if self.grant_url_name and self.user_has_permission(permissions.GRANT):
+            label = _("Grant a complimentary copy")
+            buttons.append(HeaderButton(label, url=reverse(self.grant_url_name), icon_name="plus"))
+        return buttons
+
+    @cached_property
+    def columns(self) -> list[Any]:
+        return [
+            TitleColumn(
+                "email",
+                label=_("Buyer"),
+                accessor=_buyer,
+                sort_key="email",
+                get_url=self.get_inspect_url,
+            ),
+            Column("product_title", label=_("Product"), sort_key="product_title"),
+            Column("price_display", label=_("Price"), sort_key="amount"),
+            StatusTagColumn(
+                "status",
+                label=_("Status"),
+                accessor="get_status_display",
+                sort_key="status",
+                primary=lambda p: p.status == S.PAID,
+            ),
+            Column("livemode", label=_("Mode"), accessor=_mode, sort_key="livemode"),
+            DateColumn("created_at", label=_("Date"), sort_key="created_at"),
+        ]
+
+    def get_filename(self) -> str:
+        return f"{self.export_filename}-{timezone.localdate():%Y-%m-%d}"
+
+
+# Inspect ------------------------------------------------------------------------------------
+
+
+#: The icon of each kind of timeline entry.
+ENTRY_ICONS = {
+    "purchase": "clipboard-list",
+    "status": "tag",
+    "stripe": "site",
+    "editor": "user",
+    "link": "link",
+    "email": "mail",
+    "download": "download",
+}
+
+
+class PurchaseInspectView(InspectView):
+    any_permission_required = [permissions.VIEW]
+    template_name = "wagtail_paid_delivery/admin/purchase_inspect.html"
+    page_title = _("Purchase")
+    #: The action URL names (set by the viewset): desk action → URL name.
+    action_url_names: dict[str, str] = {}
+
+    def get_page_subtitle(self) -> str:
+        return str(self.object)
+
+    def action_url(self, action: str, *args: Any) -> str:
+        return reverse(self.action_url_names[action], args=(quote(self.object.pk), *args))
+
+    def allowed(self, action: str) -> bool:
+        """May this editor take ``action`` (their permission), and does it apply now."""
+        needed = ACTION_PERMISSIONS[action]
+        return self.user_has_permission(needed) and not desk.refusal(action, self.object)
+
+    def actions(self) -> list[dict[str, Any]]:
+        shown = []
+        for action, label, classname in INSPECT_ACTIONS:
+            if self.allowed(action):
+                shown.append({"label": label, "url": self.action_url(action), "class": classname})
+        return shown
+
+    def link_rows(self, overview: list[timeline.LinkSummary]) -> list[dict[str, Any]]:
+        can_support = self.user_has_permission(permissions.SUPPORT)
+        rows = []
+        for summary in overview:
+            editable = can_support and not desk.link_refusal(summary.link)
+            rows.append(
+                {
+                    "summary": summary,
+                    "extend_url": self.action_url(desk.EXTEND_LINK, summary.link.pk)
+                    if editable
+                    else "",
+                    "reset_url": self.action_url(desk.RESET_LINK, summary.link.pk)
+                    if editable and summary.link.download_count
+                    else "",
+                }
+            )
+        return rows
+
+    def get_context_data(self, **kwargs: Any) -> dict[str, Any]:
+        context = super().get_context_data(**kwargs)
+        purchase = self.object
+        facts = timeline.facts_for(purchase)
+        overview = timeline.link_overview(purchase, facts)
+        product = purchase.product_page
+        entries = timeline.build_timeline(purchase, facts)
+        context.update(
+            {
+                "purchase": purchase,
+                "status_class": "w-status--primary" if purchase.status == S.PAID else "",
+                "verdict": timeline.verdict(purchase, overview),
+                "paid": timeline.amount_paid(purchase),
+                "refunded_display": currencies.format_price(
+                    purchase.amount_refunded, purchase.currency
+                ),
+                "timeline_rows": [(e, ENTRY_ICONS.get(e.kind, "info-circle")) for e in entries],
+                "link_rows": self.link_rows(overview),
+                "desk_actions": self.actions(),
+                "dashboard_url": timeline.stripe_dashboard_url(purchase),
+                "product_edit_url": reverse("wagtailadmin_pages:edit", args=[product.pk])
+                if product is not None
+                else "",
+                "downloads_counted": sum(s.link.download_count for s in overview),
+            }
+        )
+        return context
+
+
+# Actions ------------------------------------------------------------------------------------
+
+
+class HoursField(forms.IntegerField):
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("min_value", 1)
+        kwargs.setdefault("max_value", 24 * 366 * 5)
+        kwargs.setdefault("label", _("Valid for (hours from now)"))
+        super().__init__(**kwargs)
+
+
+class ConfirmForm(forms.Form):
+    """An action with nothing to choose: the confirmation is the POST itself."""
+
+
+class IssueLinkForm(forms.Form):
+    lifetime_hours = HoursField()
+    download_limit = forms.IntegerField(
+        label=_("Downloads per file"),
+        min_value=1,
+        required=False,
+        help_text=_("Empty: unlimited."),
+    )
+    send_email = forms.BooleanField(
+        label=_("Email it to the buyer"),
+        required=False,
+        initial=True,
+        help_text=_(
+            "Unticked, the link is shown to you once (to paste into a reply); it is not stored."
+        ),
+    )
+
+
+class ExtendLinkForm(forms.Form):
+    lifetime_hours = HoursField()
+
+
+class RevokeForm(forms.Form):
+    how = forms.ChoiceField(
+        label=_("How"),
+        widget=forms.RadioSelect,
+        choices=[
+            ("suspend", _("Suspend: links pause until access is restored")),
+            ("revoke", _("Revoke for good: every link ends; this cannot be undone")),
+        ],
+        initial="suspend",
+    )
+    reason = forms.CharField(
+        label=_("Reason"),
+        max_length=2000,
+        widget=forms.Textarea(attrs={"rows": 3}),
+        help_text=_("Kept on the purchase and in the log."),
+    )
+
+    def __init__(self, *args: Any, can_suspend: bool = True, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if not can_suspend:
+            field = self.fields["how"]
+            field.choices = [c for c in field.choices if c[0] == "revoke"]  # type: ignore[attr-defined]
+            field.initial = "revoke"
+
+
+class CorrectEmailForm(forms.Form):
+    email = forms.EmailField(label=_("Correct email address"))
+    revoke_links = forms.BooleanField(
+        label=_("Revoke the links sent so far"),
+        required=False,
+        initial=True,
+        help_text=_("They went to the old address, which may belong to someone else."),
+    )
+    send_link = forms.BooleanField(
+        label=_("Send a fresh link to the new address"), required=False, initial=True
+    )
+
+
+class PurchaseActionView(PermissionCheckedMixin, WagtailAdminTemplateMixin, FormView):
+    """Base of the desk's actions: GET shows what will happen and a form, POST acts.
+
+    The editor needs ``view`` (the page shows the purchase) and the action's own permission;
+    the action must apply to the purchase as it is now (``desk.refusal``), checked again under
+    the purchase's row lock when it runs.
+    """
+
+    model = Purchase
+    any_permission_required = [permissions.VIEW]
+    permission_required = permissions.SUPPORT
+    template_name = "wagtail_paid_delivery/admin/purchase_action.html"
+    form_class: type[forms.Form] = ConfirmForm
+    #: The desk action (``desk.RESEND``…), for ``desk.refusal``.
+    action = ""
+    description: Any = ""
+    confirm_label: Any = _("Confirm")
+    destructive = False
+    header_icon = "clipboard-list"
+    index_url_name: str | None = None
+    inspect_url_name: str | None = None
+
+    @cached_property
+    def object(self) -> Purchase:
+        # Loaded on first use, after PermissionCheckedMixin.dispatch: a refused editor learns
+        # nothing, not even whether the purchase exists.
+        return get_object_or_404(Purchase, pk=self.kwargs["pk"])
+
+    @property
+    def inspect_url(self) -> str:
+        return reverse(self.inspect_url_name or "", args=(quote(self.object.pk),))
+
+    def refusal(self) -> str:
+        return desk.refusal(self.action, self.object)
+
+    def get_breadcrumbs_items(self) -> list[dict[str, Any]]:
+        return [
+            *self.breadcrumbs_items,
+            {"url": reverse(self.index_url_name or ""), "label": _("Purchases")},
+            {"url": self.inspect_url, "label": str(self.object)},
+            {"url": "", "label": self.get_page_title()},
+        ]
+
+    def get_context_data(self, **kwargs: Any) -> dict[str, Any]:
+        context = super().get_context_data(**kwargs)
+        context.update(
+            {
+                "purchase": self.object,
+                "refusal": self.refusal(),
+                "description": self.description,
+                "confirm_label": self.confirm_label,
+                "destructive": self.destructive,
+                "cancel_url": self.inspect_url,
+                "action_url": self.request.path,
+            }
+        )
+        return context
+
+    def post(self, request: HttpRequest, *args: Any, **kwargs: Any) -> Any:
+        refusal = self.refusal()
+        if refusal:
+            messages.error(request, refusal)
+            return redirect(self.inspect_url)
+        return super().post(request, *args, **kwargs)
+
+    def form_valid(self, form: forms.Form) -> HttpResponse:
+        try:
+            response = self.act(form)
+        except desk.NotApplicable as refused:
+            messages.error(self.request, str(refused))
+            return redirect(self.inspect_url)
+        except desk.EmailNotSent as failed:
+            form.add_error(None, str(failed))
+            return self.form_invalid(form)
+        return response or redirect(self.inspect_url)
+
+    def act(self, form: forms.Form) -> HttpResponse | None:
+        raise NotImplementedError
+
+    def success(self, message: Any, **values: Any) -> None:
+        messages.success(self.request, str(message) % values if values else str(message))
+
+
+class ResendView(PurchaseActionView):
+    action = desk.RESEND
+    page_title = _("Resend the delivery email")
+    description = _(
+        "The buyer gets the delivery email again with a new download link (the product's link "
+        "lifetime and download limit). Earlier links keep working until they expire."
+    )
+    confirm_label = _("Yes, send it")
+
+    def act(self, form: forms.Form) -> HttpResponse | None:
+        issued = desk.resend_delivery_email(self.object, user=self.request.user)
+        self.success(
+            _("Delivery email sent to %(email)s with link #%(link)s."),
+            email=self.object.email,
+            link=issued.link.pk,
+        )
+        return None
+
+
+class IssueLinkView(PurchaseActionView):
+    action = desk.ISSUE_LINK
+    form_class = IssueLinkForm
+    page_title = _("Issue a new link")
+    description = _(
+        "A new download link with the lifetime and limit you choose. Earlier links keep working "
+        "until they expire."
+    )
+    confirm_label = _("Issue the link")
+    result_template_name = "wagtail_paid_delivery/admin/link_issued.html"
+
+    def get_initial(self) -> dict[str, Any]:
+        lifetime, limit = links.link_rules(self.object)
+        return {
+            "lifetime_hours": int(lifetime.total_seconds() // 3600) or 1,
+            "download_limit": limit,
+        }
+
+    def act(self, form: forms.Form) -> HttpResponse | None:
+        data = form.cleaned_data
+        send = bool(data["send_email"])
+        if send and desk.refusal(desk.RESEND, self.object):
+            form.add_error("send_email", desk.refusal(desk.RESEND, self.object))
+            return self.form_invalid(form)
+        issued = desk.issue_new_link(
+            self.object,
+            user=self.request.user,
+            lifetime=timedelta(hours=data["lifetime_hours"]),
+            download_limit=data["download_limit"],
+            send_email=send,
+        )
+        if send:
+            self.success(
+                _("Link #%(link)s issued and emailed to %(email)s."),
+                link=issued.link.pk,
+                email=self.object.email,
+            )
+            return None
+        # Shown once, in this response only: not in a message (stored in the session or a
+        # cookie), not in the log.
+        context = self.get_context_data(form=form, issued=issued)
+        response = TemplateResponse(self.request, self.result_template_name, context)
+        response["Cache-Control"] = "no-store"
+        return response
+
+
+class LinkActionView(PurchaseActionView):
+    """An action on one of the purchase's links (``link_pk`` in the URL)."""
+
+    @cached_property
+    def link(self) -> DownloadLink:
+        return get_object_or_404(DownloadLink, pk=self.kwargs["link_pk"], purchase=self.object)
+
+    def refusal(self) -> str:
+        return desk.link_refusal(self.link)
+
+    def get_context_data(self, **kwargs: Any) -> dict[str, Any]:
+        context = super().get_context_data(**kwargs)
+        overview = timeline.link_overview(self.object)
+        context["link_summary"] = next(s for s in overview if s.link.pk == self.link.pk)
+        return context
+
+
+class ExtendLinkView(LinkActionView):
+    action = desk.EXTEND_LINK
+    form_class = ExtendLinkForm
+    page_title = _("Extend a link")
+    description = _(
+        "The link works again (or longer) until the time you choose, counted from now. Its "
+        "download counts stay as they are."
+    )
+    confirm_label = _("Extend the link")
+
+    def get_initial(self) -> dict[str, Any]:
+        lifetime, _limit = links.link_rules(self.object)
+        return {"lifetime_hours": int(lifetime.total_seconds() // 3600) or 1}
+
+    def act(self, form: forms.Form) -> HttpResponse | None:
+        link = desk.extend_link(
+            self.link,
+            user=self.request.user,
+            lifetime=timedelta(hours=form.cleaned_data["lifetime_hours"]),
+        )
+        self.success(_("Link #%(link)s extended."), link=link.pk)
+        return None
+
+
+class ResetLinkView(LinkActionView):
+    action = desk.RESET_LINK
+    page_title = _("Reset a link's download counts")
+    description = _(
+        "Every file of this link can be downloaded as many times as its limit allows again. "
+        "The download log keeps the downloads made so far."
+    )
+    confirm_label = _("Yes, reset the counts")
+
+    def act(self, form: forms.Form) -> HttpResponse | None:
+        had = desk.reset_link_counts(self.link, user=self.request.user)
+        self.success(_("Link #%(link)s: %(n)s downloads reset."), link=self.link.pk, n=had)
+        return None
+
+
+class RevokeView(PurchaseActionView):
+    action = desk.REVOKE
+    permission_required = permissions.REVOKE
+    form_class = RevokeForm
+    page_title = _("Revoke access")
+    description = _(
+        "The buyer's links stop working at once. A suspension can be lifted with “Restore "
+        "access”; a revocation is final: no webhook and no editor brings the purchase back. "
+        "Money is not refunded here: refund in Stripe's Dashboard."
+    )
+    confirm_label = _("Take access away")
+    destructive = True
+
+    def get_form_kwargs(self) -> dict[str, Any]:
+        kwargs = super().get_form_kwargs()
+        kwargs["can_suspend"] = not desk.refusal(desk.SUSPEND, self.object)
+        return kwargs
+
+    def act(self, form: forms.Form) -> HttpResponse | None:
+        final = form.cleaned_data["how"] == "revoke"
+        desk.revoke_access(
+            self.object, user=self.request.user, reason=form.cleaned_data["reason"], final=final
+        )
+        self.success(_("Access revoked for good.") if final else _("Access suspended."))
+        return None
+
+
+class RestoreView(PurchaseActionView):
+    action = desk.RESTORE
+    permission_required = permissions.REVOKE
+    page_title = _("Restore access")
+    description = _(
+        "The purchase is paid again: its links work where they have not expired. If it was "
+        "suspended because of a dispute in Stripe, access comes back before Stripe decides it; "
+        "a lost dispute later ends it for good."
+    )
+    confirm_label = _("Yes, restore access")
+
+    def act(self, form: forms.Form) -> HttpResponse | None:
+        desk.restore_access(self.object, user=self.request.user)
+        self.success(_("Access restored."))
+        return None
+
+
+class CorrectEmailView(PurchaseActionView):
+    action = desk.CORRECT_EMAIL
+    form_class = CorrectEmailForm
+    page_title = _("Correct the email address")
+    description = _(
+        "For a buyer who mistyped their address. The new address is where the delivery email "
+        "and the buyer's resend requests go from now on."
+    )
+    confirm_label = _("Correct the address")
+
+    def get_initial(self) -> dict[str, Any]:
+        return {"email": self.object.email, "send_link": self.object.status == S.PAID}
+
+    def act(self, form: forms.Form) -> HttpResponse | None:
+        data = form.cleaned_data
+        send = bool(data["send_link"])
+        if send and self.object.status != S.PAID:
+            form.add_error("send_link", desk.refusal(desk.ISSUE_LINK, self.object))
+            return self.form_invalid(form)
+        issued = desk.correct_email(
+            self.object,
+            user=self.request.user,
+            email=data["email"],
+            revoke_links=bool(data["revoke_links"]),
+            send_link=send,
+        )
+        if issued is not None:
+            self.success(
+                _("Address corrected; link #%(link)s sent to %(email)s."),
+                link=issued.link.pk,
+                email=self.object.email,
+            )
+        else:
+            self.success(_("Address corrected."))
+        return None
+
+
+def product_pages() -> Any:
+    """Every product page (of any product page model), for the grant form."""
+    page_model = Purchase._meta.get_field("product").related_model
+    models = [
+        m
+        for m in apps.get_models()
+        if issubclass(m, ProductPageMixin) and issubclass(m, page_model)
+    ]
+    return page_model._default_manager.type(*models).order_by("title")  # type: ignore[union-attr,attr-defined]
+
+
+class GrantForm(forms.Form):
+    product = forms.ModelChoiceField(label=_("Product"), queryset=Purchase.objects.none())
+    email = forms.EmailField(label=_("Email address"))
+    reason = forms.CharField(
+        label=_("Reason"),
+        max_length=500,
+        help_text=_("A press copy, a support case… Kept in the log."),
+    )
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["product"].queryset = product_pages()  # type: ignore[attr-defined]
+
+
+class GrantView(PermissionCheckedMixin, WagtailAdminTemplateMixin, FormView):
+    """A complimentary copy: a new purchase, paid without Stripe, delivered by email."""
+
+    model = Purchase
+    any_permission_required = [permissions.VIEW]
+    permission_required = permissions.GRANT
+    template_name = "wagtail_paid_delivery/admin/grant.html"
+    form_class = GrantForm
+    page_title = _("Grant a complimentary copy")
+    header_icon = "clipboard-list"
+    index_url_name: str | None = None
+    inspect_url_name: str | None = None
+
+    def get_breadcrumbs_items(self) -> list[dict[str, Any]]:
+        return [
+            *self.breadcrumbs_items,
+            {"url": reverse(self.index_url_name or ""), "label": _("Purchases")},
+            {"url": "", "label": self.get_page_title()},
+        ]
+
+    def get_context_data(self, **kwargs: Any) -> dict[str, Any]:
+        context = super().get_context_data(**kwargs)
+        context["cancel_url"] = reverse(self.index_url_name or "")
+        context["action_url"] = self.request.path
+        return context
+
+    def form_valid(self, form: forms.Form) -> HttpResponse:
+        data = form.cleaned_data
+        purchase = desk.grant(
+            data["product"].specific,
+            user=self.request.user,
+            email=data["email"],
+            reason=data["reason"],
+        )
+        messages.success(
+            self.request,
+            str(_("Complimentary copy of “%(product)s” granted to %(email)s."))
+            % {
+                "product": purchase.product_title,
+                "email": purchase.email,
+            },
+        )
+        return redirect(reverse(self.inspect_url_name or "", args=(quote(purchase.pk),)))
+
+
+#: Desk action → (URL path under the purchase, view, permission).
+ACTION_VIEWS: dict[str, tuple[str, type[PurchaseActionView]]] = {
+    desk.RESEND: ("resend/", ResendView),
+    desk.ISSUE_LINK: ("link/", IssueLinkView),
+    desk.EXTEND_LINK: ("links/<int:link_pk>/extend/", ExtendLinkView),
+    desk.RESET_LINK: ("links/<int:link_pk>/reset/", ResetLinkView),
+    desk.CORRECT_EMAIL: ("email/", CorrectEmailView),
+    desk.REVOKE: ("revoke/", RevokeView),
+    desk.RESTORE: ("restore/", RestoreView),
+}
+ACTION_PERMISSIONS = {
+    action: view.permission_required for action, (_path, view) in ACTION_VIEWS.items()
+}
+#: The buttons on the inspect view, in order: (action, label, CSS class).
+INSPECT_ACTIONS = [
+    (desk.RESEND, _("Resend the delivery email"), "button"),
+    (desk.ISSUE_LINK, _("Issue a new link"), "button button-secondary"),
+    (desk.CORRECT_EMAIL, _("Correct the email address"), "button button-secondary"),
+    (desk.RESTORE, _("Restore access"), "button button-secondary"),
+    (desk.REVOKE, _("Revoke access"), "button button-secondary no"),
+]
+
+
+# The viewset --------------------------------------------------------------------------------
+
+
+class PurchaseViewSet(ModelViewSet):
+    """Purchases: listing (search, filters, sort, export) and inspect with timeline and
+    actions. No add, edit, delete or copy view: checkout makes purchases, the state machine
+    moves them, and the desk's actions are the only changes an editor makes."""
+
+    model = Purchase
+    url_prefix = "shop/purchases"
+    url_namespace = "wagtail_paid_delivery_purchases"
+    icon = "clipboard-list"
+    menu_label = _("Purchases")
+    #: Purchases are not content: no reference index rows for them.
+    add_to_reference_index = False
+    copy_view_enabled = False
+    inspect_view_enabled = True
+    index_view_class = PurchaseIndexView
+    inspect_view_class = PurchaseInspectView
+    filterset_class = PurchaseFilterSet
+    #: Django ORM search (``icontains``) over the ids a buyer or Stripe quotes.
+    search_fields = [
+        "email",
+        "stripe_checkout_session_id",
+        "stripe_payment_intent_id",
+        "public_id",
+    ]
+    search_backend_name = None
+    list_per_page = 50
+    ordering = "-created_at"
+    #: Export (CSV, XLSX): every purchase the filters and search select, all pages.
+    list_export = [
+        "public_id",
+        "created_at",
+        "product_title",
+        "email",
+        "amount_major",
+        "currency",
+        "amount_refunded_major",
+        "status",
+        "status_reason",
+        "source",
+        "livemode",
+        "paid_at",
+        "refunded_at",
+        "revoked_at",
+        "delivery_email_sent_at",
+        "stripe_checkout_session_id",
+        "stripe_payment_intent_id",
+    ]
+    export_headings = {
+        "public_id": _("Purchase id"),
+        "created_at": _("Created"),
+        "amount_major": _("Price"),
+        "amount_refunded_major": _("Amount refunded"),
+        "livemode": _("Live mode"),
+    }
+    export_filename = "purchases"
+
+    def get_common_view_kwargs(self, **kwargs: Any) -> dict[str, Any]:
+        # No generic add, edit, delete, copy, history or usage view exists for purchases.
+        return super().get_common_view_kwargs(
+            **{
+                "add_url_name": None,
+                "edit_url_name": None,
+                "delete_url_name": None,
+                "history_url_name": None,
+                "usage_url_name": None,
+                **kwargs,
+            }
+        )
+
+    def get_inspect_view_kwargs(self, **kwargs: Any) -> dict[str, Any]:
+        return super().get_inspect_view_kwargs(
+            action_url_names={a: self.get_url_name(a.rsplit(".", 1)[1]) for a in ACTION_VIEWS},
+            **kwargs,
+        )
+
+    def get_index_view_kwargs(self, **kwargs: Any) -> dict[str, Any]:
+        return super().get_index_view_kwargs(grant_url_name=self.get_url_name("grant"), **kwargs)
+
+    def action_view(self, action: str) -> Any:
+        _path, view_class = ACTION_VIEWS[action]
+        return view_class.as_view(
+            index_url_name=self.get_url_name("index"),
+            inspect_url_name=self.get_url_name("inspect"),
+        )
+
+    def get_urlpatterns(self) -> list[Any]:
+        patterns = [
+            path("", self.index_view, name="index"),
+            path("results/", self.index_results_view, name="index_results"),
+            path("<int:pk>/", self.inspect_view, name="inspect"),
+            path(
+                "grant/",
+                GrantView.as_view(
+                    index_url_name=self.get_url_name("index"),
+                    inspect_url_name=self.get_url_name("inspect"),
+                ),
+                name="grant",
+            ),
+        ]
+        for action, (route, _view) in ACTION_VIEWS.items():
+            name = action.rsplit(".", 1)[1]
+            patterns.append(path(f"<int:pk>/{route}", self.action_view(action), name=name))
+        return patterns
+
+    def get_permissions_to_register(self) -> Any:
+        # Only the desk's permissions appear in Settings → Groups (not stale add/change/delete).
+        policy = policy_registry.get_by_type(Purchase)
+        return Permission.objects.filter(
+            content_type=ContentType.objects.get_for_model(Purchase),
+            codename__in=policy.permission_codenames(),
+        )
+
+    @property
+    def url_finder_class(self) -> type[ModelAdminURLFinder]:
+        # Site history links a purchase's log entries to its inspect view.
+        inspect_url_name = self.get_url_name("inspect")
+
+        class PurchaseURLFinder(ModelAdminURLFinder):
+            edit_url_name = inspect_url_name
+
+            def get_edit_url(self, instance: Any) -> str | None:
+                policy = policy_registry.get(instance)
+                if self.user and not policy.user_has_permission(self.user, permissions.VIEW):
+                    return None
+                return self.construct_edit_url(instance)
+
+        return PurchaseURLFinder
+
+
+class ShopViewSetGroup(ModelViewSetGroup):
+    """The "Shop" menu. Other parts of the desk join it with
+    ``menu_hook = "register_paid_delivery_shop_menu_item"`` (or a hook of that name)."""
+
+    menu_label = _("Shop")
+    menu_name = "shop"
+    menu_icon = "tag"
+    menu_order = 250
+    submenu_hook = "register_paid_delivery_shop_menu_item"
+    items = (PurchaseViewSet,)

@@ -1,0 +1,47 @@
+"""Who may do what at the shop desk: a Wagtail permission policy over Django model permissions.
+
+Purchases are created by checkout and moved by the state machine (``fulfillment``); nobody adds,
+edits or deletes them as rows. What an editor may do is one of the desk's actions below, each a
+Django permission on ``Purchase`` (``Meta.permissions``), given to a group in Settings → Groups.
+Superusers have them all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from wagtail.permission_policies import ModelPermissionPolicy
+
+#: See the purchases listing, each purchase's inspect view and timeline, and export the listing.
+VIEW = "view"
+#: Help a buyer: resend the delivery email, issue a new link, extend a link or reset its counts,
+#: correct the email address (and send a fresh link to it).
+SUPPORT = "support"
+#: Revoke access (for good), suspend it, and restore a suspended purchase.
+REVOKE = "revoke"
+#: Refund through Stripe (reserved: the desk has no refund action yet).
+REFUND = "refund"
+#: Grant a complimentary purchase (reserved: the desk has no grant action yet).
+GRANT = "grant"
+
+#: Every action the policy knows; ``add``, ``change`` and ``delete`` are not among them.
+ACTIONS = frozenset({VIEW, SUPPORT, REVOKE, REFUND, GRANT})
+
+
+class PurchasePermissionPolicy(ModelPermissionPolicy):
+    """``ModelPermissionPolicy`` limited to the desk's actions (``<action>_purchase``).
+
+    Wagtail's generic views ask for ``add``, ``change`` and ``delete``; for a purchase nobody has
+    those, superusers included, so no generic add, edit or delete screen ever opens on one.
+    """
+
+    def user_has_permission(self, user: Any, action: str) -> bool:
+        return action in ACTIONS and super().user_has_permission(user, action)
+
+    def users_with_any_permission(self, actions: Iterable[str]) -> Any:
+        return super().users_with_any_permission([a for a in actions if a in ACTIONS])
+
+    def permission_codenames(self) -> list[str]:
+        """The codenames an administrator can give to a group (Settings → Groups)."""
+        return sorted(self._get_permission_codenames(ACTIONS))

@@ -1,0 +1,471 @@
+"""What happened to one purchase, oldest first, and whether its buyer can download now.
+
+The shop desk's inspect view renders ``build_timeline`` and ``link_overview``; it computes
+nothing itself. The timeline merges *sources*, each a function from the purchase's ``Facts`` to
+entries: the purchase's own timestamps (status changes), the Stripe events received for it,
+the links issued and revoked, the emails sent, the download requests (served and refused) and
+Wagtail's log entries (the desk's actions, each naming its editor). A new kind of record (the
+email outbox) is one more function in ``SOURCES``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+from urllib.parse import quote
+
+from django.db.models import Q, QuerySet
+from django.template.defaultfilters import filesizeformat
+from django.utils import formats, timezone
+from django.utils.dateparse import parse_datetime
+from django.utils.functional import cached_property
+from django.utils.translation import gettext_lazy as _
+from wagtail.log_actions import registry as log_registry
+
+from . import currencies, desk, fulfillment, links, metadata
+from .models import DownloadEvent, DownloadLink, Purchase, StripeEvent
+
+S = Purchase.Status
+
+#: Entry levels, for the eye: "ok" (good news), "info", "warning" (refused, ended), "error".
+OK, INFO, WARNING, ERROR = "ok", "info", "warning", "error"
+
+#: Download requests shown at most (the most recent); players and resumes can make many.
+MAX_DOWNLOAD_EVENTS = 500
+#: Stripe events that never named the purchase (failed before it was found) are matched by
+#: their payload among those received from this long before the purchase was created.
+EVENT_MATCH_MARGIN = timedelta(hours=1)
+#: A desk log entry within this long of a status timestamp is that change's record.
+SAME_CHANGE = timedelta(minutes=1)
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One line of the timeline."""
+
+    at: datetime
+    #: "purchase", "status", "stripe", "link", "email", "download" or "editor".
+    kind: str
+    title: str
+    detail: str = ""
+    #: Who or what did it: the buyer, Stripe, the system, an editor's name.
+    actor: str = ""
+    level: str = INFO
+
+
+@dataclass
+class Facts:
+    """What the sources read, loaded once per timeline."""
+
+    purchase: Purchase
+    links: list[DownloadLink] = field(default_factory=list)
+
+    @cached_property
+    def log_entries(self) -> list[Any]:
+        entries = log_registry.get_logs_for_instance(self.purchase).select_related("user")
+        return list(entries.order_by("timestamp", "pk"))
+
+    @cached_property
+    def file_titles(self) -> dict[int, str]:
+        product = self.purchase.product_page
+        return {f.pk: f.title for f in product.product_files} if product is not None else {}
+
+    def file_title(self, file_id: int | None) -> str:
+        if file_id is None:
+            return str(_("unknown file"))
+        return self.file_titles.get(file_id) or str(_("file #%(id)s (removed)")) % {"id": file_id}
+
+
+def facts_for(purchase: Purchase) -> Facts:
+    return Facts(purchase, list(DownloadLink.objects.filter(purchase=purchase).order_by("pk")))
+
+
+def _when(value: datetime) -> str:
+    return formats.date_format(timezone.localtime(value), "DATETIME_FORMAT")
+
+
+# Sources ------------------------------------------------------------------------------------
+
+#: Status → (what the timeline calls entering it, its level).
+STATUS_TIMESTAMPS: list[tuple[str, str, Any, str]] = [
+    ("paid_at", S.PAID, _("Paid"), OK),
+    ("failed_at", S.FAILED, _("Payment failed"), WARNING),
+    ("expired_at", S.EXPIRED, _("Checkout expired unpaid"), INFO),
+    ("disputed_at", S.DISPUTED, _("Access suspended (disputed)"), WARNING),
+    ("refunded_at", S.REFUNDED, _("Refunded: access ended"), WARNING),
+    ("revoked_at", S.REVOKED, _("Revoked: access ended"), WARNING),
+]
+
+
+def _recorded_by_editor(facts: Facts, status: str, at: datetime) -> bool:
+    return any(
+        (entry.data or {}).get("status") == status and abs(entry.timestamp - at) <= SAME_CHANGE
+        for entry in facts.log_entries
+    )
+
+
+def purchase_entries(facts: Facts) -> Iterable[Entry]:
+    """The purchase's start and each status it entered (the state machine stamps each one).
+
+    A change an editor made is shown by its log entry instead (it names them and the reason).
+    """
+    purchase = facts.purchase
+    granted = purchase.source == Purchase.Source.GRANT
+    if granted:
+        # The desk's log entry says who granted it and why; without one (granted in code):
+        if not any(entry.action == desk.GRANT for entry in facts.log_entries):
+            yield Entry(purchase.created_at, "purchase", str(_("Granted (no payment)")))
+    else:
+        detail = str(_("%(price)s, %(mode)s")) % {
+            "price": purchase.price_display,
+            "mode": _("live mode") if purchase.livemode else _("test mode"),
+        }
+        yield Entry(
+            purchase.created_at, "purchase", str(_("Checkout started")), detail, str(_("buyer"))
+        )
+    for name, status, title, level in STATUS_TIMESTAMPS:
+        at = getattr(purchase, name)
+        if at is None or _recorded_by_editor(facts, status, at) or (granted and status == S.PAID):
+            continue
+        # Only the current status keeps its reason.
+        detail = purchase.status_reason if purchase.status == status else ""
+        yield Entry(at, "status", str(title), detail, "Stripe", level)
+
+
+#: Stripe event types in the words of the shop.
+EVENT_TITLES = {
+    "checkout.session.completed": _("Checkout completed"),
+    "checkout.session.async_payment_succeeded": _("Delayed payment succeeded"),
+    "checkout.session.async_payment_failed": _("Delayed payment failed"),
+    "checkout.session.expired": _("Checkout session expired"),
+    "payment_intent.succeeded": _("Payment succeeded"),
+    "charge.refunded": _("Charge refunded"),
+    "charge.dispute.created": _("Dispute opened"),
+    "charge.dispute.closed": _("Dispute closed"),
+    "invoice.payment_succeeded": _("Invoice paid"),
+}
+
+
+def stripe_events(purchase: Purchase) -> QuerySet[StripeEvent]:
+    """The Stripe events about ``purchase``: those processed for it, and those whose payload
+    names its session, PaymentIntent or public id (an event that failed before the purchase
+    was found is not linked to it)."""
+    names = Q(**{f"payload__data__object__metadata__{metadata.PURCHASE}": str(purchase.public_id)})
+    for value in (purchase.stripe_checkout_session_id, purchase.stripe_payment_intent_id):
+        if value:
+            names |= Q(payload__data__object__id=value)
+            names |= Q(payload__data__object__payment_intent=value)
+    since = purchase.created_at - EVENT_MATCH_MARGIN
+    return StripeEvent.objects.filter(Q(purchase=purchase) | (names & Q(received_at__gte=since)))
+
+
+def _event_detail(event: StripeEvent) -> tuple[str, str]:
+    if event.status == StripeEvent.Status.FAILED:
+        if event.next_attempt_at:
+            retry = str(_("attempt %(n)s failed, next attempt %(when)s")) % {
+                "n": event.attempts,
+                "when": _when(event.next_attempt_at),
+            }
+        else:
+            retry = str(_("failed for good after %(n)s attempts")) % {"n": event.attempts}
+        return f"{retry}: {event.last_error}", ERROR
+    if event.status == StripeEvent.Status.RECEIVED:
+        return str(_("received, not processed yet")), WARNING
+    status = event.get_status_display()
+    return (f"{status}: {event.last_error}" if event.last_error else str(status)), INFO
+
+
+def stripe_entries(facts: Facts) -> Iterable[Entry]:
+    """Each Stripe event received about the purchase, with its outcome."""
+    for event in stripe_events(facts.purchase).order_by("received_at", "pk"):
+        outcome, level = _event_detail(event)
+        title = EVENT_TITLES.get(event.type, event.type)
+        detail = f"{event.type} {event.stripe_id} · {outcome}"
+        yield Entry(event.received_at, "stripe", str(title), detail, "Stripe", level)
+
+
+#: Why a link was issued, in the timeline's words (DownloadLink.Reason's labels are short).
+LINK_REASONS: dict[str, Any] = {
+    DownloadLink.Reason.WEBHOOK: _("for the delivery email"),
+    DownloadLink.Reason.SUCCESS_PAGE: _("on the success page"),
+    DownloadLink.Reason.RESEND: _("at the buyer's resend request"),
+    DownloadLink.Reason.LIBRARY: _("in the buyer's library"),
+    DownloadLink.Reason.ADMIN: _("by an editor"),
+}
+
+
+def _limit_display(limit: int | None) -> str:
+    if limit is None:
+        return str(_("unlimited downloads"))
+    return str(_("%(n)s downloads per file")) % {"n": limit}
+
+
+def issued_expiry(facts: Facts, link: DownloadLink) -> datetime:
+    """The expiry ``link`` was issued with: before its first extension (the desk logs the
+    expiry it replaced), else its current one."""
+    for entry in facts.log_entries:
+        data = entry.data or {}
+        if entry.action == desk.EXTEND_LINK and data.get("link") == link.pk:
+            previous = parse_datetime(str(data.get("previous") or ""))
+            if previous is not None:
+                return previous
+    return link.expires_at
+
+
+def link_entries(facts: Facts) -> Iterable[Entry]:
+    """Each link issued (why, until when, how many downloads) and each link revoked."""
+    for link in facts.links:
+        reason = LINK_REASONS.get(link.reason, link.get_reason_display())
+        detail = str(_("valid until %(expires)s, %(limit)s")) % {
+            "expires": _when(issued_expiry(facts, link)),
+            "limit": _limit_display(link.download_limit),
+        }
+        title = str(_("Link #%(id)s issued %(reason)s")) % {"id": link.pk, "reason": reason}
+        actor = str(_("buyer")) if link.reason in ("success_page", "resend", "library") else ""
+        yield Entry(link.created_at, "link", title, detail, actor or str(_("system")))
+        if link.revoked_at is not None:
+            title = str(_("Link #%(id)s revoked")) % {"id": link.pk}
+            yield Entry(link.revoked_at, "link", title, "", "", WARNING)
+
+
+def email_entries(facts: Facts) -> Iterable[Entry]:
+    """Emails to the buyer. Today only the first delivery email's time is recorded; the email
+    outbox's rows (sent, failed, retried) replace this source."""
+    sent = facts.purchase.delivery_email_sent_at
+    if sent is not None:
+        yield Entry(sent, "email", str(_("Delivery email sent")), "", str(_("system")), OK)
+
+
+#: DownloadEvent outcomes in the shop's words, and their level.
+DOWNLOAD_OUTCOMES: dict[str, tuple[Any, str]] = {
+    "served": (_("Download served"), OK),
+    "not_sent": (_("Download started, nothing sent (not counted)"), INFO),
+    "head": (_("File checked (HEAD, not counted)"), INFO),
+    "expired": (_("Download refused: link expired"), WARNING),
+    "used_up": (_("Download refused: download limit reached"), WARNING),
+    "revoked": (_("Download refused: link revoked"), WARNING),
+    "not_paid": (
+        _("Download refused: purchase not paid (refunded, revoked or suspended)"),
+        WARNING,
+    ),
+    "not_satisfiable": (_("Download refused: range not satisfiable"), WARNING),
+    "hook": (_("Download answered by the site's hook"), INFO),
+    "missing_file": (_("Download failed: file missing from storage"), ERROR),
+    "invalid": (_("Download refused: file not part of the product"), WARNING),
+}
+
+
+def _download_detail(facts: Facts, event: DownloadEvent) -> str:
+    parts = [facts.file_title(event.file_id), str(_("link #%(id)s")) % {"id": event.link_id}]
+    if event.bytes_sent is not None:
+        parts.append(filesizeformat(event.bytes_sent))
+    if event.range_header:
+        parts.append(event.range_header)
+    if event.outcome == "served":
+        parts.append(str(_("counted")) if event.counted else str(_("continuation, not counted")))
+    if event.ip_address:
+        parts.append(str(_("IP %(ip)s (truncated)")) % {"ip": event.ip_address})
+    return " · ".join(parts)
+
+
+def download_entries(facts: Facts) -> Iterable[Entry]:
+    """Each request for a file's bytes with one of the purchase's links: served or refused."""
+    events = DownloadEvent.objects.filter(link__purchase=facts.purchase)
+    total = events.count()
+    shown = list(events.order_by("-created_at", "-pk")[:MAX_DOWNLOAD_EVENTS])
+    if total > len(shown):
+        title = str(_("%(n)s earlier download requests not shown")) % {"n": total - len(shown)}
+        yield Entry(shown[-1].created_at, "download", title, "", "", INFO)
+    for event in reversed(shown):
+        title, level = DOWNLOAD_OUTCOMES.get(event.outcome, (event.outcome, INFO))
+        yield Entry(
+            event.created_at,
+            "download",
+            str(title),
+            _download_detail(facts, event),
+            str(_("buyer")),
+            level,
+        )
+
+
+def editor_entries(facts: Facts) -> Iterable[Entry]:
+    """Wagtail's log entries for the purchase: the desk's actions, each with its editor."""
+    for entry in facts.log_entries:
+        level = WARNING if (entry.data or {}).get("status") in (S.REVOKED, S.DISPUTED) else INFO
+        yield Entry(
+            entry.timestamp,
+            "editor",
+            str(entry.message),
+            entry.comment,
+            entry.user_display_name,
+            level,
+        )
+
+
+Source = Callable[[Facts], Iterable[Entry]]
+#: The timeline's sources, in the order entries at the same moment are listed.
+SOURCES: list[Source] = [
+    purchase_entries,
+    stripe_entries,
+    editor_entries,
+    link_entries,
+    email_entries,
+    download_entries,
+]
+
+
+def build_timeline(purchase: Purchase, facts: Facts | None = None) -> list[Entry]:
+    """Everything that happened to ``purchase``, oldest first."""
+    facts = facts or facts_for(purchase)
+    ranked = [
+        (entry.at, rank, index, entry)
+        for rank, source in enumerate(SOURCES)
+        for index, entry in enumerate(source(facts))
+    ]
+    return [entry for *_key, entry in sorted(ranked, key=lambda row: row[:3])]
+
+
+# Links, and whether the buyer can download now ----------------------------------------------
+
+
+@dataclass(frozen=True)
+class FileCount:
+    title: str
+    count: int
+    #: None: unlimited.
+    left: int | None
+
+
+@dataclass(frozen=True)
+class LinkSummary:
+    link: DownloadLink
+    #: "" when the link works now, else links.LinkError.reason ("expired", "revoked",
+    #: "not_paid") or "used_up" (every file at its limit).
+    problem: str
+    files: list[FileCount]
+
+    @property
+    def works(self) -> bool:
+        return not self.problem
+
+    @property
+    def problem_display(self) -> str:
+        return str(LINK_PROBLEMS.get(self.problem, self.problem))
+
+
+#: Why a link does not work, for the shop owner.
+LINK_PROBLEMS = {
+    "": _("works"),
+    "expired": _("expired"),
+    "revoked": _("revoked"),
+    "not_paid": _("paused: the purchase is not paid"),
+    "used_up": _("used up: every file reached its limit"),
+}
+
+
+def _summary(facts: Facts, link: DownloadLink, now: datetime) -> LinkSummary:
+    link.purchase = facts.purchase
+    counts = links.file_counts(link)
+    files = [
+        FileCount(title, counts.get(pk, 0), links.downloads_left(link, counts.get(pk, 0)))
+        for pk, title in facts.file_titles.items()
+    ]
+    try:
+        links.check_link(link, now=now)
+        problem = ""
+    except links.LinkRefused as refused:
+        problem = refused.reason
+    if not problem and files and all(f.left == 0 for f in files):
+        problem = "used_up"
+    return LinkSummary(link, problem, files)
+
+
+def link_overview(purchase: Purchase, facts: Facts | None = None) -> list[LinkSummary]:
+    """Every link of ``purchase``, newest first: does it work now, and what is left per file."""
+    facts = facts or facts_for(purchase)
+    now = timezone.now()
+    return [_summary(facts, link, now) for link in reversed(facts.links)]
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Can the buyer download now, and if not, why (for the top of the inspect view)."""
+
+    can_download: bool
+    text: str
+
+
+def verdict(purchase: Purchase, overview: list[LinkSummary]) -> Verdict:
+    if purchase.status != S.PAID:
+        why = purchase.status_reason or purchase.get_status_display()
+        text = str(_("No: the purchase is %(status)s (%(why)s).")) % {
+            "status": purchase.get_status_display(),
+            "why": why,
+        }
+        return Verdict(False, text)
+    working = [summary for summary in overview if summary.works]
+    if working:
+        newest = working[0].link
+        text = str(_("Yes, with link #%(id)s, valid until %(expires)s")) % {
+            "id": newest.pk,
+            "expires": _when(newest.expires_at),
+        }
+        return Verdict(True, text)
+    if not overview:
+        return Verdict(False, str(_("No: no link was issued yet. Resend the delivery email.")))
+    latest = overview[0]
+    text = str(
+        _("No: the latest link (#%(id)s) is %(problem)s. Issue a new link or extend it.")
+    ) % {
+        "id": latest.link.pk,
+        "problem": latest.problem_display,
+    }
+    return Verdict(False, text)
+
+
+# What the buyer paid --------------------------------------------------------------------------
+
+#: Events whose object is the paid Checkout Session (its ``amount_total`` is what was charged).
+PAID_SESSION_EVENTS = ("checkout.session.completed", "checkout.session.async_payment_succeeded")
+
+
+@dataclass(frozen=True)
+class AmountPaid:
+    amount: int
+    currency: str
+    #: Why it differs from the product's price (a promotion code), or "".
+    note: str = ""
+
+    @property
+    def display(self) -> str:
+        return currencies.format_price(self.amount, self.currency)
+
+
+def amount_paid(purchase: Purchase) -> AmountPaid:
+    """What the buyer was charged, in their currency: the paid session's ``amount_total`` as
+    Stripe sent it, else the price recorded on the purchase (grants, or no event kept)."""
+    events = stripe_events(purchase).filter(type__in=PAID_SESSION_EVENTS).order_by("-received_at")
+    for payload in events.values_list("payload", flat=True)[:5]:
+        session = payload.get("data", {}).get("object", {}) if isinstance(payload, dict) else {}
+        total, currency = session.get("amount_total"), session.get("currency")
+        if session.get("payment_status") in fulfillment.PAID_STATUSES and isinstance(total, int):
+            if not isinstance(currency, str) or not currency:
+                break
+            note = ""
+            if total != purchase.amount or currency.upper() != purchase.currency.upper():
+                note = str(_("the product's price was %(price)s")) % {
+                    "price": purchase.price_display
+                }
+            return AmountPaid(total, currency.upper(), note)
+    return AmountPaid(purchase.amount, purchase.currency.upper())
+
+
+def stripe_dashboard_url(purchase: Purchase) -> str:
+    """The payment in Stripe's Dashboard (the test or live one by the purchase's mode); "" when
+    there is no payment (pending, granted)."""
+    if not purchase.stripe_payment_intent_id:
+        return ""
+    mode = "" if purchase.livemode else "test/"
+    return f"https://dashboard.stripe.com/{mode}payments/{quote(purchase.stripe_payment_intent_id)}"
