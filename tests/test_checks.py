@@ -245,6 +245,25 @@ def test_e015_retry_delay_not_positive_or_longer_than_the_maximum(values):
         assert our_ids() == ["wagtail_paid_delivery.E015"]
 
 
+@pytest.mark.parametrize(
+    "values, check_id",
+    [
+        ({"EMAIL_RETRY_DELAY": "soon"}, "wagtail_paid_delivery.E040"),
+        ({"EMAIL_RETRY_MAX_DELAY": [1]}, "wagtail_paid_delivery.E040"),
+        ({"MAX_EMAIL_ATTEMPTS": 0}, "wagtail_paid_delivery.E041"),
+        ({"MAX_EMAIL_ATTEMPTS": "50"}, "wagtail_paid_delivery.E041"),
+        ({"EMAIL_RETRY_DELAY": 0}, "wagtail_paid_delivery.E042"),
+        (
+            {"EMAIL_RETRY_DELAY": timedelta(hours=1), "EMAIL_RETRY_MAX_DELAY": 60},
+            "wagtail_paid_delivery.E042",
+        ),
+    ],
+)
+def test_e040_e041_e042_email_retry_settings(values, check_id):
+    with _with(**values):
+        assert our_ids() == [check_id]
+
+
 def test_every_check_id_in_checks_py_names_one_problem():
     # Sites silence checks by id, so an id must never stand for two problems.
     import inspect
@@ -367,6 +386,7 @@ def test_retention_may_be_partial_or_keep_forever():
             "download_records": None,
             "stripe_events": timedelta(days=40),
             "unpaid_purchases": timedelta(days=30),
+            "emails": timedelta(days=180),
         }
 
 

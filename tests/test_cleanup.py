@@ -24,11 +24,12 @@ from tests.factories import (
     PurchaseFactory,
     StripeEventFactory,
 )
-from wagtail_paid_delivery import links, retention
+from wagtail_paid_delivery import links, outbox, retention
 from wagtail_paid_delivery.models import (
     DownloadEvent,
     DownloadLink,
     FileDownloadCount,
+    OutboundEmail,
     Purchase,
     StripeEvent,
 )
@@ -65,6 +66,12 @@ def event(link, *, days_ago, outcome="served"):
 def stripe_event(status, *, days_ago, purchase=None):
     made = StripeEventFactory(status=status, purchase=purchase)
     StripeEvent.objects.filter(pk=made.pk).update(received_at=ago(days=days_ago))
+    return made
+
+
+def email(purchase, status, *, days_ago):
+    made, _ = outbox.promise(OutboundEmail.Kind.RESEND, to=purchase.email, purchases=[purchase])
+    OutboundEmail.objects.filter(pk=made.pk).update(status=status, created_at=ago(days=days_ago))
     return made
 
 
@@ -117,6 +124,12 @@ def records(home):
     r["kept_event_of_gone_purchase"] = stripe_event(
         E.PROCESSED, days_ago=1, purchase=r["gone_failed"]
     )
+    # Emails: recorded more than 180 days ago go, sent or failed; one still waiting to be sent
+    # is work to do.
+    r["gone_sent_email"] = email(paid, "sent", days_ago=181)
+    r["gone_failed_email"] = email(paid, "failed", days_ago=300)
+    r["kept_recent_email"] = email(paid, "sent", days_ago=179)
+    r["kept_waiting_email"] = email(paid, "pending", days_ago=300)
     return r
 
 
@@ -146,6 +159,7 @@ def test_cleanup_removes_exactly_what_is_past_retention_and_keeps_the_rest(recor
         "Removed 2 download links.",
         "Removed 2 Stripe events.",
         "Removed 2 unpaid purchases.",
+        "Removed 2 emails.",
     ]
     # An event whose purchase went keeps its own record, pointing at nothing.
     records["kept_event_of_gone_purchase"].refresh_from_db()
@@ -167,6 +181,7 @@ def test_dry_run_counts_the_same_and_removes_nothing(records):
         "Would remove 2 download links.",
         "Would remove 2 Stripe events.",
         "Would remove 2 unpaid purchases.",
+        "Would remove 2 emails.",
     ]
     assert remaining(records) == everything
 
@@ -178,6 +193,7 @@ def test_small_batches_remove_the_same(records):
         "download_links": 2,
         "stripe_events": 2,
         "unpaid_purchases": 2,
+        "emails": 2,
     }
     assert remaining(records) == kept(records)
 
@@ -222,6 +238,7 @@ def test_retention_none_keeps_that_kind_forever(records):
         "download_links": 0,
         "stripe_events": 0,
         "unpaid_purchases": 2,
+        "emails": 2,
     }
 
 
@@ -269,7 +286,7 @@ def test_the_daily_task_reports_and_is_scheduled(records):
 
     summary = tasks.cleanup()
     assert summary == (
-        "removed 4 download events, 2 download links, 2 Stripe events, 2 unpaid purchases"
+        "removed 4 download events, 2 download links, 2 Stripe events, 2 unpaid purchases, 2 emails"
     )
     assert remaining(records) == kept(records)
     ensure_schedules()

@@ -1,20 +1,18 @@
-"""The delivery email: sent once per purchase on purchase_paid, retried when sending fails."""
+"""The delivery email: sent once per purchase on purchase_paid, retried when sending fails
+(the outbox's own tests: tests/test_outbox.py)."""
 
 from __future__ import annotations
 
-import time
-from unittest import mock
-
 import pytest
 from django.core import mail
-from django.core.mail.backends.locmem import EmailBackend
 from django.db import connection
+from django.utils import timezone
 from django_q.models import Task
 
 from tests.concurrency import run_at_once
 from tests.factories import DeliveryCopyFactory, ProductPageFactory, PurchaseFactory
-from wagtail_paid_delivery import delivery, tasks
-from wagtail_paid_delivery.models import DownloadLink, Purchase
+from wagtail_paid_delivery import tasks
+from wagtail_paid_delivery.models import DownloadLink, OutboundEmail, Purchase
 from wagtail_paid_delivery.signals import purchase_paid
 
 pytestmark = pytest.mark.django_db
@@ -75,6 +73,7 @@ def test_told_twice_sends_once(purchase, django_capture_on_commit_callbacks):
     assert tasks.send_delivery_email(purchase.pk) == "already_sent"
     assert len(mail.outbox) == 1
     assert DownloadLink.objects.filter(purchase=purchase).count() == 1
+    assert OutboundEmail.objects.filter(purchase=purchase).count() == 1
 
 
 def test_a_purchase_that_is_not_paid_gets_no_email(home):
@@ -84,54 +83,47 @@ def test_a_purchase_that_is_not_paid_gets_no_email(home):
     assert mail.outbox == [] and not DownloadLink.objects.exists()
 
 
-class FlakyBackend(EmailBackend):
-    failures = 0
-
-    def send_messages(self, messages):
-        if FlakyBackend.failures:
-            FlakyBackend.failures -= 1
-            raise ConnectionRefusedError("SMTP server is down")
-        return super().send_messages(messages)
-
-
-def test_a_failed_send_is_recorded_and_the_retry_sends(
+def test_a_failed_send_is_recorded_and_the_sweep_sends_it_later(
     purchase, settings, django_capture_on_commit_callbacks
 ):
-    settings.EMAIL_BACKEND = "tests.test_delivery_email.FlakyBackend"
-    FlakyBackend.failures = 1
-    # The task raises (in a cluster django-q2 records a failed task; sync mode re-raises).
-    with pytest.raises(ConnectionRefusedError):
-        tell_paid(purchase, django_capture_on_commit_callbacks)
+    settings.EMAIL_BACKEND = "tests.mail_backends.DownBackend"
+    # The task records the failure instead of raising: retrying is the outbox's, with every
+    # broker (with ack_failures django-q2 would drop a failed task; Redis never re-delivers).
+    tell_paid(purchase, django_capture_on_commit_callbacks)
     purchase.refresh_from_db()
     assert purchase.delivery_email_sent_at is None
-    assert not DownloadLink.objects.exists()  # rolled back with the failed send
+    email = OutboundEmail.objects.get(purchase=purchase)
+    assert (email.status, email.attempts) == (OutboundEmail.Status.PENDING, 1)
+    assert "SMTPServerDisconnected" in email.last_error
+    assert not DownloadLink.objects.filter(revoked_at=None).exists()  # the attempt's link revoked
     assert mail.outbox == []
-    # django-q2's retry (or an operator's replay) runs the same task again:
-    assert tasks.send_delivery_email(purchase.pk) == "sent"
+    # Running the task again before the next attempt is due sends nothing.
+    assert tasks.send_delivery_email(purchase.pk) == "waiting"
+    # The mail server is back; the next attempt is due; the sweep sends it.
+    settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
+    OutboundEmail.objects.update(next_attempt_at=timezone.now())
+    assert tasks.sweep_emails().startswith("queued 1")
     assert len(mail.outbox) == 1
-    assert DownloadLink.objects.filter(purchase=purchase).count() == 1
+    assert DownloadLink.objects.filter(purchase=purchase, revoked_at=None).count() == 1
+    purchase.refresh_from_db()
+    assert purchase.delivery_email_sent_at is not None
 
 
-def test_sending_raises_to_the_caller(purchase, settings):
-    settings.EMAIL_BACKEND = "tests.test_delivery_email.FlakyBackend"
-    FlakyBackend.failures = 1
-    with pytest.raises(ConnectionRefusedError):
-        tasks.send_delivery_email(purchase.pk)
+def test_a_failed_send_is_reported_not_raised(purchase, settings):
+    settings.EMAIL_BACKEND = "tests.mail_backends.DownBackend"
+    assert tasks.send_delivery_email(purchase.pk) == "failed (attempt 1 of 50)"
 
 
 @pytest.mark.django_db(transaction=True, serialized_rollback=True)
-def test_concurrent_runs_send_once(home):
+def test_concurrent_runs_send_once(home, settings):
     if connection.vendor != "postgresql":
-        pytest.skip("SQLite ignores select_for_update; the row lock is proven on PostgreSQL")
+        pytest.skip("SQLite ignores select_for_update; the claim is proven on PostgreSQL")
+    # A slow mail server widens the window: the other runs find the email claimed.
+    settings.EMAIL_BACKEND = "tests.mail_backends.SlowBackend"
     purchase = PurchaseFactory(paid=True, product=ProductPageFactory(parent=home))
-    real_send = delivery.EmailMultiAlternatives.send
-
-    def slow_send(self, *args, **kwargs):
-        time.sleep(0.3)  # widen the window: the second run must wait on the row lock
-        return real_send(self, *args, **kwargs)
-
-    with mock.patch.object(delivery.EmailMultiAlternatives, "send", slow_send):
-        results = run_at_once([lambda: delivery.deliver_purchase(purchase.pk)] * 3)
-    assert sorted(results) == ["already_sent", "already_sent", "sent"]
+    results = run_at_once([lambda: tasks.send_delivery_email(purchase.pk)] * 3)
+    assert results.count("sent") == 1, results
+    assert set(results) <= {"sent", "waiting", "already_sent"}, results
     assert len(mail.outbox) == 1
     assert DownloadLink.objects.filter(purchase=purchase).count() == 1
+    assert OutboundEmail.objects.filter(purchase=purchase).count() == 1

@@ -13,9 +13,11 @@ from django.urls import reverse
 from django.utils import timezone
 
 from tests.factories import DeliveryCopyFactory, ProductPageFactory, PurchaseFactory
+from tests.mail_backends import DownBackend
 from tests.screenshots import SCREENSHOTS
 from wagtail_paid_delivery import links
-from wagtail_paid_delivery.models import DownloadLink, Purchase
+from wagtail_paid_delivery.models import DownloadLink, OutboundEmail, Purchase
+from wagtail_paid_delivery.tasks import sweep_emails
 from wagtail_paid_delivery.views import resend as resend_view
 
 pytestmark = pytest.mark.django_db
@@ -222,6 +224,57 @@ def test_resend_task_is_idempotent_enough_and_reports(bought):
     assert resend_links("nobody@example.com") == "nothing"
     assert resend_links("buyer@example.com") == "sent 2"
     assert resend_links("") == "no_email"
+
+
+def test_a_resend_whose_send_fails_is_retried_and_arrives_once(client, bought, settings):
+    settings.EMAIL_BACKEND = "tests.mail_backends.DownBackend"
+    DownBackend.handed = []
+    response = client.post(URL, {"email": "buyer@example.com"})
+    assert response.status_code == 200  # the same answer: the failure is the outbox's business
+    assert "is on its way" in response.content.decode()
+    email = OutboundEmail.objects.get()
+    assert (email.kind, email.status, email.attempts) == ("resend", "pending", 1)
+    assert email.to == "buyer@example.com" and email.purchases.count() == 2
+    assert email.idempotency_key.startswith("resend:")
+    assert not DownloadLink.objects.filter(reason="resend", revoked_at=None).exists()
+
+    settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
+    OutboundEmail.objects.update(next_attempt_at=timezone.now())
+    assert sweep_emails().startswith("queued 1")
+    assert sweep_emails().startswith("queued 0")
+    assert len(mail.outbox) == 1
+    assert mail.outbox[0].message()["Message-ID"] == email.message_id
+    for path in LINK_RE.findall(mail.outbox[0].body):
+        assert client.get(path).status_code == 200
+    # The failed attempt's links were revoked.
+    (failed,) = DownBackend.handed
+    assert failed.message()["Message-ID"] == email.message_id
+    for path in LINK_RE.findall(failed.body):
+        assert client.get(path).status_code == 410
+
+
+def test_with_the_mail_server_down_known_and_unknown_addresses_look_the_same(
+    client, bought, settings
+):
+    settings.EMAIL_BACKEND = "tests.mail_backends.DownBackend"
+    known = client.post(URL, {"email": "buyer@example.com"})
+    unknown = client.post(URL, {"email": "nobody@example.com"})
+    assert known.status_code == unknown.status_code == 200
+    assert known.content == unknown.content
+    assert list(OutboundEmail.objects.values_list("to", flat=True)) == ["buyer@example.com"]
+
+
+def test_each_request_is_its_own_email_but_a_request_run_twice_is_one(client, bought):
+    client.post(URL, {"email": "buyer@example.com"})
+    client.post(URL, {"email": "buyer@example.com"})
+    keys = set(OutboundEmail.objects.values_list("idempotency_key", flat=True))
+    assert len(keys) == 2 and len(mail.outbox) == 2
+    # The broker runs one request's task twice: one email.
+    from wagtail_paid_delivery.tasks import resend_links
+
+    assert resend_links("buyer@example.com", None, "f00d") == "sent 2"
+    assert resend_links("buyer@example.com", None, "f00d") == "already_sent"
+    assert len(mail.outbox) == 3
 
 
 # In a real browser (also takes docs/screenshots/resend.png) ---------------------------------

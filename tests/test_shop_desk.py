@@ -30,7 +30,14 @@ from tests.factories import (
 from tests.stripe_fake import event_for, post_event, start_checkout
 from tests.test_fulfillment import needs_postgres
 from wagtail_paid_delivery import desk, links, timeline
-from wagtail_paid_delivery.models import DownloadEvent, DownloadLink, FileDownloadCount, Purchase
+from wagtail_paid_delivery.models import (
+    DownloadEvent,
+    DownloadLink,
+    FileDownloadCount,
+    OutboundEmail,
+    Purchase,
+)
+from wagtail_paid_delivery.tasks import resend_links, send_delivery_email, sweep_emails
 
 pytestmark = pytest.mark.django_db
 
@@ -478,18 +485,25 @@ def assert_confirm_page(client, path: str, *texts: str) -> None:
         assert text in html, text
 
 
-def test_resend_sends_a_fresh_link_and_is_logged(admin_client, admin_user, paid):
+def test_resend_sends_a_fresh_link_and_is_logged(
+    admin_client, admin_user, paid, django_capture_on_commit_callbacks
+):
     purchase, old = paid
     path = url("resend", purchase.pk)
     assert_confirm_page(admin_client, path, "Resend the delivery email", "Yes, send it")
     assert mail.outbox == [] and DownloadLink.objects.count() == 1  # GET changes nothing
 
-    response = admin_client.post(path)
+    # The email is sent once the action's transaction commits (the outbox).
+    with django_capture_on_commit_callbacks(execute=True):
+        response = admin_client.post(path)
     assert response.status_code == 302 and response["Location"] == url("inspect", purchase.pk)
     assert len(mail.outbox) == 1 and mail.outbox[0].to == ["ada@example.com"]
     new = DownloadLink.objects.exclude(pk=old.pk).get()
     assert new.reason == DownloadLink.Reason.ADMIN
     assert "/d/" in mail.outbox[0].body
+    # The link emailed is the one logged.
+    token = re.search(r"/d/([A-Za-z0-9_-]{43})/", mail.outbox[0].body).group(1)
+    assert links.check_token(token).pk == new.pk
     entry = logged(purchase, desk.RESEND)
     assert entry.user == admin_user and entry.data["link"] == new.pk
     assert "ada@example.com" not in entry.label + str(entry.data)  # no address in the log
@@ -527,12 +541,13 @@ def test_issue_link_with_chosen_expiry_and_limit_shown_once(admin_client, admin_
     assert issued.token not in follow
 
 
-def test_issue_link_unlimited_and_emailed(admin_client, paid):
+def test_issue_link_unlimited_and_emailed(admin_client, paid, django_capture_on_commit_callbacks):
     purchase, _old = paid
-    response = admin_client.post(
-        url("issue_link", purchase.pk),
-        {"lifetime_hours": 1, "download_limit": "", "send_email": "on"},
-    )
+    with django_capture_on_commit_callbacks(execute=True):
+        response = admin_client.post(
+            url("issue_link", purchase.pk),
+            {"lifetime_hours": 1, "download_limit": "", "send_email": "on"},
+        )
     assert response.status_code == 302
     link = DownloadLink.objects.order_by("-pk").first()
     assert link.download_limit is None
@@ -648,14 +663,17 @@ def test_revoke_offers_no_suspension_when_not_paid(admin_client, shop):
     assert response.status_code == 200 and "how" in response.context["form"].errors
 
 
-def test_correct_email_revokes_old_links_and_sends_a_new_one(admin_client, admin_user, paid):
+def test_correct_email_revokes_old_links_and_sends_a_new_one(
+    admin_client, admin_user, paid, django_capture_on_commit_callbacks
+):
     purchase, old = paid
     path = url("correct_email", purchase.pk)
     response = admin_client.get(path)
     assert response.context["form"].initial["email"] == "ada@example.com"
-    response = admin_client.post(
-        path, {"email": "ada@example.org", "revoke_links": "on", "send_link": "on"}
-    )
+    with django_capture_on_commit_callbacks(execute=True):
+        response = admin_client.post(
+            path, {"email": "ada@example.org", "revoke_links": "on", "send_link": "on"}
+        )
     assert response.status_code == 302
     purchase.refresh_from_db()
     old.refresh_from_db()
@@ -664,6 +682,23 @@ def test_correct_email_revokes_old_links_and_sends_a_new_one(admin_client, admin
     entry = logged(purchase, desk.CORRECT_EMAIL)
     assert entry.data["revoked_links"] == 1 and entry.data["link"]
     assert "ada@example" not in str(entry.data) + entry.label
+
+
+def test_correct_email_sends_a_delivery_email_still_waiting_to_the_new_address(
+    admin_client, paid, settings
+):
+    purchase, _old = paid
+    settings.EMAIL_BACKEND = "tests.mail_backends.DownBackend"
+    assert send_delivery_email(purchase.pk).startswith("failed")  # to ada@example.com, waiting
+    resend_links("ada@example.com")  # a resend to the mistyped address, waiting too
+    admin_client.post(url("correct_email", purchase.pk), {"email": "ada@example.org"})
+    settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
+    OutboundEmail.objects.update(next_attempt_at=timezone.now())
+    sweep_emails()
+    # The delivery email goes to the corrected address; nothing more goes to the old one.
+    assert [m.to for m in mail.outbox] == [["ada@example.org"]]
+    resend = OutboundEmail.objects.get(kind="resend")
+    assert (resend.status, resend.last_error) == ("cancelled", "the buyer's address was corrected")
 
 
 def test_correct_email_rejects_an_invalid_address(admin_client, paid):
@@ -683,16 +718,79 @@ class BrokenMail:
         raise ConnectionRefusedError("mail server down")
 
 
-def test_a_failed_send_changes_nothing_and_says_so(admin_client, paid, settings):
-    settings.EMAIL_BACKEND = "tests.test_shop_desk.BrokenMail"
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
+def test_a_failed_send_is_kept_says_so_and_is_retried(admin_client, paid, settings):
+    from tests.mail_backends import DownBackend
+
+    # Transactional, so the action commits in the request and the email is tried right after.
+    settings.EMAIL_BACKEND = "tests.mail_backends.DownBackend"
+    DownBackend.handed = []
     purchase, _old = paid
-    response = admin_client.post(url("resend", purchase.pk))
-    assert response.status_code == 200
-    assert "could not be sent (ConnectionRefusedError: mail server down)" in (
-        response.content.decode()
+    response = admin_client.post(url("resend", purchase.pk), follow=True)
+    html = response.content.decode()
+    assert "could not be sent yet (SMTPServerDisconnected: Connection unexpectedly closed)" in html
+    assert "tried again automatically" in html
+    # The action stands: logged, its link issued, the email recorded for another attempt.
+    entry = ModelLogEntry.objects.get(action=desk.RESEND)
+    link = DownloadLink.objects.get(pk=entry.data["link"])
+    email = OutboundEmail.objects.get(kind="desk")
+    assert (email.link, email.status, email.attempts) == (link, "pending", 1)
+    assert mail.outbox == []
+    # The timeline says so.
+    inspect = admin_client.get(url("inspect", purchase.pk)).content.decode()
+    assert "Delivery email from the shop desk not sent yet, tried again automatically" in inspect
+
+    # The mail server is back: the sweep sends it, with the link the editor issued.
+    settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
+    OutboundEmail.objects.update(next_attempt_at=timezone.now())
+    assert sweep_emails().startswith("queued 1")
+    assert len(mail.outbox) == 1
+    token = re.search(r"/d/([A-Za-z0-9_-]{43})/", mail.outbox[0].body).group(1)
+    assert links.check_token(token).pk == link.pk
+    # The token the failed attempt carried opens nothing; the link itself lives on.
+    (failed,) = DownBackend.handed
+    dead = re.search(r"/d/([A-Za-z0-9_-]{43})/", failed.body).group(1)
+    assert dead != token
+    assert (
+        admin_client.get(reverse("wagtail_paid_delivery:download", args=[dead])).status_code == 404
     )
-    assert DownloadLink.objects.count() == 1  # the new link rolled back
-    assert not ModelLogEntry.objects.filter(action=desk.RESEND).exists()
+    assert failed.message()["Message-ID"] == mail.outbox[0].message()["Message-ID"]
+    inspect = admin_client.get(url("inspect", purchase.pk)).content.decode()
+    assert "Delivery email from the shop desk sent" in inspect
+
+
+def test_a_desk_email_sent_cancels_the_delivery_email_still_waiting(
+    admin_client, paid, settings, django_capture_on_commit_callbacks
+):
+    purchase, _old = paid
+    settings.EMAIL_BACKEND = "tests.test_shop_desk.BrokenMail"
+    assert send_delivery_email(purchase.pk).startswith("failed")  # waits for a retry
+    settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
+    with django_capture_on_commit_callbacks(execute=True):
+        admin_client.post(url("resend", purchase.pk))
+    assert len(mail.outbox) == 1
+    waiting = OutboundEmail.objects.get(kind="delivery")
+    assert waiting.status == "cancelled" and "shop desk" in waiting.last_error
+    OutboundEmail.objects.update(next_attempt_at=timezone.now())
+    assert sweep_emails().startswith("queued 0")
+    assert len(mail.outbox) == 1
+
+
+@needs_postgres
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
+def test_the_desk_calls_the_mail_server_with_no_row_lock_held(admin_client, paid, settings):
+    from tests.mail_backends import LockProbeBackend
+
+    purchase, _old = paid
+    settings.EMAIL_BACKEND = "tests.mail_backends.LockProbeBackend"
+    LockProbeBackend.targets, LockProbeBackend.probes = [(Purchase, purchase.pk)], []
+    LockProbeBackend.in_transaction = []
+    response = admin_client.post(url("resend", purchase.pk), follow=True)
+    assert "Delivery email sent to ada@example.com" in response.content.decode()
+    # Mid-send, another connection locked the purchase at once (NOWAIT): nothing held it.
+    assert LockProbeBackend.probes == [("Purchase", True)]
+    assert LockProbeBackend.in_transaction == [False]
+    assert len(mail.outbox) == 1
 
 
 def test_actions_that_do_not_apply_refuse_and_change_nothing(admin_client, shop):

@@ -16,7 +16,13 @@ from tests.factories import ProductPageFactory, PurchaseFactory
 from tests.screenshots import SCREENSHOTS
 from tests.test_download_browser import in_thread
 from tests.test_shop_desk import story, url  # noqa: F401  (story is a fixture)
-from wagtail_paid_delivery.models import DownloadEvent, DownloadLink, Purchase, StripeEvent
+from wagtail_paid_delivery.models import (
+    DownloadEvent,
+    DownloadLink,
+    OutboundEmail,
+    Purchase,
+    StripeEvent,
+)
 
 pytestmark = [
     pytest.mark.browser,
@@ -33,6 +39,9 @@ def spread_over_days(purchase: Purchase) -> None:
     paid = start + timedelta(minutes=2)
     Purchase.objects.filter(pk=purchase.pk).update(
         created_at=start, paid_at=paid, delivery_email_sent_at=paid + timedelta(seconds=4)
+    )
+    OutboundEmail.objects.filter(purchase=purchase).update(
+        created_at=paid, last_attempt_at=paid, sent_at=paid + timedelta(seconds=4)
     )
     events = list(StripeEvent.objects.order_by("pk"))
     StripeEvent.objects.filter(pk=events[0].pk).update(

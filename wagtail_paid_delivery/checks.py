@@ -138,10 +138,10 @@ def check_q_ack_failures(**kwargs: Any) -> list[CheckMessage]:
     return [
         Warning(
             "Q_CLUSTER['ack_failures'] is not True.",
-            hint="Retrying failed Stripe events is this app's job (backoff, a sweep every "
-            "minute, MAX_EVENT_ATTEMPTS). Without ack_failures the ORM broker also hands a "
-            "failed task back every 'retry' seconds, forever. Set Q_CLUSTER['ack_failures'] "
-            "= True.",
+            hint="Retrying failed Stripe events and emails is this app's job (backoff, "
+            "sweeps every minute, MAX_EVENT_ATTEMPTS, MAX_EMAIL_ATTEMPTS). Without ack_failures "
+            "the ORM broker also hands a failed task back every 'retry' seconds, forever. Set "
+            "Q_CLUSTER['ack_failures'] = True.",
             id=f"{ID}.W003",
         )
     ]
@@ -400,6 +400,46 @@ def _checkout_terms_problems(options: dict[str, Any]) -> list[str]:
     if isinstance(message, str) and len(message) > 1200:
         problems.append("'terms_message' is longer than Stripe's 1200 characters")
     return problems
+
+
+# Emails: how often and how far apart the outbox tries a promised email.
+
+
+@register(Tags.compatibility)
+def check_email_settings(**kwargs: Any) -> list[CheckMessage]:
+    try:
+        attempts = app_settings.MAX_EMAIL_ATTEMPTS
+        delay, longest = app_settings.email_retry_delay, app_settings.email_retry_max_delay
+    except (TypeError, ValueError):
+        return [
+            Error(
+                f"{SETTINGS_NAME}['EMAIL_RETRY_DELAY'] or ['EMAIL_RETRY_MAX_DELAY'] is not "
+                "a duration.",
+                hint="Use a timedelta or a number of seconds.",
+                id=f"{ID}.E040",
+            )
+        ]
+    except Exception:  # unknown keys: reported by check_settings
+        return []
+    messages: list[CheckMessage] = []
+    if not isinstance(attempts, int) or isinstance(attempts, bool) or attempts < 1:
+        messages.append(
+            Error(
+                f"{SETTINGS_NAME}['MAX_EMAIL_ATTEMPTS'] is {attempts!r}.",
+                hint="Use a whole number of attempts, at least 1 (the default is 50).",
+                id=f"{ID}.E041",
+            )
+        )
+    if delay.total_seconds() <= 0 or longest < delay:
+        messages.append(
+            Error(
+                f"{SETTINGS_NAME}['EMAIL_RETRY_DELAY'] must be positive and not longer than "
+                "EMAIL_RETRY_MAX_DELAY.",
+                hint="For example timedelta(minutes=1) and timedelta(minutes=15).",
+                id=f"{ID}.E042",
+            )
+        )
+    return messages
 
 
 # Delivery settings: SERVE_BACKEND and its options, the rate limits and their cache, RETENTION.

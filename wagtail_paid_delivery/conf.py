@@ -52,8 +52,18 @@ DEFAULTS: dict[str, Any] = {
     # never longer than EVENT_RETRY_MAX_DELAY. timedelta or seconds.
     "EVENT_RETRY_DELAY": timedelta(minutes=1),
     "EVENT_RETRY_MAX_DELAY": timedelta(hours=6),
-    # Create (and keep up to date) django-q2 schedules for the sweep (every minute) and
-    # reconciliation (every 10 minutes) after each `migrate`. False: schedule them yourself.
+    # How often an email (delivery, resend) is tried in all, the first try included. After the
+    # last one it stays `failed` (logged as an error) for the shop owner to see. With the
+    # delays below, 50 attempts keep trying for about twelve hours.
+    "MAX_EMAIL_ATTEMPTS": 50,
+    # Wait before retrying an email whose send failed: doubled after each failure (1, 2, 4…
+    # minutes), never longer than EMAIL_RETRY_MAX_DELAY, so a mail server that comes back is
+    # used within that long. timedelta or seconds.
+    "EMAIL_RETRY_DELAY": timedelta(minutes=1),
+    "EMAIL_RETRY_MAX_DELAY": timedelta(minutes=15),
+    # Create (and keep up to date) django-q2 schedules for the sweeps of events and emails
+    # (every minute) and reconciliation (every 10 minutes) after each `migrate`. False: schedule
+    # them yourself.
     "SCHEDULES": True,
     # Extra Stripe Checkout features, all off by default; see the README. Known keys:
     # allow_promotion_codes, automatic_tax, tax_id_collection, invoice_creation (bools),
@@ -126,6 +136,9 @@ DEFAULTS: dict[str, Any] = {
         # Purchases that were never paid and that Stripe reported expired or failed
         # (abandoned checkouts). Never younger than a Checkout Session's lifetime.
         "unpaid_purchases": timedelta(days=30),
+        # Emails the outbox recorded (recipient address, what was sent, errors), counted from
+        # when they were recorded: proof of delivery in a dispute. Never one still to be sent.
+        "emails": timedelta(days=180),
     },
 }
 
@@ -134,6 +147,7 @@ RETENTION_MINIMUMS: dict[str, timedelta] = {
     "download_records": timedelta(days=1),
     "stripe_events": timedelta(days=30),
     "unpaid_purchases": timedelta(days=1),
+    "emails": timedelta(days=1),
 }
 
 #: The directives ``DELIVERY_PAGE_CSP`` may set, each ``'self'`` unless set.
@@ -290,6 +304,14 @@ class PaidDeliverySettings:
                     "a number of seconds, or None."
                 ) from None
         return periods
+
+    @property
+    def email_retry_delay(self) -> timedelta:
+        return _as_timedelta(self.EMAIL_RETRY_DELAY)
+
+    @property
+    def email_retry_max_delay(self) -> timedelta:
+        return _as_timedelta(self.EMAIL_RETRY_MAX_DELAY)
 
     def require_secret_key(self) -> str:
         if not self.STRIPE_SECRET_KEY:

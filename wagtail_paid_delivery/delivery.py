@@ -1,8 +1,8 @@
-"""What reaches the buyer: the delivery and resend emails, and which words (DeliveryCopy) a
-purchase or product is told in.
+"""What reaches the buyer: which words (DeliveryCopy) a purchase or product is told in, the
+delivery and resend messages, and the library's purchases.
 
-Emails carry a link to the download page (never a storage URL). ``deliver_purchase`` and
-``resend_links`` are the rules the tasks of the same names call.
+Messages carry a link to the download page (never a storage URL). They are built here and sent
+by ``outbox``, which records each email it promised and retries it until it is sent.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from typing import Any
 
 from django.conf import settings
 from django.core.mail import EmailMultiAlternatives
-from django.db import transaction
 from django.db.models import Q, QuerySet
 from django.template.loader import render_to_string
 from django.utils import formats, timezone
@@ -52,12 +51,17 @@ def link_placeholders(link: DownloadLink, downloads_left: int | None) -> dict[st
 
 
 def build_delivery_email(
-    purchase: Purchase, issued: links.IssuedLink, *, copy: DeliveryCopy | None = None
+    purchase: Purchase,
+    issued: links.IssuedLink,
+    *,
+    copy: DeliveryCopy | None = None,
+    to: str | None = None,
 ) -> EmailMultiAlternatives:
     """The HTML and plain-text message for ``purchase`` with the freshly issued link.
 
     ``copy``: the words to use instead of the product's (the admin preview passes the copy being
-    edited).
+    edited). ``to``: the recipient, if not the purchase's address (the outbox sends to the
+    address it recorded).
     """
     link = issued.link
     copy = copy or copy_for(purchase)
@@ -76,40 +80,12 @@ def build_delivery_email(
         subject=subject,
         body=render_to_string("wagtail_paid_delivery/email/delivery.txt", context),
         from_email=settings.DEFAULT_FROM_EMAIL,
-        to=[purchase.email],
+        to=[to or purchase.email],
     )
     message.attach_alternative(
         render_to_string("wagtail_paid_delivery/email/delivery.html", context), "text/html"
     )
     return message
-
-
-def deliver_purchase(purchase_pk: int) -> str:
-    """Issue a link and email it to the buyer, at most once per purchase; returns the outcome.
-
-    The Purchase row stays locked while the message is sent and ``delivery_email_sent_at`` is
-    set, so a duplicate run (the broker delivers at least once; ``purchase_paid`` may be told
-    twice) waits, then sees it sent. If sending raises, the transaction rolls back (no link, no
-    mark) and the error propagates so django-q2 records a failed task to retry. A crash between
-    the SMTP hand-over and the commit can still send twice: at-least-once, never zero.
-    """
-    with transaction.atomic():
-        purchase = Purchase.objects.select_for_update().filter(pk=purchase_pk).first()
-        if purchase is None:
-            logger.warning("Delivery email: purchase %s no longer exists", purchase_pk)
-            return "missing"
-        if purchase.delivery_email_sent_at is not None:
-            return "already_sent"
-        if purchase.status != Purchase.Status.PAID:
-            return f"not_paid ({purchase.status})"
-        if not purchase.email:
-            logger.warning("Delivery email: purchase %s has no email address", purchase_pk)
-            return "no_email"
-        issued = links.issue_link(purchase, reason=DownloadLink.Reason.WEBHOOK)
-        build_delivery_email(purchase, issued).send()
-        purchase.delivery_email_sent_at = timezone.now()
-        purchase.save(update_fields=["delivery_email_sent_at", "updated_at"])
-    return "sent"
 
 
 # The buyer's library ---------------------------------------------------------------------------
@@ -133,10 +109,7 @@ def library_purchases(user: Any) -> QuerySet[Purchase]:
     )
 
 
-# Resending links ------------------------------------------------------------------------------
-
-#: Purchases listed in one resend email at most (the most recent first).
-RESEND_MAX_PURCHASES = 50
+# The resend message ---------------------------------------------------------------------------
 
 
 def build_links_email(to: str, issued: list[links.IssuedLink]) -> EmailMultiAlternatives:
@@ -165,28 +138,3 @@ def build_links_email(to: str, issued: list[links.IssuedLink]) -> EmailMultiAlte
         render_to_string("wagtail_paid_delivery/email/links.html", context), "text/html"
     )
     return message
-
-
-def resend_links(email: str, product_id: int | None = None) -> str:
-    """Email fresh links (reason RESEND) for the paid purchases of ``email``; returns the outcome.
-
-    One message lists every paid purchase of the address (or only those of ``product_id``).
-    An address with none gets nothing. Links are issued in the same transaction as the send, so
-    a failed send leaves no links behind and the task may be retried.
-    """
-    email = (email or "").strip()
-    if not email:
-        return "no_email"
-    purchases = Purchase.objects.filter(email__iexact=email, status=Purchase.Status.PAID)
-    if product_id is not None:
-        purchases = purchases.filter(product_id=product_id)
-    found = list(
-        purchases.select_related("product").order_by("-paid_at", "-pk")[:RESEND_MAX_PURCHASES]
-    )
-    if not found:
-        return "nothing"
-    with transaction.atomic():
-        issued = [links.issue_link(p, reason=DownloadLink.Reason.RESEND) for p in found]
-        # The address on record (the buyer's own spelling), not the one typed into the form.
-        build_links_email(found[0].email, issued).send()
-    return f"sent {len(issued)}"

@@ -1,10 +1,12 @@
 """The shop desk's actions on one purchase: what an editor does to help a buyer or end access.
 
 Each action checks that it applies to the purchase as it is now (``refusal``, under the
-purchase's row lock), acts through the domain rules (``links``, ``fulfillment``, ``delivery``)
+purchase's row lock), acts through the domain rules (``links``, ``fulfillment``, ``outbox``)
 and records a Wagtail log entry naming the editor, all in one transaction: the purchase's
 timeline and Wagtail's Site history show who did what, and a failed action leaves neither a
-change nor an entry. The admin views only check permissions, confirm and call.
+change nor an entry. An email to the buyer is recorded in that transaction and sent by the
+email outbox once it commits (outside the row lock), retried if the mail server fails. The
+admin views only check permissions, confirm and call.
 
 Log entries carry no email address and no token (a buyer's erasure need not reach them; a
 token exists only in the link sent or shown once). Their label is the product and the start of
@@ -26,8 +28,8 @@ from django.utils.translation import ngettext
 from wagtail.log_actions import LogFormatter
 from wagtail.log_actions import log as log_action
 
-from . import delivery, fulfillment, inbox, links
-from .models import DownloadLink, FileDownloadCount, Purchase, StripeEvent
+from . import fulfillment, inbox, links, outbox
+from .models import DownloadLink, FileDownloadCount, OutboundEmail, Purchase, StripeEvent
 
 S = Purchase.Status
 
@@ -50,10 +52,6 @@ FINAL = (S.REFUNDED, S.REVOKED)
 class NotApplicable(Exception):
     """The action does not apply to the purchase (or link) as it is now; the message says why,
     in words for the editor."""
-
-
-class EmailNotSent(Exception):
-    """The email could not be handed to the mail server; nothing the action did was kept."""
 
 
 # When an action applies ------------------------------------------------------------------------
@@ -143,24 +141,21 @@ def link_refusal(link: DownloadLink) -> str:
 # The one place the desk emails a buyer ---------------------------------------------------------
 
 
-def send_delivery_email(purchase: Purchase, issued: links.IssuedLink) -> None:
+def send_delivery_email(purchase: Purchase, issued: links.IssuedLink) -> OutboundEmail:
     """Email ``purchase``'s buyer their delivery email with the link just issued.
 
-    Sent now, inside the action's transaction: when sending fails, the link and the log entry
-    roll back and the editor is told. Every desk action that emails a buyer comes through here,
-    so the durable email outbox replaces this body and nothing else.
+    Through the email outbox: recorded in the action's transaction, sent right after it commits
+    (never while the purchase's row is locked), retried until it goes when the mail server
+    fails. The link is sent with a token of its own (``issued``'s is never used). Once it is
+    sent, a delivery email still waiting for a retry is cancelled: the buyer has this one.
     """
-    try:
-        delivery.build_delivery_email(purchase, issued).send()
-    except Exception as error:  # SMTP refusals, connection errors, a backend's own errors
-        raise EmailNotSent(
-            str(_("The email could not be sent (%(error)s); nothing was changed."))
-            % {"error": f"{type(error).__name__}: {error}"}
-        ) from error
-    if purchase.delivery_email_sent_at is None:
-        # A delivery task still retrying must not send a second email after this one.
-        purchase.delivery_email_sent_at = timezone.now()
-        purchase.save(update_fields=["delivery_email_sent_at", "updated_at"])
+    return outbox.promise_desk_email(purchase, issued.link)
+
+
+def emailed(link: DownloadLink) -> OutboundEmail | None:
+    """The desk's latest email of ``link``, to tell the editor how it went."""
+    emails = OutboundEmail.objects.filter(kind=OutboundEmail.Kind.DESK, link=link)
+    return emails.order_by("pk").last()
 
 
 # Actions ------------------------------------------------------------------------------------
@@ -303,8 +298,10 @@ def correct_email(
     a stranger) and send a fresh link to the new address (paid purchases only)."""
     with transaction.atomic():
         locked = _lock(purchase, CORRECT_EMAIL)
+        old = locked.email
         locked.email = email
         locked.save(update_fields=["email", "updated_at"])
+        outbox.address_corrected(locked, old)
         revoked = 0
         if revoke_links:
             revoked = DownloadLink.objects.filter(purchase=locked, revoked_at=None).update(

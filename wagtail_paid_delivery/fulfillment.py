@@ -22,7 +22,7 @@ from typing import Any, Literal
 from django.db import transaction
 from django.utils import timezone
 
-from . import metadata, signals, stripe_api
+from . import metadata, outbox, signals, stripe_api
 from .conf import app_settings
 from .models import DownloadLink, Purchase
 
@@ -57,7 +57,7 @@ DISPUTE_LOST = frozenset({"lost"})
 PAYMENT_FAILED = frozenset({"requires_payment_method", "canceled"})
 
 # Effects of a transition, run in the purchase's transaction.
-DELIVER = "deliver"  # paid_at now; purchase_paid on commit (the delivery email follows)
+DELIVER = "deliver"  # paid_at now; the delivery email promised; purchase_paid on commit
 REVOKE_LINKS = "revoke_links"  # every live link of the purchase ends for good
 NOTIFY_REVOKED = "notify_revoked"  # purchase_revoked on commit
 NOTIFY_RESTORED = "notify_restored"  # purchase_restored on commit
@@ -243,6 +243,8 @@ def _run_effects(
     if DELIVER in effects:
         locked.paid_at = now
         fields.add("paid_at")
+        # Recorded with the payment, so no lost task or failed send can lose the email.
+        outbox.promise_delivery(locked)
         transaction.on_commit(lambda: signals.purchase_paid.send(sender=Purchase, purchase=locked))
     if REVOKE_LINKS in effects:
         DownloadLink.objects.filter(purchase=locked, revoked_at=None).update(revoked_at=now)

@@ -17,9 +17,7 @@ event until the lease runs out.
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
-import random
 from datetime import datetime, timedelta
 from enum import Enum
 from typing import Any, get_args
@@ -28,7 +26,7 @@ from django.db import IntegrityError, router, transaction
 from django.db.models import F, Q, QuerySet
 from django.utils import timezone
 
-from . import fulfillment, metadata, stripe_api
+from . import fulfillment, metadata, retry, stripe_api
 from .conf import app_settings
 from .fulfillment import FulfillmentResult
 from .models import StripeEvent
@@ -185,15 +183,6 @@ def store(event: dict[str, Any]) -> Stored:
     return Stored.QUEUED
 
 
-@functools.cache
-def _broker() -> Any:
-    # django-q2 builds a broker (for Redis: a new connection) on every async_task without one;
-    # one per process is enough (brokers are safe to share between threads).
-    from django_q.brokers import get_broker
-
-    return get_broker()
-
-
 def enqueue(event_pk: int, *, savepoint: bool = False, token: str | None = None) -> None:
     """Hand a stored event to django-q2; the worker must be able to find the committed row.
 
@@ -205,7 +194,7 @@ def enqueue(event_pk: int, *, savepoint: bool = False, token: str | None = None)
     args: tuple[Any, ...] = (event_pk, token) if token else (event_pk,)
     try:
         with transaction.atomic() if savepoint else contextlib.nullcontext():
-            async_task(TASK, *args, group=TASK_GROUP, broker=_broker())
+            async_task(TASK, *args, group=TASK_GROUP, broker=retry.broker())
     except Exception:
         # The event is stored as `received`; the sweep re-enqueues it. Stripe must still get its
         # 200, or it would redeliver an event we already hold.
@@ -230,17 +219,17 @@ def _enqueues_in_same_transaction() -> bool:
 
 def lease() -> timedelta:
     """How long a claimed event is left alone: longer than a task may run (Q_CLUSTER timeout)."""
-    from django_q.conf import Conf
-
-    return max(timedelta(minutes=5), timedelta(seconds=2 * int(Conf.TIMEOUT or 0)))
+    return retry.lease()
 
 
 def backoff(attempts: int) -> timedelta:
     """The wait before the next try after ``attempts`` failed ones: doubled each time, capped,
     plus up to 10% jitter so events that failed together (a Stripe outage) spread out."""
-    base = app_settings.event_retry_delay
-    delay = min(base * (2 ** max(0, attempts - 1)), app_settings.event_retry_max_delay)
-    return delay + delay * random.uniform(0, 0.1)  # noqa: S311  (not for security)
+    return retry.backoff(
+        attempts,
+        first=app_settings.event_retry_delay,
+        longest=app_settings.event_retry_max_delay,
+    )
 
 
 def claim(event_pk: int, token: str | None = None) -> StripeEvent | None:

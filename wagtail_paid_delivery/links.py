@@ -220,6 +220,23 @@ def revoke_link(link: DownloadLink, *, now: datetime | None = None) -> None:
     link.refresh_from_db(fields=["revoked_at"])
 
 
+@sensitive_variables("raw")
+def rekey_link(link: DownloadLink) -> IssuedLink | None:
+    """A new token for ``link``; the old one stops working. Its expiry, limit and counts stay.
+
+    None when the link was revoked meanwhile. The email outbox sends a link an editor issued
+    this way at every attempt, and discards a failed attempt's token by rekeying again.
+    """
+    raw = secrets.token_urlsafe(32)
+    digest = hash_token(raw)
+    if not DownloadLink.objects.filter(pk=link.pk, revoked_at__isnull=True).update(
+        token_hash=digest
+    ):
+        return None
+    link.token_hash = digest
+    return IssuedLink(link=link, token=raw, url=download_page_url(raw, purchase=link.purchase))
+
+
 def file_counts(link: DownloadLink) -> dict[int, int]:
     """Downloads counted so far on ``link``, per file id."""
     return dict(FileDownloadCount.objects.filter(link=link).values_list("file_id", "count"))

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from django.db import transaction
 from django.dispatch import receiver
 
 from .signals import purchase_paid
+
+logger = logging.getLogger(__name__)
 
 #: Dotted path of the task django-q2 runs for the delivery email.
 DELIVERY_EMAIL_TASK = "wagtail_paid_delivery.tasks.send_delivery_email"
@@ -16,11 +19,18 @@ DELIVERY_EMAIL_TASK = "wagtail_paid_delivery.tasks.send_delivery_email"
 @receiver(purchase_paid, dispatch_uid="wagtail_paid_delivery.send_delivery_email")
 def enqueue_delivery_email(sender: Any, purchase: Any, **kwargs: Any) -> None:
     # On commit: the task must see the paid purchase. The task itself is idempotent, so a
-    # purchase_paid told twice still sends one email.
+    # purchase_paid told twice still sends one email. The email was promised (recorded) with
+    # the payment: if this enqueue is lost, the outbox's sweep sends it.
     # A dispute or refund needs no receiver here: links check the purchase's status at every use.
+    pk = purchase.pk
+    transaction.on_commit(lambda: _enqueue(pk))
+
+
+def _enqueue(purchase_pk: int) -> None:
     from django_q.tasks import async_task
 
-    pk = purchase.pk
-    transaction.on_commit(
-        lambda: async_task(DELIVERY_EMAIL_TASK, pk, group="wagtail_paid_delivery.delivery_email")
-    )
+    try:
+        async_task(DELIVERY_EMAIL_TASK, purchase_pk, group="wagtail_paid_delivery.delivery_email")
+    except Exception:
+        # Not raised: the payment is committed and the other receivers must still run.
+        logger.exception("Could not enqueue the delivery email of purchase %s", purchase_pk)

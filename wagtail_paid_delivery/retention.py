@@ -12,7 +12,9 @@ lists every model's personal fields against them. Removed, each past its period:
 - purchases never paid that Stripe reported expired or failed (``unpaid_purchases``, from their
   creation, and never before a Checkout Session's lifetime is over, so nothing Stripe may still
   pay is removed). A failed purchase that has a PaymentIntent is kept: a payment may have been
-  taken (a refused delivery whose line items did not match), and the shop may owe a refund.
+  taken (a refused delivery whose line items did not match), and the shop may owe a refund;
+- emails the outbox recorded (``emails``, from when they were recorded), sent, failed or not
+  sent; one still waiting to be sent is work to do and is never removed.
 
 Paid, refunded, revoked and disputed purchases are the shop's sales records: never removed here.
 
@@ -35,7 +37,7 @@ from django.db import models, transaction
 from django.utils import timezone
 
 from .conf import app_settings
-from .models import DownloadEvent, DownloadLink, Purchase, StripeEvent
+from .models import DownloadEvent, DownloadLink, OutboundEmail, Purchase, StripeEvent
 
 #: Rows removed per transaction.
 BATCH_SIZE = 500
@@ -47,13 +49,14 @@ SESSION_LIFETIME = timedelta(hours=25)
 TASK_TIME_SHARE = 0.5
 
 #: The kinds removed, in the order they are removed (events before the links they belong to).
-KINDS = ("download_events", "download_links", "stripe_events", "unpaid_purchases")
+KINDS = ("download_events", "download_links", "stripe_events", "unpaid_purchases", "emails")
 #: How each kind reads in a summary.
 LABELS = {
     "download_events": "download events",
     "download_links": "download links",
     "stripe_events": "Stripe events",
     "unpaid_purchases": "unpaid purchases",
+    "emails": "emails",
 }
 
 
@@ -125,12 +128,22 @@ def due_unpaid_purchases(now: datetime) -> models.QuerySet[Purchase] | None:
     return Purchase.objects.filter(never_paid & (expired | failed))
 
 
+def due_emails(now: datetime) -> models.QuerySet[OutboundEmail] | None:
+    cutoff = _cutoff(now, "emails")
+    if cutoff is None:
+        return None
+    return OutboundEmail.objects.filter(created_at__lt=cutoff).exclude(
+        status=OutboundEmail.Status.PENDING
+    )
+
+
 #: Each kind's "what is due now".
 DUE: dict[str, Callable[[datetime], models.QuerySet[Any] | None]] = {
     "download_events": due_download_events,
     "download_links": due_download_links,
     "stripe_events": due_stripe_events,
     "unpaid_purchases": due_unpaid_purchases,
+    "emails": due_emails,
 }
 
 

@@ -1,7 +1,8 @@
 """The django-q2 schedules this app needs, created (or brought up to date) after ``migrate``.
 
 ``sweep`` re-enqueues Stripe events due for another attempt or whose task was lost, every
-minute; ``reconcile`` stores the Stripe events the webhook missed (refunds, disputes, paid
+minute; ``email_sweep`` does the same for promised emails (``outbox``), every minute;
+``reconcile`` stores the Stripe events the webhook missed (refunds, disputes, paid
 sessions) and asks Stripe about due pending purchases, every ten minutes; ``cleanup`` removes
 records past their ``RETENTION`` period, once a day. They are upserted by name, so a site never
 adds them by hand, and a changed interval here reaches every site on its next ``migrate``.
@@ -24,6 +25,7 @@ logger = logging.getLogger(__name__)
 #: name → (task function, interval in minutes).
 SCHEDULES: dict[str, tuple[str, int]] = {
     "wagtail_paid_delivery.sweep": ("wagtail_paid_delivery.tasks.sweep", 1),
+    "wagtail_paid_delivery.email_sweep": ("wagtail_paid_delivery.tasks.sweep_emails", 1),
     "wagtail_paid_delivery.reconcile": ("wagtail_paid_delivery.tasks.reconcile", 10),
     "wagtail_paid_delivery.cleanup": ("wagtail_paid_delivery.tasks.cleanup", 24 * 60),
 }

@@ -1,5 +1,6 @@
 """The shop's numbers for the admin dashboard: sales, revenue and downloads per day, and what
-needs attention (failing Stripe events, a silent task cluster).
+needs attention (failing Stripe events, emails to buyers that do not go out, a silent task
+cluster).
 
 Only domain reads here; the dashboard panel (``admin.dashboard``) renders what
 :func:`dashboard` returns. Sales and revenue count purchases in the mode of the configured
@@ -17,7 +18,7 @@ from django.db.models.functions import TruncDate
 from django.utils import timezone
 
 from . import currencies, heartbeat, stripe_api
-from .models import DownloadEvent, Purchase, StripeEvent
+from .models import DownloadEvent, OutboundEmail, Purchase, StripeEvent
 
 #: The dashboard's window, in days (today included).
 DAYS = 30
@@ -52,6 +53,10 @@ class ShopStats:
     retrying_events: int
     last_beat: datetime | None
     cluster_stale: bool
+    #: Emails to buyers that failed every attempt (the email outbox gave up on them).
+    failed_emails: int = 0
+    #: Emails to buyers whose last attempt failed, waiting for the next one.
+    retrying_emails: int = 0
 
     @property
     def sales(self) -> int:
@@ -98,6 +103,10 @@ def dashboard(now: datetime | None = None, *, livemode: bool | None = None) -> S
         .order_by("currency")
     ]
     failed = StripeEvent.objects.filter(status=StripeEvent.Status.FAILED)
+    emails = OutboundEmail.objects.filter(
+        status__in=(OutboundEmail.Status.FAILED, OutboundEmail.Status.PENDING), attempts__gt=0
+    )
+    email_counts = dict(emails.values_list("status").annotate(n=Count("pk")).order_by())
     last = heartbeat.last_beat()
     return ShopStats(
         since=since,
@@ -108,6 +117,8 @@ def dashboard(now: datetime | None = None, *, livemode: bool | None = None) -> S
         retrying_events=failed.filter(next_attempt_at__isnull=False).count(),
         last_beat=last,
         cluster_stale=heartbeat.is_stale(last, now),
+        failed_emails=email_counts.get(OutboundEmail.Status.FAILED, 0),
+        retrying_emails=email_counts.get(OutboundEmail.Status.PENDING, 0),
     )
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import delivery, heartbeat, inbox, reconciliation, retention, selftest
+from . import heartbeat, inbox, outbox, reconciliation, retention, selftest
 
 
 def process_stripe_event(event_pk: int, token: str | None = None) -> str:
@@ -35,17 +35,27 @@ def cleanup() -> str:
     return retention.cleanup(time_budget=retention.task_time_budget()).summary()
 
 
+def sweep_emails() -> str:
+    """Every minute: enqueue emails due for another attempt or whose task was lost."""
+    return outbox.sweep()
+
+
+def send_email(email_pk: int, token: str | None = None) -> str:
+    """One attempt at a promised email (``outbox.attempt``); a failure is recorded, not raised."""
+    return outbox.attempt(email_pk, token)
+
+
 def send_delivery_email(purchase_pk: int) -> str:
-    """Issue a link and email it to the buyer, once per purchase. Raises on a mail failure so
-    django-q2 records the failed task; retrying it is safe."""
-    return delivery.deliver_purchase(purchase_pk)
+    """The delivery email of a paid purchase: promised once, sent at least once (the sweep
+    retries a failed send)."""
+    return outbox.deliver_purchase(purchase_pk)
 
 
-def resend_links(email: str, product_id: int | None = None) -> str:
+def resend_links(email: str, product_id: int | None = None, request_id: str = "") -> str:
     """Email fresh links to ``email`` if it has paid purchases. The resend view enqueues this for
     every address it accepts, so whether the address bought is decided here, out of the
     request: the page's answer and timing say nothing about it."""
-    return delivery.resend_links(email, product_id)
+    return outbox.resend_links(email, product_id, request_id)
 
 
 def delivery_selftest(with_stripe: bool = False) -> list[dict[str, Any]]:

@@ -22,10 +22,11 @@ from django.utils import formats, timezone
 from django.utils.dateparse import parse_datetime
 from django.utils.functional import cached_property
 from django.utils.translation import gettext_lazy as _
+from django.utils.translation import ngettext
 from wagtail.log_actions import registry as log_registry
 
 from . import currencies, desk, fulfillment, links, metadata
-from .models import DownloadEvent, DownloadLink, Purchase, StripeEvent
+from .models import DownloadEvent, DownloadLink, OutboundEmail, Purchase, StripeEvent
 
 S = Purchase.Status
 
@@ -66,6 +67,12 @@ class Facts:
     def log_entries(self) -> list[Any]:
         entries = log_registry.get_logs_for_instance(self.purchase).select_related("user")
         return list(entries.order_by("timestamp", "pk"))
+
+    @cached_property
+    def emails(self) -> list[OutboundEmail]:
+        """The emails the outbox recorded about the purchase (alone, or listed in a resend)."""
+        about = Q(purchase=self.purchase) | Q(purchases=self.purchase)
+        return list(OutboundEmail.objects.filter(about).distinct().order_by("pk"))
 
     @cached_property
     def file_titles(self) -> dict[int, str]:
@@ -230,12 +237,48 @@ def link_entries(facts: Facts) -> Iterable[Entry]:
             yield Entry(link.revoked_at, "link", title, "", "", WARNING)
 
 
+#: Each kind of email, in the timeline's words.
+EMAIL_KINDS: dict[str, Any] = {
+    OutboundEmail.Kind.DELIVERY: _("Delivery email"),
+    OutboundEmail.Kind.RESEND: _("Links sent again (the buyer asked)"),
+    OutboundEmail.Kind.DESK: _("Delivery email from the shop desk"),
+}
+
+
 def email_entries(facts: Facts) -> Iterable[Entry]:
-    """Emails to the buyer. Today only the first delivery email's time is recorded; the email
-    outbox's rows (sent, failed, retried) replace this source."""
+    """Emails to the buyer, as the email outbox recorded them: sent, waiting for another
+    attempt (with the last error), failed for good, or not sent (and why)."""
+    emails = facts.emails
     sent = facts.purchase.delivery_email_sent_at
-    if sent is not None:
+    if sent is not None and not any(e.kind == OutboundEmail.Kind.DELIVERY for e in emails):
+        # A delivery email sent before the outbox kept its emails.
         yield Entry(sent, "email", str(_("Delivery email sent")), "", str(_("system")), OK)
+    for email in emails:
+        yield email_entry(email)
+
+
+def email_entry(email: OutboundEmail) -> Entry:
+    """One email's line: what became of it, and when."""
+    values = {"kind": EMAIL_KINDS.get(email.kind, email.get_kind_display())}
+    tried = ngettext("after %(n)s attempt", "after %(n)s attempts", email.attempts) % {
+        "n": email.attempts
+    }
+    last = email.last_attempt_at or email.created_at
+    status = OutboundEmail.Status
+    if email.status == status.SENT:
+        at, title, detail, level = (email.sent_at or last), _("%(kind)s sent"), "", OK
+        detail = tried if email.attempts > 1 else ""
+    elif email.status == status.FAILED:
+        title, level = _("%(kind)s NOT sent: every attempt failed"), ERROR
+        at, detail = last, f"{tried}: {email.last_error}"
+    elif email.status == status.CANCELLED:
+        at, title, detail, level = last, _("%(kind)s not sent"), email.last_error, INFO
+    elif email.attempts:
+        title, level = _("%(kind)s not sent yet, tried again automatically"), WARNING
+        at, detail = last, f"{tried}: {email.last_error}"
+    else:
+        at, title, detail, level = email.created_at, _("%(kind)s waiting to be sent"), "", INFO
+    return Entry(at, "email", str(title) % values, detail, str(_("system")), level)
 
 
 #: DownloadEvent outcomes in the shop's words, and their level.

@@ -108,8 +108,38 @@ def warnings(numbers: stats.ShopStats, events_url: str) -> list[dict[str, str]]:
                 "url": events_url + "?retrying=retrying" if events_url else "",
             }
         )
+    found.extend({"text": text, "url": ""} for text in _email_warnings(numbers))
     if numbers.cluster_stale:
         found.append({"text": _cluster_warning(numbers), "url": ""})
+    return found
+
+
+def _email_warnings(numbers: stats.ShopStats) -> list[str]:
+    """Emails to buyers the outbox gave up on, and those waiting for another attempt (each is a
+    buyer waiting, so one is worth saying)."""
+    found = []
+    if numbers.failed_emails:
+        found.append(
+            ngettext(
+                "%(n)s email to a buyer failed every attempt and will not be retried: its "
+                "purchase's timeline says why. Fix the cause, then resend it from the shop desk.",
+                "%(n)s emails to buyers failed every attempt and will not be retried: their "
+                "purchases' timelines say why. Fix the cause, then resend them from the shop desk.",
+                numbers.failed_emails,
+            )
+            % {"n": numbers.failed_emails}
+        )
+    if numbers.retrying_emails:
+        found.append(
+            ngettext(
+                "%(n)s email to a buyer could not be sent yet and is being retried (mail server "
+                "down?).",
+                "%(n)s emails to buyers could not be sent yet and are being retried (mail server "
+                "down?).",
+                numbers.retrying_emails,
+            )
+            % {"n": numbers.retrying_emails}
+        )
     return found
 
 

@@ -39,7 +39,7 @@ from wagtail.admin.widgets.button import HeaderButton
 from wagtail.permissions import policy_registry
 
 from .. import currencies, desk, links, permissions, timeline
-from ..models import DownloadLink, ProductPageMixin, Purchase
+from ..models import DownloadLink, OutboundEmail, ProductPageMixin, Purchase
 from .export import FormulaSafeExportMixin
 
 S = Purchase.Status
@@ -366,9 +366,6 @@ class PurchaseActionView(PermissionCheckedMixin, WagtailAdminTemplateMixin, Form
         except desk.NotApplicable as refused:
             messages.error(self.request, str(refused))
             return redirect(self.inspect_url)
-        except desk.EmailNotSent as failed:
-            form.add_error(None, str(failed))
-            return self.form_invalid(form)
         return response or redirect(self.inspect_url)
 
     def act(self, form: forms.Form) -> HttpResponse | None:
@@ -376,6 +373,24 @@ class PurchaseActionView(PermissionCheckedMixin, WagtailAdminTemplateMixin, Form
 
     def success(self, message: Any, **values: Any) -> None:
         messages.success(self.request, str(message) % values if values else str(message))
+
+    def emailed(self, link: DownloadLink, sent_message: Any) -> None:
+        """Tell the editor how the desk's email of ``link`` went: sent (``sent_message``), or
+        not yet (it is retried on its own; the timeline shows when it goes)."""
+        email = desk.emailed(link)
+        values = {"link": link.pk, "email": self.object.email}
+        if email is not None and email.status == OutboundEmail.Status.SENT:
+            self.success(sent_message, **values)
+        elif email is not None and email.attempts:
+            values["error"] = email.last_error
+            message = _(
+                "Link #%(link)s issued, but the email to %(email)s could not be sent yet "
+                "(%(error)s). It is tried again automatically; the timeline shows when it goes."
+            )
+            messages.warning(self.request, str(message) % values)
+        else:
+            message = _("Link #%(link)s issued; the email to %(email)s is on its way.")
+            self.success(message, **values)
 
 
 class ResendView(PurchaseActionView):
@@ -389,11 +404,7 @@ class ResendView(PurchaseActionView):
 
     def act(self, form: forms.Form) -> HttpResponse | None:
         issued = desk.resend_delivery_email(self.object, user=self.request.user)
-        self.success(
-            _("Delivery email sent to %(email)s with link #%(link)s."),
-            email=self.object.email,
-            link=issued.link.pk,
-        )
+        self.emailed(issued.link, _("Delivery email sent to %(email)s with link #%(link)s."))
         return None
 
 
@@ -429,11 +440,7 @@ class IssueLinkView(PurchaseActionView):
             send_email=send,
         )
         if send:
-            self.success(
-                _("Link #%(link)s issued and emailed to %(email)s."),
-                link=issued.link.pk,
-                email=self.object.email,
-            )
+            self.emailed(issued.link, _("Link #%(link)s issued and emailed to %(email)s."))
             return None
         # Shown once, in this response only: not in a message (stored in the session or a
         # cookie), not in the log.
@@ -570,11 +577,7 @@ class CorrectEmailView(PurchaseActionView):
             send_link=send,
         )
         if issued is not None:
-            self.success(
-                _("Address corrected; link #%(link)s sent to %(email)s."),
-                link=issued.link.pk,
-                email=self.object.email,
-            )
+            self.emailed(issued.link, _("Address corrected; link #%(link)s sent to %(email)s."))
         else:
             self.success(_("Address corrected."))
         return None

@@ -1,5 +1,6 @@
 from .copy import DeliveryCopy
 from .events import ClusterHeartbeat, ReconcileMark, StripeEvent
+from .outbox import OutboundEmail
 from .pages import AbstractProductFile, ProductPageMixin
 from .purchases import DownloadEvent, DownloadHandoff, DownloadLink, FileDownloadCount, Purchase
 
@@ -11,6 +12,7 @@ __all__ = [
     "DownloadHandoff",
     "DownloadLink",
     "FileDownloadCount",
+    "OutboundEmail",
     "ProductPageMixin",
     "Purchase",
     "ReconcileMark",

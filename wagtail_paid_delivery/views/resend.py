@@ -13,6 +13,7 @@ Two limits keep it from being a mail cannon, both counted by the app's one limit
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 from django.contrib.auth.decorators import login_not_required
@@ -36,8 +37,10 @@ RESEND_TASK_GROUP = "wagtail_paid_delivery.resend"
 def enqueue_resend(email: str, product_id: int | None) -> None:
     from django_q.tasks import async_task
 
-    # Nothing was written in this request, so there is no commit to wait for.
-    async_task(RESEND_TASK, email, product_id, group=RESEND_TASK_GROUP)
+    # Nothing was written in this request, so there is no commit to wait for. The request id
+    # makes the task, should the broker run it twice, one email.
+    request_id = uuid.uuid4().hex
+    async_task(RESEND_TASK, email, product_id, request_id, group=RESEND_TASK_GROUP)
 
 
 def _form_context(form: ResendForm, product: Any, **extra: Any) -> dict[str, Any]:

@@ -1,0 +1,494 @@
+"""The email outbox: every email the app promises is a row, sent at least once, retried by us.
+
+A promise (``OutboundEmail``) records *what* to send: its kind, the purchase(s) it is about, the
+recipient, and a Message-ID fixed when it is made; never a rendered body or a raw token. Each
+attempt (:func:`attempt`):
+
+1. claims the row with a conditional UPDATE that counts the attempt and leases the row
+   (``next_attempt_at`` moves past the longest a task may run), so two workers, or a task and
+   the sweep, never send one row at once;
+2. issues the message's download links in their own transaction, and renders the message;
+3. sends it, outside any transaction and with no row lock held (a slow mail server blocks
+   nobody: not the purchase, not the webhook, not the admin);
+4. records the outcome: ``sent``; or, when sending failed, the error and the next attempt time
+   (exponential backoff), after revoking the links it had issued. After ``MAX_EMAIL_ATTEMPTS``
+   the row is ``failed``, logged at ERROR, and stays for the shop owner to see.
+
+Retrying is ours, not the broker's: with ``ack_failures`` (which check W003 asks for) django-q2
+drops a failed task, and its Redis broker never re-delivers one. :func:`sweep`, scheduled every
+minute, enqueues the rows whose next attempt is due, and rows whose first task was lost (still
+untried ``STUCK_AFTER`` after they were promised).
+
+At least once: a worker that dies after the mail server took the message but before the row
+says ``sent`` sends it again once its lease runs out, with the same Message-ID, so mail clients
+show it once. A failed attempt never sent anything (the server refused it), so its retry does
+not send twice.
+
+Kinds: ``KINDS`` says, for each kind, which links its message carries and how it is rendered:
+the delivery email and a resend issue new links at each attempt; the shop desk's email sends the
+link an editor issued, with a new token at each attempt (``links.rekey_link``).
+A new kind (a failed-payment notice, say) is an ``OutboundEmail.Kind`` choice, one entry in
+``KINDS`` and a function that records the promise. See docs/architecture.md, "Emails".
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from email.utils import make_msgid, parseaddr
+
+from django.conf import settings
+from django.core.mail import EmailMultiAlternatives
+from django.core.mail.utils import DNS_NAME
+from django.db import IntegrityError, transaction
+from django.db.models import F, Q, QuerySet
+from django.utils import timezone
+
+from . import delivery, links, retry
+from .conf import app_settings
+from .models import DownloadLink, OutboundEmail, Purchase
+
+logger = logging.getLogger(__name__)
+
+#: The django-q2 task that makes one attempt (queued tasks store this path).
+TASK = "wagtail_paid_delivery.tasks.send_email"
+TASK_GROUP = "wagtail_paid_delivery.emails"
+
+#: A promised email still untried this long after it was made lost its task (cluster down, the
+#: broker lost it, the process died before enqueueing): the sweep enqueues it.
+STUCK_AFTER = timedelta(minutes=5)
+#: Emails the sweep enqueues per run; the rest wait for the next minute.
+SWEEP_BATCH = 200
+#: Purchases listed in one resend email at most (the most recent first).
+RESEND_MAX_PURCHASES = 50
+
+Kind = OutboundEmail.Kind
+Status = OutboundEmail.Status
+
+
+class NothingToSend(Exception):
+    """The promise no longer stands: its purchase is not paid any more, or no address is known.
+
+    The email is cancelled, not retried.
+    """
+
+
+# Kinds -----------------------------------------------------------------------------------------
+
+
+def _revoke(issued: list[links.IssuedLink]) -> None:
+    for one in issued:
+        links.revoke_link(one.link)
+
+
+@dataclass(frozen=True)
+class EmailKind:
+    """How one kind of email is made at each attempt."""
+
+    #: Issue the links the message carries, in one transaction; raise NothingToSend.
+    issue: Callable[[OutboundEmail], list[links.IssuedLink]]
+    #: The message, from the promise and the links just issued.
+    render: Callable[[OutboundEmail, list[links.IssuedLink]], EmailMultiAlternatives]
+    #: Called once the email is sent (with the time), e.g. to mark the purchase.
+    on_sent: Callable[[OutboundEmail, datetime], None] | None = None
+    #: What becomes of a failed attempt's links: revoked, so no copy a failed send left
+    #: anywhere (a mail server's queue, a log) opens anything.
+    discard: Callable[[list[links.IssuedLink]], None] = _revoke
+
+
+def _issue_delivery(email: OutboundEmail) -> list[links.IssuedLink]:
+    purchase = email.purchase
+    if purchase is None:
+        raise NothingToSend("the purchase no longer exists")
+    if purchase.status != Purchase.Status.PAID:
+        raise NothingToSend(f"the purchase is {purchase.status}")
+    with transaction.atomic():
+        return [links.issue_link(purchase, reason=DownloadLink.Reason.WEBHOOK)]
+
+
+def _render_delivery(
+    email: OutboundEmail, issued: list[links.IssuedLink]
+) -> EmailMultiAlternatives:
+    return delivery.build_delivery_email(issued[0].link.purchase, issued[0], to=email.to)
+
+
+def _delivery_sent(email: OutboundEmail, now: datetime) -> None:
+    if email.purchase_id is not None:
+        Purchase.objects.filter(pk=email.purchase_id, delivery_email_sent_at=None).update(
+            delivery_email_sent_at=now, updated_at=now
+        )
+
+
+def _issue_desk(email: OutboundEmail) -> list[links.IssuedLink]:
+    # The editor's link, with a token of its own for this attempt.
+    purchase, link = email.purchase, email.link
+    if purchase is None or link is None:
+        raise NothingToSend("the purchase or its link no longer exists")
+    if purchase.status != Purchase.Status.PAID:
+        raise NothingToSend(f"the purchase is {purchase.status}")
+    with transaction.atomic():
+        issued = links.rekey_link(link)
+    if issued is None:
+        raise NothingToSend(f"link #{link.pk} was revoked")
+    return [issued]
+
+
+def _desk_sent(email: OutboundEmail, now: datetime) -> None:
+    if email.purchase_id is None:
+        return
+    # The buyer has their delivery email now: one still waiting for a retry would be a second.
+    OutboundEmail.objects.filter(
+        kind=Kind.DELIVERY, purchase_id=email.purchase_id, status=Status.PENDING
+    ).update(status=Status.CANCELLED, last_error=f"sent from the shop desk instead (#{email.pk})")
+    _delivery_sent(email, now)
+
+
+def _forget_tokens(issued: list[links.IssuedLink]) -> None:
+    # The link is the editor's and stays; only the token a failed attempt carried must die.
+    for one in issued:
+        links.rekey_link(one.link)
+
+
+def _issue_resend(email: OutboundEmail) -> list[links.IssuedLink]:
+    # Purchases refunded or disputed since the request are left out; none left: nothing to send.
+    paid = list(
+        email.purchases.filter(status=Purchase.Status.PAID)
+        .select_related("product")
+        .order_by("-paid_at", "-pk")
+    )
+    if not paid:
+        raise NothingToSend("none of its purchases is paid any more")
+    with transaction.atomic():
+        return [links.issue_link(p, reason=DownloadLink.Reason.RESEND) for p in paid]
+
+
+def _render_resend(email: OutboundEmail, issued: list[links.IssuedLink]) -> EmailMultiAlternatives:
+    return delivery.build_links_email(email.to, issued)
+
+
+#: Each kind of email: which links it carries, how it is rendered, what its sending marks.
+KINDS: dict[str, EmailKind] = {
+    Kind.DELIVERY: EmailKind(_issue_delivery, _render_delivery, _delivery_sent),
+    Kind.RESEND: EmailKind(_issue_resend, _render_resend),
+    Kind.DESK: EmailKind(_issue_desk, _render_delivery, _desk_sent, _forget_tokens),
+}
+
+
+# Promises --------------------------------------------------------------------------------------
+
+
+def new_message_id() -> str:
+    """A Message-ID for a new email, on the domain of ``DEFAULT_FROM_EMAIL`` (else this host's)."""
+    address = parseaddr(str(settings.DEFAULT_FROM_EMAIL))[1]
+    domain = address.rpartition("@")[2] or str(DNS_NAME)
+    return make_msgid(domain=domain[:200])
+
+
+def promise(
+    kind: str,
+    *,
+    to: str,
+    purchase: Purchase | None = None,
+    purchases: list[Purchase] | None = None,
+    link: DownloadLink | None = None,
+    key: str | None = None,
+) -> tuple[OutboundEmail, bool]:
+    """Record an email to send; returns it and whether it is new.
+
+    Promised twice (the same kind for the same ``purchase``, or the same request ``key``), the
+    first promise is returned and nothing new is made: the unique constraints decide, so two
+    callers at once get one row. Inside a transaction, the promise commits (or not) with it.
+    """
+    try:
+        with transaction.atomic():
+            email = OutboundEmail.objects.create(
+                kind=kind,
+                to=to or "",
+                purchase=purchase,
+                link=link,
+                idempotency_key=key,
+                message_id=new_message_id(),
+            )
+            if purchases:
+                email.purchases.set(purchases)
+    except IntegrityError:
+        existing = _promised(kind, purchase, key)
+        if existing is None:
+            raise
+        return existing, False
+    return email, True
+
+
+def _promised(kind: str, purchase: Purchase | None, key: str | None) -> OutboundEmail | None:
+    if key:
+        return OutboundEmail.objects.filter(idempotency_key=key).first()
+    if purchase is not None:
+        return OutboundEmail.objects.filter(kind=kind, purchase=purchase).first()
+    return None
+
+
+def promise_delivery(purchase: Purchase) -> OutboundEmail:
+    """The delivery email of a paid purchase, promised once.
+
+    ``fulfillment`` calls this in the transaction that marks the purchase paid, so a paid
+    purchase always has its email recorded, whatever becomes of the task that sends it.
+    """
+    email, _ = promise(Kind.DELIVERY, to=purchase.email, purchase=purchase)
+    return email
+
+
+def deliver_purchase(purchase_pk: int) -> str:
+    """Send the delivery email of a paid purchase, once; returns the outcome.
+
+    The ``purchase_paid`` task. The email is promised if it was not yet (``purchase_paid``
+    told by other code than ``fulfillment``), then attempted. A purchase told paid twice has one
+    email: the second run finds it sent (``already_sent``) or being sent (``waiting``).
+    """
+    email = OutboundEmail.objects.filter(kind=Kind.DELIVERY, purchase_id=purchase_pk).first()
+    if email is None:
+        purchase = Purchase.objects.filter(pk=purchase_pk).first()
+        if purchase is None:
+            logger.warning("Delivery email: purchase %s no longer exists", purchase_pk)
+            return "missing"
+        if purchase.delivery_email_sent_at is not None:
+            return "already_sent"  # its record may be gone (RETENTION["emails"])
+        if purchase.status != Purchase.Status.PAID:
+            return f"not_paid ({purchase.status})"
+        email = promise_delivery(purchase)
+    return attempt(email.pk)
+
+
+def promise_desk_email(purchase: Purchase, link: DownloadLink) -> OutboundEmail:
+    """The delivery email of ``purchase`` with ``link`` (an editor just issued it), sent as soon
+    as the caller's transaction commits (:func:`attempt_on_commit`), never while it holds the
+    purchase's row lock; retried like every email."""
+    email, _ = promise(Kind.DESK, to=purchase.email, purchase=purchase, link=link)
+    attempt_on_commit(email.pk)
+    return email
+
+
+def resend_links(address: str, product_id: int | None = None, request_id: str = "") -> str:
+    """Email fresh links (reason RESEND) for the paid purchases of ``address``; returns the
+    outcome.
+
+    One message lists every paid purchase of the address (or only those of ``product_id``),
+    sent to the address on record (the buyer's own spelling, not the one typed into the form).
+    An address with none gets nothing, and nothing is recorded. ``request_id`` (the view makes
+    one per accepted request) makes a task run twice by the broker one email.
+    """
+    address = (address or "").strip()
+    if not address:
+        return "no_email"
+    purchases = Purchase.objects.filter(email__iexact=address, status=Purchase.Status.PAID)
+    if product_id is not None:
+        purchases = purchases.filter(product_id=product_id)
+    found = list(purchases.order_by("-paid_at", "-pk")[:RESEND_MAX_PURCHASES])
+    if not found:
+        return "nothing"
+    key = f"resend:{request_id}"[:64] if request_id else None
+    email, _ = promise(Kind.RESEND, to=found[0].email, purchases=found, key=key)
+    outcome = attempt(email.pk)
+    return f"sent {len(found)}" if outcome == "sent" else outcome
+
+
+# Attempts --------------------------------------------------------------------------------------
+
+
+def claim(email_pk: int, token: str | None = None) -> OutboundEmail | None:
+    """Take a pending email for one attempt, or None when it is not ours to send now.
+
+    A conditional UPDATE (race-safe on every database): the email must be pending and either
+    unleased, due, or leased to us (the sweep passes the lease it wrote as ``token``). The claim
+    counts the attempt and leases the row, and it commits before anything is sent.
+    """
+    now = timezone.now()
+    free = Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now)
+    if token:
+        with contextlib.suppress(ValueError):
+            free |= Q(next_attempt_at=datetime.fromisoformat(token))
+    claimed = (
+        OutboundEmail.objects.filter(pk=email_pk, status=Status.PENDING)
+        .filter(free)
+        .update(
+            attempts=F("attempts") + 1, next_attempt_at=now + retry.lease(), last_attempt_at=now
+        )
+    )
+    if not claimed:
+        return None
+    return OutboundEmail.objects.select_related("purchase__product").get(pk=email_pk)
+
+
+def attempt(email_pk: int, token: str | None = None) -> str:
+    """Try to send a promised email once; returns the outcome (also recorded on the row).
+
+    Never raises for a failed send: the failure is recorded and the sweep tries again, which
+    is how it works with every broker. Call it outside a transaction (tasks are): the claim
+    must commit before the mail server is called.
+    """
+    email = claim(email_pk, token)
+    if email is None:
+        return _why_not_claimed(email_pk)
+    issued: list[links.IssuedLink] = []
+    try:
+        kind = KINDS[email.kind]
+        if not email.to:
+            raise NothingToSend("no email address")
+        issued = kind.issue(email)
+        message = kind.render(email, issued)
+        message.extra_headers["Message-ID"] = email.message_id
+        message.send()
+    except NothingToSend as exc:
+        return _cancel(email, str(exc))
+    except Exception as exc:
+        if issued:
+            # The buyer never got these links' tokens: they must not work for whoever reads a
+            # copy the failed send may have left.
+            KINDS[email.kind].discard(issued)
+        return _record_failure(email, exc)
+    return _record_sent(email, kind)
+
+
+def _why_not_claimed(email_pk: int) -> str:
+    status = OutboundEmail.objects.filter(pk=email_pk).values_list("status", flat=True).first()
+    if status is None:
+        logger.warning("Email %s no longer exists", email_pk)
+        return "missing"
+    if status == Status.SENT:
+        return "already_sent"
+    # Pending: another worker is sending it, or it waits for its next attempt.
+    return "waiting" if status == Status.PENDING else f"skipped ({status})"
+
+
+def _mine(email: OutboundEmail) -> QuerySet[OutboundEmail]:
+    """The row, as long as the lease this attempt took is still ours."""
+    return OutboundEmail.objects.filter(
+        pk=email.pk, status=Status.PENDING, next_attempt_at=email.next_attempt_at
+    )
+
+
+def _record_sent(email: OutboundEmail, kind: EmailKind) -> str:
+    now = timezone.now()
+    # Whoever holds the lease now, the mail is out: record it (a worker that took over after
+    # our lease ran out finds it sent, or sends a copy with the same Message-ID).
+    OutboundEmail.objects.filter(pk=email.pk).exclude(status=Status.SENT).update(
+        status=Status.SENT, sent_at=now, next_attempt_at=None, last_error=""
+    )
+    if kind.on_sent is not None:
+        kind.on_sent(email, now)
+    logger.info("Email %s (%s) sent, attempt %s", email.pk, email.kind, email.attempts)
+    return "sent"
+
+
+def _cancel(email: OutboundEmail, why: str) -> str:
+    _mine(email).update(status=Status.CANCELLED, last_error=why, next_attempt_at=None)
+    logger.warning("Email %s (%s) not sent: %s", email.pk, email.kind, why)
+    return f"cancelled: {why}"
+
+
+def _record_failure(email: OutboundEmail, exc: Exception) -> str:
+    """Mark a claimed email for another attempt with backoff, or failed after the last one."""
+    error = f"{type(exc).__name__}: {exc}"[:2000]
+    attempts = email.attempts
+    max_attempts = int(app_settings.MAX_EMAIL_ATTEMPTS)
+    if attempts >= max_attempts:
+        _mine(email).update(status=Status.FAILED, last_error=error, next_attempt_at=None)
+        logger.error(
+            "Email %s (%s) FAILED for good after %s attempts; the buyer did not get it: %s",
+            email.pk,
+            email.kind,
+            attempts,
+            error,
+        )
+        return f"failed for good after {attempts} attempts"
+    next_attempt = timezone.now() + retry.backoff(
+        attempts,
+        first=app_settings.email_retry_delay,
+        longest=app_settings.email_retry_max_delay,
+    )
+    _mine(email).update(last_error=error, next_attempt_at=next_attempt)
+    logger.warning(
+        "Email %s (%s) failed (attempt %s of %s), retrying at %s: %s",
+        email.pk,
+        email.kind,
+        attempts,
+        max_attempts,
+        next_attempt.isoformat(timespec="seconds"),
+        error,
+    )
+    return f"failed (attempt {attempts} of {max_attempts})"
+
+
+def address_corrected(purchase: Purchase, old: str) -> None:
+    """The buyer's address was corrected from ``old``: emails about the purchase still waiting
+    go to the new address, not the old one (it may be a stranger's); a resend to the old address
+    that lists the purchase is cancelled (it lists that address's other purchases too)."""
+    waiting = OutboundEmail.objects.filter(status=Status.PENDING, to__iexact=old)
+    waiting.filter(purchase=purchase).update(to=purchase.email)
+    why = "the buyer's address was corrected"
+    waiting.filter(kind=Kind.RESEND, purchases=purchase).update(
+        status=Status.CANCELLED, last_error=why, next_attempt_at=None
+    )
+
+
+def attempt_on_commit(email_pk: int) -> None:
+    """Attempt the email right after the current transaction commits, in this process (the
+    shop desk tells its editor at once whether it went); the sweep retries a failure."""
+    transaction.on_commit(lambda: attempt(email_pk))
+
+
+def retry_failed(email_pk: int) -> bool:
+    """Give a failed email a fresh set of attempts, starting now (for the shop owner, once the
+    cause is fixed). Returns whether it was failed."""
+    changed = OutboundEmail.objects.filter(pk=email_pk, status=Status.FAILED).update(
+        status=Status.PENDING, attempts=0, next_attempt_at=None
+    )
+    if changed:
+        transaction.on_commit(lambda: enqueue(email_pk))
+    return bool(changed)
+
+
+# The sweep -------------------------------------------------------------------------------------
+
+
+def enqueue(email_pk: int, *, token: str | None = None) -> None:
+    """Hand an email's attempt to django-q2. A failure to enqueue is logged, not raised: the
+    email is recorded, and the sweep enqueues it again."""
+    from django_q.tasks import async_task
+
+    args: tuple[object, ...] = (email_pk, token) if token else (email_pk,)
+    try:
+        async_task(TASK, *args, group=TASK_GROUP, broker=retry.broker())
+    except Exception:
+        logger.exception("Could not enqueue email %s; the sweep will try again", email_pk)
+
+
+def due_emails(now: datetime | None = None) -> QuerySet[OutboundEmail]:
+    """Pending emails the sweep should start: those whose next attempt (or lease) is due, and
+    those never tried ``STUCK_AFTER`` after they were promised (their task was lost)."""
+    now = now or timezone.now()
+    retry_due = Q(next_attempt_at__lte=now)
+    lost = Q(next_attempt_at__isnull=True, created_at__lte=now - STUCK_AFTER)
+    return OutboundEmail.objects.filter(status=Status.PENDING).filter(retry_due | lost)
+
+
+def sweep() -> str:
+    """Enqueue the emails that are due (oldest promise first); returns a summary for the log.
+
+    Each is first leased with a conditional UPDATE, so two sweeps at once enqueue it once; the
+    task is handed the lease as its token.
+    """
+    now = timezone.now()
+    queued = 0
+    due = due_emails(now).order_by("created_at").values_list("pk", "next_attempt_at")
+    for pk, old in due[:SWEEP_BATCH]:
+        until = now + retry.lease()
+        leased = OutboundEmail.objects.filter(pk=pk, status=Status.PENDING, next_attempt_at=old)
+        if not leased.update(next_attempt_at=until):
+            continue  # another sweep (or a task) got there first
+        enqueue(pk, token=until.isoformat())
+        queued += 1
+    failed = OutboundEmail.objects.filter(status=Status.FAILED).count()
+    return f"queued {queued}; failed for good {failed}"
