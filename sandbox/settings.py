@@ -185,6 +185,12 @@ WAGTAIL_PAID_DELIVERY = {
 # Django's default logging, with download tokens and hand-off signatures redacted from every
 # handler: runserver's access log (django.server) and django.request's "Not Found: /shop/d/…"
 # would otherwise print working download links.
+# Error reports (mail_admins, the 500 page's report) with delivery URLs redacted in every frame's
+# variables, like the log filter below does for log records.
+DEFAULT_EXCEPTION_REPORTER_FILTER = (
+    "wagtail_paid_delivery.log_filters.RedactingExceptionReporterFilter"
+)
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,

@@ -506,3 +506,34 @@ def test_key_shape_checks_stay_quiet_without_credentials():
     with override_settings(WAGTAIL_PAID_DELIVERY={}):
         ids = our_ids(deploy=True)
     assert not {"E030", "E031", "E032", "E033", "W030"} & {i.split(".")[1] for i in ids}
+
+
+# DELIVERY_PAGE_CSP (E027) ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"script-src": ["'self'"]},  # scripts run only with the page's nonce
+        {"connect-src": ["'self'"]},
+        {"style-src": "'self'"},  # a string, not a list
+        {"img-src": ["'self'; script-src *"]},  # would end the directive
+        {"font-src": ["https://fonts.example, https://evil.example"]},
+        {"style-src": ["'nonce-fixed'"]},  # a fixed nonce is no nonce
+        {"img-src": ["'self'", None]},
+        ["'self'"],
+    ],
+)
+def test_e027_delivery_page_csp_allows_only_style_font_and_image_sources(value):
+    with _with(DELIVERY_PAGE_CSP=value):
+        assert our_ids() == ["wagtail_paid_delivery.E027"]
+
+
+def test_e027_accepts_sources_a_site_layout_needs():
+    value = {
+        "style-src": ["'self'", "https://fonts.googleapis.com", "'unsafe-inline'"],
+        "font-src": ["'self'", "https://fonts.gstatic.com", "data:"],
+        "img-src": ["'self'", "https:", "data:", "'sha256-abc+/=='"],
+    }
+    with _with(DELIVERY_PAGE_CSP=value):
+        assert our_ids() == []

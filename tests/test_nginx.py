@@ -50,13 +50,7 @@ DATA = bytes(range(256)) * 1200  # 300 KiB
 
 #: The site-owner configuration (README), formatted with the paths and ports of this run.
 SITE_CONFIG = """
-    # Access log without tokens: the path of download and hand-off URLs is replaced.
-    map $request_uri $wpd_loggable_uri {{
-        default $request_uri;
-        "~^(?<wpd_a>.*/d/(h/)?)[^/?]+(?<wpd_b>.*)$" "${{wpd_a}}[redacted]${{wpd_b}}";
-    }}
-    log_format wpd_redacted '$remote_addr [$time_local] "$request_method $wpd_loggable_uri" '
-                            '$status $body_bytes_sent';
+    {log_config}
 
     server {{
         listen 127.0.0.1:{port};
@@ -80,6 +74,14 @@ SITE_CONFIG = """
         }}
     }}
 """
+
+
+def readme_log_config() -> str:
+    """The README's access-log configuration (its maps and log_format), verbatim."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    block = readme.split("# An access log without tokens", 1)[1].split("\nserver {", 1)[0]
+    return "# An access log without tokens" + block
+
 
 MAIN_CONFIG = """
 {user}
@@ -119,7 +121,9 @@ def nginx(live_server, tmp_path):
     mime_types = Path(binary).resolve().parent.parent.parent / "etc" / "nginx" / "mime.types"
     if not mime_types.exists():
         mime_types = Path("/etc/nginx/mime.types")
-    site = SITE_CONFIG.format(port=port, tmp=tmp_path, root=root, upstream=upstream)
+    site = SITE_CONFIG.format(
+        port=port, tmp=tmp_path, root=root, upstream=upstream, log_config=readme_log_config()
+    )
     config = MAIN_CONFIG.format(
         # As root, nginx's workers would switch to "nobody", who cannot read the test's files.
         user="user root;" if os.geteuid() == 0 else "",
@@ -393,3 +397,76 @@ def test_parallel_first_requests_through_nginx_at_the_limit(nginx, home):
     assert len(served) == 2
     assert all(status == 410 for status, _ in results if status not in (200, 206))
     assert counted(issued, file) == 2
+
+
+def raw_request(base_url: str, request_line: str, *headers: str) -> bytes:
+    """Send ``request_line`` byte for byte (urllib would normalise an absolute-form target)."""
+    host, port = base_url.split("//", 1)[1].split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        head = "\r\n".join([request_line, f"Host: {host}", *headers, "Connection: close"])
+        sock.sendall((head + "\r\n\r\n").encode("latin-1"))
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def test_access_log_redacts_every_delivery_shape(nginx, bought, app_log):
+    """The README's map + log_format against the shapes and encodings a token can take."""
+    issued, file = bought
+    token = issued.token
+    signed = press(issued, file).rsplit("/d/h/", 1)[1].strip("/")
+    port = nginx.url.rsplit(":", 1)[1]
+    targets = [
+        f"/shop/d/{token}/",
+        f"/shop/d/{token}/{file.pk}/",
+        f"/shop/d/h/{signed}/",
+        f"/shop/d%2F{token}/",
+        f"/shop/d%2f{token}/",
+        f"/shop%2Fd%2F{token}%2F",
+        f"/shop/%64/{token}/",
+        f"/shop/%44/{token}/",
+        f"/shop/d%252F{token}/",
+        f"/shop/d%25252F{token}/",
+        f"/shop/%2564/{token}/",
+        f"/shop/d/%68/{signed}/",
+        f"/shop/d%2Fh%2F{signed}%2F",
+        f"/shop/D/H/{signed}/",
+        f"/shop/d/{token[:12]}",  # truncated
+        f"/shop/d/%20{token}/",  # pasted from a wrapped plain-text email
+        f"/shop//d//{token}/",
+        f"/shop/./d/./{token}/",
+        f"/shop/d/%2E/%2F{token}/",
+        f"/shop/d/{token}/?again=/shop/d/{token}/",  # two: cut from the first
+        f"/shop/thanks/?next=%2Fshop%2Fd%2F{token}%2F&x=1",
+        f"/shop/thanks/?next=/shop/d/h/{signed}/",
+        f"http://127.0.0.1:{port}/shop/d/{token}/",  # absolute form
+    ]
+    referers = [
+        f"http://127.0.0.1:{port}/shop/d/{token}/",
+        f"https://shop.example/shop/d%2F{token}/",
+        f"https://shop.example/shop/d/h/{signed}/?q=1",
+    ]
+    for n, target in enumerate(targets):
+        answer = raw_request(
+            nginx.url, f"GET {target} HTTP/1.1", f"Referer: {referers[n % len(referers)]}"
+        )
+        assert answer.startswith(b"HTTP/1.1 "), answer[:100]
+
+    time.sleep(0.3)
+    access = (nginx.tmp / "access.log").read_text().splitlines()
+    assert len(access) == len(targets)
+    for line in access:
+        assert "[redacted]" in line, line
+        for secret in (token, signed):
+            for i in range(len(secret) - 7):
+                assert secret[i : i + 8] not in line, line
+    # What stays readable: the prefix, the file id, a clean query, the status.
+    assert any(f'"GET /shop/d/[redacted]/{file.pk}/" 405' in line for line in access)
+    assert any('"GET /shop/d/h/[redacted]/" 200' in line for line in access)
+    assert any("/shop/thanks/?next=%2Fshop%2Fd%2F[redacted]%2F&x=1" in line for line in access)
+    assert any('"GET /shop/d/[redacted]" 200' in line for line in access)  # the two-token line
+
+    log = "\n".join(app_log)  # and the app's own log behind nginx
+    for i in range(len(token) - 7):
+        assert token[i : i + 8] not in log

@@ -495,6 +495,35 @@ def test_run_serves_the_shop_and_never_a_private_file(running_sandbox):
         assert status in (302, 404)
 
 
+def test_runservers_access_log_holds_no_token(running_sandbox):
+    """The sandbox's LOGGING (RedactTokensFilter on every handler) against a real runserver."""
+    base = running_sandbox.sandbox.base_url
+    token = "Tk9_-" * 8 + "xyz"
+    signed = "eyJsIjoxLCJmIjoyfQ:1uAbCd:Zm9vYmFyYmF6cXV4"
+    paths = [
+        f"/shop/d/{token}/",
+        f"/shop/d%2F{token}/",
+        f"/shop/%64/{token}/",
+        f"/shop/d%252F{token}/",
+        f"/shop/D/{token}/",
+        f"/shop/d/{token[:15]}/",
+        f"/shop/d/h/{signed}/",
+        f"/shop/d/%68/{signed}/",
+        f"/shop/thanks/?next=%2Fshop%2Fd%2F{token}%2F",
+    ]
+    for path in paths:
+        get(base + path, retries=3)
+    deadline = time.monotonic() + 10
+    while running_sandbox.output.count("[redacted]") < len(paths):
+        assert time.monotonic() < deadline, running_sandbox.output[-3000:]
+        time.sleep(0.2)
+    output = running_sandbox.output
+    for secret in (token, signed):
+        for i in range(len(secret) - 7):
+            assert secret[i : i + 8] not in output, secret[i : i + 8]
+    assert '"GET /shop/d/[redacted]/ HTTP/1.1" 404' in output
+
+
 def test_ctrl_c_stops_runserver_and_qcluster_with_nothing_left(sandbox):
     running = RunningSandbox(sandbox)
     try:

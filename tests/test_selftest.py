@@ -16,7 +16,9 @@ from wagtail_paid_delivery import inbox
 from wagtail_paid_delivery.models import StripeEvent
 from wagtail_paid_delivery.schedules import ensure_schedules
 
-pytestmark = pytest.mark.django_db(transaction=True)
+# live_server flushes the database afterwards: restore the migrated rows (root page, content
+# types, the default copy) as every transactional test here does.
+pytestmark = pytest.mark.django_db(transaction=True, serialized_rollback=True)
 
 
 @pytest.fixture

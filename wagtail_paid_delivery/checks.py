@@ -457,7 +457,7 @@ def check_delivery_settings(**kwargs: Any) -> list[CheckMessage]:
         limits = {k: getattr(app_settings, k) for k in RATE_LIMIT_KEYS}
     except Exception:  # reported by check_settings
         return []
-    messages: list[CheckMessage] = []
+    messages: list[CheckMessage] = check_delivery_page_csp()
     if backend not in BACKENDS:
         messages.append(
             Error(
@@ -508,6 +508,23 @@ def check_delivery_settings(**kwargs: Any) -> list[CheckMessage]:
                 )
             )
     return messages
+
+
+def check_delivery_page_csp() -> list[CheckMessage]:
+    """DELIVERY_PAGE_CSP: only style, font and image sources, each a valid source expression."""
+    try:
+        app_settings.delivery_page_csp  # noqa: B018 (validates)
+    except ImproperlyConfigured as error:
+        return [
+            Error(
+                str(error),
+                hint="For example {'style-src': [\"'self'\", 'https://fonts.googleapis.com'], "
+                "'font-src': [\"'self'\", 'https://fonts.gstatic.com']}. Scripts are allowed "
+                "only with the page's nonce (README, 'Pages that show a token').",
+                id=f"{ID}.E027",
+            )
+        ]
+    return []
 
 
 #: Every rate limit setting: (requests, seconds) or None (E023).

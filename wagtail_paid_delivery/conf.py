@@ -7,6 +7,7 @@ time, and the cache is dropped on ``setting_changed`` so ``override_settings`` w
 from __future__ import annotations
 
 import hashlib
+import re
 from datetime import timedelta
 from typing import Any
 
@@ -105,6 +106,12 @@ DEFAULTS: dict[str, Any] = {
     "NGINX_INTERNAL_PREFIX": "/_paid_files/",
     # s3/presigned: seconds a presigned URL stays valid; only long enough to follow the redirect.
     "PRESIGNED_URL_LIFETIME": 30,
+    # Pages that show a token (download page, refused and hand-off error pages, the success page
+    # with its link, the library) send a strict Content-Security-Policy: scripts run only with
+    # the response's nonce. These are the sources they may load styles, fonts and images from
+    # (CSP source expressions; a missing key means ["'self'"]). STATIC_URL's origin (and
+    # MEDIA_URL's, for images) is added when it is another host. Scripts cannot be allowed here.
+    "DELIVERY_PAGE_CSP": {},
     # A download counts on the first request served on its hand-off (one button press). Later
     # requests on the same hand-off (resuming, a player's probe then fetch) are free for this
     # long after that count (timedelta or seconds); after it they count like a new download.
@@ -142,6 +149,16 @@ RETENTION_MINIMUMS: dict[str, timedelta] = {
     "unpaid_purchases": timedelta(days=1),
     "emails": timedelta(days=1),
 }
+
+#: The directives ``DELIVERY_PAGE_CSP`` may set, each ``'self'`` unless set.
+PAGE_CSP_DIRECTIVES = ("style-src", "font-src", "img-src")
+
+#: A source expression a site may allow: a host or scheme source, or one of these keywords or a
+#: hash. Nothing with whitespace, ";" or ",", which would end the directive or the policy.
+_CSP_SOURCE = re.compile(
+    r"(?:[^\s;,'\"]+|'(?:self|none|unsafe-inline|unsafe-hashes)'"
+    r"|'sha(?:256|384|512)-[A-Za-z0-9+/_-]+={0,2}')"
+)
 
 #: The keys ``CHECKOUT_OPTIONS`` accepts, with the type each value must have.
 CHECKOUT_OPTION_TYPES: dict[str, tuple[type, ...]] = {
@@ -223,6 +240,32 @@ class PaidDeliverySettings:
     @property
     def event_retry_max_delay(self) -> timedelta:
         return _as_timedelta(self.EVENT_RETRY_MAX_DELAY)
+
+    @property
+    def delivery_page_csp(self) -> dict[str, list[str]]:
+        """``DELIVERY_PAGE_CSP`` checked, with ``'self'`` for each directive it does not set."""
+        value = self.DELIVERY_PAGE_CSP or {}
+        key = f"{SETTINGS_NAME}['DELIVERY_PAGE_CSP']"
+        if not isinstance(value, dict):
+            raise ImproperlyConfigured(f"{key} must be a dict of directive: [sources].")
+        unknown = sorted(set(value) - set(PAGE_CSP_DIRECTIVES))
+        if unknown:
+            raise ImproperlyConfigured(
+                f"{key} sets {', '.join(map(repr, unknown))}; it may set only "
+                f"{', '.join(PAGE_CSP_DIRECTIVES)} (scripts run only with the page's nonce)."
+            )
+        sources: dict[str, list[str]] = {}
+        for directive in PAGE_CSP_DIRECTIVES:
+            listed = value.get(directive, ["'self'"])
+            if isinstance(listed, str) or not isinstance(listed, (list, tuple)):
+                raise ImproperlyConfigured(f"{key}[{directive!r}] must be a list of sources.")
+            bad = [s for s in listed if not isinstance(s, str) or not _CSP_SOURCE.fullmatch(s)]
+            if bad:
+                raise ImproperlyConfigured(
+                    f"{key}[{directive!r}] has invalid sources: {', '.join(map(repr, bad))}."
+                )
+            sources[directive] = list(listed)
+        return sources
 
     @property
     def rate_limit_cache(self) -> str:

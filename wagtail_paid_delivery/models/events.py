@@ -68,6 +68,8 @@ class ReconcileMark(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name}: {self.listed_until.isoformat(timespec='seconds')}"
+
+
 class ClusterHeartbeat(models.Model):
     """When a task cluster last ran the app's every-minute sweep (``heartbeat.beat``).
 

@@ -17,7 +17,7 @@ The flow for one request on a hand-off URL (docs/architecture.md, "What counts a
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import datetime
 
 from django.http import HttpRequest, HttpResponse
@@ -38,7 +38,7 @@ from .ranges import (
     parse_range,
 )
 
-__all__ = ["BEFORE_SERVE_HOOK", "FileUnavailable", "serve_file"]
+__all__ = ["BEFORE_SERVE_HOOK", "FileUnavailable", "redirect_origins", "serve_file"]
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +55,15 @@ FILE_RESPONSE_HEADERS = {
     "Content-Security-Policy": "default-src 'none'; sandbox",
     "Accept-Ranges": "bytes",
 }
+
+
+def redirect_origins(files: Iterable[AbstractProductFile]) -> list[str]:
+    """Origins other than this site's that hand-offs of ``files`` send the browser to.
+
+    Only the presigned backend has any (its storage); the download page's Content-Security-Policy
+    lets the button's form end there.
+    """
+    return get_backend().redirect_origins(files)
 
 
 def serve_file(

@@ -13,11 +13,11 @@ import abc
 import inspect
 import logging
 import mimetypes
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import IO, Any, Protocol
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from django.http import FileResponse, HttpRequest, HttpResponse, StreamingHttpResponse
 from django.http.response import HttpResponseBase
@@ -160,6 +160,14 @@ class ServingBackend(Protocol):
 
     def locate(self, file: AbstractProductFile, *, open_file: bool) -> StoredFile: ...
 
+    def redirect_origins(self, files: Iterable[AbstractProductFile]) -> list[str]:
+        """Origins other than this site's that hand-offs of ``files`` send the browser to.
+
+        The download page's Content-Security-Policy allows its button's form (whose 303 leads to
+        the hand-off) to end there: browsers check ``form-action`` on every redirect.
+        """
+        ...
+
     def terms(
         self, request: HttpRequest, stored: StoredFile, byte_range: ByteRange | None
     ) -> Terms: ...
@@ -178,6 +186,10 @@ class DjangoBackend:
     """
 
     can_tell_nothing_sent = True
+
+    def redirect_origins(self, files: Iterable[AbstractProductFile]) -> list[str]:
+        """Other origins a hand-off of these files redirects the browser to: none, here."""
+        return []
 
     def locate(self, file: AbstractProductFile, *, open_file: bool) -> StoredFile:
         storage, name = file.file.storage, file.file.name or ""
@@ -362,6 +374,25 @@ class PresignedBackend(_OffloadBackend):
                 "(django-storages' S3Storage)"
             )
         stored.extra["url_parameters"] = "parameters" in accepted
+
+    def redirect_origins(self, files: Iterable[AbstractProductFile]) -> list[str]:
+        # The storage's origin, from one URL signed per storage (signing is local: no request).
+        origins: list[str] = []
+        seen: set[int] = set()
+        for file in files:
+            storage: Any = file.file.storage  # a presigning storage's url() takes expire
+            if id(storage) in seen or not file.file.name:
+                continue
+            seen.add(id(storage))
+            try:
+                url = storage.url(file.file.name, expire=int(app_settings.PRESIGNED_URL_LIFETIME))
+            except Exception:  # noqa: S112 (a storage that cannot presign is refused when served)
+                continue
+            parts = urlsplit(url)
+            origin = f"{parts.scheme}://{parts.netloc}"
+            if parts.scheme in ("http", "https") and parts.netloc and origin not in origins:
+                origins.append(origin)
+        return origins
 
     def offload(self, response: HttpResponse, stored: StoredFile) -> None:
         kwargs: dict[str, Any] = {"expire": int(app_settings.PRESIGNED_URL_LIFETIME)}

@@ -20,7 +20,7 @@ from django.views.decorators.http import require_POST, require_safe
 
 from .. import delivery, links, screens, serving
 from ..models import DownloadLink
-from .responses import delivery_headers, not_found, see_other
+from .responses import add_strict_csp, delivery_headers, not_found, see_other, strict_csp
 
 
 def refused(request: HttpRequest, error: links.LinkRefused) -> TemplateResponse:
@@ -31,6 +31,7 @@ def refused(request: HttpRequest, error: links.LinkRefused) -> TemplateResponse:
 @login_not_required  # a buyer holds a link, not an account
 @require_safe
 @delivery_headers
+@strict_csp
 @sensitive_variables("token")  # kept out of error reports, with check_token's
 def download(request: HttpRequest, token: str) -> HttpResponseBase:
     """The download page: the product's files and what is left of the link. Changes nothing."""
@@ -48,12 +49,15 @@ def download(request: HttpRequest, token: str) -> HttpResponseBase:
     if product_files and all(left == 0 for left in lefts):
         return refused(request, links.LinkUsedUp(link))
     context = screens.download_context(link, token, files, delivery.copy_for(link.purchase))
-    return TemplateResponse(request, screens.TEMPLATES["download"], context)
+    response = TemplateResponse(request, screens.TEMPLATES["download"], context)
+    # The button's 303 leads to a hand-off, which may redirect to the storage (presigned).
+    return add_strict_csp(request, response, form_action=serving.redirect_origins(product_files))
 
 
 @login_not_required  # a buyer holds a link, not an account
 @require_POST
 @delivery_headers
+@strict_csp
 @sensitive_variables("token")
 def download_file(request: HttpRequest, token: str, file_id: int) -> HttpResponseBase:
     """The download button: check the link and the file, then 303 to a fresh hand-off URL."""
@@ -75,6 +79,7 @@ def download_file(request: HttpRequest, token: str, file_id: int) -> HttpRespons
 @login_not_required  # a buyer holds a link, not an account
 @require_safe
 @delivery_headers
+@strict_csp
 @sensitive_variables("signed")
 def handoff(request: HttpRequest, signed: str) -> HttpResponseBase:
     """The bytes: GET and HEAD with Range, counted as docs/architecture.md says."""

@@ -18,12 +18,13 @@ from django.views.decorators.http import require_POST, require_safe
 
 from .. import delivery, links, screens
 from ..models import DownloadLink
-from .responses import delivery_headers, not_found, see_other
+from .responses import delivery_headers, not_found, see_other, strict_csp
 
 
 @require_safe
 @login_required
 @delivery_headers
+@strict_csp
 def library(request: HttpRequest) -> HttpResponseBase:
     context = {"purchases": list(delivery.library_purchases(request.user))}
     return TemplateResponse(request, screens.TEMPLATES["library"], context)
@@ -32,6 +33,7 @@ def library(request: HttpRequest) -> HttpResponseBase:
 @require_POST
 @login_required
 @delivery_headers
+@strict_csp
 def library_download(request: HttpRequest, public_id: uuid.UUID) -> HttpResponseBase:
     """The button: a fresh link for one of the user's paid purchases, then its download page."""
     purchase = delivery.library_purchases(request.user).filter(public_id=public_id).first()

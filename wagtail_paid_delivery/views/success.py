@@ -29,7 +29,7 @@ from django.views.decorators.http import require_safe
 
 from .. import binding, delivery, fulfillment, links, screens, stripe_api
 from ..models import Purchase
-from .responses import delivery_headers
+from .responses import add_strict_csp, csp_nonce, delivery_headers
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +69,7 @@ def settle_pending(purchase: Purchase) -> Purchase:
 @delivery_headers
 @sensitive_variables("issued", "download_url", "context")  # the link's token
 def success(request: HttpRequest) -> HttpResponseBase:
+    csp_nonce(request)  # before rendering: the site's base template may use it
     session_id = request.GET.get("session_id", "").strip()
     purchase = find_bound_purchase(request, session_id)
     if purchase is not None and purchase.status == Purchase.Status.PENDING:
@@ -87,6 +88,10 @@ def success(request: HttpRequest) -> HttpResponseBase:
     copy = delivery.copy_for(purchase)
     context = screens.state_context(copy, state, purchase, download_url, product_url)
     response = render(request, screens.TEMPLATES["success"], context)
+    if download_url:
+        # The page shows a token: only scripts with the nonce run (views/responses.py). Other
+        # states (pending, failed, neutral) show none and keep the site's own scripts.
+        add_strict_csp(request, response)
     return _private(response)
 
 
