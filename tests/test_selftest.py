@@ -118,6 +118,20 @@ def test_selftest_fails_when_an_event_is_stuck(site, stuck):
     assert f"FAIL No Stripe event stuck: 1 {stuck}" in out
 
 
+@pytest.mark.parametrize("stuck", ["waiting", "failed for good"])
+def test_selftest_fails_when_an_email_is_stuck(site, stuck):
+    from wagtail_paid_delivery import outbox
+    from wagtail_paid_delivery.models import OutboundEmail
+
+    email, _ = outbox.promise(OutboundEmail.Kind.RESEND, to="ada@example.com")
+    old = timezone.now() - outbox.STUCK_AFTER - timedelta(minutes=1)
+    status = "pending" if stuck == "waiting" else "failed"
+    OutboundEmail.objects.filter(pk=email.pk).update(created_at=old, status=status)
+    code, out = selftest()
+    assert code == 1, out
+    assert f"FAIL No email stuck: 1 {stuck}" in out
+
+
 def test_selftest_without_a_base_url_fails_and_says_how(site, settings):
     settings.WAGTAILADMIN_BASE_URL = ""
     code, out = selftest()

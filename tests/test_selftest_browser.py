@@ -42,7 +42,7 @@ def test_browser_selftest_page(owner_session, live_server, headless_chromium, se
     page.get_by_text("Self-test queued").wait_for(timeout=20000)
     assert page.get_by_text("Last full run, HTTP probes included").is_visible()
     rows = page.locator("table.wpd-table").nth(1).locator("tbody tr")
-    assert rows.count() == 6
+    assert rows.count() == 7  # one row per check, "No email stuck" included
     assert page.locator("text=FAIL").count() == 0
     full_screenshot(page, "desk-selftest.png")
     assert in_thread(lambda: Task.objects.count()) == 1

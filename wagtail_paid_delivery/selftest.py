@@ -24,9 +24,9 @@ from django.db.models import Q
 from django.urls import reverse
 from django.utils import timezone
 
-from . import inbox, stripe_api
+from . import inbox, outbox, stripe_api
 from .conf import app_settings
-from .models import StripeEvent
+from .models import OutboundEmail, StripeEvent
 from .schedules import SCHEDULES
 from .storage import get_product_storage
 
@@ -260,13 +260,34 @@ def run(base_url: str | None, *, with_stripe: bool = False) -> list[Result]:
         )
     else:
         results.extend(private_file_probe(base))
-    steps: list[Callable[[], Result]] = [schedules_exist, inbox_not_stuck]
+    steps: list[Callable[[], Result]] = [schedules_exist, inbox_not_stuck, outbox_not_stuck]
     if with_stripe:
         steps.append(stripe_account)
         if base is not None:
             steps.append(lambda: stripe_webhook_endpoint(base))
     results.extend(step() for step in steps)
     return results
+
+
+def outbox_not_stuck() -> Result:
+    """No email to a buyer lost its task (untried ``outbox.STUCK_AFTER`` after it was
+    recorded) or failed every attempt."""
+    now = timezone.now()
+    pending = OutboundEmail.objects.filter(status=OutboundEmail.Status.PENDING)
+    lost = pending.filter(attempts=0, created_at__lte=now - outbox.STUCK_AFTER)
+    lost = lost.filter(Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now))
+    failed = OutboundEmail.objects.filter(status=OutboundEmail.Status.FAILED)
+    counts = {"waiting": lost.count(), "failed for good": failed.count()}
+    if any(counts.values()):
+        return Result(
+            "No email stuck",
+            False,
+            ", ".join(f"{n} {what}" for what, n in counts.items() if n),
+            "Check that `manage.py qcluster` runs (the email sweep) and that the mail settings "
+            "work; each email's last error is on its purchase's timeline in the shop desk.",
+        )
+    retrying = pending.filter(attempts__gt=0).count()
+    return Result("No email stuck", True, f"none ({retrying} retrying)" if retrying else "none")
 
 
 # The admin page's side: checks that need no HTTP, and the probe run as a task ----------------
@@ -277,7 +298,7 @@ TASK = "wagtail_paid_delivery.tasks.delivery_selftest"
 
 def local_checks() -> list[Result]:
     """The checks a web request may run itself (no HTTP request to the site)."""
-    return [system_checks(), schedules_exist(), inbox_not_stuck()]
+    return [system_checks(), schedules_exist(), inbox_not_stuck(), outbox_not_stuck()]
 
 
 def as_dicts(results: list[Result]) -> list[dict[str, Any]]:
