@@ -399,3 +399,22 @@ def test_a_sign_in_email_for_an_address_that_no_longer_has_purchases_is_cancelle
     email, _ = outbox.promise(OutboundEmail.Kind.LIBRARY_SIGN_IN, to="gone@example.com")
     assert outbox.attempt(email.pk).startswith("cancelled")
     assert not mail.outbox and not LibrarySignIn.objects.exists()
+
+
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
+def test_eight_parallel_presses_of_one_link_open_one_session_on_postgres(shop):
+    from django.db import connection
+
+    from tests.concurrency import run_at_once
+
+    if connection.vendor != "postgresql":
+        pytest.skip("row-level races are proven on PostgreSQL")
+    for _ in range(3):  # the race lands differently each time
+        mail.outbox = []
+        ask(Client())
+        path, _ = sign_in_path()
+        clients = [Client(REMOTE_ADDR=f"198.51.100.{n}") for n in range(8)]
+        statuses = run_at_once([lambda c=c: c.post(path).status_code for c in clients])
+        assert sorted(statuses) == [303] + [410] * 7
+        opened = [c for c in clients if library.SESSION_KEY in c.session]
+        assert len(opened) == 1
