@@ -296,8 +296,8 @@ def test_the_daily_task_reports_and_is_scheduled(records):
 
     summary = tasks.cleanup()
     assert summary == (
-        "removed 4 download events, 2 download links, 2 Stripe events, 2 unpaid purchases, 2 emails, "
-        "2 library sign-in links"
+        "removed 4 download events, 2 download links, 2 Stripe events, 2 unpaid purchases, "
+        "2 emails, 2 library sign-in links"
     )
     assert remaining(records) == kept(records)
     ensure_schedules()

@@ -414,7 +414,7 @@ def test_eight_parallel_presses_of_one_link_open_one_session_on_postgres(shop):
         ask(Client())
         path, _ = sign_in_path()
         clients = [Client(REMOTE_ADDR=f"198.51.100.{n}") for n in range(8)]
-        statuses = run_at_once([lambda c=c: c.post(path).status_code for c in clients])
+        statuses = run_at_once([lambda c=c, p=path: c.post(p).status_code for c in clients])
         assert sorted(statuses) == [303] + [410] * 7
         opened = [c for c in clients if library.SESSION_KEY in c.session]
         assert len(opened) == 1
