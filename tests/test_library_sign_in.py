@@ -97,6 +97,10 @@ def test_a_buyer_gets_a_one_time_link_by_email_kept_only_as_its_hash(client, sho
     email = OutboundEmail.objects.get()
     assert (email.kind, email.status) == ("library_sign_in", "sent")
     assert email.idempotency_key.startswith("library:")
+    # Listed on the purchases it opens: the desk's timeline of each shows it.
+    assert set(email.purchases.values_list("pk", flat=True)) == {
+        shop[name].pk for name in ("guide", "on_account", "refunded")
+    }
     # The raw token is stored nowhere.
     for model in (LibrarySignIn, OutboundEmail):
         for values in model.objects.values():
@@ -391,6 +395,14 @@ def test_a_failed_send_leaves_no_working_link_and_the_retry_sends_a_new_one(clie
     assert client.post(failed_path).status_code == 410
     path, _ = sign_in_path()
     assert client.post(path).status_code == 303
+
+
+def test_the_desk_timeline_shows_the_sign_in_email(client, shop):
+    from wagtail_paid_delivery import timeline
+
+    ask(client)
+    entries = timeline.build_timeline(shop["guide"])
+    assert any(e.title == "Library sign-in link (the buyer asked) sent" for e in entries)
 
 
 def test_a_sign_in_email_for_an_address_that_no_longer_has_purchases_is_cancelled(client, shop):

@@ -327,11 +327,12 @@ def send_library_sign_in(address: str, request_id: str = "") -> str:
     address = (address or "").strip()
     if not address:
         return "no_email"
-    newest = library.address_purchases(address).first()
-    if newest is None:
+    listed = list(library.address_purchases(address)[:RESEND_MAX_PURCHASES])
+    if not listed:
         return "nothing"
     key = f"library:{request_id}"[:64] if request_id else None
-    email, _ = promise(Kind.LIBRARY_SIGN_IN, to=newest.email, key=key)
+    # The purchases it opens are listed on it, so each one's timeline in the desk shows it.
+    email, _ = promise(Kind.LIBRARY_SIGN_IN, to=listed[0].email, purchases=listed, key=key)
     return attempt(email.pk)
 
 
