@@ -118,7 +118,8 @@ def claim_purchases(user: Any, email: str) -> int:
     Only purchases on no account: one already on another account stays there (its buyer's
     address opens it in the library anyway).
     """
-    return address_purchases(email).filter(user__isnull=True).update(user=user)
+    guest = address_purchases(email).filter(user__isnull=True)
+    return guest.update(user=user, updated_at=timezone.now())
 
 
 def status_note(purchase: Purchase) -> str:
