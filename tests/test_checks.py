@@ -332,7 +332,13 @@ def test_w005_rate_limits_in_a_dummy_cache_count_nothing():
     with override_settings(CACHES={**settings.CACHES, "rate_limits": DUMMY}):
         assert cache_ids(deploy=True) == ["wagtail_paid_delivery.W005"]
         # No limit configured at all: nothing to count, nothing to warn about.
-        with _with(CHECKOUT_RATE_LIMIT=None, RESEND_RATE_LIMIT=None, RESEND_EMAIL_RATE_LIMIT=None):
+        with _with(
+            CHECKOUT_RATE_LIMIT=None,
+            RESEND_RATE_LIMIT=None,
+            RESEND_EMAIL_RATE_LIMIT=None,
+            LIBRARY_RATE_LIMIT=None,
+            LIBRARY_EMAIL_RATE_LIMIT=None,
+        ):
             assert cache_ids(deploy=True) == []
 
 
@@ -506,6 +512,28 @@ def test_key_shape_checks_stay_quiet_without_credentials():
     with override_settings(WAGTAIL_PAID_DELIVERY={}):
         ids = our_ids(deploy=True)
     assert not {"E030", "E031", "E032", "E033", "W030"} & {i.split(".")[1] for i in ids}
+
+
+# The library's lifetimes (E028) and limits (E023) -------------------------------------------
+
+
+@pytest.mark.parametrize("key", ["LIBRARY_SIGN_IN_LIFETIME", "LIBRARY_SESSION_LIFETIME"])
+@pytest.mark.parametrize("value", [0, -60, timedelta(0), None, "20 minutes", True])
+def test_e028_library_lifetimes_must_be_positive_durations(key, value):
+    with _with(**{key: value}):
+        assert our_ids() == ["wagtail_paid_delivery.E028"]
+
+
+@pytest.mark.parametrize("value", [60, 1.5, timedelta(minutes=20)])
+def test_e028_accepts_positive_durations(value):
+    with _with(LIBRARY_SIGN_IN_LIFETIME=value, LIBRARY_SESSION_LIFETIME=value):
+        assert our_ids() == []
+
+
+@pytest.mark.parametrize("key", ["LIBRARY_RATE_LIMIT", "LIBRARY_EMAIL_RATE_LIMIT"])
+def test_e023_covers_the_library_limits(key):
+    with _with(**{key: (0, 60)}):
+        assert our_ids() == ["wagtail_paid_delivery.E023"]
 
 
 # DELIVERY_PAGE_CSP (E027) ------------------------------------------------------------------

@@ -24,7 +24,7 @@ from tests.factories import (
     PurchaseFactory,
     StripeEventFactory,
 )
-from wagtail_paid_delivery import links, outbox, retention
+from wagtail_paid_delivery import library, links, outbox, retention
 from wagtail_paid_delivery.models import (
     DownloadEvent,
     DownloadLink,
@@ -130,6 +130,12 @@ def records(home):
     r["gone_failed_email"] = email(paid, "failed", days_ago=300)
     r["kept_recent_email"] = email(paid, "sent", days_ago=179)
     r["kept_waiting_email"] = email(paid, "pending", days_ago=300)
+    # Library sign-in links: gone once used or expired; a live one is kept.
+    r["gone_expired_sign_in"] = library.issue_sign_in(paid.email, now=ago(hours=1)).sign_in
+    used = library.issue_sign_in(paid.email)
+    library.use_sign_in(used.token)
+    r["gone_used_sign_in"] = used.sign_in
+    r["kept_live_sign_in"] = library.issue_sign_in(paid.email).sign_in
     return r
 
 
@@ -160,6 +166,7 @@ def test_cleanup_removes_exactly_what_is_past_retention_and_keeps_the_rest(recor
         "Removed 2 Stripe events.",
         "Removed 2 unpaid purchases.",
         "Removed 2 emails.",
+        "Removed 2 library sign-in links.",
     ]
     # An event whose purchase went keeps its own record, pointing at nothing.
     records["kept_event_of_gone_purchase"].refresh_from_db()
@@ -182,6 +189,7 @@ def test_dry_run_counts_the_same_and_removes_nothing(records):
         "Would remove 2 Stripe events.",
         "Would remove 2 unpaid purchases.",
         "Would remove 2 emails.",
+        "Would remove 2 library sign-in links.",
     ]
     assert remaining(records) == everything
 
@@ -194,6 +202,7 @@ def test_small_batches_remove_the_same(records):
         "stripe_events": 2,
         "unpaid_purchases": 2,
         "emails": 2,
+        "library_sign_ins": 2,
     }
     assert remaining(records) == kept(records)
 
@@ -239,6 +248,7 @@ def test_retention_none_keeps_that_kind_forever(records):
         "stripe_events": 0,
         "unpaid_purchases": 2,
         "emails": 2,
+        "library_sign_ins": 2,
     }
 
 
@@ -286,7 +296,8 @@ def test_the_daily_task_reports_and_is_scheduled(records):
 
     summary = tasks.cleanup()
     assert summary == (
-        "removed 4 download events, 2 download links, 2 Stripe events, 2 unpaid purchases, 2 emails"
+        "removed 4 download events, 2 download links, 2 Stripe events, 2 unpaid purchases, "
+        "2 emails, 2 library sign-in links"
     )
     assert remaining(records) == kept(records)
     ensure_schedules()

@@ -177,9 +177,13 @@ def test_bad_forms_at_resend_checkout_library_and_webhook_write_nothing(shop):
         ("post", f"/shop/checkout/{product.pk}/", {"HTTP_ORIGIN": "https://evil.example"}),
         ("post", f"/shop/checkout/{product.pk}/", {}),
         ("get", f"/shop/checkout/{product.pk}/", {}),
-        # The library, signed out.
+        # The library, signed out: its form, a button, a made-up or malformed sign-in link.
         ("get", "/shop/library/", {}),
+        ("post", "/shop/library/", {"data": {"email": "not an address"}}),
         ("post", f"/shop/library/{purchase.public_id}/", {}),
+        ("get", "/shop/library/d/" + "A" * 43 + "/", {}),
+        ("post", "/shop/library/d/" + "A" * 43 + "/", {}),
+        ("post", "/shop/library/d/short/", {}),
         # The webhook: unsigned, forged, signed with another secret.
         ("post", "/shop/stripe/webhook/", {"data": payload, "content_type": "application/json"}),
         (
@@ -212,8 +216,12 @@ def test_bad_forms_at_resend_checkout_library_and_webhook_write_nothing(shop):
         403,
         403,
         405,
-        302,
-        302,
+        200,
+        200,
+        404,
+        410,
+        410,
+        410,
         400,
         400,
         400,

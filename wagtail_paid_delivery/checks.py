@@ -528,7 +528,43 @@ def check_delivery_page_csp() -> list[CheckMessage]:
 
 
 #: Every rate limit setting: (requests, seconds) or None (E023).
-RATE_LIMIT_KEYS = ("CHECKOUT_RATE_LIMIT", "RESEND_RATE_LIMIT", "RESEND_EMAIL_RATE_LIMIT")
+RATE_LIMIT_KEYS = (
+    "CHECKOUT_RATE_LIMIT",
+    "RESEND_RATE_LIMIT",
+    "RESEND_EMAIL_RATE_LIMIT",
+    "LIBRARY_RATE_LIMIT",
+    "LIBRARY_EMAIL_RATE_LIMIT",
+)
+
+#: The library's lifetimes: each a positive duration (E028).
+LIBRARY_LIFETIME_KEYS = ("LIBRARY_SIGN_IN_LIFETIME", "LIBRARY_SESSION_LIFETIME")
+
+
+@register(Tags.compatibility)
+def check_library_lifetimes(**kwargs: Any) -> list[CheckMessage]:
+    """A sign-in link or library session that lasts no time (or forever) is a mistake."""
+    messages: list[CheckMessage] = []
+    for key in LIBRARY_LIFETIME_KEYS:
+        try:
+            value = getattr(app_settings, key)
+            ok = not isinstance(value, bool) and (
+                value.total_seconds() > 0
+                if isinstance(value, timedelta)
+                else isinstance(value, (int, float)) and value > 0
+            )
+        except Exception:  # reported by check_settings
+            return []
+        if not ok:
+            messages.append(
+                Error(
+                    f"{SETTINGS_NAME}['{key}'] is {value!r}.",
+                    hint="Use a positive timedelta or number of seconds, e.g. "
+                    "timedelta(minutes=20).",
+                    id=f"{ID}.E028",
+                )
+            )
+    return messages
+
 
 #: Cache backends that count for one process only, or not at all: (check id, what it means).
 _UNSHARED_CACHES = {
@@ -588,7 +624,7 @@ def check_rate_limit_cache_shared(**kwargs: Any) -> list[CheckMessage]:
     check_id, meaning = _UNSHARED_CACHES[backend]
     return [
         Warning(
-            f"The rate limits (checkout, resend) count in the cache {alias!r}, a "
+            f"The rate limits (checkout, resend, library) count in the cache {alias!r}, a "
             f"{backend.rsplit('.', 1)[-1]}, which {meaning}.",
             hint="Point RATELIMIT_USE_CACHE at a cache every app process shares: Redis or "
             "Memcached (best: atomic counts), or the database cache.",

@@ -95,6 +95,18 @@ DEFAULTS: dict[str, Any] = {
     # email addresses are verified: otherwise anyone who signs up with a buyer's address sees
     # (and downloads) that buyer's purchases.
     "LIBRARY_MATCH_EMAIL": False,
+    # library/ without a password: a buyer enters their email and gets a one-time sign-in link.
+    # How long that link works (timedelta or seconds); it works once.
+    "LIBRARY_SIGN_IN_LIFETIME": timedelta(minutes=20),
+    # How long the library stays open in that browser after the link was used (timedelta or
+    # seconds). The session lists the address's purchases and grants nothing else.
+    "LIBRARY_SESSION_LIFETIME": timedelta(hours=1),
+    # library/: sign-in requests (the email form) and sign-in link confirmations per client.
+    # Over it, 429 "try again later", the same for everyone.
+    "LIBRARY_RATE_LIMIT": (10, 3600),
+    # library/: sign-in links asked for per email address. Over it the answer is the usual one
+    # and nothing is sent: silent, so the limit reveals nothing about the address.
+    "LIBRARY_EMAIL_RATE_LIMIT": (3, 3600),
     # How the bytes of a download leave, after the app checked and counted the request:
     # "django" (streamed by the app), "nginx" (X-Accel-Redirect to NGINX_INTERNAL_PREFIX),
     # "apache" (X-Sendfile with the file's absolute path; mod_xsendfile), "s3" (alias
@@ -304,6 +316,14 @@ class PaidDeliverySettings:
                     "a number of seconds, or None."
                 ) from None
         return periods
+
+    @property
+    def library_sign_in_lifetime(self) -> timedelta:
+        return _as_timedelta(self.LIBRARY_SIGN_IN_LIFETIME)
+
+    @property
+    def library_session_lifetime(self) -> timedelta:
+        return _as_timedelta(self.LIBRARY_SESSION_LIFETIME)
 
     @property
     def email_retry_delay(self) -> timedelta:

@@ -1,5 +1,5 @@
 """What reaches the buyer: which words (DeliveryCopy) a purchase or product is told in, the
-delivery and resend messages, and the library's purchases.
+delivery and resend messages, and the library's sign-in message.
 
 Messages carry a link to the download page (never a storage URL). They are built here and sent
 by ``outbox``, which records each email it promised and retries it until it is sent.
@@ -12,13 +12,11 @@ from typing import Any
 
 from django.conf import settings
 from django.core.mail import EmailMultiAlternatives
-from django.db.models import Q, QuerySet
 from django.template.loader import render_to_string
 from django.utils import formats, timezone
 from django.utils.translation import gettext as _
 
-from . import links
-from .conf import app_settings
+from . import library, links
 from .models import DeliveryCopy, DownloadLink, ProductPageMixin, Purchase
 
 logger = logging.getLogger(__name__)
@@ -88,27 +86,6 @@ def build_delivery_email(
     return message
 
 
-# The buyer's library ---------------------------------------------------------------------------
-
-
-def library_purchases(user: Any) -> QuerySet[Purchase]:
-    """The paid purchases ``user`` may download from the library, newest first.
-
-    Matched by user, and by email address too when ``LIBRARY_MATCH_EMAIL`` is on (only for sites
-    whose accounts have verified addresses: otherwise signing up with a buyer's address would
-    open their purchases).
-    """
-    match = Q(user_id=user.pk)
-    email = (getattr(user, "email", "") or "").strip()
-    if app_settings.LIBRARY_MATCH_EMAIL and email:
-        match |= Q(email__iexact=email)
-    return (
-        Purchase.objects.filter(match, status=Purchase.Status.PAID)
-        .select_related("product")
-        .order_by("-paid_at", "-pk")
-    )
-
-
 # The resend message ---------------------------------------------------------------------------
 
 
@@ -136,5 +113,31 @@ def build_links_email(to: str, issued: list[links.IssuedLink]) -> EmailMultiAlte
     )
     message.attach_alternative(
         render_to_string("wagtail_paid_delivery/email/links.html", context), "text/html"
+    )
+    return message
+
+
+# The library's sign-in message -----------------------------------------------------------------
+
+
+def build_sign_in_email(to: str, issued: library.IssuedSignIn) -> EmailMultiAlternatives:
+    """The one-time sign-in link to the library (library/), for an address that bought."""
+    sign_in = issued.sign_in
+    minutes = max(1, round((sign_in.expires_at - sign_in.created_at).total_seconds() / 60))
+    context = {
+        "url": issued.url,
+        "email": to,
+        "minutes": minutes,
+        "expires": formats.date_format(timezone.localtime(sign_in.expires_at), "DATETIME_FORMAT"),
+        "zone": timezone.get_current_timezone_name(),
+    }
+    message = EmailMultiAlternatives(
+        subject=str(_("Sign in to your downloads")),
+        body=render_to_string("wagtail_paid_delivery/email/library_sign_in.txt", context),
+        from_email=settings.DEFAULT_FROM_EMAIL,
+        to=[to],
+    )
+    message.attach_alternative(
+        render_to_string("wagtail_paid_delivery/email/library_sign_in.html", context), "text/html"
     )
     return message

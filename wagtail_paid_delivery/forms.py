@@ -127,3 +127,13 @@ class ResendForm(forms.Form):
     )
     #: Optional: only this product's links. Filled from ``?product=`` (a product page's link).
     product = forms.IntegerField(required=False, min_value=1, widget=forms.HiddenInput)
+
+
+class LibrarySignInForm(forms.Form):
+    """The library without a password: the address to send a one-time sign-in link to."""
+
+    email = forms.EmailField(
+        label=_("Email address"),
+        max_length=254,
+        widget=forms.EmailInput(attrs={"autocomplete": "email", "required": True}),
+    )

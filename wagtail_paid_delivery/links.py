@@ -271,11 +271,17 @@ def get_product_file(link: DownloadLink, file_id: int) -> AbstractProductFile | 
 
 
 def download_page_url(raw: str, *, purchase: Purchase | None = None) -> str:
-    """The absolute URL of the download page for ``raw``, from the Wagtail Site root.
+    """The absolute URL of the download page for ``raw``, from the Wagtail Site root
+    (:func:`site_root_url`)."""
+    path = reverse("wagtail_paid_delivery:download", args=[raw])
+    return f"{site_root_url(purchase)}{path}"
+
+
+def site_root_url(purchase: Purchase | None = None) -> str:
+    """The root of the site a buyer's emailed URLs start with, without a trailing slash.
 
     The product's own site when known, else the default site, else ``WAGTAILADMIN_BASE_URL``.
     """
-    path = reverse("wagtail_paid_delivery:download", args=[raw])
     root = ""
     if purchase is not None and purchase.product_id:
         site = purchase.product.get_site() if purchase.product else None
@@ -283,7 +289,7 @@ def download_page_url(raw: str, *, purchase: Purchase | None = None) -> str:
     if not root:
         site = Site.objects.filter(is_default_site=True).first()
         root = site.root_url if site else getattr(settings, "WAGTAILADMIN_BASE_URL", "")
-    return f"{root.rstrip('/')}{path}"
+    return str(root).rstrip("/")
 
 
 # The success page's link --------------------------------------------------------------------

@@ -26,7 +26,8 @@ not send twice.
 
 Kinds: ``KINDS`` says, for each kind, which links its message carries and how it is rendered:
 the delivery email and a resend issue new links at each attempt; the shop desk's email sends the
-link an editor issued, with a new token at each attempt (``links.rekey_link``).
+link an editor issued, with a new token at each attempt (``links.rekey_link``); the library's
+sign-in email carries a new one-time sign-in link at each attempt (``library.issue_sign_in``).
 A new kind (a failed-payment notice, say) is an ``OutboundEmail.Kind`` choice, one entry in
 ``KINDS`` and a function that records the promise. See docs/architecture.md, "Emails".
 """
@@ -39,6 +40,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from email.utils import make_msgid, parseaddr
+from typing import Any
 
 from django.conf import settings
 from django.core.mail import EmailMultiAlternatives
@@ -47,7 +49,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import F, Q, QuerySet
 from django.utils import timezone
 
-from . import delivery, links, retry
+from . import delivery, library, links, retry
 from .conf import app_settings
 from .models import DownloadLink, OutboundEmail, Purchase
 
@@ -88,15 +90,16 @@ def _revoke(issued: list[links.IssuedLink]) -> None:
 class EmailKind:
     """How one kind of email is made at each attempt."""
 
-    #: Issue the links the message carries, in one transaction; raise NothingToSend.
-    issue: Callable[[OutboundEmail], list[links.IssuedLink]]
+    #: Issue the links the message carries (download links, or a library sign-in link), in one
+    #: transaction; raise NothingToSend.
+    issue: Callable[[OutboundEmail], list[Any]]
     #: The message, from the promise and the links just issued.
-    render: Callable[[OutboundEmail, list[links.IssuedLink]], EmailMultiAlternatives]
+    render: Callable[[OutboundEmail, list[Any]], EmailMultiAlternatives]
     #: Called once the email is sent (with the time), e.g. to mark the purchase.
     on_sent: Callable[[OutboundEmail, datetime], None] | None = None
     #: What becomes of a failed attempt's links: revoked, so no copy a failed send left
     #: anywhere (a mail server's queue, a log) opens anything.
-    discard: Callable[[list[links.IssuedLink]], None] = _revoke
+    discard: Callable[[list[Any]], None] = _revoke
 
 
 def _issue_delivery(email: OutboundEmail) -> list[links.IssuedLink]:
@@ -169,11 +172,30 @@ def _render_resend(email: OutboundEmail, issued: list[links.IssuedLink]) -> Emai
     return delivery.build_links_email(email.to, issued)
 
 
+def _issue_sign_in(email: OutboundEmail) -> list[library.IssuedSignIn]:
+    # A new one-time link at each attempt, for the address on record; the newest purchase's
+    # site is where the link leads.
+    newest = library.address_purchases(email.to).first()
+    if newest is None:
+        raise NothingToSend("the address has no purchases any more")
+    with transaction.atomic():
+        return [library.issue_sign_in(email.to, purchase=newest)]
+
+
+def _render_sign_in(
+    email: OutboundEmail, issued: list[library.IssuedSignIn]
+) -> EmailMultiAlternatives:
+    return delivery.build_sign_in_email(email.to, issued[0])
+
+
 #: Each kind of email: which links it carries, how it is rendered, what its sending marks.
 KINDS: dict[str, EmailKind] = {
     Kind.DELIVERY: EmailKind(_issue_delivery, _render_delivery, _delivery_sent),
     Kind.RESEND: EmailKind(_issue_resend, _render_resend),
     Kind.DESK: EmailKind(_issue_desk, _render_delivery, _desk_sent, _forget_tokens),
+    Kind.LIBRARY_SIGN_IN: EmailKind(
+        _issue_sign_in, _render_sign_in, discard=library.discard_sign_ins
+    ),
 }
 
 
@@ -294,6 +316,26 @@ def resend_links(address: str, product_id: int | None = None, request_id: str = 
     return f"sent {len(found)}" if outcome == "sent" else outcome
 
 
+def send_library_sign_in(address: str, request_id: str = "") -> str:
+    """Email a one-time library sign-in link to ``address`` if it ever bought; the outcome.
+
+    Sent to the address on record (the buyer's spelling). An address that never bought gets
+    nothing, and nothing is recorded: the library view asks for this for every address it
+    accepts, so its answer says nothing either way. ``request_id`` makes a task the broker
+    runs twice one email.
+    """
+    address = (address or "").strip()
+    if not address:
+        return "no_email"
+    listed = list(library.address_purchases(address)[:RESEND_MAX_PURCHASES])
+    if not listed:
+        return "nothing"
+    key = f"library:{request_id}"[:64] if request_id else None
+    # The purchases it opens are listed on it, so each one's timeline in the desk shows it.
+    email, _ = promise(Kind.LIBRARY_SIGN_IN, to=listed[0].email, purchases=listed, key=key)
+    return attempt(email.pk)
+
+
 # Attempts --------------------------------------------------------------------------------------
 
 
@@ -331,7 +373,7 @@ def attempt(email_pk: int, token: str | None = None) -> str:
     email = claim(email_pk, token)
     if email is None:
         return _why_not_claimed(email_pk)
-    issued: list[links.IssuedLink] = []
+    issued: list[Any] = []
     try:
         kind = KINDS[email.kind]
         if not email.to:

@@ -14,7 +14,8 @@ lists every model's personal fields against them. Removed, each past its period:
   pay is removed). A failed purchase that has a PaymentIntent is kept: a payment may have been
   taken (a refused delivery whose line items did not match), and the shop may owe a refund;
 - emails the outbox recorded (``emails``, from when they were recorded), sent, failed or not
-  sent; one still waiting to be sent is work to do and is never removed.
+  sent; one still waiting to be sent is work to do and is never removed;
+- the library's sign-in links once used or expired (no period: they open nothing any more).
 
 Paid, refunded, revoked and disputed purchases are the shop's sales records: never removed here.
 
@@ -37,7 +38,14 @@ from django.db import models, transaction
 from django.utils import timezone
 
 from .conf import app_settings
-from .models import DownloadEvent, DownloadLink, OutboundEmail, Purchase, StripeEvent
+from .models import (
+    DownloadEvent,
+    DownloadLink,
+    LibrarySignIn,
+    OutboundEmail,
+    Purchase,
+    StripeEvent,
+)
 
 #: Rows removed per transaction.
 BATCH_SIZE = 500
@@ -49,7 +57,14 @@ SESSION_LIFETIME = timedelta(hours=25)
 TASK_TIME_SHARE = 0.5
 
 #: The kinds removed, in the order they are removed (events before the links they belong to).
-KINDS = ("download_events", "download_links", "stripe_events", "unpaid_purchases", "emails")
+KINDS = (
+    "download_events",
+    "download_links",
+    "stripe_events",
+    "unpaid_purchases",
+    "emails",
+    "library_sign_ins",
+)
 #: How each kind reads in a summary.
 LABELS = {
     "download_events": "download events",
@@ -57,6 +72,7 @@ LABELS = {
     "stripe_events": "Stripe events",
     "unpaid_purchases": "unpaid purchases",
     "emails": "emails",
+    "library_sign_ins": "library sign-in links",
 }
 
 
@@ -137,6 +153,13 @@ def due_emails(now: datetime) -> models.QuerySet[OutboundEmail] | None:
     )
 
 
+def due_library_sign_ins(now: datetime) -> models.QuerySet[LibrarySignIn]:
+    # Used or expired, a sign-in link opens nothing; its hash and address are kept no longer.
+    return LibrarySignIn.objects.filter(
+        models.Q(expires_at__lte=now) | models.Q(used_at__isnull=False)
+    )
+
+
 #: Each kind's "what is due now".
 DUE: dict[str, Callable[[datetime], models.QuerySet[Any] | None]] = {
     "download_events": due_download_events,
@@ -144,6 +167,7 @@ DUE: dict[str, Callable[[datetime], models.QuerySet[Any] | None]] = {
     "stripe_events": due_stripe_events,
     "unpaid_purchases": due_unpaid_purchases,
     "emails": due_emails,
+    "library_sign_ins": due_library_sign_ins,
 }
 
 

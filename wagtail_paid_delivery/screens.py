@@ -35,6 +35,9 @@ TEMPLATES = {
     "resend": "wagtail_paid_delivery/resend.html",
     "resend_done": "wagtail_paid_delivery/resend_done.html",
     "library": "wagtail_paid_delivery/library.html",
+    "library_request": "wagtail_paid_delivery/library_request.html",
+    "library_sent": "wagtail_paid_delivery/library_sent.html",
+    "library_sign_in": "wagtail_paid_delivery/library_sign_in.html",
 }
 
 #: Which success-page state a bound browser reads for each purchase status. Refunded, disputed

@@ -1,5 +1,6 @@
 from .copy import DeliveryCopy
 from .events import ClusterHeartbeat, ReconcileMark, StripeEvent
+from .library import LibrarySignIn
 from .outbox import OutboundEmail
 from .pages import AbstractProductFile, ProductPageMixin
 from .purchases import DownloadEvent, DownloadHandoff, DownloadLink, FileDownloadCount, Purchase
@@ -12,6 +13,7 @@ __all__ = [
     "DownloadHandoff",
     "DownloadLink",
     "FileDownloadCount",
+    "LibrarySignIn",
     "OutboundEmail",
     "ProductPageMixin",
     "Purchase",

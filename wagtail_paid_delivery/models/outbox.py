@@ -21,6 +21,8 @@ class OutboundEmail(models.Model):
         RESEND = "resend", _("links sent again")
         #: The shop desk sent a purchase's delivery email with the link an editor issued.
         DESK = "desk", _("delivery email from the shop desk")
+        #: A one-time sign-in link to the library (library/), for an address that bought.
+        LIBRARY_SIGN_IN = "library_sign_in", _("library sign-in link")
 
     class Status(models.TextChoices):
         #: Not sent yet: waiting for its first attempt, for its next one, or being sent.
