@@ -1,5 +1,6 @@
 from .copy import DeliveryCopy
 from .events import ClusterHeartbeat, ReconcileMark, StripeEvent
+from .notifications import ShopNotificationPreference
 from .outbox import OutboundEmail
 from .pages import AbstractProductFile, ProductPageMixin
 from .purchases import DownloadEvent, DownloadHandoff, DownloadLink, FileDownloadCount, Purchase
@@ -16,5 +17,6 @@ __all__ = [
     "ProductPageMixin",
     "Purchase",
     "ReconcileMark",
+    "ShopNotificationPreference",
     "StripeEvent",
 ]

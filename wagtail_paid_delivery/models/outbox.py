@@ -21,6 +21,9 @@ class OutboundEmail(models.Model):
         RESEND = "resend", _("links sent again")
         #: The shop desk sent a purchase's delivery email with the link an editor issued.
         DESK = "desk", _("delivery email from the shop desk")
+        #: A new sale, told to the shop's staff (NEW_SALE_EMAILS, and users who opted in): one
+        #: per purchase and recipient.
+        NEW_SALE = "new_sale", _("new sale notice")
 
     class Status(models.TextChoices):
         #: Not sent yet: waiting for its first attempt, for its next one, or being sent.
