@@ -264,6 +264,12 @@ def test_e040_e041_e042_email_retry_settings(values, check_id):
         assert our_ids() == [check_id]
 
 
+@pytest.mark.parametrize("value", ["shop@example.com", ["shop@example.com", "not an address"]])
+def test_e043_new_sale_emails_not_a_list_of_addresses(value):
+    with _with(NEW_SALE_EMAILS=value):
+        assert our_ids() == ["wagtail_paid_delivery.E043"]
+
+
 def test_every_check_id_in_checks_py_names_one_problem():
     # Sites silence checks by id, so an id must never stand for two problems.
     import inspect

@@ -524,6 +524,46 @@ def test_runservers_access_log_holds_no_token(running_sandbox):
     assert '"GET /shop/d/[redacted]/ HTTP/1.1" 404' in output
 
 
+def test_a_sale_in_the_sandbox_leaves_the_shops_new_sale_email_in_its_mail_folder(
+    running_sandbox,
+):
+    """The sandbox names an address in NEW_SALE_EMAILS: buy (the Buy button, then the emulator
+    pays and sends its webhooks), and the notice lands beside the buyer's email."""
+    sandbox = running_sandbox.sandbox
+    base = sandbox.base_url
+    status, html = get(base + "/field-guide/")
+    action = re.search(r'<form class="pd-checkout" method="post" action="([^"]+)"', html)
+    assert status == 200 and action
+
+    class NoRedirect(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, *args, **kwargs):
+            return None
+
+    buy = urllib.request.Request(
+        base + action.group(1), data=b"", method="POST", headers={"Origin": base}
+    )
+    with pytest.raises(urllib.error.HTTPError) as answer:  # 303: not followed
+        urllib.request.build_opener(NoRedirect).open(buy, timeout=30)
+    assert answer.value.code == 303
+    session_id = answer.value.headers["Location"].rstrip("/").rsplit("/", 1)[1]
+    sandbox.manage("trigger", "pay", session_id, "--email", "ada@example.com")
+
+    deadline = time.monotonic() + 90
+    notice = ""
+    while not notice:
+        assert time.monotonic() < deadline, running_sandbox.output[-3000:]
+        time.sleep(0.5)
+        for path in (sandbox.root / "mail").glob("*"):
+            text = path.read_text(errors="replace")
+            if "Subject: [TEST] New sale:" in text:
+                notice = text
+    assert "To: owner@sandbox.invalid" in notice
+    assert "Subject: [TEST] New sale: Field Guide (PDF), $19.00" in notice
+    assert "Buyer: ada@example.com" in notice and "Mode: TEST" in notice
+    assert re.search(rf"{re.escape(base)}/admin/shop/purchases/\d+/", notice)
+    assert "/shop/d/" not in notice
+
+
 def test_ctrl_c_stops_runserver_and_qcluster_with_nothing_left(sandbox):
     running = RunningSandbox(sandbox)
     try:

@@ -19,8 +19,8 @@ from .conf import CHECKOUT_OPTION_TYPES, RETENTION_MINIMUMS, SETTINGS_NAME, app_
 # Check ids are never reused or renumbered: sites silence checks by id
 # (SILENCED_SYSTEM_CHECKS), so an id means one problem for good. A new problem gets a new id, the
 # next free number in its range (E000-E019 installation and settings, E020-E029 delivery
-# settings, E030-E039 and W030-W039 Stripe key shapes, E101- deploy-only errors, W001-
-# warnings); a retired check leaves its id unused.
+# settings, E030-E039 and W030-W039 Stripe key shapes, E040-E049 emails, E101- deploy-only
+# errors, W001- warnings); a retired check leaves its id unused.
 # The README's "System checks" table lists every id.
 ID = "wagtail_paid_delivery"
 
@@ -440,6 +440,27 @@ def check_email_settings(**kwargs: Any) -> list[CheckMessage]:
             )
         )
     return messages
+
+
+@register(Tags.compatibility)
+def check_new_sale_emails(**kwargs: Any) -> list[CheckMessage]:
+    """NEW_SALE_EMAILS: a list of valid addresses."""
+    try:
+        app_settings.user_settings  # noqa: B018 (raises for unknown keys, not a dict)
+    except Exception:  # reported by check_settings
+        return []
+    try:
+        app_settings.new_sale_emails  # noqa: B018 (validates)
+    except ImproperlyConfigured as error:
+        return [
+            Error(
+                str(error),
+                hint="For example ['shop@example.com']; an empty list sends no new sale "
+                "notices (staff may still opt in on their account page).",
+                id=f"{ID}.E043",
+            )
+        ]
+    return []
 
 
 # Delivery settings: SERVE_BACKEND and its options, the rate limits and their cache, RETENTION.

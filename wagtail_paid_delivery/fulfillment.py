@@ -25,6 +25,7 @@ from django.utils import timezone
 from . import metadata, outbox, signals, stripe_api
 from .conf import app_settings
 from .models import DownloadLink, Purchase
+from .payments import PAID_STATUSES
 
 logger = logging.getLogger(__name__)
 
@@ -48,8 +49,6 @@ Outcome = Literal[
 StripeState = Literal["paid", "won", "pending", "failed", "expired", "refunded", "disputed"]
 ShopDecision = Literal["revoke", "refund", "suspend", "restore", "checkout_failed", "grant"]
 
-#: Checkout Session payment statuses that mean the money is in (or none was due).
-PAID_STATUSES = frozenset({"paid", "no_payment_required"})
 #: Dispute statuses after which the seller keeps the money (an inquiry closed counts too).
 DISPUTE_WON = frozenset({"won", "warning_closed"})
 DISPUTE_LOST = frozenset({"lost"})
@@ -57,7 +56,7 @@ DISPUTE_LOST = frozenset({"lost"})
 PAYMENT_FAILED = frozenset({"requires_payment_method", "canceled"})
 
 # Effects of a transition, run in the purchase's transaction.
-DELIVER = "deliver"  # paid_at now; the delivery email promised; purchase_paid on commit
+DELIVER = "deliver"  # paid_at now; delivery email and sale notices promised; purchase_paid
 REVOKE_LINKS = "revoke_links"  # every live link of the purchase ends for good
 NOTIFY_REVOKED = "notify_revoked"  # purchase_revoked on commit
 NOTIFY_RESTORED = "notify_restored"  # purchase_restored on commit
@@ -245,6 +244,7 @@ def _run_effects(
         fields.add("paid_at")
         # Recorded with the payment, so no lost task or failed send can lose the email.
         outbox.promise_delivery(locked)
+        outbox.promise_sale_notices(locked)
         transaction.on_commit(lambda: signals.purchase_paid.send(sender=Purchase, purchase=locked))
     if REVOKE_LINKS in effects:
         DownloadLink.objects.filter(purchase=locked, revoked_at=None).update(revoked_at=now)

@@ -27,7 +27,9 @@ not send twice.
 Kinds: ``KINDS`` says, for each kind, which links its message carries and how it is rendered:
 the delivery email and a resend issue new links at each attempt; the shop desk's email sends the
 link an editor issued, with a new token at each attempt (``links.rekey_link``); the library's
-sign-in email carries a new one-time sign-in link at each attempt (``library.issue_sign_in``).
+sign-in email carries a new one-time sign-in link at each attempt (``library.issue_sign_in``); a
+new sale notice (``sale_notices``) carries no link and goes only to an address still told about
+sales.
 A new kind (a failed-payment notice, say) is an ``OutboundEmail.Kind`` choice, one entry in
 ``KINDS`` and a function that records the promise. See docs/architecture.md, "Emails".
 """
@@ -35,11 +37,13 @@ A new kind (a failed-payment notice, say) is an ``OutboundEmail.Kind`` choice, o
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from email.utils import make_msgid, parseaddr
+from functools import partial
 from typing import Any
 
 from django.conf import settings
@@ -49,7 +53,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import F, Q, QuerySet
 from django.utils import timezone
 
-from . import delivery, library, links, retry
+from . import delivery, library, links, retry, sale_notices
 from .conf import app_settings
 from .models import DownloadLink, OutboundEmail, Purchase
 
@@ -188,6 +192,24 @@ def _render_sign_in(
     return delivery.build_sign_in_email(email.to, issued[0])
 
 
+def _issue_new_sale(email: OutboundEmail) -> list[links.IssuedLink]:
+    # No links: the notice is for the shop. It goes only to an address still told about sales
+    # (a user who lost the permission or opted out since the sale is not).
+    if email.purchase is None:
+        raise NothingToSend("the purchase no longer exists")
+    if not sale_notices.is_recipient(email.to):
+        raise NothingToSend("the address is no longer told about new sales")
+    return []
+
+
+def _render_new_sale(
+    email: OutboundEmail, issued: list[links.IssuedLink]
+) -> EmailMultiAlternatives:
+    if email.purchase is None:
+        raise NothingToSend("the purchase no longer exists")
+    return sale_notices.build_new_sale_email(email.purchase, email.to)
+
+
 #: Each kind of email: which links it carries, how it is rendered, what its sending marks.
 KINDS: dict[str, EmailKind] = {
     Kind.DELIVERY: EmailKind(_issue_delivery, _render_delivery, _delivery_sent),
@@ -196,6 +218,7 @@ KINDS: dict[str, EmailKind] = {
     Kind.LIBRARY_SIGN_IN: EmailKind(
         _issue_sign_in, _render_sign_in, discard=library.discard_sign_ins
     ),
+    Kind.NEW_SALE: EmailKind(_issue_new_sale, _render_new_sale),
 }
 
 
@@ -260,6 +283,27 @@ def promise_delivery(purchase: Purchase) -> OutboundEmail:
     """
     email, _ = promise(Kind.DELIVERY, to=purchase.email, purchase=purchase)
     return email
+
+
+def promise_sale_notices(purchase: Purchase) -> list[OutboundEmail]:
+    """The new sale notices of a purchase just paid: one per recipient (``sale_notices``), each
+    attempted once the caller's transaction commits and retried like every email.
+
+    ``fulfillment`` calls this with :func:`promise_delivery`, in the transaction that marks the
+    purchase paid, which happens once per purchase; the key (purchase and address) keeps a
+    second promise from making a second email anyway. A grant is not a sale: no notice.
+    """
+    if not sale_notices.is_sale(purchase):
+        return []
+    promised = []
+    for address in sale_notices.recipients():
+        digest = hashlib.sha256(address.lower().encode()).hexdigest()[:32]
+        key = f"new_sale:{purchase.pk}:{digest}"
+        email, new = promise(Kind.NEW_SALE, to=address, purchase=purchase, key=key)
+        if new:
+            promised.append(email)
+            transaction.on_commit(partial(enqueue, email.pk))
+    return promised
 
 
 def deliver_purchase(purchase_pk: int) -> str:
@@ -468,7 +512,8 @@ def address_corrected(purchase: Purchase, old: str) -> None:
     go to the new address, not the old one (it may be a stranger's); a resend to the old address
     that lists the purchase is cancelled (it lists that address's other purchases too)."""
     waiting = OutboundEmail.objects.filter(status=Status.PENDING, to__iexact=old)
-    waiting.filter(purchase=purchase).update(to=purchase.email)
+    # A new sale notice goes to the shop, not the buyer, even when the buyer was the shop.
+    waiting.filter(purchase=purchase).exclude(kind=Kind.NEW_SALE).update(to=purchase.email)
     why = "the buyer's address was corrected"
     waiting.filter(kind=Kind.RESEND, purchases=purchase).update(
         status=Status.CANCELLED, last_error=why, next_attempt_at=None

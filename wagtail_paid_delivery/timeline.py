@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import quote
 
-from django.db.models import Q, QuerySet
+from django.db.models import Q
 from django.template.defaultfilters import filesizeformat
 from django.utils import formats, timezone
 from django.utils.dateparse import parse_datetime
@@ -25,8 +25,9 @@ from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 from wagtail.log_actions import registry as log_registry
 
-from . import currencies, desk, fulfillment, links, metadata
+from . import desk, links
 from .models import DownloadEvent, DownloadLink, OutboundEmail, Purchase, StripeEvent
+from .payments import stripe_events
 
 S = Purchase.Status
 
@@ -35,9 +36,6 @@ OK, INFO, WARNING, ERROR = "ok", "info", "warning", "error"
 
 #: Download requests shown at most (the most recent); players and resumes can make many.
 MAX_DOWNLOAD_EVENTS = 500
-#: Stripe events that never named the purchase (failed before it was found) are matched by
-#: their payload among those received from this long before the purchase was created.
-EVENT_MATCH_MARGIN = timedelta(hours=1)
 #: A desk log entry within this long of a status timestamp is that change's record.
 SAME_CHANGE = timedelta(minutes=1)
 
@@ -155,19 +153,6 @@ EVENT_TITLES = {
 }
 
 
-def stripe_events(purchase: Purchase) -> QuerySet[StripeEvent]:
-    """The Stripe events about ``purchase``: those processed for it, and those whose payload
-    names its session, PaymentIntent or public id (an event that failed before the purchase
-    was found is not linked to it)."""
-    names = Q(**{f"payload__data__object__metadata__{metadata.PURCHASE}": str(purchase.public_id)})
-    for value in (purchase.stripe_checkout_session_id, purchase.stripe_payment_intent_id):
-        if value:
-            names |= Q(payload__data__object__id=value)
-            names |= Q(payload__data__object__payment_intent=value)
-    since = purchase.created_at - EVENT_MATCH_MARGIN
-    return StripeEvent.objects.filter(Q(purchase=purchase) | (names & Q(received_at__gte=since)))
-
-
 def _event_detail(event: StripeEvent) -> tuple[str, str]:
     if event.status == StripeEvent.Status.FAILED:
         if event.next_attempt_at:
@@ -243,6 +228,7 @@ EMAIL_KINDS: dict[str, Any] = {
     OutboundEmail.Kind.RESEND: _("Links sent again (the buyer asked)"),
     OutboundEmail.Kind.DESK: _("Delivery email from the shop desk"),
     OutboundEmail.Kind.LIBRARY_SIGN_IN: _("Library sign-in link (the buyer asked)"),
+    OutboundEmail.Kind.NEW_SALE: _("New sale notice to the shop"),
 }
 
 
@@ -467,43 +453,6 @@ def verdict(purchase: Purchase, overview: list[LinkSummary]) -> Verdict:
         "problem": latest.problem_display,
     }
     return Verdict(False, text)
-
-
-# What the buyer paid --------------------------------------------------------------------------
-
-#: Events whose object is the paid Checkout Session (its ``amount_total`` is what was charged).
-PAID_SESSION_EVENTS = ("checkout.session.completed", "checkout.session.async_payment_succeeded")
-
-
-@dataclass(frozen=True)
-class AmountPaid:
-    amount: int
-    currency: str
-    #: Why it differs from the product's price (a promotion code), or "".
-    note: str = ""
-
-    @property
-    def display(self) -> str:
-        return currencies.format_price(self.amount, self.currency)
-
-
-def amount_paid(purchase: Purchase) -> AmountPaid:
-    """What the buyer was charged, in their currency: the paid session's ``amount_total`` as
-    Stripe sent it, else the price recorded on the purchase (grants, or no event kept)."""
-    events = stripe_events(purchase).filter(type__in=PAID_SESSION_EVENTS).order_by("-received_at")
-    for payload in events.values_list("payload", flat=True)[:5]:
-        session = payload.get("data", {}).get("object", {}) if isinstance(payload, dict) else {}
-        total, currency = session.get("amount_total"), session.get("currency")
-        if session.get("payment_status") in fulfillment.PAID_STATUSES and isinstance(total, int):
-            if not isinstance(currency, str) or not currency:
-                break
-            note = ""
-            if total != purchase.amount or currency.upper() != purchase.currency.upper():
-                note = str(_("the product's price was %(price)s")) % {
-                    "price": purchase.price_display
-                }
-            return AmountPaid(total, currency.upper(), note)
-    return AmountPaid(purchase.amount, purchase.currency.upper())
 
 
 def stripe_dashboard_url(purchase: Purchase) -> str:

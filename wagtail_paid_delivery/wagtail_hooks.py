@@ -22,6 +22,7 @@ from wagtail.snippets.models import register_snippet
 from . import desk, permissions, product_stats, stats
 from .admin import selftest as selftest_admin
 from .admin import urls as admin_urls
+from .admin.account import ShopNotificationsPanel
 from .admin.dashboard import ShopPanel
 from .admin.events import StripeEventViewSet
 from .admin.purchases import ShopViewSetGroup
@@ -39,6 +40,12 @@ register_permission_policy(StripeEvent, EventPermissionPolicy(StripeEvent))
 def register_shop_desk():
     """The "Shop" menu: purchases (listing, export, inspect with timeline, actions)."""
     return ShopViewSetGroup()
+
+
+@hooks.register("register_account_settings_panel")
+def register_shop_notifications(request, user, profile):
+    """ "Email me about new sales" on the account page (users who may view purchases)."""
+    return ShopNotificationsPanel(request, user, profile)
 
 
 @hooks.register("register_admin_viewset")

@@ -38,7 +38,7 @@ from wagtail.admin.viewsets.model import ModelViewSet, ModelViewSetGroup
 from wagtail.admin.widgets.button import HeaderButton
 from wagtail.permissions import policy_registry
 
-from .. import currencies, desk, links, permissions, timeline
+from .. import currencies, desk, links, payments, permissions, timeline
 from ..models import DownloadLink, OutboundEmail, ProductPageMixin, Purchase
 from .export import FormulaSafeExportMixin
 
@@ -203,7 +203,7 @@ class PurchaseInspectView(InspectView):
                 "purchase": purchase,
                 "status_class": "w-status--primary" if purchase.status == S.PAID else "",
                 "verdict": timeline.verdict(purchase, overview),
-                "paid": timeline.amount_paid(purchase),
+                "paid": payments.amount_paid(purchase),
                 "refunded_display": currencies.format_price(
                     purchase.amount_refunded, purchase.currency
                 ),

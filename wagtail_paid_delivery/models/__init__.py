@@ -1,6 +1,7 @@
 from .copy import DeliveryCopy
 from .events import ClusterHeartbeat, ReconcileMark, StripeEvent
 from .library import LibrarySignIn
+from .notifications import ShopNotificationPreference
 from .outbox import OutboundEmail
 from .pages import AbstractProductFile, ProductPageMixin
 from .purchases import DownloadEvent, DownloadHandoff, DownloadLink, FileDownloadCount, Purchase
@@ -18,5 +19,6 @@ __all__ = [
     "ProductPageMixin",
     "Purchase",
     "ReconcileMark",
+    "ShopNotificationPreference",
     "StripeEvent",
 ]

@@ -23,6 +23,9 @@ class OutboundEmail(models.Model):
         DESK = "desk", _("delivery email from the shop desk")
         #: A one-time sign-in link to the library (library/), for an address that bought.
         LIBRARY_SIGN_IN = "library_sign_in", _("library sign-in link")
+        #: A new sale, told to the shop's staff (NEW_SALE_EMAILS, and users who opted in): one
+        #: per purchase and recipient.
+        NEW_SALE = "new_sale", _("new sale notice")
 
     class Status(models.TextChoices):
         #: Not sent yet: waiting for its first attempt, for its next one, or being sent.
