@@ -27,8 +27,9 @@ not send twice.
 Kinds: ``KINDS`` says, for each kind, which links its message carries and how it is rendered:
 the delivery email and a resend issue new links at each attempt; the shop desk's email sends the
 link an editor issued, with a new token at each attempt (``links.rekey_link``).
-A new kind (a failed-payment notice, say) is an ``OutboundEmail.Kind`` choice, one entry in
-``KINDS`` and a function that records the promise. See docs/architecture.md, "Emails".
+The failed-payment notice carries no link, only the way back to the product page. A new kind
+is an ``OutboundEmail.Kind`` choice, one entry in ``KINDS`` and a function that records the
+promise. See docs/architecture.md, "Emails".
 """
 
 from __future__ import annotations
@@ -169,11 +170,30 @@ def _render_resend(email: OutboundEmail, issued: list[links.IssuedLink]) -> Emai
     return delivery.build_links_email(email.to, issued)
 
 
+def _issue_payment_failed(email: OutboundEmail) -> list[links.IssuedLink]:
+    # No links: the notice says the payment failed, so it is only true while the purchase is
+    # failed (Stripe may yet say otherwise, e.g. a late success, and the delivery email follows).
+    purchase = email.purchase
+    if purchase is None:
+        raise NothingToSend("the purchase no longer exists")
+    if purchase.status != Purchase.Status.FAILED:
+        raise NothingToSend(f"the purchase is {purchase.status}")
+    return []
+
+
+def _render_payment_failed(
+    email: OutboundEmail, issued: list[links.IssuedLink]
+) -> EmailMultiAlternatives:
+    assert email.purchase is not None  # noqa: S101 (checked by _issue_payment_failed)
+    return delivery.build_payment_failed_email(email.purchase, to=email.to)
+
+
 #: Each kind of email: which links it carries, how it is rendered, what its sending marks.
 KINDS: dict[str, EmailKind] = {
     Kind.DELIVERY: EmailKind(_issue_delivery, _render_delivery, _delivery_sent),
     Kind.RESEND: EmailKind(_issue_resend, _render_resend),
     Kind.DESK: EmailKind(_issue_desk, _render_delivery, _desk_sent, _forget_tokens),
+    Kind.PAYMENT_FAILED: EmailKind(_issue_payment_failed, _render_payment_failed),
 }
 
 
@@ -237,6 +257,16 @@ def promise_delivery(purchase: Purchase) -> OutboundEmail:
     purchase always has its email recorded, whatever becomes of the task that sends it.
     """
     email, _ = promise(Kind.DELIVERY, to=purchase.email, purchase=purchase)
+    return email
+
+
+def promise_payment_failed(purchase: Purchase) -> OutboundEmail:
+    """The notice that a purchase's asynchronous payment failed, promised once per purchase
+    (a unique constraint), and handed to the task cluster once the caller's transaction
+    commits. ``fulfillment`` calls it when a pending purchase fails; the sweep retries it."""
+    email, new = promise(Kind.PAYMENT_FAILED, to=purchase.email, purchase=purchase)
+    if new:
+        transaction.on_commit(lambda: enqueue(email.pk))
     return email
 
 

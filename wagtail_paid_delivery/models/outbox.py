@@ -21,6 +21,8 @@ class OutboundEmail(models.Model):
         RESEND = "resend", _("links sent again")
         #: The shop desk sent a purchase's delivery email with the link an editor issued.
         DESK = "desk", _("delivery email from the shop desk")
+        #: An asynchronous payment (a bank debit) failed: nothing is delivered; try again.
+        PAYMENT_FAILED = "payment_failed", _("failed payment notice")
 
     class Status(models.TextChoices):
         #: Not sent yet: waiting for its first attempt, for its next one, or being sent.
@@ -83,7 +85,12 @@ class OutboundEmail(models.Model):
                 fields=["kind", "purchase"],
                 condition=Q(kind="delivery"),
                 name="wagtail_paid_delivery_one_delivery_email_per_purchase",
-            )
+            ),
+            models.UniqueConstraint(
+                fields=["kind", "purchase"],
+                condition=Q(kind="payment_failed"),
+                name="wagtail_paid_delivery_one_failed_payment_email_per_purchase",
+            ),
         ]
 
     def __str__(self) -> str:
