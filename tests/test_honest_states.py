@@ -361,6 +361,16 @@ def test_a_failed_debit_emails_the_buyer_once_with_a_way_to_try_again(
     assert message.extra_headers["Message-ID"] == email.message_id
 
 
+def test_the_shop_desk_timeline_shows_the_failed_payment_email(
+    client, admin_client, product, fake_stripe, webhook
+):
+    purchase, session_id = fail_debit(client, product, fake_stripe, webhook)
+    webhook(fake_stripe.session(session_id), "checkout.session.async_payment_failed")
+    url = reverse("wagtail_paid_delivery_purchases:inspect", args=[purchase.pk])
+    html = admin_client.get(url).content.decode()
+    assert "Failed payment email sent" in html
+
+
 def test_a_failed_debit_found_by_the_success_page_first_is_still_one_email(
     client, product, fake_stripe, webhook, django_capture_on_commit_callbacks
 ):

@@ -242,6 +242,7 @@ EMAIL_KINDS: dict[str, Any] = {
     OutboundEmail.Kind.DELIVERY: _("Delivery email"),
     OutboundEmail.Kind.RESEND: _("Links sent again (the buyer asked)"),
     OutboundEmail.Kind.DESK: _("Delivery email from the shop desk"),
+    OutboundEmail.Kind.PAYMENT_FAILED: _("Failed payment email"),
 }
 
 
