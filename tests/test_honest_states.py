@@ -143,6 +143,16 @@ def test_success_page_after_access_ended_says_why_and_offers_no_link(
     assert "contact the shop" in html
 
 
+def test_success_page_whose_link_ended_says_so_and_points_to_fresh_links(client, paid):
+    purchase, _ = paid
+    assert "Go to your downloads" in thanks(client, purchase)
+    expire_links(purchase)
+    html = thanks(client, purchase)
+    assert TITLES["paid"] in html and "/shop/d/" not in html
+    assert "The download link on this page no longer works" in html
+    assert f'href="{RESEND}?product={purchase.product_id}"' in html
+
+
 def test_success_page_while_pending_promises_the_email_it_will_send(client, product, fake_stripe):
     purchase = start_checkout(client, product)
     fake_stripe.pay(purchase.stripe_checkout_session_id, email=EMAIL, payment_status="unpaid")
@@ -293,6 +303,17 @@ def test_resend_from_a_links_page_with_another_address_answers_like_the_anonymou
     assert other.content == anonymous.content
     assert enqueued == [("someone@example.com", None)] * 2
     assert "we are sending it fresh links" in other.content.decode()
+
+
+def test_the_token_in_the_resend_form_is_kept_out_of_error_reports(client, paid, enqueued):
+    from django.views.debug import SafeExceptionReporterFilter
+
+    _, token = paid
+    response = client.post(RESEND, {"email": EMAIL, "link": token})
+    request = response.wsgi_request
+    assert request.sensitive_post_parameters == ("link",)
+    cleansed = SafeExceptionReporterFilter().get_post_parameters(request)
+    assert cleansed["link"] != token and token not in str(cleansed)
 
 
 @pytest.mark.parametrize("link", ["A" * 43, "not a token", "x" * 64, ""])

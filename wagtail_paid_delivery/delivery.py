@@ -74,7 +74,8 @@ def build_delivery_email(
         "body_html": copy.render("email_body", **values),
         "body_text": copy.render_text("email_body", **values),
     }
-    subject = one_line(copy.render_text("email_subject", **values))
+    # Header injection is impossible (Django refuses newlines), but keep the subject one line.
+    subject = " ".join(copy.render_text("email_subject", **values).split())
     message = EmailMultiAlternatives(
         subject=subject,
         body=render_to_string("wagtail_paid_delivery/email/delivery.txt", context),
