@@ -464,3 +464,29 @@ def test_the_migration_rewords_only_untouched_builtin_words():
     for name in migration.REWORDED:
         assert getattr(untouched, name) == DeliveryCopy._meta.get_field(name).default
     assert edited.resend_confirmation == "Our own words."
+
+
+NEW_FIELDS = [
+    "refunded_title",
+    "refunded_message",
+    "shop_revoked_title",
+    "shop_revoked_message",
+    "suspended_title",
+    "suspended_message",
+    "payment_failed_email_subject",
+    "payment_failed_email_body",
+    "resend_sent",
+    "resend_email_subject",
+    "resend_email_intro",
+]
+
+
+def test_editors_find_every_new_field_in_the_copy_editor(admin_client):
+    copy = DeliveryCopy.objects.get_default()
+    url = reverse("wagtailsnippets_wagtail_paid_delivery_deliverycopy:edit", args=[copy.pk])
+    html = admin_client.get(url).content.decode()
+    for name in NEW_FIELDS:
+        assert f'name="{name}"' in html, name
+    for heading in ("Refunded", "Revoked by the shop", "Suspended during a dispute"):
+        assert heading in html
+    assert "Failed payment email" in html
