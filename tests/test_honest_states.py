@@ -293,6 +293,23 @@ def test_resend_from_a_paid_links_page_says_exactly_where_the_links_went(client,
     assert client.get(path).status_code == 200
 
 
+def test_resend_from_a_links_page_over_the_address_limit_promises_nothing(
+    client, paid, enqueued, settings
+):
+    purchase, token = paid
+    expire_links(purchase)
+    settings.WAGTAIL_PAID_DELIVERY = {
+        **settings.WAGTAIL_PAID_DELIVERY,
+        "RESEND_EMAIL_RATE_LIMIT": (1, 3600),
+    }
+    first = client.post(RESEND, {"email": EMAIL, "link": token}).content.decode()
+    second = client.post(RESEND, {"email": EMAIL, "link": token}).content.decode()
+    assert "are on their way to" in first
+    # Nothing is asked for the second time, so it is not said to be on its way.
+    assert "are on their way" not in second and "we are sending it fresh links" in second
+    assert enqueued == [(EMAIL, purchase.product_id)]
+
+
 def test_resend_from_a_links_page_with_another_address_answers_like_the_anonymous_form(
     client, paid, enqueued
 ):

@@ -12,10 +12,9 @@ Two limits keep it from being a mail cannon, both counted by the app's one limit
 
 The anonymous answer never says links *are* on their way, only that they are sent if the
 address has a purchase that can still be downloaded. A request from a link's page (the form
-there carries the link's token) may be answered exactly, since whoever holds the link already
-sees its purchase's state: fresh links are on their way while the purchase is paid and the
-address is the buyer's; a refunded, revoked or suspended purchase is told so, and nothing is
-sent.
+there carries the link's token) with the buyer's own address is answered exactly, since
+whoever holds the link already sees its purchase's state: fresh links are on their way while
+the purchase is paid; a refunded, revoked or suspended purchase is told so, and nothing is sent.
 """
 
 from __future__ import annotations
@@ -86,13 +85,16 @@ def resend(request: HttpRequest) -> HttpResponseBase:
         return TemplateResponse(request, template, _form_context(form, product))
 
     email = form.cleaned_data["email"].strip()
-    link = links.find_link(form.cleaned_data.get("link"))
-    if link is not None:
-        answer = _resend_for_link(request, link, email)
-        if answer is not None:
-            return answer
     product = live_product_page(form.cleaned_data.get("product"))
+    link = links.find_link(form.cleaned_data.get("link"))
+    if link is not None and link.purchase.email.lower() == email.lower():
+        return _resend_for_link(request, link, product)
+    # No link, or another address than the buyer's: the one answer for every address.
     _ask(request, email, product.pk if product is not None else None)
+    return _anonymous_answer(request, product, email)
+
+
+def _anonymous_answer(request: HttpRequest, product: Any, email: str) -> TemplateResponse:
     copy = delivery.copy_for(product=product)
     context = screens.resend_done_context(copy, product, email)
     return TemplateResponse(request, screens.TEMPLATES["resend_done"], context)
@@ -107,19 +109,14 @@ def _ask(request: HttpRequest, email: str, product_id: int | None) -> bool:
     return True
 
 
-def _resend_for_link(
-    request: HttpRequest, link: DownloadLink, email: str
-) -> TemplateResponse | None:
-    """The exact answer for a request from ``link``'s page; None: answer as the anonymous form
-    does (another address was typed, or the address is over its limit)."""
+def _resend_for_link(request: HttpRequest, link: DownloadLink, product: Any) -> TemplateResponse:
+    """The answer to the buyer's own address typed on ``link``'s page: exact (its holder sees the
+    purchase's state anyway), unless the address is over its limit (then the usual answer)."""
     purchase = link.purchase
     copy = delivery.copy_for(purchase)
     template = screens.TEMPLATES["resend_done"]
-    if purchase.status != Purchase.Status.PAID:
-        # Nothing would be sent: say why, instead of "on its way".
-        return TemplateResponse(request, template, screens.resend_for_link_context(copy, purchase))
-    if email.lower() != purchase.email.lower() or not _ask(
-        request, purchase.email, purchase.product_id
-    ):
-        return None
+    paid = purchase.status == Purchase.Status.PAID
+    # Not paid: nothing would be sent, so nothing is asked for and the answer says why.
+    if paid and not _ask(request, purchase.email, purchase.product_id):
+        return _anonymous_answer(request, product, purchase.email)
     return TemplateResponse(request, template, screens.resend_for_link_context(copy, purchase))
