@@ -24,16 +24,27 @@ MODE_FIELDS = {
     "success": ["success_title", "success_message"],
     "pending": ["pending_title", "pending_message"],
     "failed": ["failed_title", "failed_message"],
+    "refunded": ["refunded_title", "refunded_message"],
+    "shop_revoked": ["shop_revoked_title", "shop_revoked_message"],
+    "suspended": ["suspended_title", "suspended_message"],
     "neutral": ["neutral_title", "neutral_message"],
     "checkout_unavailable": ["checkout_unavailable_title", "checkout_unavailable_message"],
     "email": ["email_body"],
+    "payment_failed_email": ["payment_failed_email_body"],
     "download": ["download_intro"],
     "expired": ["expired_message"],
     "used_up": ["used_up_message"],
     "revoked": ["revoked_message"],
+    "link_refunded": ["refunded_title", "refunded_message"],
+    "link_shop_revoked": ["shop_revoked_title", "shop_revoked_message"],
+    "link_suspended": ["suspended_title", "suspended_message"],
     "resend": ["resend_intro"],
     "resend_done": ["resend_confirmation"],
+    "resend_sent": ["resend_sent"],
+    "resend_email": ["resend_email_intro"],
 }
+#: Shown in the form; an HTML email has no subject line to preview.
+SUBJECTS = {"email_subject", "payment_failed_email_subject", "resend_email_subject"}
 
 
 def unsaved_words(field: str) -> str:
@@ -55,9 +66,7 @@ def previewing(admin_client):
 
 def test_every_buyer_screen_has_a_preview_mode():
     assert [mode for mode, _ in PREVIEW_MODES] == list(MODE_FIELDS)
-    assert set(COPY_FIELDS) - {f for fields in MODE_FIELDS.values() for f in fields} == {
-        "email_subject"  # shown in the form; an HTML email has no subject line to preview
-    }
+    assert set(COPY_FIELDS) - {f for fields in MODE_FIELDS.values() for f in fields} == SUBJECTS
 
 
 @pytest.mark.parametrize("mode", list(MODE_FIELDS))
@@ -97,6 +106,16 @@ def test_previews_render_the_real_templates_with_sample_values(admin_client, pre
     assert "Go to your downloads" in paid
     unavailable = admin_client.get(url, {"mode": "checkout_unavailable"}).content.decode()
     assert "Back to Sample product" in unavailable
+    # A purchase that no longer gives access is offered no fresh links, on either page.
+    for mode in ("link_refunded", "link_shop_revoked", "link_suspended"):
+        refused = admin_client.get(url, {"mode": mode}).content.decode()
+        assert 'action="/shop/resend/"' not in refused, mode
+    for mode in ("refunded", "shop_revoked", "suspended"):
+        assert "Go to your downloads" not in admin_client.get(url, {"mode": mode}).content.decode()
+    failed_email = admin_client.get(url, {"mode": "payment_failed_email"}).content.decode()
+    assert "Try again" in failed_email and "Download your files" not in failed_email
+    resend_email = admin_client.get(url, {"mode": "resend_email"}).content.decode()
+    assert "Download your files" in resend_email and "Sample product" in resend_email
 
 
 def test_placeholders_in_the_preview_are_escaped(admin_client):

@@ -34,6 +34,10 @@ def bought(home):
         expired_message="EXPIRED for {product}",
         used_up_message="USED UP for {product}",
         revoked_message="REVOKED for {product}",
+        refunded_title="Refunded: {product}",
+        refunded_message="REFUNDED for {product}",
+        suspended_title="Paused: {product}",
+        suspended_message="SUSPENDED for {product}",
     )
     product = ProductPageFactory(parent=home, title="Field guide", files=2, delivery_copy=copy)
     purchase = PurchaseFactory(paid=True, product=product)
@@ -118,15 +122,15 @@ def _expire(link):
             lambda issued, purchase: Purchase.objects.filter(pk=purchase.pk).update(
                 status="refunded"
             ),
-            "REVOKED",
-            "no longer valid",
+            "REFUNDED for Field guide",
+            "Refunded: Field guide",
         ),
         (
             lambda issued, purchase: Purchase.objects.filter(pk=purchase.pk).update(
                 status="disputed"
             ),
-            "REVOKED",
-            "no longer valid",
+            "SUSPENDED for Field guide",
+            "Paused: Field guide",
         ),
     ],
     ids=["expired", "revoked", "refunded", "disputed"],

@@ -72,7 +72,7 @@ def test_lost_email_gets_fresh_working_links_for_every_paid_purchase(client, bou
     product, other, purchase = bought
     response = client.post(URL, {"email": "BUYER@example.com"})
     assert response.status_code == 200
-    assert "is on its way" in response.content.decode()  # DeliveryCopy.resend_confirmation
+    assert "we are sending it fresh links" in response.content.decode()  # resend_confirmation
     assert len(mail.outbox) == 1
     message = mail.outbox[0]
     # The address on record (the newest purchase's spelling), not the one typed.
@@ -99,7 +99,7 @@ def test_resend_for_one_product_sends_only_its_link(client, bought):
     assert response.status_code == 200
     assert len(mail.outbox) == 1
     assert "Star atlas" in mail.outbox[0].body and "Field guide" not in mail.outbox[0].body
-    assert mail.outbox[0].subject == "Your download link: Star atlas"
+    assert mail.outbox[0].subject == "Fresh download links for Star atlas"
     assert len(LINK_RE.findall(mail.outbox[0].body)) == 1
 
 
@@ -231,7 +231,7 @@ def test_a_resend_whose_send_fails_is_retried_and_arrives_once(client, bought, s
     DownBackend.handed = []
     response = client.post(URL, {"email": "buyer@example.com"})
     assert response.status_code == 200  # the same answer: the failure is the outbox's business
-    assert "is on its way" in response.content.decode()
+    assert "we are sending it fresh links" in response.content.decode()
     email = OutboundEmail.objects.get()
     assert (email.kind, email.status, email.attempts) == ("resend", "pending", 1)
     assert email.to == "buyer@example.com" and email.purchases.count() == 2
@@ -297,7 +297,7 @@ def test_browser_resend_form_sends_a_working_link(bought, live_server, headless_
     page.screenshot(path=str(screenshots / "resend.png"), full_page=True)
     page.get_by_role("button", name="Send me fresh links").click()
     page.wait_for_load_state()
-    assert page.get_by_text("is on its way").is_visible()
+    assert page.get_by_text("we are sending it fresh links").is_visible()
     assert all(r.startswith(live_server.url) for r in requests), requests
     assert len(mail.outbox) == 1
     path = LINK_RE.findall(mail.outbox[0].body)[0]

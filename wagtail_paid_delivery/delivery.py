@@ -89,8 +89,14 @@ def build_delivery_email(
 # The resend message ---------------------------------------------------------------------------
 
 
-def build_links_email(to: str, issued: list[links.IssuedLink]) -> EmailMultiAlternatives:
-    """One message listing a fresh link for each purchase (the resend email)."""
+def build_links_email(
+    to: str, issued: list[links.IssuedLink], *, copy: DeliveryCopy | None = None
+) -> EmailMultiAlternatives:
+    """One message listing a fresh link for each purchase (the resend email).
+
+    In the words of the product's copy when every link is for one product, else the site
+    default's; ``copy``: the words to use instead (the admin preview passes the copy edited).
+    """
     items = []
     for one in issued:
         items.append(
@@ -100,13 +106,23 @@ def build_links_email(to: str, issued: list[links.IssuedLink]) -> EmailMultiAlte
                 "expires": expires_display(one.link),
             }
         )
-    context = {"items": items, "email": to}
-    if len(items) == 1:
-        subject = _("Your download link: %(product)s") % {"product": items[0]["product_title"]}
-    else:
-        subject = _("Your download links")
+    purchases = [one.link.purchase for one in issued]
+    if copy is None:
+        products = {p.product_id for p in purchases}
+        copy = copy_for(purchases[0]) if len(products) == 1 else copy_for()
+    titles = {p.product_title for p in purchases}
+    values = {
+        "product": titles.pop() if len(titles) == 1 else _("your purchases"),
+        "email": to,
+    }
+    context = {
+        "items": items,
+        "email": to,
+        "intro_html": copy.render("resend_email_intro", **values),
+        "intro_text": copy.render_text("resend_email_intro", **values),
+    }
     message = EmailMultiAlternatives(
-        subject=" ".join(str(subject).split()),
+        subject=one_line(copy.render_text("resend_email_subject", **values)),
         body=render_to_string("wagtail_paid_delivery/email/links.txt", context),
         from_email=settings.DEFAULT_FROM_EMAIL,
         to=[to],
@@ -141,3 +157,51 @@ def build_sign_in_email(to: str, issued: library.IssuedSignIn) -> EmailMultiAlte
         render_to_string("wagtail_paid_delivery/email/library_sign_in.html", context), "text/html"
     )
     return message
+
+
+# The failed payment message ---------------------------------------------------------------------
+
+
+def product_url(purchase: Purchase) -> str | None:
+    """The full URL of the product page ``purchase`` sold, while it is live; else None."""
+    page = purchase.product_page
+    if page is None or not page.live:
+        return None
+    url: str | None = page.get_full_url()
+    return url
+
+
+def build_payment_failed_email(
+    purchase: Purchase,
+    *,
+    copy: DeliveryCopy | None = None,
+    to: str | None = None,
+    retry_url: str | None = None,
+) -> EmailMultiAlternatives:
+    """The message for a purchase whose asynchronous payment (a bank debit) failed: no money
+    was taken, nothing will be delivered, and where to try again (``retry_url``: the product
+    page, by default; none when the product is no longer sold)."""
+    copy = copy or copy_for(purchase)
+    values = {"product": purchase.product_title, "email": purchase.email}
+    context = {
+        "purchase": purchase,
+        "product_title": purchase.product_title,
+        "retry_url": retry_url if retry_url is not None else product_url(purchase),
+        "body_html": copy.render("payment_failed_email_body", **values),
+        "body_text": copy.render_text("payment_failed_email_body", **values),
+    }
+    message = EmailMultiAlternatives(
+        subject=one_line(copy.render_text("payment_failed_email_subject", **values)),
+        body=render_to_string("wagtail_paid_delivery/email/payment_failed.txt", context),
+        from_email=settings.DEFAULT_FROM_EMAIL,
+        to=[to or purchase.email],
+    )
+    message.attach_alternative(
+        render_to_string("wagtail_paid_delivery/email/payment_failed.html", context), "text/html"
+    )
+    return message
+
+
+def one_line(subject: str) -> str:
+    # Header injection is impossible (Django refuses newlines), but keep a subject one line.
+    return " ".join(subject.split())

@@ -137,3 +137,6 @@ class LibrarySignInForm(forms.Form):
         max_length=254,
         widget=forms.EmailInput(attrs={"autocomplete": "email", "required": True}),
     )
+    #: Optional: the token of the link whose page showed the form (``download_refused.html``).
+    #: Whoever holds a link may learn its purchase's state, so the answer can be exact.
+    link = forms.CharField(required=False, max_length=64, widget=forms.HiddenInput)

@@ -60,6 +60,7 @@ DELIVER = "deliver"  # paid_at now; delivery email and sale notices promised; pu
 REVOKE_LINKS = "revoke_links"  # every live link of the purchase ends for good
 NOTIFY_REVOKED = "notify_revoked"  # purchase_revoked on commit
 NOTIFY_RESTORED = "notify_restored"  # purchase_restored on commit
+NOTIFY_FAILED = "notify_failed"  # the failed payment notice promised (sent on commit)
 
 #: A purchase disputed before it was ever paid: access held, not suspended (nothing to give
 #: back). Only a table key; its status is ``disputed``.
@@ -109,7 +110,9 @@ def _unpaid_rows() -> Rows:
         for source in (S.PAID, S.FAILED, S.EXPIRED, S.DISPUTED, HELD)
         for said in ("failed", "expired")
     }
-    rows[S.PENDING, "failed"] = Transition(S.FAILED, "failed")
+    # Stripe says "failed" only for a completed session whose payment then failed (a bank
+    # debit returned): the buyer was told to wait for an email, so they get one.
+    rows[S.PENDING, "failed"] = Transition(S.FAILED, "failed", (NOTIFY_FAILED,))
     rows[S.PENDING, "expired"] = Transition(S.EXPIRED, "expired")
     rows[S.PENDING, "checkout_failed"] = Transition(S.FAILED, "failed")
     return rows
@@ -252,6 +255,8 @@ def _run_effects(
         transaction.on_commit(
             lambda: signals.purchase_revoked.send(sender=Purchase, purchase=locked, reason=why)
         )
+    if NOTIFY_FAILED in effects:
+        outbox.promise_payment_failed(locked)
     if NOTIFY_RESTORED in effects:
         transaction.on_commit(
             lambda: signals.purchase_restored.send(sender=Purchase, purchase=locked)

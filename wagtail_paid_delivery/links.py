@@ -26,7 +26,7 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import Enum
-from typing import Literal
+from typing import Any, Literal
 
 from django.conf import settings
 from django.core import signing
@@ -204,13 +204,20 @@ def check_link(link: DownloadLink, *, now: datetime | None = None) -> DownloadLi
 @sensitive_variables("raw")
 def check_token(raw: str, *, now: datetime | None = None) -> DownloadLink:
     """The usable link for a raw token, in one indexed query, or a :class:`LinkError`."""
-    if not isinstance(raw, str) or not TOKEN_RE.match(raw):
+    link = find_link(raw)
+    if link is None:
         raise InvalidToken
-    try:
-        link = DownloadLink.objects.select_related("purchase").get(token_hash=hash_token(raw))
-    except DownloadLink.DoesNotExist:
-        raise InvalidToken from None
     return check_link(link, now=now)
+
+
+@sensitive_variables("raw")
+def find_link(raw: Any) -> DownloadLink | None:
+    """The link a raw token names, in whatever state (expired, used up, revoked), or None."""
+    if not isinstance(raw, str) or not TOKEN_RE.match(raw):
+        return None
+    return (
+        DownloadLink.objects.select_related("purchase").filter(token_hash=hash_token(raw)).first()
+    )
 
 
 def revoke_link(link: DownloadLink, *, now: datetime | None = None) -> None:

@@ -29,9 +29,9 @@ the delivery email and a resend issue new links at each attempt; the shop desk's
 link an editor issued, with a new token at each attempt (``links.rekey_link``); the library's
 sign-in email carries a new one-time sign-in link at each attempt (``library.issue_sign_in``); a
 new sale notice (``sale_notices``) carries no link and goes only to an address still told about
-sales.
-A new kind (a failed-payment notice, say) is an ``OutboundEmail.Kind`` choice, one entry in
-``KINDS`` and a function that records the promise. See docs/architecture.md, "Emails".
+sales; the failed-payment notice carries no link, only the way back to the product page. A new
+kind is an ``OutboundEmail.Kind`` choice, one entry in ``KINDS`` and a function that records the
+promise. See docs/architecture.md, "Emails".
 """
 
 from __future__ import annotations
@@ -210,6 +210,24 @@ def _render_new_sale(
     return sale_notices.build_new_sale_email(email.purchase, email.to)
 
 
+def _issue_payment_failed(email: OutboundEmail) -> list[links.IssuedLink]:
+    # No links: the notice says the payment failed, so it is only true while the purchase is
+    # failed (Stripe may yet say otherwise, e.g. a late success, and the delivery email follows).
+    purchase = email.purchase
+    if purchase is None:
+        raise NothingToSend("the purchase no longer exists")
+    if purchase.status != Purchase.Status.FAILED:
+        raise NothingToSend(f"the purchase is {purchase.status}")
+    return []
+
+
+def _render_payment_failed(
+    email: OutboundEmail, issued: list[links.IssuedLink]
+) -> EmailMultiAlternatives:
+    assert email.purchase is not None  # noqa: S101 (checked by _issue_payment_failed)
+    return delivery.build_payment_failed_email(email.purchase, to=email.to)
+
+
 #: Each kind of email: which links it carries, how it is rendered, what its sending marks.
 KINDS: dict[str, EmailKind] = {
     Kind.DELIVERY: EmailKind(_issue_delivery, _render_delivery, _delivery_sent),
@@ -219,6 +237,7 @@ KINDS: dict[str, EmailKind] = {
         _issue_sign_in, _render_sign_in, discard=library.discard_sign_ins
     ),
     Kind.NEW_SALE: EmailKind(_issue_new_sale, _render_new_sale),
+    Kind.PAYMENT_FAILED: EmailKind(_issue_payment_failed, _render_payment_failed),
 }
 
 
@@ -304,6 +323,16 @@ def promise_sale_notices(purchase: Purchase) -> list[OutboundEmail]:
             promised.append(email)
             transaction.on_commit(partial(enqueue, email.pk))
     return promised
+
+
+def promise_payment_failed(purchase: Purchase) -> OutboundEmail:
+    """The notice that a purchase's asynchronous payment failed, promised once per purchase
+    (a unique constraint), and handed to the task cluster once the caller's transaction
+    commits. ``fulfillment`` calls it when a pending purchase fails; the sweep retries it."""
+    email, new = promise(Kind.PAYMENT_FAILED, to=purchase.email, purchase=purchase)
+    if new:
+        transaction.on_commit(lambda: enqueue(email.pk))
+    return email
 
 
 def deliver_purchase(purchase_pk: int) -> str:

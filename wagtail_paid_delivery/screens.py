@@ -40,13 +40,22 @@ TEMPLATES = {
     "library_sign_in": "wagtail_paid_delivery/library_sign_in.html",
 }
 
-#: Which success-page state a bound browser reads for each purchase status. Refunded, disputed
-#: or revoked: the email and the download page explain; the page stays neutral.
+#: Purchases that no longer give access, and the state that explains why: its DeliveryCopy
+#: fields are ``<state>_title`` and ``<state>_message``, on the success page and on a link's page.
+NO_ACCESS_STATES: dict[str, str] = {
+    Purchase.Status.REFUNDED: "refunded",
+    Purchase.Status.REVOKED: "shop_revoked",
+    Purchase.Status.DISPUTED: "suspended",
+}
+
+#: Which success-page state a bound browser reads for each purchase status. Only "success"
+#: shows a link and only "pending" promises one; no state says a link is coming when none is.
 STATE_FOR_STATUS: dict[str, str] = {
     Purchase.Status.PAID: "success",
     Purchase.Status.PENDING: "pending",
     Purchase.Status.FAILED: "failed",
     Purchase.Status.EXPIRED: "failed",
+    **NO_ACCESS_STATES,
 }
 
 #: What ``{product}`` says on the resend pages when no product was chosen.
@@ -78,7 +87,7 @@ def state_context(
     download_url: str | None = None,
     product_url: str | None = None,
 ) -> dict[str, Any]:
-    """The success page for the browser that started the checkout: paid, pending or failed."""
+    """The success page for the browser that started the checkout (``STATE_FOR_STATUS``)."""
     values = {"product": purchase.product_title, "email": purchase.email}
     return {
         "state": state,
@@ -111,14 +120,27 @@ def checkout_limited_context(page: Any, retry_after: int) -> dict[str, Any]:
 # Downloads -----------------------------------------------------------------------------------
 
 
-def refused_context(error: links.LinkRefused, copy: DeliveryCopy) -> dict[str, Any]:
-    """Why a link does not open (expired, used up, revoked…), in the editor's words."""
+def refused_context(
+    error: links.LinkRefused, copy: DeliveryCopy, token: str | None = None
+) -> dict[str, Any]:
+    """Why a link does not open, in the editor's words: the purchase's state when it no longer
+    gives access (refunded, revoked by the shop, suspended), else the link's own (expired, used
+    up, revoked). Fresh links are offered only while the purchase is paid; ``token`` (the link's,
+    when the page has it) lets the resend form answer exactly (``views.resend``)."""
     link = error.link
+    purchase = link.purchase
+    values = delivery.link_placeholders(link, None)
+    state = NO_ACCESS_STATES.get(purchase.status)
+    can_resend = purchase.status == Purchase.Status.PAID
     return {
         "link": link,
         "reason": error.reason,
-        "product_title": link.purchase.product_title,
-        "message": copy.render(error.copy_field, **delivery.link_placeholders(link, None)),
+        "state": state,
+        "product_title": purchase.product_title,
+        "title": copy.render_text(f"{state}_title", **values) if state else "",
+        "message": copy.render(f"{state}_message" if state else error.copy_field, **values),
+        "can_resend": can_resend,
+        "resend_token": token if can_resend else None,
     }
 
 
@@ -158,8 +180,31 @@ def resend_form_context(form: ResendForm, copy: DeliveryCopy, product: Any) -> d
     }
 
 
+def resend_for_link_context(copy: DeliveryCopy, purchase: Purchase) -> dict[str, Any]:
+    """The answer to a resend asked from a link's page (its holder may know its purchase):
+    fresh links are on their way while the purchase is paid; otherwise why none will be sent."""
+    values = {"product": purchase.product_title, "email": purchase.email}
+    state = NO_ACCESS_STATES.get(purchase.status)
+    if purchase.status == Purchase.Status.PAID:
+        return {
+            "copy": copy,
+            "product_title": purchase.product_title,
+            "confirmation": copy.render("resend_sent", **values),
+        }
+    # Not paid and not in NO_ACCESS_STATES (pending, failed): said as a link's page would.
+    field = f"{state}_message" if state else "revoked_message"
+    return {
+        "copy": copy,
+        "product_title": purchase.product_title,
+        "state": state or "not_paid",
+        "title": copy.render_text(f"{state}_title", **values) if state else "",
+        "nothing_sent": True,
+        "confirmation": copy.render(field, **values),
+    }
+
+
 def resend_done_context(copy: DeliveryCopy, product: Any, email: str = "") -> dict[str, Any]:
-    """The one answer every accepted resend request gets."""
+    """The one answer every accepted resend request from the anonymous form gets."""
     title = str(getattr(product, "title", "")) if product is not None else ""
     return {
         "copy": copy,
@@ -178,15 +223,24 @@ PREVIEW_MODES: list[tuple[str, Any]] = [
     ("success", _("Success page: paid")),
     ("pending", _("Success page: pending")),
     ("failed", _("Success page: failed")),
+    ("refunded", _("Success page: refunded")),
+    ("shop_revoked", _("Success page: revoked by the shop")),
+    ("suspended", _("Success page: suspended during a dispute")),
     ("neutral", _("Success page: another browser")),
     ("checkout_unavailable", _("Checkout unavailable")),
     ("email", _("Delivery email")),
+    ("payment_failed_email", _("Failed payment email")),
     ("download", _("Download page")),
     ("expired", _("Expired link")),
     ("used_up", _("Used-up link")),
     ("revoked", _("Revoked link")),
+    ("link_refunded", _("Link of a refunded purchase")),
+    ("link_shop_revoked", _("Link of a purchase revoked by the shop")),
+    ("link_suspended", _("Link of a purchase suspended during a dispute")),
     ("resend", _("Resend form")),
     ("resend_done", _("Resend confirmation")),
+    ("resend_sent", _("Resend confirmation on a link's page")),
+    ("resend_email", _("Resend email")),
 ]
 
 SAMPLE_PRODUCT = "Sample product"
@@ -199,6 +253,8 @@ _REFUSALS = {
     "used_up": links.LinkUsedUp,
     "revoked": links.LinkRevoked,
 }
+#: The link page of a purchase that no longer gives access: mode → the purchase's status.
+_NO_ACCESS_LINKS = {f"link_{state}": status for status, state in NO_ACCESS_STATES.items()}
 
 
 @dataclass
@@ -246,22 +302,32 @@ def sample_files() -> list[dict[str, Any]]:
     ]
 
 
-def _email_preview(request: HttpRequest, copy: DeliveryCopy, link: DownloadLink) -> HttpResponse:
+def _email_preview(
+    request: HttpRequest, copy: DeliveryCopy, link: DownloadLink, mode: str
+) -> HttpResponse:
     path = reverse("wagtail_paid_delivery:download", args=[SAMPLE_TOKEN])
     issued = links.IssuedLink(link=link, token=SAMPLE_TOKEN, url=request.build_absolute_uri(path))
-    message = delivery.build_delivery_email(link.purchase, issued, copy=copy)
+    if mode == "resend_email":
+        message = delivery.build_links_email(SAMPLE_EMAIL, [issued], copy=copy)
+    elif mode == "payment_failed_email":
+        message = delivery.build_payment_failed_email(link.purchase, copy=copy, retry_url="#")
+    else:
+        message = delivery.build_delivery_email(link.purchase, issued, copy=copy)
     html = next(content for content, mimetype in message.alternatives if mimetype == "text/html")
     return HttpResponse(html)
 
 
 def _preview_context(copy: DeliveryCopy, mode: str, link: DownloadLink) -> tuple[str, dict] | None:
     """(screen, context) for a page preview ``mode``; None for an unknown mode."""
-    if mode in ("success", "pending", "failed"):
+    if mode in ("success", "pending", "failed", *NO_ACCESS_STATES.values()):
         download_url = "#" if mode == "success" else None
         product_url = "#" if mode == "failed" else None
         return "success", state_context(copy, mode, link.purchase, download_url, product_url)
     if mode in _REFUSALS:
         return "refused", refused_context(_REFUSALS[mode](link), copy)
+    if mode in _NO_ACCESS_LINKS:
+        link.purchase.status = _NO_ACCESS_LINKS[mode]
+        return "refused", refused_context(links.LinkRevoked(link), copy)
     builders = {
         "neutral": ("success", lambda: neutral_context(copy)),
         "checkout_unavailable": (
@@ -274,6 +340,7 @@ def _preview_context(copy: DeliveryCopy, mode: str, link: DownloadLink) -> tuple
         ),
         "resend": ("resend", lambda: resend_form_context(ResendForm(), copy, None)),
         "resend_done": ("resend_done", lambda: resend_done_context(copy, None, SAMPLE_EMAIL)),
+        "resend_sent": ("resend_done", lambda: resend_for_link_context(copy, link.purchase)),
     }
     if mode not in builders:
         return None
@@ -284,8 +351,8 @@ def _preview_context(copy: DeliveryCopy, mode: str, link: DownloadLink) -> tuple
 def preview(copy: DeliveryCopy, request: HttpRequest, mode: str) -> HttpResponseBase:
     """The response for preview ``mode`` of ``copy`` (unsaved edits included)."""
     link = sample_link()
-    if mode == "email":
-        return _email_preview(request, copy, link)
+    if mode in ("email", "resend_email", "payment_failed_email"):
+        return _email_preview(request, copy, link, mode)
     found = _preview_context(copy, mode, link)
     if found is None:
         return HttpResponse(status=404)

@@ -229,6 +229,7 @@ EMAIL_KINDS: dict[str, Any] = {
     OutboundEmail.Kind.DESK: _("Delivery email from the shop desk"),
     OutboundEmail.Kind.LIBRARY_SIGN_IN: _("Library sign-in link (the buyer asked)"),
     OutboundEmail.Kind.NEW_SALE: _("New sale notice to the shop"),
+    OutboundEmail.Kind.PAYMENT_FAILED: _("Failed payment email"),
 }
 
 

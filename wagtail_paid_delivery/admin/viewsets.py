@@ -39,13 +39,43 @@ class DeliveryCopyViewSet(SnippetViewSet):
                         heading=_("Another browser"),
                     ),
                     MultiFieldPanel(
+                        _copy_fields("refunded_title", "refunded_message"),
+                        heading=_("Refunded"),
+                        help_text=_("Also on the page of a link of a refunded purchase."),
+                    ),
+                    MultiFieldPanel(
+                        _copy_fields("shop_revoked_title", "shop_revoked_message"),
+                        heading=_("Revoked by the shop"),
+                        help_text=_("Also on the page of a link of a revoked purchase."),
+                    ),
+                    MultiFieldPanel(
+                        _copy_fields("suspended_title", "suspended_message"),
+                        heading=_("Suspended during a dispute"),
+                        help_text=_("Also on the page of a link while the dispute lasts."),
+                    ),
+                    MultiFieldPanel(
                         _copy_fields("checkout_unavailable_title", "checkout_unavailable_message"),
                         heading=_("Checkout unavailable"),
                     ),
                 ],
                 heading=_("After checkout"),
             ),
-            ObjectList(_copy_fields("email_subject", "email_body"), heading=_("Email")),
+            ObjectList(
+                [
+                    MultiFieldPanel(
+                        _copy_fields("email_subject", "email_body"), heading=_("Delivery email")
+                    ),
+                    MultiFieldPanel(
+                        _copy_fields("payment_failed_email_subject", "payment_failed_email_body"),
+                        heading=_("Failed payment email"),
+                        help_text=_(
+                            "Sent when a bank debit fails after checkout, with a button back to "
+                            "the product page."
+                        ),
+                    ),
+                ],
+                heading=_("Email"),
+            ),
             ObjectList(
                 _copy_fields(
                     "download_intro", "expired_message", "used_up_message", "revoked_message"
@@ -53,7 +83,14 @@ class DeliveryCopyViewSet(SnippetViewSet):
                 heading=_("Download page"),
             ),
             ObjectList(
-                _copy_fields("resend_intro", "resend_confirmation"), heading=_("Resend links")
+                _copy_fields(
+                    "resend_intro",
+                    "resend_confirmation",
+                    "resend_sent",
+                    "resend_email_subject",
+                    "resend_email_intro",
+                ),
+                heading=_("Resend links"),
             ),
         ]
     )

@@ -125,7 +125,8 @@ class DeliveryCopy(PreviewableMixin, models.Model):
         _("pending: message"),
         _(
             "We are waiting for your bank to confirm the payment for {product}. As soon as it "
-            "does, we will email your download link to {email}. You can close this page."
+            "does, we will email your download link to {email}; if the payment fails, we will "
+            "email you too. You can close this page."
         ),
     )
     failed_title = _copy_field(_("failed: title"), _("The payment did not go through"), short=True)
@@ -137,8 +138,9 @@ class DeliveryCopy(PreviewableMixin, models.Model):
     neutral_message = _copy_field(
         _("neutral: message"),
         _(
-            "If you completed a purchase, your download link is on its way to the email address "
-            "you paid with. It can take a minute to arrive; please check your spam folder too."
+            "If you completed a purchase, we email your download link to the address you paid "
+            "with as soon as the payment is confirmed. It can take a minute to arrive; please "
+            "check your spam folder too."
         ),
     )
     email_subject = _copy_field(
@@ -185,8 +187,72 @@ class DeliveryCopy(PreviewableMixin, models.Model):
     resend_confirmation = _copy_field(
         _("resend form: confirmation"),
         _(
-            "If that address has bought from us, a message with fresh download links is on "
-            "its way. Please check your inbox and spam folder."
+            "If that address has a purchase that can still be downloaded, we are sending it "
+            "fresh links; please check your inbox and spam folder. Refunded or cancelled "
+            "purchases get no links: if nothing arrives, please contact the shop."
+        ),
+    )
+    resend_sent = _copy_field(
+        _("resend from a link page: confirmation"),
+        _(
+            "Fresh download links for {product} are on their way to {email}. Please check "
+            "your inbox and spam folder."
+        ),
+    )
+    resend_email_subject = _copy_field(
+        _("resend email: subject"), _("Fresh download links for {product}"), short=True
+    )
+    resend_email_intro = _copy_field(
+        _("resend email: introduction"),
+        _(
+            "You asked for fresh download links. Here they are; older links keep working "
+            "until they expire."
+        ),
+    )
+
+    # Purchases that no longer give access: on the success page (title and message) and on a
+    # download link's page (message), each told apart; no link is offered in any of them.
+    refunded_title = _copy_field(_("refunded: title"), _("This purchase was refunded"), short=True)
+    refunded_message = _copy_field(
+        _("refunded: message"),
+        _(
+            "Your payment for {product} was refunded, so its download links no longer work "
+            "and no new ones will be sent. If you have a question, please contact the shop."
+        ),
+    )
+    shop_revoked_title = _copy_field(
+        _("revoked by the shop: title"), _("Access to this purchase was withdrawn"), short=True
+    )
+    shop_revoked_message = _copy_field(
+        _("revoked by the shop: message"),
+        _(
+            "The shop has withdrawn access to {product}, so its download links no longer work "
+            "and no new ones will be sent. If you think this is a mistake, please contact the "
+            "shop."
+        ),
+    )
+    suspended_title = _copy_field(
+        _("suspended during a dispute: title"), _("Downloads are paused"), short=True
+    )
+    suspended_message = _copy_field(
+        _("suspended during a dispute: message"),
+        _(
+            "The payment for {product} is being disputed with your bank, so downloads are "
+            "paused until the dispute is settled. If the payment stands, your links work "
+            "again without anything to do. If you have a question, please contact the shop."
+        ),
+    )
+    payment_failed_email_subject = _copy_field(
+        _("failed payment email: subject"),
+        _("Your payment for {product} did not go through"),
+        short=True,
+    )
+    payment_failed_email_body = _copy_field(
+        _("failed payment email: body"),
+        _(
+            "Your bank did not complete the payment for {product}, so you have not been "
+            "charged and no download was sent to {email}. You can try again with another "
+            "payment method from the product page."
         ),
     )
 

@@ -26,6 +26,8 @@ class OutboundEmail(models.Model):
         #: A new sale, told to the shop's staff (NEW_SALE_EMAILS, and users who opted in): one
         #: per purchase and recipient.
         NEW_SALE = "new_sale", _("new sale notice")
+        #: An asynchronous payment (a bank debit) failed: nothing is delivered; try again.
+        PAYMENT_FAILED = "payment_failed", _("failed payment notice")
 
     class Status(models.TextChoices):
         #: Not sent yet: waiting for its first attempt, for its next one, or being sent.
@@ -88,7 +90,12 @@ class OutboundEmail(models.Model):
                 fields=["kind", "purchase"],
                 condition=Q(kind="delivery"),
                 name="wagtail_paid_delivery_one_delivery_email_per_purchase",
-            )
+            ),
+            models.UniqueConstraint(
+                fields=["kind", "purchase"],
+                condition=Q(kind="payment_failed"),
+                name="wagtail_paid_delivery_one_failed_payment_email_per_purchase",
+            ),
         ]
 
     def __str__(self) -> str:

@@ -23,8 +23,12 @@ from ..models import DownloadLink
 from .responses import add_strict_csp, delivery_headers, not_found, see_other, strict_csp
 
 
-def refused(request: HttpRequest, error: links.LinkRefused) -> TemplateResponse:
-    context = screens.refused_context(error, delivery.copy_for(error.link.purchase))
+@sensitive_variables("token")
+def refused(
+    request: HttpRequest, error: links.LinkRefused, token: str | None = None
+) -> TemplateResponse:
+    """The 410 page; ``token``: the link's, when the request carried it (not on a hand-off)."""
+    context = screens.refused_context(error, delivery.copy_for(error.link.purchase), token)
     return TemplateResponse(request, screens.TEMPLATES["refused"], context, status=410)
 
 
@@ -38,7 +42,7 @@ def download(request: HttpRequest, token: str) -> HttpResponseBase:
     try:
         link = links.check_token(token)
     except links.LinkRefused as error:
-        return refused(request, error)
+        return refused(request, error, token)
     except links.LinkError:
         return not_found()
 
@@ -47,7 +51,7 @@ def download(request: HttpRequest, token: str) -> HttpResponseBase:
     lefts = [links.downloads_left(link, counts.get(f.pk, 0)) for f in product_files]
     files = [{"file": f, "left": left} for f, left in zip(product_files, lefts, strict=True)]
     if product_files and all(left == 0 for left in lefts):
-        return refused(request, links.LinkUsedUp(link))
+        return refused(request, links.LinkUsedUp(link), token)
     context = screens.download_context(link, token, files, delivery.copy_for(link.purchase))
     response = TemplateResponse(request, screens.TEMPLATES["download"], context)
     # The button's 303 leads to a hand-off, which may redirect to the storage (presigned).
@@ -64,7 +68,7 @@ def download_file(request: HttpRequest, token: str, file_id: int) -> HttpRespons
     try:
         link = links.check_token(token)
     except links.LinkRefused as error:
-        return refused(request, error)
+        return refused(request, error, token)
     except links.LinkError:
         return not_found()
     file = links.get_product_file(link, file_id)
@@ -72,7 +76,7 @@ def download_file(request: HttpRequest, token: str, file_id: int) -> HttpRespons
         return not_found()
     left = links.downloads_left(link, links.file_counts(link).get(file.pk, 0))
     if left == 0:
-        return refused(request, links.LinkUsedUp(link))
+        return refused(request, links.LinkUsedUp(link), token)
     return see_other(links.handoff_url(link, file))
 
 

@@ -9,6 +9,12 @@ Two limits keep it from being a mail cannon, both counted by the app's one limit
 
 - per client (``RESEND_RATE_LIMIT``): over it, 429 "try again later" for everyone alike;
 - per address (``RESEND_EMAIL_RATE_LIMIT``): over it, silence: the usual confirmation, no task.
+
+The anonymous answer never says links *are* on their way, only that they are sent if the
+address has a purchase that can still be downloaded. A request from a link's page (the form
+there carries the link's token) with the buyer's own address is answered exactly, since
+whoever holds the link already sees its purchase's state: fresh links are on their way while
+the purchase is paid; a refunded, revoked or suspended purchase is told so, and nothing is sent.
 """
 
 from __future__ import annotations
@@ -21,11 +27,13 @@ from django.http import HttpRequest
 from django.http.response import HttpResponseBase
 from django.template.response import TemplateResponse
 from django.views.decorators.csrf import csrf_protect
+from django.views.decorators.debug import sensitive_post_parameters
 from django.views.decorators.http import require_http_methods
 
-from .. import delivery, limits, screens
+from .. import delivery, limits, links, screens
 from ..conf import app_settings
 from ..forms import ResendForm
+from ..models import DownloadLink, Purchase
 from ..models.pages import live_product_page
 from .responses import delivery_headers
 
@@ -52,6 +60,7 @@ def _form_context(form: ResendForm, product: Any, **extra: Any) -> dict[str, Any
 @csrf_protect
 @require_http_methods(["GET", "HEAD", "POST"])
 @delivery_headers
+@sensitive_post_parameters("link")  # a download token
 def resend(request: HttpRequest) -> HttpResponseBase:
     template = screens.TEMPLATES["resend"]
     if request.method != "POST":
@@ -77,9 +86,37 @@ def resend(request: HttpRequest) -> HttpResponseBase:
 
     email = form.cleaned_data["email"].strip()
     product = live_product_page(form.cleaned_data.get("product"))
-    address_limit = app_settings.RESEND_EMAIL_RATE_LIMIT
-    if limits.hit(request, "resend.email", email.lower(), address_limit) is None:
-        enqueue_resend(email, product.pk if product is not None else None)
+    link = links.find_link(form.cleaned_data.get("link"))
+    if link is not None and link.purchase.email.lower() == email.lower():
+        return _resend_for_link(request, link, product)
+    # No link, or another address than the buyer's: the one answer for every address.
+    _ask(request, email, product.pk if product is not None else None)
+    return _anonymous_answer(request, product, email)
+
+
+def _anonymous_answer(request: HttpRequest, product: Any, email: str) -> TemplateResponse:
     copy = delivery.copy_for(product=product)
     context = screens.resend_done_context(copy, product, email)
     return TemplateResponse(request, screens.TEMPLATES["resend_done"], context)
+
+
+def _ask(request: HttpRequest, email: str, product_id: int | None) -> bool:
+    """Enqueue the resend unless the address is over its limit (then silently nothing)."""
+    address_limit = app_settings.RESEND_EMAIL_RATE_LIMIT
+    if limits.hit(request, "resend.email", email.lower(), address_limit) is not None:
+        return False
+    enqueue_resend(email, product_id)
+    return True
+
+
+def _resend_for_link(request: HttpRequest, link: DownloadLink, product: Any) -> TemplateResponse:
+    """The answer to the buyer's own address typed on ``link``'s page: exact (its holder sees the
+    purchase's state anyway), unless the address is over its limit (then the usual answer)."""
+    purchase = link.purchase
+    copy = delivery.copy_for(purchase)
+    template = screens.TEMPLATES["resend_done"]
+    paid = purchase.status == Purchase.Status.PAID
+    # Not paid: nothing would be sent, so nothing is asked for and the answer says why.
+    if paid and not _ask(request, purchase.email, purchase.product_id):
+        return _anonymous_answer(request, product, purchase.email)
+    return TemplateResponse(request, template, screens.resend_for_link_context(copy, purchase))
