@@ -463,7 +463,7 @@ def test_a_failure_notice_not_yet_sent_is_cancelled_when_the_payment_is_paid_aft
 
 
 def test_the_migration_rewords_only_untouched_builtin_words():
-    migration = importlib.import_module("wagtail_paid_delivery.migrations.0009_honest_states")
+    migration = importlib.import_module("wagtail_paid_delivery.migrations.0011_honest_states")
     untouched = DeliveryCopy.objects.create(
         name="Old", **{name: old for name, old in migration.REWORDED.items()}
     )

@@ -127,6 +127,9 @@ class ResendForm(forms.Form):
     )
     #: Optional: only this product's links. Filled from ``?product=`` (a product page's link).
     product = forms.IntegerField(required=False, min_value=1, widget=forms.HiddenInput)
+    #: Optional: the token of the link whose page showed the form (``download_refused.html``).
+    #: Whoever holds a link may learn its purchase's state, so the answer can be exact.
+    link = forms.CharField(required=False, max_length=64, widget=forms.HiddenInput)
 
 
 class LibrarySignInForm(forms.Form):
@@ -137,6 +140,3 @@ class LibrarySignInForm(forms.Form):
         max_length=254,
         widget=forms.EmailInput(attrs={"autocomplete": "email", "required": True}),
     )
-    #: Optional: the token of the link whose page showed the form (``download_refused.html``).
-    #: Whoever holds a link may learn its purchase's state, so the answer can be exact.
-    link = forms.CharField(required=False, max_length=64, widget=forms.HiddenInput)
