@@ -164,7 +164,7 @@ _CSP_SOURCE = re.compile(
 )
 
 #: What ``ORDER_NUMBER_PREFIX`` may be.
-_ORDER_PREFIX = re.compile(r"[A-Za-z0-9-]{0,12}")
+_ORDER_PREFIX = re.compile(r"(?:[A-Za-z0-9][A-Za-z0-9-]{0,11})?")
 
 #: The keys ``CHECKOUT_OPTIONS`` accepts, with the type each value must have.
 CHECKOUT_OPTION_TYPES: dict[str, tuple[type, ...]] = {
@@ -275,7 +275,8 @@ class PaidDeliverySettings:
 
     @property
     def order_number_prefix(self) -> str:
-        """``ORDER_NUMBER_PREFIX`` checked: at most 12 letters, digits or hyphens."""
+        """``ORDER_NUMBER_PREFIX`` checked: at most 12 letters, digits or hyphens, not starting
+        with a hyphen (a spreadsheet would read the number as a formula)."""
         value = self.ORDER_NUMBER_PREFIX
         if not isinstance(value, str) or not _ORDER_PREFIX.fullmatch(value):
             raise ImproperlyConfigured(

@@ -5,7 +5,9 @@ from __future__ import annotations
 import secrets
 from typing import Any
 
+from django.conf import settings
 from django.db import models
+from django.urls import reverse
 from django.utils import timezone
 
 
@@ -226,6 +228,7 @@ class EmulatedSession(models.Model):
             "paid": True,
             "payment_intent": self.payment_intent_id,
             "receipt_email": self.email or None,
+            "receipt_url": self.receipt_url(),
             "refunded": self.refunded,
             "refunds": {
                 "object": "list",
@@ -235,6 +238,11 @@ class EmulatedSession(models.Model):
             },
             "status": "succeeded",
         }
+
+    def receipt_url(self) -> str:
+        """The charge's receipt page (Stripe's is on pay.stripe.com), on the sandbox's address."""
+        base = getattr(settings, "SANDBOX_URL", "") or "http://testserver"
+        return base.rstrip("/") + reverse("stripe_emulator:receipt", args=[self.latest_charge_id])
 
     def dispute(self) -> dict[str, Any] | None:
         if not self.dispute_id:
@@ -313,7 +321,8 @@ class EmulatedSession(models.Model):
         }
         if "line_items" in expand:
             obj["line_items"] = self.line_items()
-        if "payment_intent" in expand:
+        # "payment_intent.latest_charge" expands the PaymentIntent too, as on Stripe.
+        if "payment_intent" in expand or "payment_intent.latest_charge" in expand:
             obj["payment_intent"] = self.payment_intent(
                 expand_charge="payment_intent.latest_charge" in expand
             )

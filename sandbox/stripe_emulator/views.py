@@ -459,6 +459,25 @@ def hosted_checkout(request: HttpRequest, session_id: str) -> HttpResponse:
     return response
 
 
+@require_GET
+def receipt(request: HttpRequest, charge_id: str) -> HttpResponse:
+    """The receipt Stripe hosts for a charge (what a Charge's ``receipt_url`` opens)."""
+    session = _session_for_charge(charge_id)
+    if session is None:
+        return HttpResponse("No such receipt.", status=404, content_type="text/plain")
+    currency = session.currency.upper()
+    return render(
+        request,
+        "stripe_emulator/receipt.html",
+        {
+            "session": session,
+            "charge_id": charge_id,
+            "amount": format_price(session.amount_total, currency),
+            "refunded": format_price(session.amount_refunded, currency),
+        },
+    )
+
+
 # The dashboard --------------------------------------------------------------------------------
 
 #: Button labels and what each makes happen, for the dashboard.
