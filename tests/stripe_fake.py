@@ -291,8 +291,14 @@ class FakeStripe(stripe.HTTPClient):
         obj = copy.deepcopy(session)
         if "line_items" in expand:
             obj["line_items"] = self._line_item_list(session_id)
-        if "payment_intent" in expand and obj["payment_intent"]:
-            obj["payment_intent"] = copy.deepcopy(self.payment_intents[obj["payment_intent"]])
+        # "payment_intent.latest_charge" expands the PaymentIntent too, as on Stripe.
+        nested = "payment_intent.latest_charge" in expand
+        if ("payment_intent" in expand or nested) and obj["payment_intent"]:
+            obj["payment_intent"] = intent = copy.deepcopy(
+                self.payment_intents[obj["payment_intent"]]
+            )
+            if nested and intent["latest_charge"]:
+                intent["latest_charge"] = copy.deepcopy(self.charges[intent["latest_charge"]])
         return self._ok(obj)
 
     @staticmethod
@@ -525,14 +531,20 @@ class FakeStripe(stripe.HTTPClient):
         *,
         payment_status: str = "paid",
         amount_discount: int = 0,
+        amount_tax: int = 0,
+        tax_inclusive: bool = False,
     ) -> dict[str, Any]:
         """The buyer completes the hosted page: session complete, PaymentIntent created.
+
+        ``amount_discount`` (a promotion code) lowers the total; ``amount_tax`` raises it, or is
+        part of it when ``tax_inclusive`` (Stripe Tax's inclusive prices).
 
         ``payment_status="unpaid"`` models an asynchronous method (bank debit) still clearing.
         """
         with self._lock:
             session = self.sessions[session_id]
             total = max(0, (session["amount_subtotal"] or 0) - amount_discount)
+            total += 0 if tax_inclusive else amount_tax
             pi_data = session["_payment_intent_data"]
             if session["status"] != "open":
                 raise ValueError(f"session is {session['status']}")
@@ -572,6 +584,7 @@ class FakeStripe(stripe.HTTPClient):
                 },
             )
             session["total_details"]["amount_discount"] = amount_discount
+            session["total_details"]["amount_tax"] = amount_tax
             if succeeded:
                 self._charge(pi_id)
             self._emit("checkout.session.completed", self._public(session))
@@ -627,6 +640,7 @@ class FakeStripe(stripe.HTTPClient):
             "object": "charge",
             "paid": True,
             "payment_intent": pi_id,
+            "receipt_url": f"https://pay.stripe.com/receipts/payment/{charge_id}",
             "refunded": False,
             "refunds": self._list([], f"/v1/charges/{charge_id}/refunds"),
             "status": "succeeded",

@@ -542,6 +542,21 @@ def test_e023_covers_the_library_limits(key):
         assert our_ids() == ["wagtail_paid_delivery.E023"]
 
 
+# ORDER_NUMBER_PREFIX (E016) -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("prefix", ["-SHOP", "SHOP 1", "ÄB", "A" * 13, "PD_", 7, None])
+def test_e028_order_number_prefix_of_letters_digits_and_hyphens(prefix):
+    with _with(ORDER_NUMBER_PREFIX=prefix):
+        assert our_ids() == ["wagtail_paid_delivery.E016"]
+
+
+@pytest.mark.parametrize("prefix", ["", "SHOP-", "pd-2026-", "A" * 12])
+def test_e028_accepts_a_short_prefix(prefix):
+    with _with(ORDER_NUMBER_PREFIX=prefix):
+        assert our_ids() == []
+
+
 # DELIVERY_PAGE_CSP (E027) ------------------------------------------------------------------
 
 

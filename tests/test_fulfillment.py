@@ -77,7 +77,9 @@ def test_fulfill_checkout_asks_stripe_with_expansions(purchase, fake_stripe):
     fake_stripe.pay(session_id)
     fulfill_checkout(session_id)
     (call,) = fake_stripe.calls("GET", "/v1/checkout/sessions/")
-    assert sorted(call.params["expand"]) == ["line_items", "payment_intent"]
+    assert sorted(call.params["expand"]) == ["line_items", "payment_intent.latest_charge"]
+    # The charge comes with the session: a paid session is one call to Stripe, not two.
+    assert fake_stripe.calls("GET", "/v1/payment_intents/") == []
 
 
 def test_fulfill_checkout_leaves_unpaid_session_pending(purchase, fake_stripe):

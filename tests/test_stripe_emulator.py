@@ -7,6 +7,7 @@ emulator sends on Pay is captured and posted to the package's webhook view.
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 from typing import Any
 from urllib.parse import urlsplit
@@ -539,3 +540,46 @@ def test_refund_with_webhooks_held_back_then_manage_py_reconcile_kills_the_link(
 
     response = client.post(dashboard, {"webhooks": "send"})
     assert "Webhooks are sent again" in client.get(response["Location"]).content.decode()
+
+
+def test_promotion_code_and_tax_reach_the_buyers_receipt(
+    client, product, emulator, settings, django_capture_on_commit_callbacks
+):
+    """The emulator applies SANDBOX20 and its 10 % tax and returns them as Stripe does (the
+    session's totals, the charge's receipt_url), so the sandbox shows a full receipt."""
+    settings.WAGTAIL_PAID_DELIVERY = {
+        **settings.WAGTAIL_PAID_DELIVERY,
+        "CHECKOUT_OPTIONS": {"allow_promotion_codes": True, "automatic_tax": True},
+    }
+    response = client.post(
+        reverse("wagtail_paid_delivery:checkout", args=[product.pk]),
+        HTTP_ORIGIN="http://testserver",
+    )
+    hosted = urlsplit(response["Location"]).path
+    page = client.get(hosted).content.decode()
+    assert 'name="promotion_code"' in page and "added when you pay" in page
+    wrong = client.post(hosted, {"action": "pay", "email": "a@example.com", "promotion_code": "X"})
+    assert wrong.status_code == 400 and "promotion code" in wrong.content.decode()
+
+    with django_capture_on_commit_callbacks(execute=True):
+        paid = client.post(
+            hosted, {"action": "pay", "email": "ada@example.com", "promotion_code": "sandbox20"}
+        )
+    delivery = emulator[0]
+    with django_capture_on_commit_callbacks(execute=True):
+        client.post(
+            "/shop/stripe/webhook/",
+            delivery["payload"],
+            content_type="application/json",
+            HTTP_STRIPE_SIGNATURE=delivery["signature"],
+        )
+    purchase = Purchase.objects.get()
+    assert (purchase.amount_subtotal, purchase.amount_discount) == (1250, 250)
+    assert (purchase.amount_tax, purchase.amount_total) == (100, 1100)
+    assert purchase.receipt_url.startswith("http://testserver/stripe-emulator/receipts/ch_")
+
+    html = client.get(paid["Location"]).content.decode()
+    receipt = " ".join(re.sub(r"<[^>]+>", " ", html.split('class="pd-receipt"')[1]).split())
+    assert "Subtotal $12.50 Discount \u2212$2.50 Tax $1.00 Total paid $11.00" in receipt
+    stripe_receipt = client.get(urlsplit(purchase.receipt_url).path).content.decode()
+    assert "SANDBOX20" in stripe_receipt and "$11.00" in stripe_receipt

@@ -548,6 +548,20 @@ def check_delivery_page_csp() -> list[CheckMessage]:
     return []
 
 
+@register(Tags.compatibility)
+def check_order_number_prefix(**kwargs: Any) -> list[CheckMessage]:
+    """ORDER_NUMBER_PREFIX: what every new order number begins with (``order_numbers``)."""
+    try:
+        app_settings.user_settings  # noqa: B018 (raises for unknown keys, not a dict)
+    except Exception:  # reported by check_settings
+        return []
+    try:
+        app_settings.order_number_prefix  # noqa: B018 (validates)
+    except ImproperlyConfigured as error:
+        return [Error(str(error), hint='For example "SHOP-", or "".', id=f"{ID}.E016")]
+    return []
+
+
 #: Every rate limit setting: (requests, seconds) or None (E023).
 RATE_LIMIT_KEYS = (
     "CHECKOUT_RATE_LIMIT",

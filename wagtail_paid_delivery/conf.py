@@ -70,6 +70,9 @@ DEFAULTS: dict[str, Any] = {
     # (every minute) and reconciliation (every 10 minutes) after each `migrate`. False: schedule
     # them yourself.
     "SCHEDULES": True,
+    # What every order number begins with (up to 12 letters, digits or hyphens, such as
+    # "SHOP-"), before its ten random symbols; see the README's "Receipts and order numbers".
+    "ORDER_NUMBER_PREFIX": "",
     # Extra Stripe Checkout features, all off by default; see the README. Known keys:
     # allow_promotion_codes, automatic_tax, tax_id_collection, invoice_creation (bools),
     # locale ("auto", "de", …), require_terms (bool: the buyer must accept your terms of
@@ -177,6 +180,9 @@ _CSP_SOURCE = re.compile(
     r"|'sha(?:256|384|512)-[A-Za-z0-9+/_-]+={0,2}')"
 )
 
+#: What ``ORDER_NUMBER_PREFIX`` may be.
+_ORDER_PREFIX = re.compile(r"(?:[A-Za-z0-9][A-Za-z0-9-]{0,11})?")
+
 #: The keys ``CHECKOUT_OPTIONS`` accepts, with the type each value must have.
 CHECKOUT_OPTION_TYPES: dict[str, tuple[type, ...]] = {
     "allow_promotion_codes": (bool,),
@@ -283,6 +289,18 @@ class PaidDeliverySettings:
                 )
             sources[directive] = list(listed)
         return sources
+
+    @property
+    def order_number_prefix(self) -> str:
+        """``ORDER_NUMBER_PREFIX`` checked: at most 12 letters, digits or hyphens, not starting
+        with a hyphen (a spreadsheet would read the number as a formula)."""
+        value = self.ORDER_NUMBER_PREFIX
+        if not isinstance(value, str) or not _ORDER_PREFIX.fullmatch(value):
+            raise ImproperlyConfigured(
+                f"{SETTINGS_NAME}['ORDER_NUMBER_PREFIX'] is {value!r}: use up to 12 letters, "
+                'digits or hyphens (such as "SHOP-").'
+            )
+        return value
 
     @property
     def rate_limit_cache(self) -> str:

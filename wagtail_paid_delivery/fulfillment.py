@@ -22,7 +22,7 @@ from typing import Any, Literal
 from django.db import transaction
 from django.utils import timezone
 
-from . import metadata, outbox, signals, stripe_api
+from . import metadata, outbox, receipt, signals, stripe_api
 from .conf import app_settings
 from .models import DownloadLink, Purchase
 from .payments import PAID_STATUSES
@@ -198,6 +198,8 @@ class PaymentState:
     #: The charge's refunded amount (minor units), when Stripe reported one.
     amount_refunded: int = 0
     payment_intent_id: str = ""
+    #: Stripe's receipt for the charge, when it has one (recorded on the purchase).
+    receipt_url: str = ""
 
 
 def table_key(purchase: Purchase) -> str:
@@ -286,15 +288,21 @@ def payment_state(session: Any) -> PaymentState:
         return PaymentState("pending", f"payment_status {session.payment_status}", 0, pi_id)
     if not pi_id:
         return PaymentState("paid")  # no_payment_required: nothing to refund or dispute
-    return _charge_state(pi_id)
+    return _charge_state(pi_id, payment_intent)
 
 
-def _charge_state(pi_id: str) -> PaymentState:
-    """A paid session's money now: still paid, refunded, disputed, or a dispute won."""
-    intent = stripe_api.retrieve_payment_intent(pi_id)
+def _charge_state(pi_id: str, intent: Any) -> PaymentState:
+    """A paid session's money now: still paid, refunded, disputed, or a dispute won.
+
+    ``intent`` is the session's PaymentIntent; its charge comes expanded with the session
+    (``stripe_api.retrieve_checkout_session``), else it is asked for.
+    """
+    if isinstance(intent, str) or isinstance(getattr(intent, "latest_charge", None), str):
+        intent = stripe_api.retrieve_payment_intent(pi_id)
     charge = getattr(intent, "latest_charge", None)
     if charge is None or isinstance(charge, str):
         return PaymentState("paid", payment_intent_id=pi_id)
+    receipt_url = str(getattr(charge, "receipt_url", None) or "")
     amount = int(getattr(charge, "amount", 0) or 0)
     refunded = int(getattr(charge, "amount_refunded", 0) or 0)
     if getattr(charge, "refunded", False) or (amount and refunded >= amount):
@@ -318,7 +326,7 @@ def _charge_state(pi_id: str) -> PaymentState:
     if refunded and app_settings.PARTIAL_REFUND_POLICY == "revoke":
         reason = f"Partially refunded ({refunded} of {amount}); PARTIAL_REFUND_POLICY is revoke."
         return PaymentState("refunded", reason, refunded, pi_id)
-    return PaymentState(paid, "", refunded, pi_id)
+    return PaymentState(paid, "", refunded, pi_id, receipt_url)
 
 
 def line_item_problems(session: Any, purchase: Purchase) -> list[str]:
@@ -385,6 +393,8 @@ def fulfill_checkout(session_id: str) -> FulfillmentResult:
     with transaction.atomic():
         locked = Purchase.objects.select_for_update().get(pk=purchase.pk)
         fields = _record_stripe_facts(locked, session, state, email)
+        if state.state in ("paid", "won"):
+            fields |= receipt.record_payment(locked, session, state.receipt_url)
         refund_grew = "amount_refunded" in fields
         if TRANSITIONS.get((table_key(locked), state.state), UNCHANGED).effects == (DELIVER,):
             locked.email = email or locked.email

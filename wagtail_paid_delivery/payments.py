@@ -51,7 +51,12 @@ class AmountPaid:
 
 def amount_paid(purchase: Purchase) -> AmountPaid:
     """What the buyer was charged, in their currency: the paid session's ``amount_total`` as
-    Stripe sent it, else the price recorded on the purchase (grants, or no event kept)."""
+    Stripe sent it (recorded for the receipt, or in a stored event), else the price recorded on
+    the purchase (grants, or no event kept)."""
+    if purchase.amount_total is not None:
+        return _charged(
+            purchase, purchase.amount_total, purchase.paid_currency or purchase.currency
+        )
     events = stripe_events(purchase).filter(type__in=PAID_SESSION_EVENTS).order_by("-received_at")
     for payload in events.values_list("payload", flat=True)[:5]:
         session = payload.get("data", {}).get("object", {}) if isinstance(payload, dict) else {}
@@ -59,10 +64,12 @@ def amount_paid(purchase: Purchase) -> AmountPaid:
         if session.get("payment_status") in PAID_STATUSES and isinstance(total, int):
             if not isinstance(currency, str) or not currency:
                 break
-            note = ""
-            if total != purchase.amount or currency.upper() != purchase.currency.upper():
-                note = str(_("the product's price was %(price)s")) % {
-                    "price": purchase.price_display
-                }
-            return AmountPaid(total, currency.upper(), note)
+            return _charged(purchase, total, currency)
     return AmountPaid(purchase.amount, purchase.currency.upper())
+
+
+def _charged(purchase: Purchase, total: int, currency: str) -> AmountPaid:
+    note = ""
+    if total != purchase.amount or currency.upper() != purchase.currency.upper():
+        note = str(_("the product's price was %(price)s")) % {"price": purchase.price_display}
+    return AmountPaid(total, currency.upper(), note)

@@ -20,7 +20,7 @@ from django.urls import reverse
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
-from . import delivery, links
+from . import delivery, links, receipt
 from .forms import ResendForm
 from .models import DeliveryCopy, DownloadLink, Purchase
 
@@ -97,6 +97,7 @@ def state_context(
         "message": copy.render(f"{state}_message", **values),
         "download_url": download_url,
         "product_url": product_url,
+        "receipt": receipt.receipt_for(purchase) if state == "success" else None,
     }
 
 
@@ -159,6 +160,8 @@ def download_context(
         "files": files,
         "unlimited": link.download_limit is None,
         "intro": copy.render("download_intro", **delivery.link_placeholders(link, left)),
+        # The page lists the files with their buttons: the receipt does not repeat them.
+        "receipt": receipt.receipt_for(link.purchase, files=[]),
     }
 
 
@@ -281,6 +284,9 @@ def sample_link() -> DownloadLink:
         email=SAMPLE_EMAIL,
         amount=1250,
         currency="USD",
+        amount_subtotal=1250,
+        amount_total=1250,
+        paid_currency="USD",
         status=Purchase.Status.PAID,
         paid_at=timezone.now(),
     )

@@ -198,14 +198,16 @@ def create_checkout_session(
 
 
 def retrieve_checkout_session(session_id: str) -> stripe.checkout.Session:
-    """Fetch a Checkout Session with its ``line_items`` and ``payment_intent`` expanded.
+    """Fetch a Checkout Session with its ``line_items``, its ``payment_intent`` and that
+    PaymentIntent's ``latest_charge`` expanded: one call tells whether it is paid, refunded or
+    disputed, and what the receipt needs (the charge's ``receipt_url``).
 
     Raises ``StripeUnavailable`` when Stripe cannot be reached; ``StripePermanent`` for an
     unknown session id.
     """
     with _translate_errors():
         return get_client().v1.checkout.sessions.retrieve(
-            session_id, {"expand": ["line_items", "payment_intent"]}
+            session_id, {"expand": ["line_items", "payment_intent.latest_charge"]}
         )
 
 

@@ -37,8 +37,12 @@ def _require(condition: bool, message: str) -> None:
         raise ActionRefused(message)
 
 
-def _start_payment(session: EmulatedSession, email: str) -> None:
+def _start_payment(session: EmulatedSession, email: str, promotion_code: str = "") -> None:
     _require(session.status == "open", f"the session is {session.status}, not open")
+    try:
+        session.apply_totals(promotion_code)
+    except ValueError as exc:
+        raise ActionRefused(str(exc)) from None
     session.email = email or session.customer_email or session.email
     session.payment_intent_id = session.payment_intent_id or new_id("pi")
     session.payment_error = ""
@@ -51,9 +55,9 @@ def _charge(session: EmulatedSession) -> None:
     session.charge_created = timezone.now()
 
 
-def pay(session: EmulatedSession, email: str = "", **_: Any) -> Events:
+def pay(session: EmulatedSession, email: str = "", promotion_code: str = "", **_: Any) -> Events:
     """A card payment: the session completes paid."""
-    _start_payment(session, email)
+    _start_payment(session, email, promotion_code)
     _require(bool(session.email), "an email address is needed")
     session.status = "complete"
     session.completed_at = timezone.now()
@@ -64,9 +68,11 @@ def pay(session: EmulatedSession, email: str = "", **_: Any) -> Events:
     ]
 
 
-def pay_later(session: EmulatedSession, email: str = "", **_: Any) -> Events:
+def pay_later(
+    session: EmulatedSession, email: str = "", promotion_code: str = "", **_: Any
+) -> Events:
     """An asynchronous method (a bank debit): the session completes, the money follows."""
-    _start_payment(session, email)
+    _start_payment(session, email, promotion_code)
     _require(bool(session.email), "an email address is needed")
     session.status = "complete"
     session.completed_at = timezone.now()
@@ -101,9 +107,11 @@ def fail(session: EmulatedSession, **_: Any) -> Events:
     ]
 
 
-def decline(session: EmulatedSession, email: str = "", **_: Any) -> Events:
+def decline(
+    session: EmulatedSession, email: str = "", promotion_code: str = "", **_: Any
+) -> Events:
     """The card is declined: the session stays open and the buyer may try again."""
-    _start_payment(session, email)
+    _start_payment(session, email, promotion_code)
     session.payment_intent_status = "requires_payment_method"
     session.payment_error = DECLINED
     return [("payment_intent.payment_failed", session.payment_intent() or {})]

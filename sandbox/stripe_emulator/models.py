@@ -5,8 +5,16 @@ from __future__ import annotations
 import secrets
 from typing import Any
 
+from django.conf import settings
 from django.db import models
+from django.urls import reverse
 from django.utils import timezone
+
+#: Promotion codes the hosted page accepts when the session allows them (percent off).
+PROMOTION_CODES = {"SANDBOX20": 20}
+#: The tax the emulator adds when the session asks for ``automatic_tax`` (percent, on the
+#: discounted amount, added to the price as Stripe Tax does for US sales).
+TAX_PERCENT = 10
 
 
 def new_id(prefix: str) -> str:
@@ -84,6 +92,10 @@ class EmulatedSession(models.Model):
     payment_intent_metadata = models.JSONField(default=dict)
 
     email = models.EmailField(blank=True)
+    #: What the buyer's promotion code took off and the tax added, set when they pay.
+    promotion_code = models.CharField(max_length=32, blank=True)
+    amount_discount = models.PositiveIntegerField(default=0)
+    amount_tax = models.PositiveIntegerField(default=0)
     payment_intent_id = models.CharField(max_length=64, blank=True)
     completed_at = models.DateTimeField(null=True, blank=True)
 
@@ -111,8 +123,35 @@ class EmulatedSession(models.Model):
         return f"{self.id} ({self.status})"
 
     @property
-    def amount_total(self) -> int:
+    def amount_subtotal(self) -> int:
         return self.unit_amount * self.quantity
+
+    @property
+    def amount_total(self) -> int:
+        return self.amount_subtotal - self.amount_discount + self.amount_tax
+
+    @property
+    def allows_promotion_codes(self) -> bool:
+        return str(self.params.get("allow_promotion_codes")).lower() == "true"
+
+    @property
+    def automatic_tax(self) -> bool:
+        tax = self.params.get("automatic_tax")
+        return isinstance(tax, dict) and str(tax.get("enabled")).lower() == "true"
+
+    def apply_totals(self, promotion_code: str = "") -> None:
+        """The discount of ``promotion_code`` (ValueError when unknown or not allowed) and the
+        tax, as Checkout works them out when the buyer pays."""
+        code = promotion_code.strip().upper()
+        percent = 0
+        if code:
+            if not self.allows_promotion_codes or code not in PROMOTION_CODES:
+                raise ValueError(f"the promotion code {promotion_code!r} is not valid")
+            percent = PROMOTION_CODES[code]
+        self.promotion_code = code
+        self.amount_discount = self.amount_subtotal * percent // 100
+        taxed = self.amount_subtotal - self.amount_discount
+        self.amount_tax = taxed * TAX_PERCENT // 100 if self.automatic_tax else 0
 
     def price_object(self) -> dict[str, Any]:
         price = EmulatedPrice.objects.filter(pk=self.price_id).first()
@@ -134,9 +173,9 @@ class EmulatedSession(models.Model):
                     "id": f"li_{self.id.removeprefix('cs_test_')[:24]}",
                     "object": "item",
                     "adjustable_quantity": None,
-                    "amount_discount": 0,
-                    "amount_subtotal": self.amount_total,
-                    "amount_tax": 0,
+                    "amount_discount": self.amount_discount,
+                    "amount_subtotal": self.amount_subtotal,
+                    "amount_tax": self.amount_tax,
                     "amount_total": self.amount_total,
                     "currency": self.currency,
                     "description": self.product_name,
@@ -226,6 +265,7 @@ class EmulatedSession(models.Model):
             "paid": True,
             "payment_intent": self.payment_intent_id,
             "receipt_email": self.email or None,
+            "receipt_url": self.receipt_url(),
             "refunded": self.refunded,
             "refunds": {
                 "object": "list",
@@ -235,6 +275,11 @@ class EmulatedSession(models.Model):
             },
             "status": "succeeded",
         }
+
+    def receipt_url(self) -> str:
+        """The charge's receipt page (Stripe's is on pay.stripe.com), on the sandbox's address."""
+        base = getattr(settings, "SANDBOX_URL", "") or "http://testserver"
+        return base.rstrip("/") + reverse("stripe_emulator:receipt", args=[self.latest_charge_id])
 
     def dispute(self) -> dict[str, Any] | None:
         if not self.dispute_id:
@@ -279,7 +324,7 @@ class EmulatedSession(models.Model):
         obj: dict[str, Any] = {
             "id": self.id,
             "object": "checkout.session",
-            "amount_subtotal": self.amount_total,
+            "amount_subtotal": self.amount_subtotal,
             "amount_total": self.amount_total,
             "cancel_url": self.cancel_url or None,
             "client_reference_id": self.client_reference_id or None,
@@ -308,12 +353,17 @@ class EmulatedSession(models.Model):
             "payment_status": self.payment_status,
             "status": self.status,
             "success_url": self.success_url,
-            "total_details": {"amount_discount": 0, "amount_shipping": 0, "amount_tax": 0},
+            "total_details": {
+                "amount_discount": self.amount_discount,
+                "amount_shipping": 0,
+                "amount_tax": self.amount_tax,
+            },
             "url": url if self.status == "open" else None,
         }
         if "line_items" in expand:
             obj["line_items"] = self.line_items()
-        if "payment_intent" in expand:
+        # "payment_intent.latest_charge" expands the PaymentIntent too, as on Stripe.
+        if "payment_intent" in expand or "payment_intent.latest_charge" in expand:
             obj["payment_intent"] = self.payment_intent(
                 expand_charge="payment_intent.latest_charge" in expand
             )

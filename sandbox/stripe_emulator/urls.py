@@ -34,5 +34,7 @@ urlpatterns = [
     ),
     # The hosted page the buyer is sent to, and the "Stripe Dashboard" of the emulator.
     path("pay/<str:session_id>/", views.hosted_checkout, name="checkout"),
+    # Stripe's receipt for a charge (a Charge's receipt_url).
+    path("receipts/<str:charge_id>/", views.receipt, name="receipt"),
     path("", views.dashboard, name="dashboard"),
 ]

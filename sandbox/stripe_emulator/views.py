@@ -26,7 +26,15 @@ from wagtail_paid_delivery.conf import app_settings
 from wagtail_paid_delivery.currencies import exponent, format_price, to_major
 
 from . import actions, webhooks
-from .models import EmulatedEvent, EmulatedPrice, EmulatedSession, EmulatorSwitches, new_id
+from .models import (
+    PROMOTION_CODES,
+    TAX_PERCENT,
+    EmulatedEvent,
+    EmulatedPrice,
+    EmulatedSession,
+    EmulatorSwitches,
+    new_id,
+)
 
 # API -------------------------------------------------------------------------------------------
 
@@ -417,6 +425,7 @@ def hosted_checkout(request: HttpRequest, session_id: str) -> HttpResponse:
     session = get_object_or_404(EmulatedSession, pk=session_id)
     error = ""
     email = session.email or session.customer_email
+    promotion_code = request.POST.get("promotion_code", "").strip()[:32]
     action = request.POST.get("action")
     if request.method == "POST" and session.status == "open":
         if action == "cancel":
@@ -430,7 +439,9 @@ def hosted_checkout(request: HttpRequest, session_id: str) -> HttpResponse:
             if action not in ("pay", "pay_later", "decline"):
                 action = "pay"
             try:
-                session, events = actions.perform(session.pk, action, {"email": email})
+                session, events = actions.perform(
+                    session.pk, action, {"email": email, "promotion_code": promotion_code}
+                )
             except actions.ActionRefused as exc:
                 error = f"This payment cannot go ahead: {exc}."
             else:
@@ -447,6 +458,11 @@ def hosted_checkout(request: HttpRequest, session_id: str) -> HttpResponse:
         {
             "session": session,
             "amount": format_price(session.amount_total, session.currency.upper()),
+            "discount": format_price(session.amount_discount, session.currency.upper()),
+            "tax": format_price(session.amount_tax, session.currency.upper()),
+            "tax_percent": TAX_PERCENT,
+            "promotion_code": promotion_code,
+            "promotion_hint": next(iter(PROMOTION_CODES)),
             "email": email,
             "error": error,
             "declined": session.status == "open" and session.payment_error,
@@ -457,6 +473,28 @@ def hosted_checkout(request: HttpRequest, session_id: str) -> HttpResponse:
     )
     response["Cache-Control"] = "no-store"
     return response
+
+
+@require_GET
+def receipt(request: HttpRequest, charge_id: str) -> HttpResponse:
+    """The receipt Stripe hosts for a charge (what a Charge's ``receipt_url`` opens)."""
+    session = _session_for_charge(charge_id)
+    if session is None:
+        return HttpResponse("No such receipt.", status=404, content_type="text/plain")
+    currency = session.currency.upper()
+    return render(
+        request,
+        "stripe_emulator/receipt.html",
+        {
+            "session": session,
+            "charge_id": charge_id,
+            "amount": format_price(session.amount_total, currency),
+            "subtotal": format_price(session.amount_subtotal, currency),
+            "discount": format_price(session.amount_discount, currency),
+            "tax": format_price(session.amount_tax, currency),
+            "refunded": format_price(session.amount_refunded, currency),
+        },
+    )
 
 
 # The dashboard --------------------------------------------------------------------------------

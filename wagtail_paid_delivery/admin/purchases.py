@@ -38,7 +38,7 @@ from wagtail.admin.viewsets.model import ModelViewSet, ModelViewSetGroup
 from wagtail.admin.widgets.button import HeaderButton
 from wagtail.permissions import policy_registry
 
-from .. import currencies, desk, links, payments, permissions, timeline
+from .. import currencies, desk, links, order_numbers, payments, permissions, timeline
 from ..models import DownloadLink, OutboundEmail, ProductPageMixin, Purchase
 from .export import FormulaSafeExportMixin
 
@@ -131,6 +131,12 @@ class PurchaseIndexView(FormulaSafeExportMixin, IndexView):
 
     def get_filename(self) -> str:
         return f"{self.export_filename}-{timezone.localdate():%Y-%m-%d}"
+
+    def search_queryset(self, queryset: Any) -> Any:
+        # Also an order number as a buyer reads it out: any case, spaces, hyphens or prefix.
+        found = super().search_queryset(queryset)
+        code = order_numbers.search_suffix(self.search_query) if self.is_searching else None
+        return found | queryset.filter(order_number__endswith=code) if code else found
 
 
 # Inspect ------------------------------------------------------------------------------------
@@ -698,6 +704,7 @@ class PurchaseViewSet(ModelViewSet):
     filterset_class = PurchaseFilterSet
     #: Django ORM search (``icontains``) over the ids a buyer or Stripe quotes.
     search_fields = [
+        "order_number",
         "email",
         "stripe_checkout_session_id",
         "stripe_payment_intent_id",
@@ -708,6 +715,7 @@ class PurchaseViewSet(ModelViewSet):
     ordering = "-created_at"
     #: Export (CSV, XLSX): every purchase the filters and search select, all pages.
     list_export = [
+        "order_number",
         "public_id",
         "created_at",
         "product_title",

@@ -12,7 +12,7 @@ from django.db import models
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
-from .. import currencies
+from .. import currencies, order_numbers
 from .pages import ProductPageMixin
 
 
@@ -48,6 +48,24 @@ class Purchase(models.Model):
     amount = models.PositiveIntegerField(_("amount (minor units)"))
     currency = models.CharField(_("currency"), max_length=3)
     amount_refunded = models.PositiveIntegerField(_("amount refunded"), default=0)
+    #: The reference a buyer quotes (``order_numbers``): short, random, unique.
+    order_number = models.CharField(
+        _("order number"),
+        max_length=order_numbers.MAX_LENGTH,
+        unique=True,
+        default=order_numbers.new_order_number,
+        editable=False,
+    )
+    #: The receipt: what the paid Checkout Session charged, recorded at fulfillment
+    #: (``receipt.record_payment``) so no page asks Stripe. ``amount_total`` None: not recorded
+    #: (a grant, or paid before receipts were kept); the receipt then shows ``amount``.
+    paid_currency = models.CharField(_("currency charged"), max_length=3, blank=True)
+    amount_subtotal = models.PositiveIntegerField(_("subtotal charged"), null=True, blank=True)
+    amount_discount = models.PositiveIntegerField(_("discount"), default=0)
+    amount_tax = models.PositiveIntegerField(_("tax"), default=0)
+    amount_total = models.PositiveIntegerField(_("total charged"), null=True, blank=True)
+    #: Stripe's receipt for the charge (the Charge's ``receipt_url``), when it has one.
+    receipt_url = models.URLField(_("Stripe receipt"), max_length=500, blank=True)
 
     email = models.EmailField(_("buyer email"), blank=True)
     user = models.ForeignKey(
