@@ -44,6 +44,8 @@ RESTORE = "wagtail_paid_delivery.restore"
 CORRECT_EMAIL = "wagtail_paid_delivery.correct_email"
 GRANT = "wagtail_paid_delivery.grant"
 REPROCESS_EVENT = "wagtail_paid_delivery.reprocess_event"
+#: A refund through Stripe (``refunds.refund``; its formatter is ``refunds.RefundFormatter``).
+REFUND = "wagtail_paid_delivery.refund"
 
 #: Statuses after which a purchase never gives access again.
 FINAL = (S.REFUNDED, S.REVOKED)
@@ -114,6 +116,22 @@ def _email_refusal(purchase: Purchase) -> str:
     return ""
 
 
+def _refund_refusal(purchase: Purchase) -> str:
+    # Money that went through Checkout, before or after access ended (an editor may revoke,
+    # then refund). A disputed payment is settled through its dispute, in Stripe.
+    if purchase.source != Purchase.Source.CHECKOUT or not purchase.stripe_payment_intent_id:
+        return str(_("Only a payment made through Stripe Checkout can be refunded here."))
+    if purchase.status == S.DISPUTED:
+        return str(_("The payment is disputed: it is settled through the dispute, in Stripe."))
+    if purchase.status not in (S.PAID, *FINAL):
+        return str(_("Only a paid purchase can be refunded (this one is %(status)s).")) % {
+            "status": purchase.get_status_display()
+        }
+    if purchase.amount_refunded >= purchase.amount:
+        return str(_("The payment has been refunded in full."))
+    return ""
+
+
 _REFUSALS: dict[str, Callable[[Purchase], str]] = {
     RESEND: _resend_refusal,
     ISSUE_LINK: _issue_refusal,
@@ -123,6 +141,7 @@ _REFUSALS: dict[str, Callable[[Purchase], str]] = {
     SUSPEND: _suspend_refusal,
     RESTORE: _restore_refusal,
     CORRECT_EMAIL: _email_refusal,
+    REFUND: _refund_refusal,
 }
 
 

@@ -19,7 +19,7 @@ from wagtail.admin.utils import get_valid_next_url_from_request
 from wagtail.permissions import register_permission_policy
 from wagtail.snippets.models import register_snippet
 
-from . import desk, permissions, product_stats, stats
+from . import desk, permissions, product_stats, refunds, stats
 from .admin import selftest as selftest_admin
 from .admin import urls as admin_urls
 from .admin.dashboard import ShopPanel
@@ -68,6 +68,7 @@ def register_selftest_menu_item():
 @hooks.register("register_log_actions")
 def register_desk_log_actions(actions):
     desk.register_log_actions(actions)
+    actions.register_action(desk.REFUND)(refunds.RefundFormatter)
 
 
 #: Purchases whose buyers have (or may get back) access: their product must not be deleted.
