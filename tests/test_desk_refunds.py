@@ -121,7 +121,9 @@ def test_partial_then_full_refund(
     history = admin_client.get(reverse("wagtailadmin_reports:site_history")).content.decode()
     assert "Refunded $5.00 through Stripe" in history and "Refunded $7.50" in history
     titles = [e.title for e in timeline.build_timeline(sold)]
-    assert any(t.startswith("Refunded $5.00 through Stripe (requested by the buyer)") for t in titles)
+    assert any(
+        t.startswith("Refunded $5.00 through Stripe (requested by the buyer)") for t in titles
+    )
     assert "Refunded: access ended" in titles
     # Nothing is left: the action is no longer offered, and refused.
     assert url("refund", sold.pk) not in admin_client.get(url("inspect", sold.pk)).content.decode()
@@ -137,7 +139,9 @@ def test_the_webhooks_for_the_same_refunds_change_nothing(
     refund(admin_client, sold, "7.50")
     sold.refresh_from_db()
     before = (sold.status, sold.amount_refunded, sold.refunded_at, sold.status_reason)
-    for event in [e for e in fake_stripe.events if e["type"] in ("charge.refunded", "refund.created")]:
+    for event in [
+        e for e in fake_stripe.events if e["type"] in ("charge.refunded", "refund.created")
+    ]:
         with django_capture_on_commit_callbacks(execute=True):
             assert post_event(client, event).status_code == 200
     sold.refresh_from_db()
@@ -247,9 +251,7 @@ def test_a_reason_stripe_does_not_know_is_refused(admin_client, sold, fake_strip
     assert stripe_refunds(fake_stripe) == []
 
 
-def test_more_than_is_left_at_stripe_is_refused_with_stripes_words(
-    admin_client, sold, fake_stripe
-):
+def test_more_than_is_left_at_stripe_is_refused_with_stripes_words(admin_client, sold, fake_stripe):
     """A refund made in Stripe's Dashboard whose webhook has not arrived: we think 12.50 is
     left, Stripe knows better."""
     fake_stripe.refund(sold.stripe_checkout_session_id, amount=1000)
