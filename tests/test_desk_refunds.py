@@ -150,6 +150,17 @@ def test_the_webhooks_for_the_same_refunds_change_nothing(
     assert {e.status for e in handled} == {StripeEvent.Status.PROCESSED}
     assert len(refund_entries(sold)) == 2
 
+    # The timeline shows Stripe's side too, with the amounts.
+    details = {(e.title, e.detail) for e in timeline.build_timeline(sold) if e.kind == "stripe"}
+    charges = [d for t, d in details if t == "Charge refunded"]
+    assert any("$5.00 of $12.50 refunded" in d for d in charges)
+    assert any("$12.50 of $12.50 refunded" in d for d in charges)
+    created = sorted(d for t, d in details if t == "Refund created")
+    assert len(created) == 2 and all("noted (the charge.refunded event" in d for d in created)
+    assert any("$7.50 succeeded" in d for d in created)
+    page = admin_client.get(url("inspect", sold.pk)).content.decode()
+    assert "Refund created" in page and "$5.00 of $12.50 refunded" in page
+
 
 def test_a_partial_refund_revokes_when_the_policy_says_so(admin_client, sold, settings):
     settings.WAGTAIL_PAID_DELIVERY = {
