@@ -23,16 +23,18 @@ from . import desk, permissions, product_stats, refunds, stats
 from .admin import selftest as selftest_admin
 from .admin import urls as admin_urls
 from .admin.dashboard import ShopPanel
+from .admin.emails import FailedEmailViewSet
 from .admin.events import StripeEventViewSet
 from .admin.purchases import ShopViewSetGroup
 from .admin.viewsets import DeliveryCopyViewSet
-from .models import ProductPageMixin, Purchase, StripeEvent
-from .permissions import EventPermissionPolicy, PurchasePermissionPolicy
+from .models import OutboundEmail, ProductPageMixin, Purchase, StripeEvent
+from .permissions import EmailPermissionPolicy, EventPermissionPolicy, PurchasePermissionPolicy
 
 register_snippet(DeliveryCopyViewSet)
 # Before the viewsets register: they look the policy up.
 register_permission_policy(Purchase, PurchasePermissionPolicy(Purchase))
 register_permission_policy(StripeEvent, EventPermissionPolicy(StripeEvent))
+register_permission_policy(OutboundEmail, EmailPermissionPolicy(Purchase))
 
 
 @hooks.register("register_admin_viewset")
@@ -45,6 +47,12 @@ def register_shop_desk():
 def register_event_inbox():
     """The event inbox, in the "Shop" menu (its ``menu_hook``)."""
     return StripeEventViewSet()
+
+
+@hooks.register("register_admin_viewset")
+def register_failed_emails():
+    """Emails that failed or are retrying, in the "Shop" menu (its ``menu_hook``)."""
+    return FailedEmailViewSet()
 
 
 @hooks.register("construct_homepage_panels")

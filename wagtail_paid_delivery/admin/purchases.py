@@ -18,8 +18,6 @@ import django_filters
 from django import forms
 from django.apps import apps
 from django.contrib.admin.utils import quote
-from django.contrib.auth.models import Permission
-from django.contrib.contenttypes.models import ContentType
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect
 from django.template.response import TemplateResponse
@@ -29,7 +27,6 @@ from django.utils.functional import cached_property
 from django.utils.translation import gettext_lazy as _
 from django.views.generic import FormView
 from wagtail.admin import messages
-from wagtail.admin.admin_url_finder import ModelAdminURLFinder
 from wagtail.admin.filters import DateRangePickerWidget, WagtailFilterSet
 from wagtail.admin.ui.tables import Column, DateColumn, StatusTagColumn, TitleColumn
 from wagtail.admin.views.generic import IndexView, InspectView
@@ -37,10 +34,10 @@ from wagtail.admin.views.generic.base import WagtailAdminTemplateMixin
 from wagtail.admin.views.generic.permissions import PermissionCheckedMixin
 from wagtail.admin.viewsets.model import ModelViewSet, ModelViewSetGroup
 from wagtail.admin.widgets.button import HeaderButton
-from wagtail.permissions import policy_registry
 
 from .. import currencies, desk, links, permissions, refunds, stripe_api, timeline
 from ..models import DownloadLink, OutboundEmail, ProductPageMixin, Purchase
+from .desk_viewset import DeskViewSetMixin
 from .export import FormulaSafeExportMixin
 
 S = Purchase.Status
@@ -839,7 +836,7 @@ INSPECT_ACTIONS = [
 # The viewset --------------------------------------------------------------------------------
 
 
-class PurchaseViewSet(ModelViewSet):
+class PurchaseViewSet(DeskViewSetMixin, ModelViewSet):
     """Purchases: listing (search, filters, sort, export) and inspect with timeline and
     actions. No add, edit, delete or copy view: checkout makes purchases, the state machine
     moves them, and the desk's actions are the only changes an editor makes."""
@@ -895,19 +892,6 @@ class PurchaseViewSet(ModelViewSet):
     }
     export_filename = "purchases"
 
-    def get_common_view_kwargs(self, **kwargs: Any) -> dict[str, Any]:
-        # No generic add, edit, delete, copy, history or usage view exists for purchases.
-        return super().get_common_view_kwargs(
-            **{
-                "add_url_name": None,
-                "edit_url_name": None,
-                "delete_url_name": None,
-                "history_url_name": None,
-                "usage_url_name": None,
-                **kwargs,
-            }
-        )
-
     def get_inspect_view_kwargs(self, **kwargs: Any) -> dict[str, Any]:
         return super().get_inspect_view_kwargs(
             action_url_names={a: self.get_url_name(a.rsplit(".", 1)[1]) for a in ACTION_VIEWS},
@@ -942,30 +926,6 @@ class PurchaseViewSet(ModelViewSet):
             name = action.rsplit(".", 1)[1]
             patterns.append(path(f"<int:pk>/{route}", self.action_view(action), name=name))
         return patterns
-
-    def get_permissions_to_register(self) -> Any:
-        # Only the desk's permissions appear in Settings → Groups (not stale add/change/delete).
-        policy = policy_registry.get_by_type(Purchase)
-        return Permission.objects.filter(
-            content_type=ContentType.objects.get_for_model(Purchase),
-            codename__in=policy.permission_codenames(),
-        )
-
-    @property
-    def url_finder_class(self) -> type[ModelAdminURLFinder]:
-        # Site history links a purchase's log entries to its inspect view.
-        inspect_url_name = self.get_url_name("inspect")
-
-        class PurchaseURLFinder(ModelAdminURLFinder):
-            edit_url_name = inspect_url_name
-
-            def get_edit_url(self, instance: Any) -> str | None:
-                policy = policy_registry.get(instance)
-                if self.user and not policy.user_has_permission(self.user, permissions.VIEW):
-                    return None
-                return self.construct_edit_url(instance)
-
-        return PurchaseURLFinder
 
 
 class ShopViewSetGroup(ModelViewSetGroup):
