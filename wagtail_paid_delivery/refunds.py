@@ -227,7 +227,8 @@ class RefundFormatter(LogFormatter):
             money = currencies.format_price(int(data["amount"]), str(data["currency"]))
         except (KeyError, TypeError, ValueError):
             return str(self.label)
-        why = dict(REASONS).get(data.get("stripe_reason"), data.get("stripe_reason", ""))
+        code = str(data.get("stripe_reason") or "")
+        why = dict(REASONS).get(code, code)
         return str(_("Refunded %(money)s through Stripe (%(why)s), refund %(refund)s")) % {
             "money": money,
             "why": str(why).split(" (", 1)[0].lower(),

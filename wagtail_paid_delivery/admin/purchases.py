@@ -728,11 +728,10 @@ class RefundView(PurchaseActionView):
             return
         text = str(_("Refunded %(money)s through Stripe (refund %(refund)s).")) % values
         after = REFUND_OUTCOMES.get(done.outcome)
-        if after is None:
-            after = _("The purchase stays %(status)s.") % {
-                "status": self.object.get_status_display()
-            }
-        parts = [text, str(after)]
+        stays = str(_("The purchase stays %(status)s.")) % {
+            "status": self.object.get_status_display()
+        }
+        parts = [text, str(after) if after is not None else stays]
         if done.stripe_status not in ("succeeded", ""):
             parts.append(str(_("Stripe's refund is %(status)s.")) % {"status": done.stripe_status})
         messages.success(self.request, " ".join(parts))
