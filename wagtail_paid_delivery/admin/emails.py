@@ -51,7 +51,7 @@ def is_retrying(email: OutboundEmail) -> bool:
 
 def status_label(email: OutboundEmail) -> str:
     if email.status == M.FAILED:
-        return str(_("failed: needs sending again"))
+        return str(_("failed"))
     if is_retrying(email):
         return str(_("retrying"))
     return str(email.get_status_display())
@@ -103,6 +103,7 @@ class FailedEmailFilterSet(WagtailFilterSet):
 
 class FailedEmailIndexView(IndexView):
     any_permission_required = [permissions.VIEW]
+    page_title = _("Failed emails")
     purchase_url_name = "wagtail_paid_delivery_purchases:inspect"
 
     def get_base_queryset(self) -> QuerySet[OutboundEmail]:
