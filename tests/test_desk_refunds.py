@@ -254,6 +254,24 @@ def test_amounts_beyond_what_is_left_are_refused_before_stripe(
     assert sold.amount_refunded == 0
 
 
+def test_a_zero_decimal_currency_is_refunded_in_whole_units(
+    client, admin_client, home, fake_stripe, django_capture_on_commit_callbacks
+):
+    product = ProductPageFactory(parent=home, price_amount=1500, currency="JPY")
+    purchase = PurchaseFactory(product=product, email="")
+    session_id = start_checkout(fake_stripe, purchase)
+    fake_stripe.pay(session_id, email="ada@example.com")
+    with django_capture_on_commit_callbacks(execute=True):
+        post_event(client, event_for(fake_stripe.session(session_id)))
+    page = admin_client.get(url("refund", purchase.pk)).content.decode()
+    assert "Amount to refund (JPY)" in page and 'value="1500"' in page
+    assert "at most 0 decimal places" in refund(admin_client, purchase, "500.5").content.decode()
+    refund(admin_client, purchase, "500")
+    purchase.refresh_from_db()
+    assert (purchase.status, purchase.amount_refunded) == (S.PAID, 500)
+    assert stripe_refunds(fake_stripe)[0].params["amount"] == "500"
+
+
 def test_a_reason_stripe_does_not_know_is_refused(admin_client, sold, fake_stripe):
     response = refund(admin_client, sold, "1.00", reason="because")
     assert response.status_code == 200 and "Select a valid choice" in response.content.decode()

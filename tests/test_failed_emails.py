@@ -243,3 +243,12 @@ def test_email_text_is_escaped(admin_client, home):
     row = email(purchase, status=M.FAILED, attempts=1, last_error="<script>alert(1)</script>")
     assert "<script>alert(1)" not in admin_client.get(url("index")).text
     assert "<script>alert(1)" not in admin_client.get(url("inspect", row.pk)).text
+
+
+def test_the_dashboards_email_warnings_link_to_the_listing(admin_client, outbox_rows):
+    from tests.test_event_inbox import dashboard, panel
+
+    html = panel(dashboard(admin_client))
+    assert "1 email to a buyer failed every attempt" in html
+    assert f'href="{url("index")}?state=failed"' in html
+    assert f'href="{url("index")}?state=retrying"' in html
