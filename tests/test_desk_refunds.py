@@ -272,6 +272,25 @@ def test_a_zero_decimal_currency_is_refunded_in_whole_units(
     assert stripe_refunds(fake_stripe)[0].params["amount"] == "500"
 
 
+def test_a_discounted_charge_refunded_in_full_offers_nothing_more(
+    client, admin_client, home, fake_stripe, django_capture_on_commit_callbacks
+):
+    product = ProductPageFactory(parent=home, price_amount=1250)
+    purchase = PurchaseFactory(product=product, email="")
+    session_id = start_checkout(fake_stripe, purchase)
+    fake_stripe.pay(session_id, email="ada@example.com", amount_discount=250)
+    with django_capture_on_commit_callbacks(execute=True):
+        post_event(client, event_for(fake_stripe.session(session_id)))
+    page = admin_client.get(url("refund", purchase.pk)).content.decode()
+    assert "$10.00" in page and 'name="amount" value="10.00"' in page
+    assert "more than what is left" in refund(admin_client, purchase, "12.50").content.decode()
+    refund(admin_client, purchase, "10.00")
+    purchase.refresh_from_db()
+    assert (purchase.status, purchase.amount_refunded) == (S.REFUNDED, 1000)
+    page = admin_client.get(url("refund", purchase.pk)).content.decode()
+    assert "Nothing is left to refund" in page and 'name="amount"' not in page
+
+
 def test_a_reason_stripe_does_not_know_is_refused(admin_client, sold, fake_stripe):
     response = refund(admin_client, sold, "1.00", reason="because")
     assert response.status_code == 200 and "Select a valid choice" in response.content.decode()
