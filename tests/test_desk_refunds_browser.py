@@ -1,5 +1,6 @@
 """A refund and the failed emails in a real browser, as a shop owner sees them. Takes
-docs/screenshots/desk-refund.png and desk-failed-emails.png (WPD_SCREENSHOTS=1)."""
+docs/screenshots/desk-refund.png, desk-refunded.png and desk-failed-emails.png
+(WPD_SCREENSHOTS=1)."""
 
 from __future__ import annotations
 
@@ -61,6 +62,10 @@ def test_browser_partial_then_full_refund(partly_refunded, session, live_server,
     page.get_by_role("button", name="Refund", exact=True).click()
     page.wait_for_url(f"**{url('inspect', purchase.pk)}")
     assert page.get_by_text("Refunded $10.00 through Stripe").first.is_visible()
+    timeline_text = page.locator("table.wpd-timeline").inner_text()
+    assert "Refunded $2.50 through Stripe" in timeline_text
+    assert "Refunded: access ended" in timeline_text
+    full_screenshot(page, "desk-refunded.png")
     status = in_thread(lambda: Purchase.objects.values_list("status", "amount_refunded").get())
     assert status == (Purchase.Status.REFUNDED, 1250)
     context.close()
