@@ -245,6 +245,8 @@ class FakeStripe(stripe.HTTPClient):
             return self._ok(self._list(found, path))
         if method == "get" and path == "/v1/events":
             return self._list_events(params)
+        if method == "post" and path == "/v1/refunds":
+            return self._create_refund(params)
         if method == "get" and path == "/v1/account":
             return self._ok({"id": "acct_fake", "object": "account"})
         if method == "get" and path == "/v1/webhook_endpoints":
@@ -661,27 +663,82 @@ class FakeStripe(stripe.HTTPClient):
         """Refund the session's charge, in full or ``amount`` of it; returns the charge."""
         with self._lock:
             charge = self.charges[self.payment_intent(session_id)["latest_charge"]]
-            left = charge["amount"] - charge["amount_refunded"]
-            amount = left if amount is None else amount
-            if not 0 < amount <= left:
-                raise ValueError(f"cannot refund {amount}; {left} left")
-            refund = {
-                "amount": amount,
-                "charge": charge["id"],
-                "created": int(time.time()),
-                "currency": charge["currency"],
-                "id": new_id("re").replace("_test_", "_"),
-                "metadata": {},
-                "object": "refund",
-                "payment_intent": charge["payment_intent"],
-                "reason": None,
-                "status": "succeeded",
-            }
-            charge["amount_refunded"] += amount
-            charge["refunded"] = charge["amount_refunded"] >= charge["amount"]
-            charge["refunds"]["data"].insert(0, refund)
-            self._emit("charge.refunded", charge)
+            self._refund_charge(charge, amount)
             return copy.deepcopy(charge)
+
+    def _refund_charge(
+        self,
+        charge: dict[str, Any],
+        amount: int | None,
+        reason: str | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """A refund of ``charge`` (all that is left when ``amount`` is None), with the events
+        Stripe sends for it; returns the refund. Raises ValueError beyond what is left."""
+        left = charge["amount"] - charge["amount_refunded"]
+        amount = left if amount is None else amount
+        if not 0 < amount <= left:
+            raise ValueError(f"cannot refund {amount}; {left} left")
+        refund = {
+            "amount": amount,
+            "balance_transaction": None,
+            "charge": charge["id"],
+            "created": int(time.time()),
+            "currency": charge["currency"],
+            "id": new_id("re").replace("_test_", "_"),
+            "metadata": dict(metadata or {}),
+            "object": "refund",
+            "payment_intent": charge["payment_intent"],
+            "reason": reason,
+            "status": "succeeded",
+        }
+        charge["amount_refunded"] += amount
+        charge["refunded"] = charge["amount_refunded"] >= charge["amount"]
+        charge["refunds"]["data"].insert(0, refund)
+        self._emit("refund.created", refund)
+        self._emit("charge.refunded", charge)
+        return copy.deepcopy(refund)
+
+    def _create_refund(self, params: dict[str, Any]) -> tuple[str, int, dict[str, str]]:
+        """``POST /v1/refunds`` with ``payment_intent`` (and ``amount``, ``reason``,
+        ``metadata``), answered as Stripe does, errors and their codes included."""
+        pi = self.payment_intents.get(str(params.get("payment_intent")))
+        if pi is None:
+            return self._missing("payment_intent", str(params.get("payment_intent")))
+        charge = self.charges.get(pi["latest_charge"] or "")
+        if charge is None:
+            return self._error(400, "invalid_request_error", "This PaymentIntent has no charge.")
+        if params.get("reason") not in (None, "duplicate", "fraudulent", "requested_by_customer"):
+            return self._error(400, "invalid_request_error", "Invalid reason.", param="reason")
+        if charge["disputed"]:
+            return self._error(
+                400,
+                "invalid_request_error",
+                f"Charge {charge['id']} has been charged back; cannot issue a refund.",
+                code="charge_disputed",
+            )
+        if charge["refunded"]:
+            return self._error(
+                400,
+                "invalid_request_error",
+                f"Charge {charge['id']} has already been refunded.",
+                code="charge_already_refunded",
+            )
+        amount = int(params["amount"]) if params.get("amount") else None
+        try:
+            refund = self._refund_charge(
+                charge, amount, params.get("reason"), params.get("metadata")
+            )
+        except ValueError:
+            return self._error(
+                400,
+                "invalid_request_error",
+                f"Refund amount ({amount}) is greater than unrefunded amount on charge "
+                f"({charge['amount'] - charge['amount_refunded']})",
+                code="amount_too_large",
+                param="amount",
+            )
+        return self._ok(refund)
 
     def dispute(self, session_id: str, status: str = "needs_response") -> dict[str, Any]:
         """The buyer's bank disputes the session's charge; returns the dispute."""

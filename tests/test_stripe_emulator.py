@@ -384,7 +384,10 @@ def test_partial_then_full_refund_from_the_dashboard(
     session_id = paid.stripe_checkout_session_id
     with django_capture_on_commit_callbacks(execute=True):
         client.post(dashboard, {"session": session_id, "action": "refund", "amount": "2.50"})
-    assert deliver_all(client, emulator, django_capture_on_commit_callbacks) == ["charge.refunded"]
+    assert deliver_all(client, emulator, django_capture_on_commit_callbacks) == [
+        "refund.created",
+        "charge.refunded",
+    ]
     assert state(paid) == Purchase.Status.PAID
     assert paid.amount_refunded == 250
     assert "partially refunded" in client.get(dashboard).content.decode()
@@ -404,6 +407,59 @@ def test_partial_then_full_refund_from_the_dashboard(
 
     with pytest.raises(stripe.InvalidRequestError, match="0 left to refund"):
         emulator_control(session_id, "refund", {})
+
+
+def test_the_shop_desk_refunds_through_the_emulator_once(
+    client, admin_client, paid, emulator, django_capture_on_commit_callbacks
+):
+    """The sandbox shop owner refunds from the desk: the emulator's Refunds API makes the refund
+    (once per confirmation), sends refund.created and charge.refunded, and the webhooks that
+    follow find the purchase already in line."""
+    refund_url = reverse("wagtail_paid_delivery_purchases:refund", args=[paid.pk])
+    form = {"amount": "5.00", "reason": "requested_by_customer", "note": "", "key": "e" * 32}
+    with django_capture_on_commit_callbacks(execute=True):
+        assert admin_client.post(refund_url, form).status_code == 302
+        assert admin_client.post(refund_url, form).status_code == 302  # sent twice
+    assert (state(paid), paid.amount_refunded) == (Purchase.Status.PAID, 500)
+    assert deliver_all(client, emulator, django_capture_on_commit_callbacks) == [
+        "refund.created",
+        "charge.refunded",
+    ]
+    assert (state(paid), paid.amount_refunded) == (Purchase.Status.PAID, 500)
+    intent = stripe_api.retrieve_payment_intent(paid.stripe_payment_intent_id)
+    (made,) = intent.latest_charge.refunds.data
+    assert (made.amount, made.reason, made.metadata["wpd_purchase"]) == (
+        500,
+        "requested_by_customer",
+        str(paid.public_id),
+    )
+
+    # The rest, in full: access ends; the same key with another amount is Stripe's error.
+    with django_capture_on_commit_callbacks(execute=True):
+        again = stripe_api.create_refund(
+            paid.stripe_payment_intent_id,
+            amount=750,
+            reason="duplicate",
+            idempotency_key="k-rest",
+        )
+    replay = stripe_api.create_refund(
+        paid.stripe_payment_intent_id,
+        amount=750,
+        reason="duplicate",
+        idempotency_key="k-rest",
+    )
+    assert again.id == replay.id and again.status == "succeeded"
+    with pytest.raises(stripe_api.StripeRefused, match="same parameters"):
+        stripe_api.create_refund(
+            paid.stripe_payment_intent_id, amount=1, reason="duplicate", idempotency_key="k-rest"
+        )
+    with pytest.raises(stripe_api.StripeRefused) as refused:
+        stripe_api.create_refund(
+            paid.stripe_payment_intent_id, amount=1, reason="duplicate", idempotency_key="k-more"
+        )
+    assert refused.value.code == "charge_already_refunded"
+    deliver_all(client, emulator, django_capture_on_commit_callbacks)
+    assert (state(paid), paid.amount_refunded) == (Purchase.Status.REFUNDED, 1250)
 
 
 def test_dispute_won_then_a_second_purchase_lost(

@@ -44,6 +44,9 @@ RESTORE = "wagtail_paid_delivery.restore"
 CORRECT_EMAIL = "wagtail_paid_delivery.correct_email"
 GRANT = "wagtail_paid_delivery.grant"
 REPROCESS_EVENT = "wagtail_paid_delivery.reprocess_event"
+SEND_EMAIL_AGAIN = "wagtail_paid_delivery.send_email_again"
+#: A refund through Stripe (``refunds.refund``; its formatter is ``refunds.RefundFormatter``).
+REFUND = "wagtail_paid_delivery.refund"
 
 #: Statuses after which a purchase never gives access again.
 FINAL = (S.REFUNDED, S.REVOKED)
@@ -114,6 +117,22 @@ def _email_refusal(purchase: Purchase) -> str:
     return ""
 
 
+def _refund_refusal(purchase: Purchase) -> str:
+    # Money that went through Checkout, before or after access ended (an editor may revoke,
+    # then refund). A disputed payment is settled through its dispute, in Stripe.
+    if purchase.source != Purchase.Source.CHECKOUT or not purchase.stripe_payment_intent_id:
+        return str(_("Only a payment made through Stripe Checkout can be refunded here."))
+    if purchase.status == S.DISPUTED:
+        return str(_("The payment is disputed: it is settled through the dispute, in Stripe."))
+    if purchase.status not in (S.PAID, *FINAL):
+        return str(_("Only a paid purchase can be refunded (this one is %(status)s).")) % {
+            "status": purchase.get_status_display()
+        }
+    if purchase.amount_refunded >= purchase.amount:
+        return str(_("The payment has been refunded in full."))
+    return ""
+
+
 _REFUSALS: dict[str, Callable[[Purchase], str]] = {
     RESEND: _resend_refusal,
     ISSUE_LINK: _issue_refusal,
@@ -123,6 +142,7 @@ _REFUSALS: dict[str, Callable[[Purchase], str]] = {
     SUSPEND: _suspend_refusal,
     RESTORE: _restore_refusal,
     CORRECT_EMAIL: _email_refusal,
+    REFUND: _refund_refusal,
 }
 
 
@@ -371,6 +391,36 @@ def reprocess_event(event: StripeEvent, *, user: Any, reset_attempts: bool = Fal
         transaction.on_commit(lambda: inbox.enqueue(pk))
 
 
+# The email outbox ------------------------------------------------------------------------------
+
+
+def email_refusal(email: OutboundEmail) -> str:
+    """Why an email cannot be sent again from the desk now; empty when it can. An email still
+    retrying is tried again on its own (its next attempt is shown)."""
+    if email.status != OutboundEmail.Status.FAILED:
+        return str(
+            _("Only an email whose every attempt failed is sent again (this one is: %(s)s).")
+        ) % {"s": email.get_status_display()}
+    return ""
+
+
+def send_email_again(email: OutboundEmail, *, user: Any) -> None:
+    """Give a failed email a fresh set of attempts (``outbox.retry_failed``), handed to the
+    task cluster on commit, logged with the editor (no address in the log)."""
+    with transaction.atomic():
+        locked = OutboundEmail.objects.select_for_update().get(pk=email.pk)
+        why_not = email_refusal(locked)
+        if why_not or not outbox.retry_failed(locked.pk):
+            raise NotApplicable(why_not or email_refusal(locked))
+        log_action(
+            locked,
+            SEND_EMAIL_AGAIN,
+            user=user,
+            data={"attempts": locked.attempts, "kind": str(locked.kind)},
+            title=f"{locked.get_kind_display()} #{locked.pk}",
+        )
+
+
 # How the log shows them ----------------------------------------------------------------------
 
 
@@ -470,6 +520,10 @@ FORMATTERS: dict[str, type[LogFormatter]] = {
     REPROCESS_EVENT: _formatter(
         _("Shop desk: reprocess a Stripe event"),
         _("Queued again (it was %(status)s after %(attempts)s attempts)"),
+    ),
+    SEND_EMAIL_AGAIN: _formatter(
+        _("Shop desk: send an email again"),
+        _("Email queued again (it had failed after %(attempts)s attempts)"),
     ),
 }
 

@@ -22,9 +22,9 @@ VIEW = "view"
 SUPPORT = "support"
 #: Revoke access (for good), suspend it, and restore a suspended purchase.
 REVOKE = "revoke"
-#: Refund through Stripe (reserved: the desk has no refund action yet).
+#: Refund through Stripe, in full or in part (``refunds.refund``).
 REFUND = "refund"
-#: Grant a complimentary purchase (reserved: the desk has no grant action yet).
+#: Grant a complimentary purchase.
 GRANT = "grant"
 
 #: Every action the policy knows; ``add``, ``change`` and ``delete`` are not among them.
@@ -64,6 +64,15 @@ class EventPermissionPolicy(PurchasePermissionPolicy):
     """The same policy for Stripe events (``view_stripeevent``, ``reprocess_stripeevent``)."""
 
     actions = EVENT_ACTIONS
+
+
+class EmailPermissionPolicy(PurchasePermissionPolicy):
+    """The outbox's emails are governed by the purchases' permissions (give it a purchase
+    model: ``EmailPermissionPolicy(Purchase)``): ``view_purchase`` lists the emails that failed
+    or are retrying, ``support_purchase`` sends a failed one again. Nothing of their own to
+    give a group."""
+
+    actions = frozenset({VIEW, SUPPORT})
 
 
 def may_view_purchases(user: Any) -> bool:

@@ -312,6 +312,41 @@ def _listed_event(event: dict[str, Any]) -> dict[str, Any] | None:
         return None
 
 
+#: The reasons Stripe accepts on a refund (``reason``); "fraudulent" also adds the card and the
+#: email address to the account's Radar block lists.
+REFUND_REASONS = ("requested_by_customer", "duplicate", "fraudulent")
+
+
+def create_refund(
+    payment_intent_id: str,
+    *,
+    amount: int,
+    reason: str,
+    idempotency_key: str,
+    metadata: dict[str, str] | None = None,
+) -> stripe.Refund:
+    """Refund ``amount`` (minor units) of ``payment_intent_id``'s charge, for ``reason`` (one of
+    ``REFUND_REASONS``).
+
+    ``idempotency_key`` must be the same for a repeated request (a confirmation sent twice, a
+    retry): Stripe then answers with the refund it already made instead of refunding again.
+    Raises ``StripeUnavailable`` (nothing known: the same key may be sent again),
+    ``StripeRefused`` (``code`` ``charge_already_refunded``, ``amount_too_large``,
+    ``charge_disputed``…) or ``StripePermanent`` (an unknown PaymentIntent).
+    """
+    if reason not in REFUND_REASONS:
+        raise ValueError(f"refund reason {reason!r} is not one of {REFUND_REASONS}")
+    params: dict[str, Any] = {"payment_intent": payment_intent_id, "amount": int(amount)}
+    params["reason"] = reason
+    if metadata:
+        params["metadata"] = dict(metadata)
+    with _translate_errors():
+        return get_client().v1.refunds.create(
+            params,  # type: ignore[arg-type]
+            {"idempotency_key": idempotency_key},
+        )
+
+
 def retrieve_price(price_id: str) -> stripe.Price:
     """Fetch a Price. Raises ``StripeUnavailable`` or ``StripeRefused``."""
     with _translate_errors():

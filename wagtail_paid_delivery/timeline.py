@@ -25,7 +25,7 @@ from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 from wagtail.log_actions import registry as log_registry
 
-from . import desk, links
+from . import currencies, desk, links
 from .models import DownloadEvent, DownloadLink, OutboundEmail, Purchase, StripeEvent
 from .payments import stripe_events
 
@@ -147,6 +147,8 @@ EVENT_TITLES = {
     "checkout.session.expired": _("Checkout session expired"),
     "payment_intent.succeeded": _("Payment succeeded"),
     "charge.refunded": _("Charge refunded"),
+    "refund.created": _("Refund created"),
+    "refund.updated": _("Refund updated"),
     "charge.dispute.created": _("Dispute opened"),
     "charge.dispute.closed": _("Dispute closed"),
     "invoice.payment_succeeded": _("Invoice paid"),
@@ -169,12 +171,39 @@ def _event_detail(event: StripeEvent) -> tuple[str, str]:
     return (f"{status}: {event.last_error}" if event.last_error else str(status)), INFO
 
 
+#: Refund events the inbox leaves alone: ``charge.refunded`` (handled) carries every refund.
+REFUND_EVENTS = ("refund.created", "refund.updated")
+
+
+def _refund_money(event: StripeEvent) -> str:
+    """How much a refund event is about, in the payment's currency; "" for other events."""
+    payload = event.payload if isinstance(event.payload, dict) else {}
+    obj = payload.get("data", {}).get("object", {}) if isinstance(payload.get("data"), dict) else {}
+    currency = obj.get("currency") if isinstance(obj, dict) else None
+    if not isinstance(currency, str) or not currency:
+        return ""
+    if event.type == "charge.refunded" and isinstance(obj.get("amount_refunded"), int):
+        return str(_("%(refunded)s of %(amount)s refunded")) % {
+            "refunded": currencies.format_price(obj["amount_refunded"], currency),
+            "amount": currencies.format_price(int(obj.get("amount") or 0), currency),
+        }
+    if event.type in REFUND_EVENTS and isinstance(obj.get("amount"), int):
+        return f"{obj.get('id', '')} {currencies.format_price(obj['amount'], currency)} " + str(
+            obj.get("status", "")
+        )
+    return ""
+
+
 def stripe_entries(facts: Facts) -> Iterable[Entry]:
-    """Each Stripe event received about the purchase, with its outcome."""
+    """Each Stripe event received about the purchase, with its outcome (and, for refunds,
+    the amounts)."""
     for event in stripe_events(facts.purchase).order_by("received_at", "pk"):
         outcome, level = _event_detail(event)
+        if event.type in REFUND_EVENTS and event.status == StripeEvent.Status.IGNORED:
+            outcome = str(_("noted (the charge.refunded event applies it)"))
         title = EVENT_TITLES.get(event.type, event.type)
-        detail = f"{event.type} {event.stripe_id} · {outcome}"
+        parts = [f"{event.type} {event.stripe_id}", _refund_money(event), outcome]
+        detail = " · ".join(p for p in parts if p)
         yield Entry(event.received_at, "stripe", str(title), detail, "Stripe", level)
 
 

@@ -19,21 +19,23 @@ from wagtail.admin.utils import get_valid_next_url_from_request
 from wagtail.permissions import register_permission_policy
 from wagtail.snippets.models import register_snippet
 
-from . import desk, permissions, product_stats, stats
+from . import desk, permissions, product_stats, refunds, stats
 from .admin import selftest as selftest_admin
 from .admin import urls as admin_urls
 from .admin.account import ShopNotificationsPanel
 from .admin.dashboard import ShopPanel
+from .admin.emails import FailedEmailViewSet
 from .admin.events import StripeEventViewSet
 from .admin.purchases import ShopViewSetGroup
 from .admin.viewsets import DeliveryCopyViewSet
-from .models import ProductPageMixin, Purchase, StripeEvent
-from .permissions import EventPermissionPolicy, PurchasePermissionPolicy
+from .models import OutboundEmail, ProductPageMixin, Purchase, StripeEvent
+from .permissions import EmailPermissionPolicy, EventPermissionPolicy, PurchasePermissionPolicy
 
 register_snippet(DeliveryCopyViewSet)
 # Before the viewsets register: they look the policy up.
 register_permission_policy(Purchase, PurchasePermissionPolicy(Purchase))
 register_permission_policy(StripeEvent, EventPermissionPolicy(StripeEvent))
+register_permission_policy(OutboundEmail, EmailPermissionPolicy(Purchase))
 
 
 @hooks.register("register_admin_viewset")
@@ -52,6 +54,12 @@ def register_shop_notifications(request, user, profile):
 def register_event_inbox():
     """The event inbox, in the "Shop" menu (its ``menu_hook``)."""
     return StripeEventViewSet()
+
+
+@hooks.register("register_admin_viewset")
+def register_failed_emails():
+    """Emails that failed or are retrying, in the "Shop" menu (its ``menu_hook``)."""
+    return FailedEmailViewSet()
 
 
 @hooks.register("construct_homepage_panels")
@@ -75,6 +83,7 @@ def register_selftest_menu_item():
 @hooks.register("register_log_actions")
 def register_desk_log_actions(actions):
     desk.register_log_actions(actions)
+    actions.register_action(desk.REFUND)(refunds.RefundFormatter)
 
 
 #: Purchases whose buyers have (or may get back) access: their product must not be deleted.

@@ -130,10 +130,23 @@ def _paid(session: EmulatedSession) -> None:
     )
 
 
-def refund(session: EmulatedSession, amount: Any = None, **_: Any) -> Events:
-    """Refund the charge in full, or ``amount`` (minor units) of what is left."""
+#: The reasons Stripe accepts on a refund.
+REFUND_REASONS = ("duplicate", "fraudulent", "requested_by_customer")
+
+
+def refund(
+    session: EmulatedSession,
+    amount: Any = None,
+    reason: Any = "requested_by_customer",
+    metadata: Any = None,
+    **_: Any,
+) -> Events:
+    """Refund the charge in full, or ``amount`` (minor units) of what is left. Stripe sends
+    ``refund.created`` (the refund) and ``charge.refunded`` (the charge, its refunds listed)."""
     _paid(session)
     _require(session.dispute_status != "lost", "the payment was lost to a dispute")
+    _require(not session.dispute_open, f"charge {session.latest_charge_id} is disputed")
+    _require(reason in (None, *REFUND_REASONS), f"invalid reason {reason!r}")
     left = session.amount_total - session.amount_refunded
     try:
         value = left if amount in (None, "") else int(amount)
@@ -142,22 +155,55 @@ def refund(session: EmulatedSession, amount: Any = None, **_: Any) -> Events:
     _require(0 < value <= left, f"cannot refund {value}: {left} left to refund")
     session.charge_id = session.latest_charge_id
     session.amount_refunded += value
-    session.refunds = [
-        {
-            "id": new_id("re"),
-            "object": "refund",
-            "amount": value,
-            "charge": session.charge_id,
-            "created": int(time.time()),
-            "currency": session.currency,
-            "metadata": {},
-            "payment_intent": session.payment_intent_id,
-            "reason": "requested_by_customer",
-            "status": "succeeded",
-        },
-        *session.refunds,
-    ]
-    return [("charge.refunded", session.charge() or {})]
+    made = {
+        "id": new_id("re"),
+        "object": "refund",
+        "amount": value,
+        "balance_transaction": None,
+        "charge": session.charge_id,
+        "created": int(time.time()),
+        "currency": session.currency,
+        "destination_details": {"card": {"type": "reversal"}, "type": "card"},
+        "metadata": dict(metadata) if isinstance(metadata, dict) else {},
+        "payment_intent": session.payment_intent_id,
+        "reason": reason,
+        "receipt_number": None,
+        "status": "succeeded",
+    }
+    session.refunds = [made, *session.refunds]
+    return [("refund.created", made), ("charge.refunded", session.charge() or {})]
+
+
+def create_refund(
+    payment_intent_id: str, params: dict[str, Any], key: str | None, body: str
+) -> tuple[EmulatedSession, dict[str, Any], Events]:
+    """``POST /v1/refunds``: the refund and its events, or, for an idempotency key seen
+    before with the same body, the refund it made then (no events). Raises ``LookupError``
+    (no such PaymentIntent) or ``ActionRefused`` (Stripe's 400; an idempotency key reused
+    with other parameters too)."""
+    with transaction.atomic():
+        session = (
+            EmulatedSession.objects.select_for_update()
+            .filter(payment_intent_id=payment_intent_id)
+            .first()
+        )
+        if session is None:
+            raise LookupError(payment_intent_id)
+        if key and key in session.refund_requests:
+            seen, refund_id = session.refund_requests[key]
+            _require(seen == body, "idempotency key reused with other parameters")
+            return session, next(r for r in session.refunds if r["id"] == refund_id), []
+        events = refund(
+            session,
+            amount=params.get("amount"),
+            reason=params.get("reason"),
+            metadata=params.get("metadata"),
+        )
+        made = events[0][1]
+        if key:
+            session.refund_requests = {**session.refund_requests, key: [body, made["id"]]}
+        session.save()
+    return session, made, events
 
 
 def dispute(session: EmulatedSession, **_: Any) -> Events:

@@ -108,6 +108,8 @@ class EmulatedSession(models.Model):
     charge_created = models.DateTimeField(null=True, blank=True)
     amount_refunded = models.PositiveIntegerField(default=0)
     refunds = models.JSONField(default=list, blank=True)
+    #: ``POST /v1/refunds`` idempotency keys: key → [the request body, the refund id].
+    refund_requests = models.JSONField(default=dict, blank=True)
     dispute_id = models.CharField(max_length=64, blank=True)
     dispute_status = models.CharField(max_length=32, blank=True)
     dispute_created = models.DateTimeField(null=True, blank=True)

@@ -23,6 +23,7 @@ urlpatterns = [
     ),
     path("v1/charges/<str:charge_id>", views.api_charge, name="api_charge"),
     path("v1/events", views.api_events, name="api_events"),
+    path("v1/refunds", views.api_refunds, name="api_refunds"),
     path("v1/disputes", views.api_disputes, name="api_disputes"),
     path("v1/disputes/<str:dispute_id>", views.api_dispute, name="api_dispute"),
     # Not Stripe's: what this app's `manage.py trigger` asks for (pay, refund, dispute…),

@@ -278,6 +278,51 @@ def api_dispute(request: HttpRequest, dispute_id: str) -> HttpResponse:
     return JsonResponse(session.dispute())
 
 
+def _refund_error(session_id: str, exc: actions.ActionRefused) -> JsonResponse:
+    """Stripe's 400 for a refund it refuses, with its error code."""
+    why = str(exc)
+    if "idempotency" in why:
+        return stripe_error(
+            400,
+            "Keys for idempotent requests can only be used with the same parameters they "
+            "were first used with.",
+            type_="idempotency_error",
+        )
+    code = "amount_too_large" if "cannot refund" in why else None
+    if ": 0 left" in why:
+        code = "charge_already_refunded"
+    elif "disputed" in why:
+        code = "charge_disputed"
+    return stripe_error(400, f"Cannot refund {session_id}: {why}.", code=code)
+
+
+@api_view
+@require_POST
+def api_refunds(request: HttpRequest) -> HttpResponse:
+    """POST /v1/refunds with ``payment_intent`` (``amount``, ``reason``, ``metadata``),
+    honouring ``Idempotency-Key`` like Stripe; ``refund.created`` and ``charge.refunded``
+    follow, signed, as for a refund made on the dashboard."""
+    body = request.body.decode()
+    params = decode_form(body)
+    payment_intent_id = str(params.get("payment_intent") or "")
+    if not payment_intent_id:
+        return stripe_error(400, "Missing required param: payment_intent.", param="payment_intent")
+    key = request.headers.get("Idempotency-Key") or None
+    try:
+        session, made, events = actions.create_refund(payment_intent_id, params, key, body)
+    except LookupError:
+        return stripe_error(
+            404, f"No such payment_intent: '{payment_intent_id}'", code="resource_missing"
+        )
+    except actions.ActionRefused as exc:
+        return _refund_error(payment_intent_id, exc)
+    send_events(request, session, events)
+    response = JsonResponse(made)
+    if not events:
+        response["Idempotent-Replayed"] = "true"
+    return response
+
+
 @api_view
 @require_POST
 def api_control(request: HttpRequest, session_id: str, action: str) -> HttpResponse:
@@ -507,7 +552,7 @@ ACTION_LABELS = {
     "expire": ("Expire", "session expires unpaid"),
     "succeed": ("Debit succeeds", "async_payment_succeeded"),
     "fail": ("Debit fails", "async_payment_failed"),
-    "refund": ("Refund in full", "charge.refunded"),
+    "refund": ("Refund in full", "refund.created, charge.refunded"),
     "dispute": ("Dispute", "charge.dispute.created"),
     "win": ("Win dispute", "charge.dispute.closed (won)"),
     "lose": ("Lose dispute", "charge.dispute.closed (lost)"),

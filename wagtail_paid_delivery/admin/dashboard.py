@@ -108,38 +108,36 @@ def warnings(numbers: stats.ShopStats, events_url: str) -> list[dict[str, str]]:
                 "url": events_url + "?retrying=retrying" if events_url else "",
             }
         )
-    found.extend({"text": text, "url": ""} for text in _email_warnings(numbers))
+    found.extend(_email_warnings(numbers))
     if numbers.cluster_stale:
         found.append({"text": _cluster_warning(numbers), "url": ""})
     return found
 
 
-def _email_warnings(numbers: stats.ShopStats) -> list[str]:
+def _email_warnings(numbers: stats.ShopStats) -> list[dict[str, str]]:
     """Emails to buyers the outbox gave up on, and those waiting for another attempt (each is a
-    buyer waiting, so one is worth saying)."""
+    buyer waiting, so one is worth saying), linked to Shop → Failed emails (the panel's editors
+    may view purchases, which is what that listing asks)."""
+    emails_url = reverse("wagtail_paid_delivery_emails:index")
     found = []
     if numbers.failed_emails:
-        found.append(
-            ngettext(
-                "%(n)s email to a buyer failed every attempt and will not be retried: its "
-                "purchase's timeline says why. Fix the cause, then resend it from the shop desk.",
-                "%(n)s emails to buyers failed every attempt and will not be retried: their "
-                "purchases' timelines say why. Fix the cause, then resend them from the shop desk.",
-                numbers.failed_emails,
-            )
-            % {"n": numbers.failed_emails}
-        )
+        text = ngettext(
+            "%(n)s email to a buyer failed every attempt and will not be retried: fix the "
+            "cause named on it, then send it again.",
+            "%(n)s emails to buyers failed every attempt and will not be retried: fix the "
+            "cause named on them, then send them again.",
+            numbers.failed_emails,
+        ) % {"n": numbers.failed_emails}
+        found.append({"text": text, "url": emails_url + "?state=failed"})
     if numbers.retrying_emails:
-        found.append(
-            ngettext(
-                "%(n)s email to a buyer could not be sent yet and is being retried (mail server "
-                "down?).",
-                "%(n)s emails to buyers could not be sent yet and are being retried (mail server "
-                "down?).",
-                numbers.retrying_emails,
-            )
-            % {"n": numbers.retrying_emails}
-        )
+        text = ngettext(
+            "%(n)s email to a buyer could not be sent yet and is being retried (mail server "
+            "down?).",
+            "%(n)s emails to buyers could not be sent yet and are being retried (mail server "
+            "down?).",
+            numbers.retrying_emails,
+        ) % {"n": numbers.retrying_emails}
+        found.append({"text": text, "url": emails_url + "?state=retrying"})
     return found
 
 

@@ -16,8 +16,6 @@ from typing import Any
 import django_filters
 from django import forms
 from django.contrib.admin.utils import quote
-from django.contrib.auth.models import Permission
-from django.contrib.contenttypes.models import ContentType
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect
 from django.urls import path, reverse
@@ -28,7 +26,6 @@ from django.utils.text import Truncator
 from django.utils.translation import gettext_lazy as _
 from django.views.generic import FormView
 from wagtail.admin import messages
-from wagtail.admin.admin_url_finder import ModelAdminURLFinder
 from wagtail.admin.filters import DateRangePickerWidget, WagtailFilterSet
 from wagtail.admin.ui.tables import Column, DateColumn, TitleColumn
 from wagtail.admin.views.generic import IndexView, InspectView
@@ -39,6 +36,7 @@ from wagtail.permissions import policy_registry
 
 from .. import desk, permissions
 from ..models import Purchase, StripeEvent
+from .desk_viewset import DeskViewSetMixin
 
 E = StripeEvent.Status
 
@@ -273,7 +271,7 @@ class ReprocessView(PermissionCheckedMixin, WagtailAdminTemplateMixin, FormView)
         return redirect(self.inspect_url)
 
 
-class StripeEventViewSet(ModelViewSet):
+class StripeEventViewSet(DeskViewSetMixin, ModelViewSet):
     """Stripe events: listing (filters, sort) and inspect with the payload and "reprocess".
     No add, edit, delete or copy view: the webhook stores events and the inbox moves them."""
 
@@ -286,6 +284,7 @@ class StripeEventViewSet(ModelViewSet):
     menu_hook = "register_paid_delivery_shop_menu_item"
     add_to_admin_menu = True
     menu_order = 200
+    inspect_permission = permissions.VIEW_EVENTS
     add_to_reference_index = False
     copy_view_enabled = False
     inspect_view_enabled = True
@@ -299,18 +298,6 @@ class StripeEventViewSet(ModelViewSet):
     search_backend_name = None
     list_per_page = 50
     ordering = "-received_at"
-
-    def get_common_view_kwargs(self, **kwargs: Any) -> dict[str, Any]:
-        return super().get_common_view_kwargs(
-            **{
-                "add_url_name": None,
-                "edit_url_name": None,
-                "delete_url_name": None,
-                "history_url_name": None,
-                "usage_url_name": None,
-                **kwargs,
-            }
-        )
 
     def get_inspect_view_kwargs(self, **kwargs: Any) -> dict[str, Any]:
         return super().get_inspect_view_kwargs(
@@ -331,27 +318,3 @@ class StripeEventViewSet(ModelViewSet):
                 name="reprocess",
             ),
         ]
-
-    def get_permissions_to_register(self) -> Any:
-        # Only view and reprocess appear in Settings → Groups.
-        policy = policy_registry.get_by_type(StripeEvent)
-        return Permission.objects.filter(
-            content_type=ContentType.objects.get_for_model(StripeEvent),
-            codename__in=policy.permission_codenames(),
-        )
-
-    @property
-    def url_finder_class(self) -> type[ModelAdminURLFinder]:
-        # Site history links an event's log entries to its inspect view.
-        inspect_url_name = self.get_url_name("inspect")
-
-        class StripeEventURLFinder(ModelAdminURLFinder):
-            edit_url_name = inspect_url_name
-
-            def get_edit_url(self, instance: Any) -> str | None:
-                policy = policy_registry.get(instance)
-                if self.user and not policy.user_has_permission(self.user, permissions.VIEW_EVENTS):
-                    return None
-                return self.construct_edit_url(instance)
-
-        return StripeEventURLFinder

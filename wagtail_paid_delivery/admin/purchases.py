@@ -10,6 +10,7 @@ confirm, call and answer. Registered in ``wagtail_hooks.py`` inside the "Shop" m
 
 from __future__ import annotations
 
+import secrets
 from datetime import timedelta
 from typing import Any
 
@@ -17,8 +18,6 @@ import django_filters
 from django import forms
 from django.apps import apps
 from django.contrib.admin.utils import quote
-from django.contrib.auth.models import Permission
-from django.contrib.contenttypes.models import ContentType
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect
 from django.template.response import TemplateResponse
@@ -28,7 +27,6 @@ from django.utils.functional import cached_property
 from django.utils.translation import gettext_lazy as _
 from django.views.generic import FormView
 from wagtail.admin import messages
-from wagtail.admin.admin_url_finder import ModelAdminURLFinder
 from wagtail.admin.filters import DateRangePickerWidget, WagtailFilterSet
 from wagtail.admin.ui.tables import Column, DateColumn, StatusTagColumn, TitleColumn
 from wagtail.admin.views.generic import IndexView, InspectView
@@ -36,10 +34,20 @@ from wagtail.admin.views.generic.base import WagtailAdminTemplateMixin
 from wagtail.admin.views.generic.permissions import PermissionCheckedMixin
 from wagtail.admin.viewsets.model import ModelViewSet, ModelViewSetGroup
 from wagtail.admin.widgets.button import HeaderButton
-from wagtail.permissions import policy_registry
 
-from .. import currencies, desk, links, order_numbers, payments, permissions, timeline
+from .. import (
+    currencies,
+    desk,
+    links,
+    order_numbers,
+    payments,
+    permissions,
+    refunds,
+    stripe_api,
+    timeline,
+)
 from ..models import DownloadLink, OutboundEmail, ProductPageMixin, Purchase
+from .desk_viewset import DeskViewSetMixin
 from .export import FormulaSafeExportMixin
 
 S = Purchase.Status
@@ -589,6 +597,169 @@ class CorrectEmailView(PurchaseActionView):
         return None
 
 
+class RefundForm(forms.Form):
+    amount = forms.DecimalField(label=_("Amount to refund"), max_digits=14)
+    reason = forms.ChoiceField(
+        label=_("Reason (sent to Stripe)"),
+        choices=refunds.REASONS,
+        initial="requested_by_customer",
+        widget=forms.RadioSelect,
+    )
+    note = forms.CharField(
+        label=_("Note"),
+        max_length=2000,
+        required=False,
+        widget=forms.Textarea(attrs={"rows": 2}),
+        help_text=_("Kept in the log with your name; not sent to the buyer or to Stripe."),
+    )
+    #: Made when the form is shown, sent to Stripe as the idempotency key: a confirmation sent
+    #: twice refunds once.
+    key = forms.RegexField(regex=refunds.KEY, widget=forms.HiddenInput)
+
+    def __init__(self, *args: Any, purchase: Purchase, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.purchase = purchase
+        left = currencies.format_price(refunds.amount_left(purchase), purchase.currency)
+        self.fields["amount"].label = _("Amount to refund (%(currency)s)") % {
+            "currency": purchase.currency.upper()
+        }
+        self.fields["amount"].help_text = _("At most %(left)s: what is left to refund.") % {
+            "left": left
+        }
+
+    def clean_amount(self) -> int:
+        minor = refunds.to_minor(self.cleaned_data["amount"], self.purchase.currency)
+        if minor is None:
+            raise forms.ValidationError(
+                _("%(currency)s amounts have at most %(places)s decimal places.")
+                % {
+                    "currency": self.purchase.currency.upper(),
+                    "places": currencies.exponent(self.purchase.currency),
+                }
+            )
+        try:
+            refunds.check(self.purchase, minor)
+        except desk.NotApplicable as refused:
+            raise forms.ValidationError(str(refused)) from None
+        return minor
+
+
+#: What the purchase became after a refund, for the editor (``fulfillment`` outcomes).
+REFUND_OUTCOMES = {
+    "refunded": _("The purchase is refunded: the buyer's access ended."),
+    "partially_refunded": _(
+        "A partial refund: the buyer keeps access (PARTIAL_REFUND_POLICY is “keep”)."
+    ),
+    "": _("The purchase is updated when Stripe's event about the refund arrives."),
+}
+
+
+class RefundView(PurchaseActionView):
+    action = desk.REFUND
+    permission_required = permissions.REFUND
+    form_class = RefundForm
+    page_title = _("Refund through Stripe")
+    description = _(
+        "The money goes back to the buyer's card or account through Stripe. A refund of "
+        "everything that is left ends the buyer's access for good; a partial refund keeps it "
+        "(unless the site's PARTIAL_REFUND_POLICY is “revoke”), as when you refund in Stripe's "
+        "Dashboard. A refund cannot be undone."
+    )
+    confirm_label = _("Refund")
+    destructive = True
+
+    def get_form_kwargs(self) -> dict[str, Any]:
+        return {**super().get_form_kwargs(), "purchase": self.object}
+
+    def refusal(self) -> str:
+        # A promotion code can make the charge smaller than the price: nothing may be left
+        # although the purchase's price is not all refunded.
+        if not super().refusal() and refunds.amount_left(self.object) <= 0:
+            return str(_("Nothing is left to refund: the charge is refunded in full."))
+        return super().refusal()
+
+    def post(self, request: HttpRequest, *args: Any, **kwargs: Any) -> Any:
+        # A confirmation sent again (a double click, the browser's back button) after it
+        # refunded: say what it did, before the checks that would now refuse it.
+        earlier = refunds.repeated(self.object, str(request.POST.get("key", "")))
+        if earlier is not None:
+            self.refunded(earlier)
+            return redirect(self.inspect_url)
+        return super().post(request, *args, **kwargs)
+
+    def get_initial(self) -> dict[str, Any]:
+        left = refunds.amount_left(self.object)
+        return {
+            "amount": currencies.to_major(left, self.object.currency),
+            "key": secrets.token_hex(16),
+        }
+
+    def get_context_data(self, **kwargs: Any) -> dict[str, Any]:
+        context = super().get_context_data(**kwargs)
+        purchase = self.object
+        context["extra_facts"] = [
+            (_("Charged"), timeline.amount_paid(purchase).display),
+            (
+                _("Refunded so far"),
+                currencies.format_price(purchase.amount_refunded, purchase.currency),
+            ),
+            (
+                _("Left to refund"),
+                currencies.format_price(refunds.amount_left(purchase), purchase.currency),
+            ),
+        ]
+        return context
+
+    def act(self, form: forms.Form) -> HttpResponse | None:
+        data = form.cleaned_data
+        try:
+            done = refunds.refund(
+                self.object,
+                user=self.request.user,
+                amount=data["amount"],
+                reason=data["reason"],
+                note=data["note"],
+                key=data["key"],
+            )
+        except stripe_api.StripeUnavailable:
+            form.add_error(
+                None,
+                _(
+                    "Stripe could not be reached: nothing is known to be refunded. Press "
+                    "“Refund” again when Stripe answers; this confirmation refunds once, however "
+                    "often it is sent."
+                ),
+            )
+            return self.form_invalid(form)
+        except stripe_api.StripeRefused as refused:
+            messages.error(
+                self.request,
+                str(_("Stripe refused the refund: %(why)s")) % {"why": refused.user_message},
+            )
+            return redirect(self.request.path)
+        self.refunded(done)
+        return None
+
+    def refunded(self, done: refunds.Refunded) -> None:
+        values = {"money": done.display, "refund": done.refund_id}
+        if done.repeated:
+            message = _(
+                "This confirmation was already carried out: refund %(refund)s of %(money)s. "
+                "Nothing was refunded twice."
+            )
+            messages.info(self.request, str(message) % values)
+            return
+        text = str(_("Refunded %(money)s through Stripe (refund %(refund)s).")) % values
+        after = REFUND_OUTCOMES.get(done.outcome)
+        stays = str(_("The purchase stays %(status)s.")) % {
+            "status": self.object.get_status_display()
+        }
+        parts = [text, str(after) if after is not None else stays]
+        if done.stripe_status not in ("succeeded", ""):
+            parts.append(str(_("Stripe's refund is %(status)s.")) % {"status": done.stripe_status})
+        messages.success(self.request, " ".join(parts))
+
+
 def product_pages() -> Any:
     """Every product page (of any product page model), for the grant form."""
     page_model = Purchase._meta.get_field("product").related_model
@@ -668,6 +839,7 @@ ACTION_VIEWS: dict[str, tuple[str, type[PurchaseActionView]]] = {
     desk.CORRECT_EMAIL: ("email/", CorrectEmailView),
     desk.REVOKE: ("revoke/", RevokeView),
     desk.RESTORE: ("restore/", RestoreView),
+    desk.REFUND: ("refund/", RefundView),
 }
 ACTION_PERMISSIONS = {
     action: view.permission_required for action, (_path, view) in ACTION_VIEWS.items()
@@ -678,6 +850,7 @@ INSPECT_ACTIONS = [
     (desk.ISSUE_LINK, _("Issue a new link"), "button button-secondary"),
     (desk.CORRECT_EMAIL, _("Correct the email address"), "button button-secondary"),
     (desk.RESTORE, _("Restore access"), "button button-secondary"),
+    (desk.REFUND, _("Refund through Stripe"), "button button-secondary no"),
     (desk.REVOKE, _("Revoke access"), "button button-secondary no"),
 ]
 
@@ -685,7 +858,7 @@ INSPECT_ACTIONS = [
 # The viewset --------------------------------------------------------------------------------
 
 
-class PurchaseViewSet(ModelViewSet):
+class PurchaseViewSet(DeskViewSetMixin, ModelViewSet):
     """Purchases: listing (search, filters, sort, export) and inspect with timeline and
     actions. No add, edit, delete or copy view: checkout makes purchases, the state machine
     moves them, and the desk's actions are the only changes an editor makes."""
@@ -743,19 +916,6 @@ class PurchaseViewSet(ModelViewSet):
     }
     export_filename = "purchases"
 
-    def get_common_view_kwargs(self, **kwargs: Any) -> dict[str, Any]:
-        # No generic add, edit, delete, copy, history or usage view exists for purchases.
-        return super().get_common_view_kwargs(
-            **{
-                "add_url_name": None,
-                "edit_url_name": None,
-                "delete_url_name": None,
-                "history_url_name": None,
-                "usage_url_name": None,
-                **kwargs,
-            }
-        )
-
     def get_inspect_view_kwargs(self, **kwargs: Any) -> dict[str, Any]:
         return super().get_inspect_view_kwargs(
             action_url_names={a: self.get_url_name(a.rsplit(".", 1)[1]) for a in ACTION_VIEWS},
@@ -790,30 +950,6 @@ class PurchaseViewSet(ModelViewSet):
             name = action.rsplit(".", 1)[1]
             patterns.append(path(f"<int:pk>/{route}", self.action_view(action), name=name))
         return patterns
-
-    def get_permissions_to_register(self) -> Any:
-        # Only the desk's permissions appear in Settings → Groups (not stale add/change/delete).
-        policy = policy_registry.get_by_type(Purchase)
-        return Permission.objects.filter(
-            content_type=ContentType.objects.get_for_model(Purchase),
-            codename__in=policy.permission_codenames(),
-        )
-
-    @property
-    def url_finder_class(self) -> type[ModelAdminURLFinder]:
-        # Site history links a purchase's log entries to its inspect view.
-        inspect_url_name = self.get_url_name("inspect")
-
-        class PurchaseURLFinder(ModelAdminURLFinder):
-            edit_url_name = inspect_url_name
-
-            def get_edit_url(self, instance: Any) -> str | None:
-                policy = policy_registry.get(instance)
-                if self.user and not policy.user_has_permission(self.user, permissions.VIEW):
-                    return None
-                return self.construct_edit_url(instance)
-
-        return PurchaseURLFinder
 
 
 class ShopViewSetGroup(ModelViewSetGroup):
