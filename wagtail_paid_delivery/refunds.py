@@ -31,7 +31,7 @@ from wagtail.log_actions import LogFormatter
 from wagtail.log_actions import log as log_action
 from wagtail.log_actions import registry as log_registry
 
-from . import currencies, desk, fulfillment, metadata, stripe_api, timeline
+from . import currencies, desk, fulfillment, metadata, payments, stripe_api
 from .conf import app_settings
 from .models import Purchase
 
@@ -72,7 +72,7 @@ def amount_left(purchase: Purchase) -> int:
     """What may still be refunded (minor units): what the buyer was charged, less what Stripe
     has refunded so far as far as we know (a refund made in Stripe's Dashboard counts once its
     webhook arrived; Stripe refuses anything beyond what is really left)."""
-    charged = timeline.amount_paid(purchase).amount
+    charged = payments.amount_paid(purchase).amount
     return max(0, charged - purchase.amount_refunded)
 
 

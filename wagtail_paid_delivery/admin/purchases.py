@@ -698,7 +698,7 @@ class RefundView(PurchaseActionView):
         context = super().get_context_data(**kwargs)
         purchase = self.object
         context["extra_facts"] = [
-            (_("Charged"), timeline.amount_paid(purchase).display),
+            (_("Charged"), payments.amount_paid(purchase).display),
             (
                 _("Refunded so far"),
                 currencies.format_price(purchase.amount_refunded, purchase.currency),
