@@ -120,6 +120,8 @@ class BuyerRecords:
     stripe_events: list[StripeEvent]
     #: django-q2's kept resend tasks for the address.
     resend_tasks: list[Any] = field(default_factory=list)
+    #: The ids of ``stripe_events`` found through the purchases (the rest only mention it).
+    purchase_event_ids: set[int] = field(default_factory=set)
 
     @cached_property
     def links(self) -> list[DownloadLink]:
@@ -171,10 +173,16 @@ def emails_of(email: str, purchases: list[Purchase]) -> list[OutboundEmail]:
     return [found[pk] for pk in sorted(found)]
 
 
-def stripe_events_of(email: str, purchases: list[Purchase]) -> list[StripeEvent]:
+def events_of_purchases(purchases: list[Purchase]) -> dict[int, StripeEvent]:
+    """The Stripe events about ``purchases`` (as their timelines find them), by pk."""
     found: dict[int, StripeEvent] = {}
     for purchase in purchases:
         found.update((e.pk, e) for e in timeline.stripe_events(purchase))
+    return found
+
+
+def stripe_events_of(email: str, purchases: list[Purchase]) -> list[StripeEvent]:
+    found = events_of_purchases(purchases)
     # The payload as text, coarsely filtered by the local part, then read properly.
     texts = StripeEvent.objects.annotate(text=Cast("payload", TextField()))
     for event in texts.filter(text__icontains=_local_prefix(email)).exclude(pk__in=found):
@@ -196,6 +204,7 @@ def find(email: str) -> BuyerRecords:
     email = email.strip()
     purchases = purchases_of(email)
     return BuyerRecords(
+        purchase_event_ids=set(events_of_purchases(purchases)),
         email=email,
         purchases=purchases,
         emails=emails_of(email, purchases) if email else [],
@@ -437,12 +446,11 @@ def _erase_emails(records: BuyerRecords, result: Erasure) -> None:
 
 
 def _erase_stripe_events(records: BuyerRecords, user: Any, result: Erasure) -> None:
-    ours = {p.pk for p in records.purchases}
     for event in StripeEvent.objects.filter(pk__in=[e.pk for e in records.stripe_events]):
         event.payload = redact_payload(event.payload)
         event.last_error = scrub(event.last_error)
         event.save(update_fields=["payload", "last_error"])
-        if event.purchase_id not in ours:
+        if event.pk not in records.purchase_event_ids:
             # Not about one of the purchases (another integration's, or not matched): its own
             # log entry says it was erased.
             log_action(event, ERASE, user=user, data={"payload": True}, title=str(event))
