@@ -160,7 +160,7 @@ def test_groups_page_offers_the_buyer_data_permission(admin_client):
 # Export ---------------------------------------------------------------------------------------
 
 
-def test_export_has_everything_stored_about_the_address_and_no_token(admin_client, story):
+def test_export_has_everything_stored_about_the_address_and_no_token(admin_client, story):  # noqa: F811
     purchase, token, _guide = story
     data = export(admin_client, "ada@example.com")
     [bought] = data["purchases"]
@@ -287,7 +287,7 @@ def erase(client, purchase, typed: str):
     return client.post(admin_url("purchase_erase", purchase.pk), {"confirm_email": typed})
 
 
-def test_erase_then_export_shows_nothing_personal(admin_client, admin_user, story):
+def test_erase_then_export_shows_nothing_personal(admin_client, admin_user, story):  # noqa: F811
     purchase, _token, _guide = story
     first = StripeEvent.objects.order_by("pk").first()
     payload = first.payload
@@ -305,8 +305,15 @@ def test_erase_then_export_shows_nothing_personal(admin_client, admin_user, stor
         success=True,
     )
     before = Purchase.objects.values(
-        "amount", "currency", "amount_refunded", "status", "product_title", "paid_at",
-        "created_at", "stripe_checkout_session_id", "stripe_payment_intent_id",
+        "amount",
+        "currency",
+        "amount_refunded",
+        "status",
+        "product_title",
+        "paid_at",
+        "created_at",
+        "stripe_checkout_session_id",
+        "stripe_payment_intent_id",
     ).get(pk=purchase.pk)
 
     confirm = admin_client.get(admin_url("purchase_erase", purchase.pk))
@@ -344,7 +351,7 @@ def test_erase_then_export_shows_nothing_personal(admin_client, admin_user, stor
     assert data["resend_requests"] == []
 
 
-def test_stripe_does_not_put_an_erased_address_back(admin_client, story, fake_stripe):
+def test_stripe_does_not_put_an_erased_address_back(admin_client, story, fake_stripe):  # noqa: F811
     purchase, _token, _guide = story
     erase(admin_client, purchase, "ada@example.com")
     failed = StripeEvent.objects.get(status=StripeEvent.Status.FAILED)
