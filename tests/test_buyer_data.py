@@ -528,3 +528,6 @@ def test_view_as_escapes_the_buyers_text(admin_client, home):
     DownloadEventFactory(link=DownloadLinkFactory(purchase=purchase))
     html = admin_client.get(admin_url("view_as", purchase.pk)).content.decode()
     assert '<script>alert("t")' not in html
+    # Each screen is an attribute's text: its markup never becomes the admin page's.
+    assert html.count("<!DOCTYPE") == 0 and html.count('srcdoc="&lt;') == 3
+    assert "&amp;lt;script&amp;gt;" in html
