@@ -531,3 +531,18 @@ def test_view_as_escapes_the_buyers_text(admin_client, home):
     # Each screen is an attribute's text: its markup never becomes the admin page's.
     assert html.count("<!DOCTYPE") == 0 and html.count('srcdoc="&lt;') == 3
     assert "&amp;lt;script&amp;gt;" in html
+
+
+def test_export_and_erase_need_a_csrf_token(paid, admin_user):
+    from django.test import Client
+
+    purchase, _issued = paid
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(admin_user)
+    assert client.post(admin_url("buyer_export"), {"email": "ada@example.com"}).status_code == 403
+    response = client.post(
+        admin_url("purchase_erase", purchase.pk), {"confirm_email": "ada@example.com"}
+    )
+    assert response.status_code == 403
+    purchase.refresh_from_db()
+    assert purchase.email == "ada@example.com" and not ModelLogEntry.objects.exists()

@@ -181,8 +181,9 @@ def events_of_purchases(purchases: list[Purchase]) -> dict[int, StripeEvent]:
     return found
 
 
-def stripe_events_of(email: str, purchases: list[Purchase]) -> list[StripeEvent]:
-    found = events_of_purchases(purchases)
+def stripe_events_of(email: str, about: dict[int, StripeEvent]) -> list[StripeEvent]:
+    """``about`` (the purchases' events) and the events whose payload mentions ``email``."""
+    found = dict(about)
     # The payload as text, coarsely filtered by the local part, then read properly.
     texts = StripeEvent.objects.annotate(text=Cast("payload", TextField()))
     for event in texts.filter(text__icontains=_local_prefix(email)).exclude(pk__in=found):
@@ -203,12 +204,13 @@ def find(email: str) -> BuyerRecords:
     """Everything stored about ``email``."""
     email = email.strip()
     purchases = purchases_of(email)
+    about = events_of_purchases(purchases)
     return BuyerRecords(
-        purchase_event_ids=set(events_of_purchases(purchases)),
+        purchase_event_ids=set(about),
         email=email,
         purchases=purchases,
         emails=emails_of(email, purchases) if email else [],
-        stripe_events=stripe_events_of(email, purchases) if email else [],
+        stripe_events=stripe_events_of(email, about) if email else [],
         resend_tasks=resend_tasks_of(email) if email else [],
     )
 
