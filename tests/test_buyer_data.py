@@ -17,6 +17,7 @@ from django.utils import timezone
 from django_q.models import Task
 from wagtail.models import ModelLogEntry
 
+from tests.concurrency import run_at_once
 from tests.factories import (
     DownloadEventFactory,
     DownloadLinkFactory,
@@ -24,6 +25,7 @@ from tests.factories import (
     PurchaseFactory,
     StripeEventFactory,
 )
+from tests.test_fulfillment import needs_postgres
 from tests.test_shop_desk import assert_refused, desk_user, story, url  # noqa: F401
 from wagtail_paid_delivery import buyer_data, inbox, links, screens
 from wagtail_paid_delivery.models import (
@@ -546,3 +548,28 @@ def test_export_and_erase_need_a_csrf_token(paid, admin_user):
     assert response.status_code == 403
     purchase.refresh_from_db()
     assert purchase.email == "ada@example.com" and not ModelLogEntry.objects.exists()
+
+
+def test_view_as_shows_the_newest_links_only(admin_client, paid):
+    purchase, _issued = paid
+    for _ in range(screens.VIEW_AS_LINKS + 2):
+        DownloadLinkFactory(purchase=purchase)
+    response = admin_client.get(admin_url("view_as", purchase.pk))
+    keys = [s.key for s in response.context["screens"]]
+    assert len([k for k in keys if k.startswith("link-")]) == screens.VIEW_AS_LINKS
+    newest = DownloadLink.objects.filter(purchase=purchase).order_by("-created_at", "-pk")[0]
+    assert keys[1] == f"link-{newest.pk}"
+
+
+@needs_postgres
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
+def test_two_erasures_at_once_erase_once(paid, admin_user):
+    """A double submit: the second waits for the first's row locks, then finds nothing left."""
+    results = run_at_once(
+        [
+            lambda: buyer_data.erase("ada@example.com", user=admin_user),
+            lambda: buyer_data.erase("ADA@example.com", user=admin_user),
+        ]
+    )
+    assert sorted(r.purchases for r in results) == [0, 1]
+    assert ModelLogEntry.objects.filter(action=buyer_data.ERASE).count() == 1

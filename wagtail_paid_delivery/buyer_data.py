@@ -492,7 +492,10 @@ def erase(email: str, *, user: Any) -> Erasure:
         records = find(email)
         pks = [p.pk for p in records.purchases]
         locked = Purchase.objects.select_for_update().filter(pk__in=pks)
-        records.purchases = list(locked.order_by("created_at", "pk"))
+        # Read again under the lock: an erasure that ran meanwhile (a double submit) left
+        # nothing of this address on them.
+        locked_rows = locked.order_by("created_at", "pk")
+        records.purchases = [p for p in locked_rows if same_address(p.email, email)]
         now = timezone.now()
         _erase_downloads(records, now, result)
         _erase_emails(records, result)

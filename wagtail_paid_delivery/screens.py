@@ -314,6 +314,10 @@ def preview(copy: DeliveryCopy, request: HttpRequest, mode: str) -> HttpResponse
 # opens nothing.
 
 
+#: The newest links "view as this buyer" shows a page for (older ones rarely still matter).
+VIEW_AS_LINKS = 10
+
+
 @dataclass(frozen=True)
 class BuyerScreen:
     """One screen of ``buyer_screens``: its rendered HTML and what the editor should know."""
@@ -407,11 +411,12 @@ def delivery_email_screen(purchase: Purchase, request: HttpRequest) -> BuyerScre
 
 def buyer_screens(purchase: Purchase, request: HttpRequest) -> list[BuyerScreen]:
     """The screens of ``purchase`` as its buyer reads them now: the success page, the page
-    each of its links opens (newest first), the delivery email. Changes nothing."""
+    each of its links opens (the newest ``VIEW_AS_LINKS``), the delivery email. Changes
+    nothing."""
     context, note = success_screen(purchase)
     html = render_to_string(TEMPLATES["success"], context, request=request)
     screens = [BuyerScreen("success", str(_("Success page")), note, html)]
-    for link in purchase.links.order_by("-created_at", "-pk"):
+    for link in purchase.links.order_by("-created_at", "-pk")[:VIEW_AS_LINKS]:
         link.purchase = purchase
         screen, context = link_screen(link)
         label = str(_("Link #%(link)s (%(reason)s)")) % {
