@@ -382,8 +382,8 @@ def fulfill_checkout(session_id: str) -> FulfillmentResult:
         # Asynchronous methods complete the session before the money arrives;
         # checkout.session.async_payment_succeeded brings us back here. The buyer's address is
         # kept already: the "processing" page tells them where the link will go.
-        if email and not purchase.email:
-            Purchase.objects.filter(pk=purchase.pk, email="").update(
+        if email and not purchase.email and purchase.erased_at is None:
+            Purchase.objects.filter(pk=purchase.pk, email="", erased_at=None).update(
                 email=email, updated_at=timezone.now()
             )
             purchase.email = email
@@ -453,7 +453,7 @@ def _record_stripe_facts(
     if not locked.stripe_checkout_session_id:
         locked.stripe_checkout_session_id = session.id
         fields.add("stripe_checkout_session_id")
-    if email and not locked.email:
+    if email and not locked.email and locked.erased_at is None:
         locked.email = email
         fields.add("email")
     if state.amount_refunded > locked.amount_refunded:

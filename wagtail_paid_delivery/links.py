@@ -341,11 +341,7 @@ def success_page_link(purchase: Purchase, *, now: datetime | None = None) -> Iss
     now = now or timezone.now()
     tokens = success_page_tokens(purchase)
     by_hash = {hash_token(token): token for token in tokens}
-    found = {
-        link.token_hash: link
-        for link in DownloadLink.objects.filter(purchase=purchase, token_hash__in=by_hash)
-    }
-    link = next((found[h] for h in by_hash if h in found), None)
+    link = find_success_page_link(purchase, by_hash)
     if link is None:
         link = _create_success_link(purchase, tokens[0], now)
     link.purchase = purchase
@@ -355,6 +351,20 @@ def success_page_link(purchase: Purchase, *, now: datetime | None = None) -> Iss
         return None
     raw = by_hash[link.token_hash]
     return IssuedLink(link=link, token=raw, url=download_page_url(raw, purchase=purchase))
+
+
+def find_success_page_link(
+    purchase: Purchase, by_hash: dict[str, str] | None = None
+) -> DownloadLink | None:
+    """The success page's link of ``purchase`` if one was made (under the current secret or a
+    fallback); None if the page has not made it yet. Reads only."""
+    if by_hash is None:
+        by_hash = {hash_token(token): token for token in success_page_tokens(purchase)}
+    found = {
+        link.token_hash: link
+        for link in DownloadLink.objects.filter(purchase=purchase, token_hash__in=by_hash)
+    }
+    return next((found[h] for h in by_hash if h in found), None)
 
 
 @sensitive_variables("raw")

@@ -27,8 +27,11 @@ REFUND = "refund"
 #: Grant a complimentary purchase.
 GRANT = "grant"
 
+#: Export everything stored about a buyer's address, or erase it (``buyer_data``).
+MANAGE_BUYER_DATA = "manage_buyer_data"
+
 #: Every action the policy knows; ``add``, ``change`` and ``delete`` are not among them.
-ACTIONS = frozenset({VIEW, SUPPORT, REVOKE, REFUND, GRANT})
+ACTIONS = frozenset({VIEW, SUPPORT, REVOKE, REFUND, GRANT, MANAGE_BUYER_DATA})
 
 
 #: Stripe events: see the event inbox (listing and each event's payload).

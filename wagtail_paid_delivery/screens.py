@@ -15,6 +15,7 @@ from typing import Any
 
 from django.http import HttpRequest, HttpResponse
 from django.http.response import HttpResponseBase
+from django.template.loader import render_to_string
 from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils import timezone
@@ -163,6 +164,21 @@ def download_context(
         # The page lists the files with their buttons: the receipt does not repeat them.
         "receipt": receipt.receipt_for(link.purchase, files=[]),
     }
+
+
+def download_screen(
+    link: DownloadLink, token: str, copy: DeliveryCopy | None = None
+) -> tuple[str, dict[str, Any]]:
+    """(screen, context) of the download page for a link that works: its files and what is
+    left of each, or the used-up page when every file reached its limit. Reads only."""
+    copy = copy or delivery.copy_for(link.purchase)
+    counts = links.file_counts(link)
+    product_files = links.product_files(link)
+    lefts = [links.downloads_left(link, counts.get(f.pk, 0)) for f in product_files]
+    files = [{"file": f, "left": left} for f, left in zip(product_files, lefts, strict=True)]
+    if product_files and all(left == 0 for left in lefts):
+        return "refused", refused_context(links.LinkUsedUp(link), copy, token)
+    return "download", download_context(link, token, files, copy)
 
 
 def file_unavailable_context(link: DownloadLink) -> dict[str, Any]:
@@ -364,3 +380,127 @@ def preview(copy: DeliveryCopy, request: HttpRequest, mode: str) -> HttpResponse
         return HttpResponse(status=404)
     screen, context = found
     return TemplateResponse(request, TEMPLATES[screen], context)
+
+
+# "View as this buyer" --------------------------------------------------------------------------
+#
+# The shop desk shows a purchase's screens as its buyer would read them now, with the same
+# contexts and templates as the views, and changes nothing: no link is made (the success page's
+# is looked up, not created), nothing is counted, and the buttons carry ``SAMPLE_TOKEN``, which
+# opens nothing.
+
+
+#: The newest links "view as this buyer" shows a page for (older ones rarely still matter).
+VIEW_AS_LINKS = 10
+
+
+@dataclass(frozen=True)
+class BuyerScreen:
+    """One screen of ``buyer_screens``: its rendered HTML and what the editor should know."""
+
+    key: str
+    label: str
+    note: str
+    html: str
+    #: For the email: its subject and recipient.
+    subject: str = ""
+    to: str = ""
+
+
+def _success_note(purchase: Purchase, state: str | None, link: DownloadLink | None) -> str:
+    if state is None:
+        return str(
+            _("The purchase is %(status)s: the page says only “check your email”.")
+            % {"status": purchase.get_status_display()}
+        )
+    if state != "success":
+        return ""
+    if link is None:
+        return str(_("The page would make its download link on the buyer's next visit."))
+    return ""
+
+
+def success_screen(purchase: Purchase) -> tuple[dict[str, Any], str]:
+    """The success page as the browser that paid would read it now, and a note."""
+    state = STATE_FOR_STATUS.get(purchase.status)
+    if state is None:
+        return neutral_context(), _success_note(purchase, state, None)
+    download_url = None
+    link = None
+    if state == "success":
+        link = links.find_success_page_link(purchase)
+        shows_link = link is None or _works(link)
+        download_url = "#" if shows_link else None
+    product = purchase.product_page
+    product_url = "#" if state == "failed" and product is not None and product.live else None
+    copy = delivery.copy_for(purchase)
+    context = state_context(copy, state, purchase, download_url, product_url)
+    note = _success_note(purchase, state, link)
+    if state == "success" and not download_url:
+        note = str(_("The page's link expired or was revoked: it shows no link."))
+    return context, note
+
+
+def _works(link: DownloadLink) -> bool:
+    try:
+        links.check_link(link)
+    except links.LinkError:
+        return False
+    return True
+
+
+def link_screen(link: DownloadLink) -> tuple[str, dict[str, Any]]:
+    """What opening ``link`` shows its buyer now: the download page or why it is refused."""
+    copy = delivery.copy_for(link.purchase)
+    try:
+        links.check_link(link)
+    except links.LinkRefused as error:
+        return "refused", refused_context(error, copy)
+    return download_screen(link, SAMPLE_TOKEN, copy)
+
+
+def delivery_email_screen(purchase: Purchase, request: HttpRequest) -> BuyerScreen:
+    """The delivery email as a resend would send it now (the product's link rules), with a
+    link that opens nothing."""
+    lifetime, limit = links.link_rules(purchase)
+    link = DownloadLink(
+        purchase=purchase,
+        reason=DownloadLink.Reason.ADMIN,
+        expires_at=timezone.now() + lifetime,
+        download_limit=limit,
+    )
+    path = reverse("wagtail_paid_delivery:download", args=[SAMPLE_TOKEN])
+    issued = links.IssuedLink(link=link, token=SAMPLE_TOKEN, url=request.build_absolute_uri(path))
+    message = delivery.build_delivery_email(purchase, issued)
+    html = next(content for content, mimetype in message.alternatives if mimetype == "text/html")
+    paid = purchase.status == Purchase.Status.PAID
+    note = "" if paid else str(_("Sent only for paid purchases."))
+    return BuyerScreen(
+        "email",
+        str(_("Delivery email")),
+        note,
+        str(html),
+        subject=str(message.subject),
+        to=", ".join(message.to),
+    )
+
+
+def buyer_screens(purchase: Purchase, request: HttpRequest) -> list[BuyerScreen]:
+    """The screens of ``purchase`` as its buyer reads them now: the success page, the page
+    each of its links opens (the newest ``VIEW_AS_LINKS``), the delivery email. Changes
+    nothing."""
+    context, note = success_screen(purchase)
+    html = render_to_string(TEMPLATES["success"], context, request=request)
+    screens = [BuyerScreen("success", str(_("Success page")), note, html)]
+    for link in purchase.links.order_by("-created_at", "-pk")[:VIEW_AS_LINKS]:
+        link.purchase = purchase
+        screen, context = link_screen(link)
+        label = str(_("Link #%(link)s (%(reason)s)")) % {
+            "link": link.pk,
+            "reason": link.get_reason_display(),
+        }
+        note = str(_("Download page")) if screen == "download" else str(_("Refused page"))
+        html = render_to_string(TEMPLATES[screen], context, request=request)
+        screens.append(BuyerScreen(f"link-{link.pk}", label, note, html))
+    screens.append(delivery_email_screen(purchase, request))
+    return screens

@@ -19,7 +19,8 @@ from wagtail.admin.utils import get_valid_next_url_from_request
 from wagtail.permissions import register_permission_policy
 from wagtail.snippets.models import register_snippet
 
-from . import desk, permissions, product_stats, refunds, stats
+from . import buyer_data, desk, permissions, product_stats, refunds, stats
+from .admin import buyers as buyers_admin
 from .admin import selftest as selftest_admin
 from .admin import urls as admin_urls
 from .admin.account import ShopNotificationsPanel
@@ -80,10 +81,17 @@ def register_selftest_menu_item():
     return selftest_admin.menu_item()
 
 
+@hooks.register("register_paid_delivery_shop_menu_item")
+def register_buyer_data_menu_item():
+    """Shop → Buyer data (export or erase; editors with ``manage_buyer_data_purchase``)."""
+    return buyers_admin.menu_item()
+
+
 @hooks.register("register_log_actions")
 def register_desk_log_actions(actions):
     desk.register_log_actions(actions)
     actions.register_action(desk.REFUND)(refunds.RefundFormatter)
+    buyer_data.register_log_actions(actions)
 
 
 #: Purchases whose buyers have (or may get back) access: their product must not be deleted.

@@ -93,6 +93,8 @@ class PurchaseFilterSet(WagtailFilterSet):
 
 
 def _buyer(purchase: Purchase) -> str:
+    if purchase.erased_at is not None and not purchase.email:
+        return str(_("(buyer data erased)"))
     return purchase.email or str(_("(no email address yet)"))
 
 
@@ -162,6 +164,10 @@ ENTRY_ICONS = {
 }
 
 
+#: The buyer pages' URL namespace (``admin/buyers.py``: view as this buyer, export, erase).
+BUYERS = "wagtail_paid_delivery_admin"
+
+
 class PurchaseInspectView(InspectView):
     any_permission_required = [permissions.VIEW]
     template_name = "wagtail_paid_delivery/admin/purchase_inspect.html"
@@ -205,6 +211,15 @@ class PurchaseInspectView(InspectView):
             )
         return rows
 
+    def buyer_links(self) -> list[dict[str, Any]]:
+        """ "View as this buyer" (view permission) and their data (``manage_buyer_data``)."""
+        pk = self.object.pk
+        shown = [{"label": _("View as this buyer"), "url": reverse(f"{BUYERS}:view_as", args=[pk])}]
+        if self.object.email and self.user_has_permission(permissions.MANAGE_BUYER_DATA):
+            url = reverse(f"{BUYERS}:purchase_buyer_data", args=[pk])
+            shown.append({"label": _("Export or erase the buyer's data"), "url": url})
+        return shown
+
     def get_context_data(self, **kwargs: Any) -> dict[str, Any]:
         context = super().get_context_data(**kwargs)
         purchase = self.object
@@ -224,6 +239,7 @@ class PurchaseInspectView(InspectView):
                 "timeline_rows": [(e, ENTRY_ICONS.get(e.kind, "info-circle")) for e in entries],
                 "link_rows": self.link_rows(overview),
                 "desk_actions": self.actions(),
+                "buyer_links": self.buyer_links(),
                 "dashboard_url": timeline.stripe_dashboard_url(purchase),
                 "product_edit_url": reverse("wagtailadmin_pages:edit", args=[product.pk])
                 if product is not None

@@ -115,6 +115,9 @@ class Purchase(models.Model):
     #: was asked about it, and when it may be asked next (None: not yet asked).
     reconcile_checks = models.PositiveSmallIntegerField(_("reconciliation checks"), default=0)
     reconcile_after = models.DateTimeField(_("next reconciliation check"), null=True, blank=True)
+    #: When the buyer's personal data was erased (``buyer_data.erase``): Stripe's copy of the
+    #: address is not put back on the purchase after that.
+    erased_at = models.DateTimeField(_("buyer data erased"), null=True, blank=True)
 
     class Meta:
         verbose_name = _("purchase")
@@ -136,6 +139,7 @@ class Purchase(models.Model):
             ("revoke_purchase", _("Can revoke, suspend and restore access to purchases")),
             ("refund_purchase", _("Can refund purchases through Stripe")),
             ("grant_purchase", _("Can grant complimentary purchases")),
+            ("manage_buyer_data_purchase", _("Can export and erase a buyer's personal data")),
         ]
 
     def __str__(self) -> str:

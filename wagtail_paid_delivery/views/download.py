@@ -46,15 +46,12 @@ def download(request: HttpRequest, token: str) -> HttpResponseBase:
     except links.LinkError:
         return not_found()
 
-    counts = links.file_counts(link)
-    product_files = links.product_files(link)
-    lefts = [links.downloads_left(link, counts.get(f.pk, 0)) for f in product_files]
-    files = [{"file": f, "left": left} for f, left in zip(product_files, lefts, strict=True)]
-    if product_files and all(left == 0 for left in lefts):
-        return refused(request, links.LinkUsedUp(link), token)
-    context = screens.download_context(link, token, files, delivery.copy_for(link.purchase))
-    response = TemplateResponse(request, screens.TEMPLATES["download"], context)
+    screen, context = screens.download_screen(link, token)
+    if screen == "refused":  # every file at its limit
+        return TemplateResponse(request, screens.TEMPLATES[screen], context, status=410)
+    response = TemplateResponse(request, screens.TEMPLATES[screen], context)
     # The button's 303 leads to a hand-off, which may redirect to the storage (presigned).
+    product_files = [item["file"] for item in context["files"]]
     return add_strict_csp(request, response, form_action=serving.redirect_origins(product_files))
 
 
