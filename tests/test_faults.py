@@ -346,7 +346,8 @@ def emulator(site: Site, purchase: Purchase, action: str, **params: str) -> dict
 
 def link_of(site: Site, purchase: Purchase) -> str:
     """The download page the buyer's delivery email links to, on the shop server."""
-    (message,) = [m for m in site.mails() if m["To"] == purchase.email]
+    address = Purchase.objects.get(pk=purchase.pk).email
+    (message,) = [m for m in site.mails() if m["To"] == address]
     (token,) = set(TOKEN_RE.findall(message.as_string()))
     return f"{site.shop}/shop/d/{token}/"
 
