@@ -235,6 +235,48 @@ def assert_one_email_per_purchase(site: Site, purchases: list[Purchase]) -> None
         assert {m["To"] for m in copies} == {Purchase.objects.get(pk=purchase.pk).email}
 
 
+# 1. The mail server is down, then back --------------------------------------------------------
+
+
+@pytest.mark.parametrize("site", ["orm", "redis"], indirect=True)
+def test_mail_server_down_then_back_sends_exactly_one_delivery_email(site, product):
+    """Django's file backend stands in for the mail server: while its directory is a plain
+    file every send fails (as ``make sandbox`` does when its mail directory is broken)."""
+    site.mail.write_text("a file where the mail directory should be")  # the server is down
+    purchase = checkout(product)
+    event = pay(purchase, "ada@example.com")
+    site.processes.cluster()
+    assert site.post_event(event) == 200
+
+    def failed(times: int):
+        def attempts_failed() -> bool:
+            # A failed attempt revokes its link before it records the failure.
+            return DownloadLink.objects.filter(revoked_at__isnull=False).count() >= times
+
+        attempts_failed.__doc__ = f"{times} failed attempt(s)"
+        return attempts_failed
+
+    # The webhook's task pays the purchase; its delivery task fails; the sweep retries it
+    # (the only retry there is: the broker dropped the failed task, or never re-delivers).
+    wait_for(failed(2), 30)
+    assert Purchase.objects.get(pk=purchase.pk).status == Purchase.Status.PAID
+    assert not OutboundEmail.objects.filter(status=OutboundEmail.Status.SENT).exists()
+    site.mail.unlink()  # the mail server is back
+    wait_for(all_sent(1), 30)
+    time.sleep(3)  # the sweeps keep coming: nothing more is sent
+
+    row = OutboundEmail.objects.get()
+    assert row.attempts >= 3, row.last_error
+    (message,) = site.mails()
+    assert message["Message-ID"] == row.message_id
+    # Every failed attempt's link was revoked; the one delivered is the one that works.
+    (token,) = set(TOKEN_RE.findall(message.as_string()))
+    issued = DownloadLink.objects.filter(purchase=purchase)
+    assert issued.count() == row.attempts
+    assert [link.token_hash for link in issued.filter(revoked_at=None)] == [links.hash_token(token)]
+    assert fetch(f"{site.shop}/shop/d/{token}/")[0] == 200
+
+
 # 2. The cluster is killed in the middle of a burst of webhooks ---------------------------------
 
 BURST = 40
@@ -484,7 +526,8 @@ def test_web_server_restart_mid_download_then_range_resume_counts_once(site, hom
 
     site.processes.gunicorn(site.shop_port, "shop-restarted")
     # The browser resumes on the same hand-off, where it stopped.
-    status, headers, rest = fetch(site.shop + handoff, Range=f"bytes={len(got)}-", **{"If-Range": etag})
+    resume = {"Range": f"bytes={len(got)}-", "If-Range": etag}
+    status, headers, rest = fetch(site.shop + handoff, **resume)
     assert status == 206, rest[:500]
     assert headers["Content-Range"] == f"bytes {len(got)}-{BIG - 1}/{BIG}"
     assert hashlib.sha256(got + rest).hexdigest() == file.sha256
