@@ -279,7 +279,7 @@ def test_mail_server_down_then_back_sends_exactly_one_delivery_email(site, produ
 
 # 2. The cluster is killed in the middle of a burst of webhooks ---------------------------------
 
-BURST = 40
+BURST = 30
 
 
 @pytest.mark.parametrize("site", ["orm", "redis"], indirect=True)
