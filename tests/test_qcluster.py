@@ -11,18 +11,16 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
-from pathlib import Path
 
 import pytest
 from django.db import connection
 from django_q.conf import Conf
 
 from tests.factories import ProductPageFactory, PurchaseFactory
+from tests.processes import ROOT, wait_for
 from tests.stripe_fake import event_for, post_event, start_checkout
 from wagtail_paid_delivery.models import Purchase, StripeEvent
 
-ROOT = Path(__file__).resolve().parent.parent
 TASK = "wagtail_paid_delivery.tasks.process_stripe_event"
 
 
@@ -70,15 +68,14 @@ def test_cluster_fulfils_posted_webhook(client, home, fake_stripe):
     connection.close()
     cluster = Cluster(get_broker())
     cluster.start()
+
+    def fulfilled() -> bool:
+        """the purchase paid, and the task's result saved (just after it returns)"""
+        paid = Purchase.objects.filter(pk=purchase.pk, status=Purchase.Status.PAID).exists()
+        return paid and Success.objects.filter(func=TASK).exists()
+
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if Purchase.objects.filter(pk=purchase.pk, status=Purchase.Status.PAID).exists():
-                break
-            time.sleep(0.2)
-        # The result is saved just after the task returns.
-        while time.monotonic() < deadline and not Success.objects.filter(func=TASK).exists():
-            time.sleep(0.2)
+        wait_for(fulfilled, 60)
     finally:
         cluster.stop()
 

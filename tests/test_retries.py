@@ -229,3 +229,41 @@ def test_concurrent_copies_of_a_task_process_an_event_once(home, fake_stripe):
     event.refresh_from_db()
     assert (event.status, event.attempts) == (StripeEvent.Status.PROCESSED, 1)
     assert len(delivered.calls) == 1
+
+
+@pytest.mark.parametrize("status", ["received", "failed"])
+def test_an_event_whose_last_attempt_never_finished_is_failed_for_good_and_reprocessable(
+    purchase, paid_session, fake_stripe, caplog, status
+):
+    """Found by the process-level fault tests: a worker killed in an event's last allowed
+    attempt (a task timeout while Stripe hangs, a crash) recorded nothing, so the event stayed
+    ``received``/``failed`` with a lapsed lease: never retried, never reported, and never fed
+    again by reconciliation, which holds its id."""
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    event = StripeEventFactory(
+        payload=event_for(fake_stripe.session(paid_session)), status=status, attempts=7
+    )
+    assert claim(event.pk) is not None  # the 8th attempt starts; its worker is then killed
+    event.refresh_from_db()
+    assert event.attempts == 8
+    # Its lease has not run out: the sweep leaves it alone (it may still be running).
+    assert sweep() == "queued 0; failed for good 0"
+    StripeEvent.objects.filter(pk=event.pk).update(
+        next_attempt_at=timezone.now() - timedelta(seconds=1)
+    )
+    with caplog.at_level(logging.ERROR, logger="wagtail_paid_delivery.inbox"):
+        assert sweep() == "queued 0; failed for good 1"
+    event.refresh_from_db()
+    assert (event.status, event.next_attempt_at) == (StripeEvent.Status.FAILED, None)
+    assert "never finished" in event.last_error
+    assert f"reprocess {event.stripe_id}" in event.last_error
+    assert "FAILED for good" in caplog.text
+
+    call_command("reprocess", "--failed", "--sync", stdout=StringIO())
+    event.refresh_from_db()
+    assert event.status == StripeEvent.Status.PROCESSED
+    purchase.refresh_from_db()
+    assert purchase.status == Purchase.Status.PAID

@@ -236,3 +236,39 @@ def test_verify_webhook_without_configured_secret_trusts_nothing():
 def test_verify_webhook_rejects_bodies_that_are_not_events(body):
     with pytest.raises(stripe_api.InvalidWebhook):
         stripe_api.verify_webhook(body, sign_payload(body))
+
+
+def test_a_stripe_that_accepts_but_never_answers_is_unavailable_within_the_timeout(
+    settings, monkeypatch
+):
+    """A hang (a black-holed route, a stuck proxy) fails like an outage, in seconds: not after
+    stripe-python's 80 seconds a try, which outlast a web request and django-q2's task timeout
+    (found by the process-level fault tests: the worker was killed, nothing recorded)."""
+    import socket
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)  # the kernel accepts connections; nobody ever answers
+        port = listener.getsockname()[1]
+        settings.WAGTAIL_PAID_DELIVERY = {
+            **settings.WAGTAIL_PAID_DELIVERY,
+            "STRIPE_API_BASE": f"http://127.0.0.1:{port}",
+        }
+        monkeypatch.setattr(stripe_api, "REQUEST_TIMEOUT", (1.0, 0.5))
+        stripe_api.reset_clients()
+        started = time.monotonic()
+        with pytest.raises(stripe_api.StripeUnavailable):
+            stripe_api.retrieve_checkout_session("cs_test_hangs")
+        assert time.monotonic() - started < 10
+    stripe_api.reset_clients()
+
+
+def test_the_client_waits_for_stripe_at_most_the_request_timeout(settings):
+    stripe_api.reset_clients()
+    requestor = stripe_api.get_client()._requestor
+    http_client = requestor._client
+    assert isinstance(http_client, stripe.RequestsClient)
+    assert http_client._timeout == stripe_api.REQUEST_TIMEOUT
+    # Three tries (the first and MAX_NETWORK_RETRIES) stay under the README's task timeout.
+    connect, read = stripe_api.REQUEST_TIMEOUT
+    assert (1 + stripe_api.MAX_NETWORK_RETRIES) * max(connect, read) < 60

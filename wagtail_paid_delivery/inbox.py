@@ -388,13 +388,47 @@ def due_events(now: datetime | None = None) -> QuerySet[StripeEvent]:
     return StripeEvent.objects.filter(retry_due | lost).filter(attempts__lt=max_attempts)
 
 
+def give_up_unfinished(now: datetime | None = None) -> int:
+    """Mark failed for good the events whose last allowed attempt never finished.
+
+    An attempt counts when it is claimed; a worker killed in it (django-q2's timeout, a crash,
+    a deploy) records nothing, and the sweep retries once the claim's lease runs out. When that
+    was the last attempt, the event would otherwise stay ``received`` or ``failed`` with a lease
+    in the past: never retried, never reported, and never fed again by reconciliation (it holds
+    the id). Returns how many were marked.
+    """
+    now = now or timezone.now()
+    max_attempts = int(app_settings.MAX_EVENT_ATTEMPTS)
+    unfinished = StripeEvent.objects.filter(
+        status__in=(StripeEvent.Status.RECEIVED, StripeEvent.Status.FAILED),
+        attempts__gte=max_attempts,
+        next_attempt_at__lte=now,
+    ).values_list("pk", "stripe_id", "type", "next_attempt_at")
+    marked = 0
+    for pk, stripe_id, event_type, lease_end in unfinished[:SWEEP_BATCH]:
+        error = (
+            f"the last of {max_attempts} attempts never finished (its worker was killed or "
+            f"timed out); run `manage.py reprocess {stripe_id}` once fixed"
+        )
+        # Conditional: a task that finished meanwhile (or a reprocess) changed the row.
+        if StripeEvent.objects.filter(pk=pk, next_attempt_at=lease_end).update(
+            status=StripeEvent.Status.FAILED, last_error=error, next_attempt_at=None
+        ):
+            marked += 1
+            logger.error("Stripe event %s (%s) FAILED for good: %s", stripe_id, event_type, error)
+    return marked
+
+
 def sweep() -> str:
     """Enqueue Stripe events that are due for another attempt or whose task was lost.
 
     Each event is first leased with a conditional UPDATE, so two sweeps at once enqueue it once;
-    the task is handed the lease as its token. Returns a short summary for the task log.
+    the task is handed the lease as its token. Events whose last attempt never finished are
+    marked failed for good (:func:`give_up_unfinished`). Returns a short summary for the task
+    log.
     """
     now = timezone.now()
+    give_up_unfinished(now)
     queued = 0
     for pk, old in (
         due_events(now).order_by("received_at").values_list("pk", "next_attempt_at")[:SWEEP_BATCH]

@@ -13,6 +13,10 @@ import random
 from datetime import timedelta
 from typing import Any
 
+#: The shortest lease, whatever the task timeout: a claim outlives any task that is still running.
+#: The process-level fault tests shorten it to seconds (tests/processes.py).
+SHORTEST_LEASE = timedelta(minutes=5)
+
 
 @functools.cache
 def broker() -> Any:
@@ -31,7 +35,7 @@ def lease() -> timedelta:
     so a row is only taken over from a worker that died."""
     from django_q.conf import Conf
 
-    return max(timedelta(minutes=5), timedelta(seconds=2 * int(Conf.TIMEOUT or 0)))
+    return max(SHORTEST_LEASE, timedelta(seconds=2 * int(Conf.TIMEOUT or 0)))
 
 
 def backoff(attempts: int, *, first: timedelta, longest: timedelta) -> timedelta:

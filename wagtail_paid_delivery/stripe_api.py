@@ -43,6 +43,13 @@ API_VERSION = "2026-10-28.endive"
 #: calls carry an idempotency key, so a retried POST never creates a second session.
 MAX_NETWORK_RETRIES = 2
 
+#: Seconds to wait for Stripe: to connect, then for its answer. stripe-python's own default is
+#: 80 seconds a try: with its retries, a Stripe that accepts connections but does not answer
+#: would hold a web request for minutes and outlast django-q2's task timeout (60 s in the
+#: README), whose worker is then killed with nothing recorded. Three tries of this stay under it,
+#: and a hang becomes ``StripeUnavailable``: retried with backoff like any outage.
+REQUEST_TIMEOUT = (5.0, 15.0)
+
 #: Tests set this to a ``stripe.HTTPClient`` (see ``tests/stripe_fake.py``); None in production.
 _http_client_override: stripe.HTTPClient | None = None
 
@@ -106,8 +113,8 @@ def get_client() -> stripe.StripeClient:
     """
     api_key = app_settings.require_secret_key()
     api_base: str | None = app_settings.STRIPE_API_BASE or None
-    http_client = _http_client_override
-    cache_key = (api_key, api_base, id(http_client))
+    override = _http_client_override
+    cache_key = (api_key, api_base, id(override))
     client = _clients.get(cache_key)
     if client is None:
         with _clients_lock:
@@ -118,7 +125,7 @@ def get_client() -> stripe.StripeClient:
                     stripe_version=API_VERSION,
                     base_addresses={"api": api_base} if api_base else None,
                     max_network_retries=MAX_NETWORK_RETRIES,
-                    http_client=http_client,
+                    http_client=override or stripe.RequestsClient(timeout=REQUEST_TIMEOUT),
                 )
                 _clients[cache_key] = client
     return client
