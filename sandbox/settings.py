@@ -83,7 +83,7 @@ WSGI_APPLICATION = "sandbox.wsgi.application"
 TEMPLATES = [
     {
         "BACKEND": "django.template.backends.django.DjangoTemplates",
-        # Before the apps' templates, so sandbox/templates may override the package's.
+        # The site's own templates (sandbox/base.html), before the apps' templates.
         "DIRS": [SANDBOX_DIR / "templates"],
         "APP_DIRS": True,
         "OPTIONS": {
@@ -180,6 +180,9 @@ WAGTAIL_PAID_DELIVERY = {
     "STRIPE_WEBHOOK_SECRETS": _stripe_webhook_secrets,
     "STRIPE_API_BASE": _stripe_api_base,
     "INSTALLATION_ID": "sandbox",
+    # The shop's buyer pages render inside the sandbox site's own base template.
+    "LAYOUT_TEMPLATE": "sandbox/base.html",
+    "LAYOUT_BLOCK": "main",
 }
 
 # Django's default logging, with download tokens and hand-off signatures redacted from every

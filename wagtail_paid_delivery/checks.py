@@ -659,3 +659,66 @@ def check_settings(**kwargs: Any) -> list[CheckMessage]:
             )
         )
     return messages
+
+
+# The buyer pages' layout: LAYOUT_TEMPLATE and LAYOUT_BLOCK (E016, E017).
+
+
+@register(Tags.templates)
+def check_layout(**kwargs: Any) -> list[CheckMessage]:
+    """The layout template loads, and has the block the pages' content goes in."""
+    try:
+        name = app_settings.LAYOUT_TEMPLATE
+    except Exception:  # reported by check_settings
+        return []
+    try:
+        block = app_settings.layout_block
+    except ImproperlyConfigured as error:
+        return [Error(str(error), hint=_LAYOUT_HINT, id=f"{ID}.E017")]
+    try:
+        found = _template_blocks(name)
+    except Exception as error:  # any loading or syntax error: its message says what
+        return [
+            Error(
+                f"{SETTINGS_NAME}['LAYOUT_TEMPLATE'] {name!r} cannot be loaded: {error}",
+                hint="Name a template your TEMPLATES settings find, e.g. 'base.html'.",
+                id=f"{ID}.E016",
+            )
+        ]
+    if found is not None and block not in found:
+        return [
+            Error(
+                f"{SETTINGS_NAME}['LAYOUT_TEMPLATE'] {name!r} has no block {block!r}.",
+                hint=f"Its blocks: {', '.join(sorted(found)) or 'none'}. " + _LAYOUT_HINT,
+                id=f"{ID}.E017",
+            )
+        ]
+    return []
+
+
+_LAYOUT_HINT = (
+    "Set LAYOUT_BLOCK to the block of LAYOUT_TEMPLATE the page content goes in, e.g. 'content'."
+)
+
+
+def _template_blocks(name: str) -> set[str] | None:
+    """The block names of template ``name`` and of the templates it extends.
+
+    None when a template extends a name held in a variable: its blocks cannot be known here.
+    """
+    from django.template import loader
+    from django.template.base import Template
+    from django.template.loader_tags import BlockNode, ExtendsNode
+
+    names: set[str] = set()
+    template: Template = loader.get_template(name).template  # type: ignore[attr-defined]
+    for _depth in range(20):  # a cycle would fail to render anyway; stop looking
+        names |= {node.name for node in template.nodelist.get_nodes_by_type(BlockNode)}
+        extends = template.nodelist.get_nodes_by_type(ExtendsNode)
+        if not extends:
+            return names
+        parent = extends[0].parent_name
+        if parent.filters or not isinstance(parent.var, str):
+            return None
+        template = template.engine.get_template(parent.var)
+    return names

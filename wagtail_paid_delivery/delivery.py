@@ -14,10 +14,9 @@ from django.conf import settings
 from django.core.mail import EmailMultiAlternatives
 from django.db.models import Q, QuerySet
 from django.template.loader import render_to_string
-from django.utils import formats, timezone
 from django.utils.translation import gettext as _
 
-from . import links
+from . import links, times
 from .conf import app_settings
 from .models import DeliveryCopy, DownloadLink, ProductPageMixin, Purchase
 
@@ -37,15 +36,22 @@ def copy_for(
 
 
 def expires_display(link: DownloadLink) -> str:
-    return formats.date_format(timezone.localtime(link.expires_at), "DATETIME_FORMAT")
+    """When ``link`` expires, with the zone: what emails say."""
+    return times.absolute(link.expires_at)
 
 
-def link_placeholders(link: DownloadLink, downloads_left: int | None) -> dict[str, Any]:
-    """The values of DeliveryCopy's placeholders for a link (None downloads left: unlimited)."""
+def link_placeholders(
+    link: DownloadLink, downloads_left: int | None, *, on_page: bool = False
+) -> dict[str, Any]:
+    """The values of DeliveryCopy's placeholders for a link (None downloads left: unlimited).
+
+    ``on_page``: ``{expires}`` also says how far it is ("in 23 hours"); an email, read later,
+    gives only the time and its zone.
+    """
     return {
         "product": link.purchase.product_title,
         "email": link.purchase.email,
-        "expires": expires_display(link),
+        "expires": times.Moment(link.expires_at, with_relative=on_page),
         "downloads_left": links.UNLIMITED if downloads_left is None else downloads_left,
     }
 
@@ -70,7 +76,7 @@ def build_delivery_email(
         "purchase": purchase,
         "product_title": purchase.product_title,
         "url": issued.url,
-        "expires": values["expires"],
+        "expires": str(values["expires"]),
         "body_html": copy.render("email_body", **values),
         "body_text": copy.render_text("email_body", **values),
     }

@@ -115,7 +115,10 @@ def refused_context(error: links.LinkRefused, copy: DeliveryCopy) -> dict[str, A
         "link": link,
         "reason": error.reason,
         "product_title": link.purchase.product_title,
-        "message": copy.render(error.copy_field, **delivery.link_placeholders(link, None)),
+        "message": copy.render(
+            error.copy_field, **delivery.link_placeholders(link, None, on_page=True)
+        ),
+        "copy": copy,
     }
 
 
@@ -133,12 +136,19 @@ def download_context(
         "product_title": link.purchase.product_title,
         "files": files,
         "unlimited": link.download_limit is None,
-        "intro": copy.render("download_intro", **delivery.link_placeholders(link, left)),
+        "intro": copy.render(
+            "download_intro", **delivery.link_placeholders(link, left, on_page=True)
+        ),
+        "copy": copy,
     }
 
 
 def file_unavailable_context(link: DownloadLink) -> dict[str, Any]:
-    return {"link": link, "product_title": link.purchase.product_title}
+    return {
+        "link": link,
+        "product_title": link.purchase.product_title,
+        "copy": delivery.copy_for(link.purchase),
+    }
 
 
 # Resend --------------------------------------------------------------------------------------
