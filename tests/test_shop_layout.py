@@ -254,9 +254,11 @@ def test_a_layout_that_fails_falls_back_to_the_apps_own_and_says_why(client, sho
 def test_a_layout_that_fails_raises_with_debug_on(client, shop):
     broken = {**DEFAULTS, "LAYOUT_TEMPLATE": "testapp/broken_base.html"}
     client.raise_request_exception = True
-    with override_settings(WAGTAIL_PAID_DELIVERY=broken, DEBUG=True):
-        with pytest.raises(ValueError, match="pageurl tag expected a Page object"):
-            client.get(issue(shop[2]))
+    with (
+        override_settings(WAGTAIL_PAID_DELIVERY=broken, DEBUG=True),
+        pytest.raises(ValueError, match="pageurl tag expected a Page object"),
+    ):
+        client.get(issue(shop[2]))
 
 
 # The settings' system checks ------------------------------------------------------------------

@@ -713,12 +713,14 @@ def _template_blocks(name: str) -> set[str] | None:
     names: set[str] = set()
     template: Template = loader.get_template(name).template  # type: ignore[attr-defined]
     for _depth in range(20):  # a cycle would fail to render anyway; stop looking
-        names |= {node.name for node in template.nodelist.get_nodes_by_type(BlockNode)}
-        extends = template.nodelist.get_nodes_by_type(ExtendsNode)
+        nodes = template.nodelist
+        names |= {getattr(node, "name", "") for node in nodes.get_nodes_by_type(BlockNode)}
+        extends = nodes.get_nodes_by_type(ExtendsNode)
         if not extends:
             return names
-        parent = extends[0].parent_name
-        if parent.filters or not isinstance(parent.var, str):
+        parent = getattr(extends[0], "parent_name", None)
+        literal = getattr(parent, "var", None)
+        if getattr(parent, "filters", None) or not isinstance(literal, str):
             return None
-        template = template.engine.get_template(parent.var)
+        template = template.engine.get_template(literal)
     return names

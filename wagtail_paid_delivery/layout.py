@@ -14,10 +14,11 @@ against ``conf.LAYOUT_BLOCK_RE``; the layout's name is a context variable, not s
 layout renders in its own block namespace: a block it does not have (``title``) is ignored.
 
 A site's base usually expects a Wagtail page. These pages have none, so the layout gets
-``page`` = None where the view set none, and ``pd_shop`` (:class:`Shop`: the request's Site, the
-home URL, the contact line); the README lists what a layout must tolerate. Should the site's layout fail
-anyway (a ``{% pageurl page %}`` without a guard), the page is rendered in the app's own
-layout and the error is logged: a buyer's download page must not break on the site's menu.
+``page`` = None where the view set none, and ``pd_shop`` (:class:`Shop`: the request's Site,
+the home URL, the contact line); the README lists what a layout must tolerate. Should the
+site's layout fail anyway (a ``{% pageurl page %}`` without a guard), the page is rendered in
+the app's own layout and the error is logged: a buyer's download page must not break on the
+site's menu.
 With ``DEBUG`` on, the error is raised instead, for the developer to see.
 """
 
@@ -97,7 +98,9 @@ def render_page(context: Context) -> SafeString:
 
 
 def _render(context: Context, layout: str, block: str) -> SafeString:
-    template = bridge(context.template.engine, block)
+    # The engine rendering this page, which finds the site's layout as it found the page.
+    engine = getattr(context.template, "engine", None) or Engine.get_default()
+    template = bridge(engine, block)
     extra: dict[str, Any] = {"pd_layout_template": layout}
     if context.get("page") is None:
         extra["page"] = None
