@@ -7,8 +7,10 @@
     if (!window.Intl || !Intl.DateTimeFormat) { return; }
     var format;
     try {
+      // Not dateStyle/timeStyle: they cannot be combined with timeZoneName.
       format = new Intl.DateTimeFormat(undefined, {
-        dateStyle: "long", timeStyle: "short", timeZoneName: "short"
+        year: "numeric", month: "long", day: "numeric", hour: "numeric", minute: "2-digit",
+        timeZoneName: "short"
       });
     } catch (error) {
       return;
