@@ -537,3 +537,17 @@ def test_e027_accepts_sources_a_site_layout_needs():
     }
     with _with(DELIVERY_PAGE_CSP=value):
         assert our_ids() == []
+
+
+# The buyer pages' layout (E016, E017); more cases in test_shop_layout.py.
+
+
+def test_e016_layout_template_that_cannot_be_loaded():
+    with _with(LAYOUT_TEMPLATE="no/such/base.html"):
+        assert our_ids() == ["wagtail_paid_delivery.E016"]
+
+
+@pytest.mark.parametrize("block", ["main", "not a name", "title", None])
+def test_e017_layout_block_that_the_layout_does_not_have_or_cannot_be(block):
+    with _with(LAYOUT_TEMPLATE="testapp/site_base.html", LAYOUT_BLOCK=block):
+        assert our_ids() == ["wagtail_paid_delivery.E017"]

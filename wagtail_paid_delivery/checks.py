@@ -672,10 +672,6 @@ def check_layout(**kwargs: Any) -> list[CheckMessage]:
     except Exception:  # reported by check_settings
         return []
     try:
-        block = app_settings.layout_block
-    except ImproperlyConfigured as error:
-        return [Error(str(error), hint=_LAYOUT_HINT, id=f"{ID}.E017")]
-    try:
         found = _template_blocks(name)
     except Exception as error:  # any loading or syntax error: its message says what
         return [
@@ -685,15 +681,24 @@ def check_layout(**kwargs: Any) -> list[CheckMessage]:
                 id=f"{ID}.E016",
             )
         ]
+    problem = _layout_block_problem(name, found)
+    if problem is None:
+        return []
+    return [Error(problem, hint=_LAYOUT_HINT, id=f"{ID}.E017")]
+
+
+def _layout_block_problem(name: str, found: set[str] | None) -> str | None:
+    """What is wrong with LAYOUT_BLOCK for the layout ``name`` with blocks ``found``."""
+    try:
+        block = app_settings.layout_block
+    except ImproperlyConfigured as error:
+        return str(error)
     if found is not None and block not in found:
-        return [
-            Error(
-                f"{SETTINGS_NAME}['LAYOUT_TEMPLATE'] {name!r} has no block {block!r}.",
-                hint=f"Its blocks: {', '.join(sorted(found)) or 'none'}. " + _LAYOUT_HINT,
-                id=f"{ID}.E017",
-            )
-        ]
-    return []
+        return (
+            f"{SETTINGS_NAME}['LAYOUT_TEMPLATE'] {name!r} has no block {block!r}. "
+            f"Its blocks: {', '.join(sorted(found)) or 'none'}."
+        )
+    return None
 
 
 _LAYOUT_HINT = (
