@@ -48,6 +48,11 @@ SITE_LAYOUT = {
 CONTACT = "Questions? Write to help@shop.example or see https://shop.example/help."
 
 
+@pytest.fixture(autouse=True)
+def _from_address(settings):
+    settings.DEFAULT_FROM_EMAIL = "Star Shop <orders@shop.example>"
+
+
 @pytest.fixture
 def shop(home):
     copy = DeliveryCopyFactory(name="Atlas copy", contact_line=CONTACT)
@@ -172,7 +177,9 @@ def contact_and_home(html: str) -> None:
     """The shop's foot: the contact line with its addresses linked, and the way home."""
     assert (
         'Questions? Write to <a href="mailto:help@shop.example">help@shop.example</a>' in html
-        or "Questions about your order? Write to" in html  # pages without the product's copy
+        # Pages that do not know the product use the default copy: its empty contact line says
+        # DEFAULT_FROM_EMAIL's address.
+        or 'Questions about your order? Write to <a href="mailto:orders@shop.example">' in html
     )
     assert re.search(r'<p class="pd-home"><a href="/" rel="home">Back to Shop</a></p>', html)
 
@@ -395,3 +402,11 @@ def test_the_pd_time_filter_is_the_one_way_templates_show_a_time():
     )
     assert html.startswith('<time datetime="') and "UTC</time>" in html
     assert html.endswith('<span class="pd-relative-time">(in 2\xa0days)</span>')
+
+
+def test_no_contact_line_when_the_from_address_reaches_nobody(client, shop, settings):
+    settings.DEFAULT_FROM_EMAIL = "webmaster@localhost"  # Django's default
+    DeliveryCopy.objects.filter(name="Atlas copy").update(contact_line="")
+    html = client.get(issue(shop[2])).content.decode()
+    assert 'class="pd-contact"' not in html and "webmaster@localhost" not in html
+    assert "Back to Shop" in html

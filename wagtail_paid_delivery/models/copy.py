@@ -260,7 +260,8 @@ class DeliveryCopy(PreviewableMixin, models.Model):
         text = self.contact_line.strip()
         if not text:
             address = parseaddr(str(settings.DEFAULT_FROM_EMAIL or ""))[1]
-            if not address:
+            # Django's own default, webmaster@localhost, reaches nobody: say nothing rather.
+            if "." not in address.rpartition("@")[2]:
                 return mark_safe("")  # noqa: S308 (empty)
             text = str(_("Questions about your order? Write to %(email)s.") % {"email": address})
         # urlize escapes everything that is not an address it links.
