@@ -410,3 +410,21 @@ def test_no_contact_line_when_the_from_address_reaches_nobody(client, shop, sett
     html = client.get(issue(shop[2])).content.decode()
     assert 'class="pd-contact"' not in html and "webmaster@localhost" not in html
     assert "Back to Shop" in html
+
+
+def test_the_copy_preview_renders_in_the_sites_layout_without_a_real_page(
+    admin_client, home, settings
+):
+    # The "checkout unavailable" preview has a stand-in product page: the layout gets None, so
+    # its guarded {% pageurl page %} works, even with DEBUG on (where a failure would raise).
+    settings.DEBUG = True
+    copy = DeliveryCopyFactory(name="Shop copy")
+    url = reverse(
+        "wagtailsnippets_wagtail_paid_delivery_deliverycopy:preview_on_edit", args=[copy.pk]
+    )
+    data = {"name": "Shop copy", **{field: str(getattr(copy, field)) for field in COPY_FIELDS}}
+    with override_settings(WAGTAIL_PAID_DELIVERY=SITE_LAYOUT):
+        assert admin_client.post(url, data).json()["is_valid"] is True
+        for mode in ("checkout_unavailable", "download", "success"):
+            html = admin_client.get(url, {"mode": mode}).content.decode()
+            assert "| Site of Tests</title>" in html and '<nav id="site-nav"><a href="/">' in html

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
+import swapper
 from django.conf import settings
 from django.http import HttpRequest
 from django.template import Context, Engine, Template
@@ -101,8 +102,12 @@ def _render(context: Context, layout: str, block: str) -> SafeString:
     # The engine rendering this page, which finds the site's layout as it found the page.
     engine = getattr(context.template, "engine", None) or Engine.get_default()
     template = bridge(engine, block)
-    extra: dict[str, Any] = {"pd_layout_template": layout}
-    if context.get("page") is None:
-        extra["page"] = None
+    # The layout sees a Wagtail page or None: not the preview's stand-in, nor a missing name.
+    page = context.get("page")
+    page_model = swapper.load_model("wagtailcore", "Page")
+    extra: dict[str, Any] = {
+        "pd_layout_template": layout,
+        "page": page if isinstance(page, page_model) else None,
+    }
     with context.push(**extra):
         return template.render(context)
