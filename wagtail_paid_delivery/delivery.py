@@ -76,7 +76,7 @@ def build_delivery_email(
         "purchase": purchase,
         "product_title": purchase.product_title,
         "url": issued.url,
-        "expires": str(values["expires"]),
+        "expires": values["expires"],
         "body_html": copy.render("email_body", **values),
         "body_text": copy.render_text("email_body", **values),
     }
