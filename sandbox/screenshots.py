@@ -4,6 +4,10 @@
 
 Defaults: http://127.0.0.1:$SANDBOX_PORT and docs/screenshots/. Needs /usr/bin/chromium (or
 CHROMIUM set to another binary) and Python playwright (installed with the [test] extra).
+
+Besides the home and product pages it buys the field guide on the emulator's hosted page (a new
+paid purchase each run) and takes the success and download pages, in the sandbox's own layout,
+at 1280 and 390 px (shop-success-*.png, shop-download-*.png), in a browser set to Berlin time.
 """
 
 from __future__ import annotations
@@ -24,6 +28,38 @@ CHROMIUM_ARGS = [
 ]
 
 PAGES = {"home.png": "/", "product.png": "/field-guide/"}
+WIDTHS = {1280: 900, 390: 844}
+
+
+def shop_pages(browser, base: str, out: Path) -> None:
+    """Buy the field guide, then the success and download pages at each width."""
+    context = browser.new_context(
+        viewport={"width": 1280, "height": 900}, timezone_id="Europe/Berlin", locale="en-GB"
+    )
+    page = context.new_page()
+    page.goto(base + "/field-guide/", wait_until="networkidle")
+    page.get_by_role("button", name="Buy now").click()
+    page.wait_for_load_state("networkidle")
+    page.fill("#email", "ada@example.com")
+    page.locator("button.pay").click()
+    page.wait_for_url("**/thanks/**")
+    to_downloads = page.get_by_role("link", name="Go to your downloads")
+    for _ in range(10):  # the webhook may be a moment behind the redirect
+        if to_downloads.count():
+            break
+        page.wait_for_timeout(1500)
+        page.reload(wait_until="networkidle")
+    success = page.url
+    to_downloads.click()
+    page.wait_for_load_state("networkidle")
+    pages = {"shop-success": success, "shop-download": page.url}
+    for width, height in WIDTHS.items():
+        page.set_viewport_size({"width": width, "height": height})
+        for name, url in pages.items():
+            page.goto(url, wait_until="networkidle")
+            page.screenshot(path=str(out / f"{name}-{width}.png"), full_page=True)
+            print(out / f"{name}-{width}.png")
+    context.close()
 
 
 def main() -> None:
@@ -40,6 +76,7 @@ def main() -> None:
             page.goto(base.rstrip("/") + path, wait_until="networkidle")
             page.screenshot(path=str(out / filename), full_page=True)
             print(out / filename)
+        shop_pages(browser, base.rstrip("/"), out)
         browser.close()
 
 

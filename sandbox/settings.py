@@ -83,7 +83,7 @@ WSGI_APPLICATION = "sandbox.wsgi.application"
 TEMPLATES = [
     {
         "BACKEND": "django.template.backends.django.DjangoTemplates",
-        # Before the apps' templates, so sandbox/templates may override the package's.
+        # The site's own templates (sandbox/base.html), before the apps' templates.
         "DIRS": [SANDBOX_DIR / "templates"],
         "APP_DIRS": True,
         "OPTIONS": {
@@ -182,6 +182,9 @@ WAGTAIL_PAID_DELIVERY = {
     "INSTALLATION_ID": "sandbox",
     # Every sale is also told to the shop: see the notice in sandbox/var/mail/.
     "NEW_SALE_EMAILS": ["owner@sandbox.invalid"],
+    # The shop's buyer pages render inside the sandbox site's own base template.
+    "LAYOUT_TEMPLATE": "sandbox/base.html",
+    "LAYOUT_BLOCK": "main",
 }
 if _stripe_api_base == STRIPE_EMULATOR_URL:
     # The emulator takes the promotion code SANDBOX20 and adds 10 % tax, so a sandbox receipt

@@ -542,17 +542,17 @@ def test_e023_covers_the_library_limits(key):
         assert our_ids() == ["wagtail_paid_delivery.E023"]
 
 
-# ORDER_NUMBER_PREFIX (E016) -----------------------------------------------------------------
+# ORDER_NUMBER_PREFIX (E018) -----------------------------------------------------------------
 
 
 @pytest.mark.parametrize("prefix", ["-SHOP", "SHOP 1", "ÄB", "A" * 13, "PD_", 7, None])
-def test_e028_order_number_prefix_of_letters_digits_and_hyphens(prefix):
+def test_e018_order_number_prefix_of_letters_digits_and_hyphens(prefix):
     with _with(ORDER_NUMBER_PREFIX=prefix):
-        assert our_ids() == ["wagtail_paid_delivery.E016"]
+        assert our_ids() == ["wagtail_paid_delivery.E018"]
 
 
 @pytest.mark.parametrize("prefix", ["", "SHOP-", "pd-2026-", "A" * 12])
-def test_e028_accepts_a_short_prefix(prefix):
+def test_e018_accepts_a_short_prefix(prefix):
     with _with(ORDER_NUMBER_PREFIX=prefix):
         assert our_ids() == []
 
@@ -586,3 +586,17 @@ def test_e027_accepts_sources_a_site_layout_needs():
     }
     with _with(DELIVERY_PAGE_CSP=value):
         assert our_ids() == []
+
+
+# The buyer pages' layout (E016, E017); more cases in test_shop_layout.py.
+
+
+def test_e016_layout_template_that_cannot_be_loaded():
+    with _with(LAYOUT_TEMPLATE="no/such/base.html"):
+        assert our_ids() == ["wagtail_paid_delivery.E016"]
+
+
+@pytest.mark.parametrize("block", ["main", "not a name", "title", None])
+def test_e017_layout_block_that_the_layout_does_not_have_or_cannot_be(block):
+    with _with(LAYOUT_TEMPLATE="testapp/site_base.html", LAYOUT_BLOCK=block):
+        assert our_ids() == ["wagtail_paid_delivery.E017"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 
 import pytest
@@ -72,8 +73,11 @@ def test_download_page_lists_files_in_the_editors_words_and_changes_nothing(clie
     assert "5 downloads left" in html
     assert 'method="post"' in html and "csrfmiddlewaretoken" in html
     assert "products/" not in html  # never a storage path
-    # Standalone: nothing loaded from anywhere else.
-    assert "<script" not in html and "<link" not in html
+    # Nothing loaded from anywhere else: only the app's own stylesheet and time script.
+    assert re.findall(r'<(?:script|link)[^>]*(?:src|href)="([^"]+)"', html) == [
+        "/static/wagtail_paid_delivery/paid-delivery.css",
+        "/static/wagtail_paid_delivery/local-time.js",
+    ]
     # A GET (a mail scanner) changes nothing.
     client.get(page_url(issued.token))
     assert not FileDownloadCount.objects.exists() and not DownloadEvent.objects.exists()

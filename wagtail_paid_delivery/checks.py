@@ -558,7 +558,7 @@ def check_order_number_prefix(**kwargs: Any) -> list[CheckMessage]:
     try:
         app_settings.order_number_prefix  # noqa: B018 (validates)
     except ImproperlyConfigured as error:
-        return [Error(str(error), hint='For example "SHOP-", or "".', id=f"{ID}.E016")]
+        return [Error(str(error), hint='For example "SHOP-", or "".', id=f"{ID}.E018")]
     return []
 
 
@@ -730,3 +730,73 @@ def check_settings(**kwargs: Any) -> list[CheckMessage]:
             )
         )
     return messages
+
+
+# The buyer pages' layout: LAYOUT_TEMPLATE and LAYOUT_BLOCK (E016, E017).
+
+
+@register(Tags.templates)
+def check_layout(**kwargs: Any) -> list[CheckMessage]:
+    """The layout template loads, and has the block the pages' content goes in."""
+    try:
+        name = app_settings.LAYOUT_TEMPLATE
+    except Exception:  # reported by check_settings
+        return []
+    try:
+        found = _template_blocks(name)
+    except Exception as error:  # any loading or syntax error: its message says what
+        return [
+            Error(
+                f"{SETTINGS_NAME}['LAYOUT_TEMPLATE'] {name!r} cannot be loaded: {error}",
+                hint="Name a template your TEMPLATES settings find, e.g. 'base.html'.",
+                id=f"{ID}.E016",
+            )
+        ]
+    problem = _layout_block_problem(name, found)
+    if problem is None:
+        return []
+    return [Error(problem, hint=_LAYOUT_HINT, id=f"{ID}.E017")]
+
+
+def _layout_block_problem(name: str, found: set[str] | None) -> str | None:
+    """What is wrong with LAYOUT_BLOCK for the layout ``name`` with blocks ``found``."""
+    try:
+        block = app_settings.layout_block
+    except ImproperlyConfigured as error:
+        return str(error)
+    if found is not None and block not in found:
+        return (
+            f"{SETTINGS_NAME}['LAYOUT_TEMPLATE'] {name!r} has no block {block!r}. "
+            f"Its blocks: {', '.join(sorted(found)) or 'none'}."
+        )
+    return None
+
+
+_LAYOUT_HINT = (
+    "Set LAYOUT_BLOCK to the block of LAYOUT_TEMPLATE the page content goes in, e.g. 'content'."
+)
+
+
+def _template_blocks(name: str) -> set[str] | None:
+    """The block names of template ``name`` and of the templates it extends.
+
+    None when a template extends a name held in a variable: its blocks cannot be known here.
+    """
+    from django.template import loader
+    from django.template.base import Template
+    from django.template.loader_tags import BlockNode, ExtendsNode
+
+    names: set[str] = set()
+    template: Template = loader.get_template(name).template  # type: ignore[attr-defined]
+    for _depth in range(20):  # a cycle would fail to render anyway; stop looking
+        nodes = template.nodelist
+        names |= {getattr(node, "name", "") for node in nodes.get_nodes_by_type(BlockNode)}
+        extends = nodes.get_nodes_by_type(ExtendsNode)
+        if not extends:
+            return names
+        parent = getattr(extends[0], "parent_name", None)
+        literal = getattr(parent, "var", None)
+        if getattr(parent, "filters", None) or not isinstance(literal, str):
+            return None
+        template = template.engine.get_template(literal)
+    return names

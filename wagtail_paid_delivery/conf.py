@@ -132,6 +132,12 @@ DEFAULTS: dict[str, Any] = {
     # (CSP source expressions; a missing key means ["'self'"]). STATIC_URL's origin (and
     # MEDIA_URL's, for images) is added when it is another host. Scripts cannot be allowed here.
     "DELIVERY_PAGE_CSP": {},
+    # The buyer pages (success, download, refused links, resend, library, checkout unavailable)
+    # render inside this layout template: the site's own base.html, for instance. The pages'
+    # content goes in its block named LAYOUT_BLOCK and their title in its block "title" when it
+    # has one. See the README's "The shop's pages in your layout" for what the layout gets.
+    "LAYOUT_TEMPLATE": "wagtail_paid_delivery/layout.html",
+    "LAYOUT_BLOCK": "content",
     # A download counts on the first request served on its hand-off (one button press). Later
     # requests on the same hand-off (resuming, a player's probe then fetch) are free for this
     # long after that count (timedelta or seconds); after it they count like a new download.
@@ -182,6 +188,9 @@ _CSP_SOURCE = re.compile(
 
 #: What ``ORDER_NUMBER_PREFIX`` may be.
 _ORDER_PREFIX = re.compile(r"(?:[A-Za-z0-9][A-Za-z0-9-]{0,11})?")
+#: What ``LAYOUT_BLOCK`` may be: a block name, and nothing else, since the bridge template that
+#: puts the pages into the layout is built with it (``layout.bridge``).
+LAYOUT_BLOCK_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 #: The keys ``CHECKOUT_OPTIONS`` accepts, with the type each value must have.
 CHECKOUT_OPTION_TYPES: dict[str, tuple[type, ...]] = {
@@ -301,6 +310,22 @@ class PaidDeliverySettings:
                 'digits or hyphens (such as "SHOP-").'
             )
         return value
+
+    @property
+    def layout_block(self) -> str:
+        """``LAYOUT_BLOCK`` checked: a block name the bridge template can be built with."""
+        block = self.LAYOUT_BLOCK
+        if not isinstance(block, str) or not LAYOUT_BLOCK_RE.fullmatch(block):
+            raise ImproperlyConfigured(
+                f"{SETTINGS_NAME}['LAYOUT_BLOCK'] is {block!r}: use the name of a block of "
+                "LAYOUT_TEMPLATE (letters, digits and underscores)."
+            )
+        if block == "title":
+            raise ImproperlyConfigured(
+                f"{SETTINGS_NAME}['LAYOUT_BLOCK'] cannot be 'title': that block gets the "
+                "page's title. Name the block the page's content goes in."
+            )
+        return block
 
     @property
     def rate_limit_cache(self) -> str:

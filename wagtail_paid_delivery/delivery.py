@@ -13,10 +13,9 @@ from typing import Any
 from django.conf import settings
 from django.core.mail import EmailMultiAlternatives
 from django.template.loader import render_to_string
-from django.utils import formats, timezone
 from django.utils.translation import gettext as _
 
-from . import library, links, receipt
+from . import library, links, receipt, times
 from .models import DeliveryCopy, DownloadLink, ProductPageMixin, Purchase
 
 logger = logging.getLogger(__name__)
@@ -35,15 +34,22 @@ def copy_for(
 
 
 def expires_display(link: DownloadLink) -> str:
-    return formats.date_format(timezone.localtime(link.expires_at), "DATETIME_FORMAT")
+    """When ``link`` expires, with the zone: what emails say."""
+    return times.absolute(link.expires_at)
 
 
-def link_placeholders(link: DownloadLink, downloads_left: int | None) -> dict[str, Any]:
-    """The values of DeliveryCopy's placeholders for a link (None downloads left: unlimited)."""
+def link_placeholders(
+    link: DownloadLink, downloads_left: int | None, *, on_page: bool = False
+) -> dict[str, Any]:
+    """The values of DeliveryCopy's placeholders for a link (None downloads left: unlimited).
+
+    ``on_page``: ``{expires}`` also says how far it is ("in 23 hours"); an email, read later,
+    gives only the time and its zone.
+    """
     return {
         "product": link.purchase.product_title,
         "email": link.purchase.email,
-        "expires": expires_display(link),
+        "expires": times.Moment(link.expires_at, with_relative=on_page),
         "downloads_left": links.UNLIMITED if downloads_left is None else downloads_left,
     }
 
@@ -145,8 +151,8 @@ def build_sign_in_email(to: str, issued: library.IssuedSignIn) -> EmailMultiAlte
         "url": issued.url,
         "email": to,
         "minutes": minutes,
-        "expires": formats.date_format(timezone.localtime(sign_in.expires_at), "DATETIME_FORMAT"),
-        "zone": timezone.get_current_timezone_name(),
+        # With its zone, like every time a buyer reads (``times``).
+        "expires": times.absolute(sign_in.expires_at),
     }
     message = EmailMultiAlternatives(
         subject=str(_("Sign in to your downloads")),

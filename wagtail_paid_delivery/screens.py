@@ -140,9 +140,13 @@ def refused_context(
         "state": state,
         "product_title": purchase.product_title,
         "title": copy.render_text(f"{state}_title", **values) if state else "",
-        "message": copy.render(f"{state}_message" if state else error.copy_field, **values),
+        "message": copy.render(
+            f"{state}_message" if state else error.copy_field,
+            **delivery.link_placeholders(link, None, on_page=True),
+        ),
         "can_resend": can_resend,
         "resend_token": token if can_resend else None,
+        "copy": copy,
     }
 
 
@@ -160,9 +164,12 @@ def download_context(
         "product_title": link.purchase.product_title,
         "files": files,
         "unlimited": link.download_limit is None,
-        "intro": copy.render("download_intro", **delivery.link_placeholders(link, left)),
+        "intro": copy.render(
+            "download_intro", **delivery.link_placeholders(link, left, on_page=True)
+        ),
         # The page lists the files with their buttons: the receipt does not repeat them.
         "receipt": receipt.receipt_for(link.purchase, files=[]),
+        "copy": copy,
     }
 
 
@@ -182,7 +189,11 @@ def download_screen(
 
 
 def file_unavailable_context(link: DownloadLink) -> dict[str, Any]:
-    return {"link": link, "product_title": link.purchase.product_title}
+    return {
+        "link": link,
+        "product_title": link.purchase.product_title,
+        "copy": delivery.copy_for(link.purchase),
+    }
 
 
 # Resend --------------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ class DeliveryCopyViewSet(SnippetViewSet):
                 [
                     FieldPanel("name"),
                     FieldPanel("is_default"),
+                    FieldPanel("contact_line"),
                     MultiFieldPanel(
                         _copy_fields("success_title", "success_message"), heading=_("Paid")
                     ),

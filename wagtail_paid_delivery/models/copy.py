@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from email.utils import parseaddr
 from typing import Any
 
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import models, transaction
-from django.utils.html import escape, linebreaks
+from django.utils.html import conditional_escape, escape, linebreaks, urlize
 from django.utils.safestring import SafeString, mark_safe
 from django.utils.translation import gettext_lazy as _
 from wagtail.models import PreviewableMixin
@@ -28,18 +30,20 @@ def fill_placeholders(text: str, values: Mapping[str, Any], *, html: bool = True
     """Replace ``{name}`` placeholders in editor text, escaping both the text and the values.
 
     Editor text is never treated as a template, so it cannot reach template tags, attributes or
-    Python objects; unknown names are left exactly as written.
+    Python objects; unknown names are left exactly as written. A value that is already HTML
+    (``__html__``: the app's own, such as ``times.Moment``'s ``<time>`` element) is kept as such
+    in ``html`` mode; every other value is escaped.
     """
 
     def replace(match: re.Match[str]) -> str:
         name = match.group(1)
         if name not in PLACEHOLDERS or name not in values:
             return match.group(0)
-        value = str(values[name])
-        return escape(value) if html else value
+        value = values[name]
+        return conditional_escape(value) if html else str(value)
 
     if not html:
-        return PLACEHOLDER_RE.sub(replace, text)
+        return PLACEHOLDER_RE.sub(replace, str(text))
     # Escape the editor's text first, then fill escaped values in: nothing they type becomes HTML.
     return PLACEHOLDER_RE.sub(replace, str(escape(text)))
 
@@ -100,6 +104,16 @@ class DeliveryCopy(PreviewableMixin, models.Model):
         _("site default"),
         default=False,
         help_text=_("Used for every product that does not choose its own copy."),
+    )
+    contact_line = models.CharField(
+        _("contact line"),
+        max_length=500,
+        blank=True,
+        help_text=_(
+            'Shown at the foot of every buyer page: how to reach the shop, e.g. "Questions '
+            'about your order? Write to help@example.com." Email addresses and web addresses '
+            "become links. Empty: a line with the site's DEFAULT_FROM_EMAIL address."
+        ),
     )
 
     checkout_unavailable_title = _copy_field(
@@ -306,6 +320,18 @@ class DeliveryCopy(PreviewableMixin, models.Model):
     def render(self, field_name: str, **values: Any) -> SafeString:
         """One copy field as safe HTML paragraphs, with placeholders filled."""
         return render_paragraphs(getattr(self, field_name), values)
+
+    def render_contact(self) -> SafeString:
+        """The contact line as safe HTML, its addresses linked; the default line when empty."""
+        text = self.contact_line.strip()
+        if not text:
+            address = parseaddr(str(settings.DEFAULT_FROM_EMAIL or ""))[1]
+            # Django's own default, webmaster@localhost, reaches nobody: say nothing rather.
+            if "." not in address.rpartition("@")[2]:
+                return mark_safe("")  # noqa: S308 (empty)
+            text = str(_("Questions about your order? Write to %(email)s.") % {"email": address})
+        # urlize escapes everything that is not an address it links.
+        return mark_safe(urlize(text, nofollow=True, autoescape=True))  # noqa: S308
 
     def render_text(self, field_name: str, **values: Any) -> str:
         """One copy field as plain text (email subject and text part), placeholders filled."""
