@@ -260,7 +260,7 @@ def chromium(chromium_path):
 
 
 def test_every_buyer_page_passes_axe_with_no_serious_violation(
-    buyer_pages, live_server, axe_source, chromium
+    axe_source, buyer_pages, live_server, chromium
 ):
     found = {}
     for width in (1280, 390):
