@@ -49,9 +49,10 @@ def fake_stripe(monkeypatch):
     stripe_api.reset_clients()
 
 
-# System dependencies (nginx, Chromium, axe-core): a test that needs one calls require_executable(). It skips
-# with the reason when the program is missing, except under WPD_REQUIRE_SYSTEM_DEPS=1 (CI), where a
-# missing program fails the test instead of silently skipping it.
+# System dependencies (nginx, Chromium; axe-core below): a test that needs one calls
+# require_executable(). It skips with the reason when the program is missing, except under
+# WPD_REQUIRE_SYSTEM_DEPS=1 (CI), where a missing program fails the test instead of silently
+# skipping it.
 
 REQUIRE_SYSTEM_DEPS = os.environ.get("WPD_REQUIRE_SYSTEM_DEPS") == "1"
 CHROMIUM_ARGS = [

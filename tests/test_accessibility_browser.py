@@ -335,7 +335,9 @@ def backdrop(layers: list[str], over: str | None = None) -> tuple[float, float, 
     colour = (255.0, 255.0, 255.0)
     for css in [*reversed(layers), *([over] if over else [])]:
         red, green, blue, alpha = rgba(css)
-        colour = tuple(c * (1 - alpha) + n * alpha for c, n in zip(colour, (red, green, blue)))
+        colour = tuple(
+            c * (1 - alpha) + n * alpha for c, n in zip(colour, (red, green, blue), strict=True)
+        )
     return colour
 
 
