@@ -1,5 +1,6 @@
 import os
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -48,9 +49,10 @@ def fake_stripe(monkeypatch):
     stripe_api.reset_clients()
 
 
-# System dependencies (nginx, Chromium): a test that needs one calls require_executable(). It skips
-# with the reason when the program is missing, except under WPD_REQUIRE_SYSTEM_DEPS=1 (CI), where a
-# missing program fails the test instead of silently skipping it.
+# System dependencies (nginx, Chromium; axe-core below): a test that needs one calls
+# require_executable(). It skips with the reason when the program is missing, except under
+# WPD_REQUIRE_SYSTEM_DEPS=1 (CI), where a missing program fails the test instead of silently
+# skipping it.
 
 REQUIRE_SYSTEM_DEPS = os.environ.get("WPD_REQUIRE_SYSTEM_DEPS") == "1"
 CHROMIUM_ARGS = [
@@ -74,6 +76,25 @@ def require_executable(name: str, *paths: str, install_hint: str = "") -> str:
             return found
     hint = install_hint or f"apt-get install -y {name}"
     reason = f"{name} is not installed (looked for {', '.join((*paths, name))}); {hint}"
+    if REQUIRE_SYSTEM_DEPS:
+        pytest.fail(f"{reason}. WPD_REQUIRE_SYSTEM_DEPS=1 requires it.", pytrace=False)
+    pytest.skip(reason)
+
+
+#: axe-core, the accessibility checker the browser tests inject: `npm ci --prefix tests` installs
+#: it from tests/package-lock.json; WPD_AXE_CORE names another copy of axe.min.js.
+AXE_CORE = Path(
+    os.environ.get("WPD_AXE_CORE")
+    or Path(__file__).resolve().parent / "node_modules" / "axe-core" / "axe.min.js"
+)
+
+
+@pytest.fixture(scope="session")
+def axe_source() -> str:
+    """axe-core's script. Missing: skip with the reason, or fail when WPD_REQUIRE_SYSTEM_DEPS=1."""
+    if AXE_CORE.is_file():
+        return AXE_CORE.read_text(encoding="utf-8")
+    reason = f"axe-core is not installed (looked for {AXE_CORE}); run: npm ci --prefix tests"
     if REQUIRE_SYSTEM_DEPS:
         pytest.fail(f"{reason}. WPD_REQUIRE_SYSTEM_DEPS=1 requires it.", pytrace=False)
     pytest.skip(reason)

@@ -50,6 +50,7 @@ def assert_strict(response, *, styles=("'self'",), fonts=("'self'",), images=("'
         "style-src": [*styles, f"'nonce-{nonce}'"],
         "font-src": list(fonts),
         "img-src": list(images),
+        "connect-src": ["'self'"],  # the download page's counts (download-count.js)
         "base-uri": ["'none'"],
         "form-action": policy(response)["form-action"],
         "frame-ancestors": ["'none'"],

@@ -73,11 +73,20 @@ def test_download_page_lists_files_in_the_editors_words_and_changes_nothing(clie
     assert "5 downloads left" in html
     assert 'method="post"' in html and "csrfmiddlewaretoken" in html
     assert "products/" not in html  # never a storage path
-    # Nothing loaded from anywhere else: only the app's own stylesheet and time script.
+    # Nothing loaded from anywhere else: only the app's own stylesheet and scripts.
     assert re.findall(r'<(?:script|link)[^>]*(?:src|href)="([^"]+)"', html) == [
         "/static/wagtail_paid_delivery/paid-delivery.css",
+        "/static/wagtail_paid_delivery/download-count.js",
         "/static/wagtail_paid_delivery/local-time.js",
     ]
+    # The checksum is behind a disclosure, named for its file; the counts say what they count.
+    for f in files:
+        assert (
+            f'<details class="checksum"><summary>SHA-256 checksum<span class="visually-hidden">'
+            f" {f.title}</span></summary><code>{f.sha256}</code></details>"
+        ) in html
+        assert f'aria-describedby="pd-left-{f.pk}"' in html
+        assert f'id="pd-left-{f.pk}" data-pd-left="5"' in html
     # A GET (a mail scanner) changes nothing.
     client.get(page_url(issued.token))
     assert not FileDownloadCount.objects.exists() and not DownloadEvent.objects.exists()

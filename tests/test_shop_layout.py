@@ -225,9 +225,10 @@ def test_the_strict_csp_holds_on_a_download_page_in_a_layout_with_inline_script(
     # The site's inline script and style are there without the nonce: the browser refuses them.
     assert "<script>document.documentElement.setAttribute" in html
     assert "<style>body { background: hotpink; }</style>" in html
-    # Only the app's own script and styles (the receipt's) carry it.
-    assert html.count(f'nonce="{nonce}"') == html.count(f'<style nonce="{nonce}">') + 1
+    # Only the app's own scripts and styles (the receipt's) carry it.
+    assert html.count(f'nonce="{nonce}"') == html.count(f'<style nonce="{nonce}">') + 2
     assert f'local-time.js" nonce="{nonce}"' in html
+    assert f'download-count.js" nonce="{nonce}"' in html
 
 
 def test_the_strict_csp_holds_on_the_success_page_in_the_sites_layout(client, shop, fake_stripe):

@@ -95,6 +95,9 @@ def strict_csp_policy(nonce: str, *, form_action: Iterable[str] = ()) -> str:
                 values.append(value)
         directives.append(f"{directive} {' '.join(values)}")
     directives += [
+        # The download page's script asks for the page again after a download
+        # (download-count.js); only this origin, which already serves the page.
+        "connect-src 'self'",
         "base-uri 'none'",
         " ".join(["form-action 'self'", *dict.fromkeys(form_action)]),
         "frame-ancestors 'none'",
