@@ -415,3 +415,13 @@ def test_get_on_the_button_changes_nothing(client, issued):
     assert response.status_code == 405
     assert not DownloadEvent.objects.exists()
     assert DownloadLink.objects.get().download_count == 0
+
+
+def test_logs_never_show_the_archive_handoff_or_the_token(client, issued):
+    from wagtail_paid_delivery.log_filters import redact
+
+    url = press_all(client, issued)
+    signed = url.split("/d/h/")[1].removesuffix("/all.zip")
+    button = reverse("wagtail_paid_delivery:download_all", args=[issued.token])
+    assert signed not in redact(f'"GET {url} HTTP/1.1" 200')
+    assert issued.token not in redact(f'"POST {button} HTTP/1.1" 303')
