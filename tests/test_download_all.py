@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import io
+import secrets
 import shutil
 import subprocess
 import zipfile
@@ -18,6 +19,7 @@ from datetime import timedelta
 from unittest import mock
 
 import pytest
+from django.core import signing
 from django.core.files.base import ContentFile
 from django.db import connection
 from django.test import Client, override_settings
@@ -500,3 +502,34 @@ def test_parallel_archives_at_the_limit_only_the_limit_gets_bytes(home):
     for status, body in results[:6]:
         if status == 200:
             assert zipfile.ZipFile(io.BytesIO(body)).testzip() is None
+
+
+def test_forged_and_junk_archive_handoffs_write_nothing(client, issued, home):
+    from tests.test_invalid_requests import assert_no_rows_written
+
+    other = ProductPageFactory(parent=home, files=1)
+    signed = press_all(client, issued).split("/d/h/")[1].removesuffix("/all.zip")
+    payload = signing.loads(signed, salt=links.ARCHIVE_HANDOFF_SALT)
+    salt = links.ARCHIVE_HANDOFF_SALT
+    values = [
+        "garbage",
+        signed[:-1],
+        signing.dumps(payload),  # our signature, another salt
+        signing.dumps(payload, salt=links.HANDOFF_SALT),  # a single file's salt
+        signing.dumps(payload, salt=salt, key="another-secret-key"),
+        signing.dumps({**payload, "l": 10**9}, salt=salt),  # a link that does not exist
+        signing.dumps({**payload, "fs": [other.product_files[0].pk]}, salt=salt),
+        signing.dumps({**payload, "fs": payload["fs"] * 2}, salt=salt),  # a file twice
+        signing.dumps({**payload, "fs": []}, salt=salt),
+        signing.dumps({**payload, "n": "x" * 40}, salt=salt),
+        signing.dumps({"l": "x", "fs": None, "n": 1}, salt=salt),
+        signing.dumps({"l": 1, "fs": "abc", "n": "n"}, salt=salt),
+        signing.dumps([1, 2, 3], salt=salt),
+    ]
+    requests = []
+    for value in values:
+        path = reverse("wagtail_paid_delivery:archive_handoff", args=[value])
+        requests += [("get", path, {}), ("head", path, {})]
+    requests.append(("post", f"/shop/d/{secrets.token_urlsafe(32)}/all/", {}))
+    answers = assert_no_rows_written(requests)
+    assert {status for _, _, status in answers} == {404}, answers

@@ -673,13 +673,13 @@ def archive_handoff_url(link: DownloadLink, files: list[AbstractProductFile]) ->
 def read_archive_handoff(value: str) -> ArchiveHandoff:
     try:
         data = signing.loads(value, salt=ARCHIVE_HANDOFF_SALT)
+        link_id, nonce = int(data["l"]), str(data["n"])
         file_ids = tuple(int(pk) for pk in data["fs"])
-        nonce = str(data["n"])
     except (signing.BadSignature, KeyError, TypeError, ValueError):
         raise BadHandoff from None
     if not file_ids or len(nonce) > 16 or len(set(file_ids)) != len(file_ids):
         raise BadHandoff
-    return ArchiveHandoff(link_id=int(data["l"]), file_ids=file_ids, nonce=nonce)
+    return ArchiveHandoff(link_id=link_id, file_ids=file_ids, nonce=nonce)
 
 
 def reserve_archive(
