@@ -533,3 +533,19 @@ def test_forged_and_junk_archive_handoffs_write_nothing(client, issued, home):
     requests.append(("post", f"/shop/d/{secrets.token_urlsafe(32)}/all/", {}))
     answers = assert_no_rows_written(requests)
     assert {status for _, _, status in answers} == {404}, answers
+
+
+def test_the_before_serve_hook_may_answer_instead_and_nothing_counts(client, issued):
+    from django.http import HttpResponse
+    from wagtail import hooks
+
+    def refuse(request, link, file):
+        if file.title == "Atlas":
+            return HttpResponse("not today", status=403)
+        return None
+
+    with hooks.register_temporarily("before_serve_paid_download", refuse):
+        response, body = fetch(client, press_all(client, issued))
+    assert (response.status_code, body) == (403, b"not today")
+    assert file_counts(issued) == [0, 0, 0]
+    assert DownloadEvent.objects.filter(outcome="hook").count() == 3
