@@ -153,7 +153,7 @@ result = {
     "files": [
         {"product": f.page.title, "name": f.file.name, "path": f.file.path, "size": f.size,
          "sha256": f.sha256}
-        for f in ProductFile.objects.order_by("page__path")
+        for f in ProductFile.objects.order_by("page__path", "sort_order")
     ],
 }
 """
@@ -202,7 +202,10 @@ def test_seed_sandbox_creates_the_demo_shop_and_a_second_run_changes_nothing(san
     assert set(products) == {"Field Guide (PDF)", "Sample Pack (ZIP)"}
     assert all(p["live"] and p["child_of_home"] for p in products.values())
     # Files are part of the published revision, so editing in the admin keeps them.
-    assert all(p["in_revision"] == 1 for p in products.values())
+    assert {title: p["in_revision"] for title, p in products.items()} == {
+        "Field Guide (PDF)": 2,  # and its checklist: "Download all" is offered
+        "Sample Pack (ZIP)": 1,
+    }
     field_guide, sample_pack = products["Field Guide (PDF)"], products["Sample Pack (ZIP)"]
     assert (field_guide["amount"], field_guide["currency"], field_guide["price"]) == (
         1900,
@@ -215,8 +218,8 @@ def test_seed_sandbox_creates_the_demo_shop_and_a_second_run_changes_nothing(san
         "¥1,200",
     )
 
-    files = {f["product"]: f for f in state["files"]}
-    assert len(state["files"]) == 2
+    files = {Path(f["name"]).name: f for f in state["files"]}
+    assert len(state["files"]) == 3
     for f in files.values():
         path = Path(f["path"])
         data = path.read_bytes()
@@ -225,8 +228,9 @@ def test_seed_sandbox_creates_the_demo_shop_and_a_second_run_changes_nothing(san
         assert f["sha256"] == hashlib.sha256(data).hexdigest()
         assert path.is_relative_to(state["private_root"])
         assert not path.is_relative_to(state["media_root"])
-    assert_valid_pdf(Path(files["Field Guide (PDF)"]["path"]).read_bytes())
-    with zipfile.ZipFile(files["Sample Pack (ZIP)"]["path"]) as archive:
+    assert_valid_pdf(Path(files["field-guide.pdf"]["path"]).read_bytes())
+    assert Path(files["shoreline-checklist.txt"]["path"]).read_bytes().startswith(b"Shoreline")
+    with zipfile.ZipFile(files["sample-pack.zip"]["path"]) as archive:
         assert archive.testzip() is None
         assert any(name.endswith(".wav") for name in archive.namelist())
 
@@ -249,7 +253,7 @@ def test_seed_sandbox_follows_the_port_and_restores_a_missing_file(sandbox):
     assert "Pointed the default site at 127.0.0.1:8123." in output
     assert after["site"][:2] == ["127.0.0.1", 8123]
     assert "Re-created the missing file" in output
-    assert len(after["files"]) == 2 and after["pages"] == before["pages"]
+    assert len(after["files"]) == 3 and after["pages"] == before["pages"]
     restored = Path(after["files"][0]["path"])
     assert restored.exists() and after["files"][0]["sha256"] == before["files"][0]["sha256"]
 
@@ -484,7 +488,7 @@ def test_run_serves_the_shop_and_never_a_private_file(running_sandbox):
         "from wagtail_paid_delivery.product.models import ProductFile\n"
         "result = [f.file.name for f in ProductFile.objects.all()]"
     )
-    assert len(names) == 2
+    assert len(names) == 3  # the field guide, its checklist, the sample pack
     for name in names:
         assert (sandbox.root / "private" / name).exists()
         for prefix in ("/media/", "/private-media/", "/static/", "/", "/shop/", "/documents/"):

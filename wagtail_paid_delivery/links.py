@@ -632,3 +632,111 @@ def release_download(event: DownloadEvent) -> None:
 
 def record_bytes_sent(event: DownloadEvent, sent: int) -> None:
     DownloadEvent.objects.filter(pk=event.pk).update(bytes_sent=sent)
+
+
+# "Download all": one hand-off for several files ------------------------------------------------
+
+ARCHIVE_HANDOFF_SALT = "wagtail_paid_delivery.archive_handoff"
+
+
+@dataclass(frozen=True)
+class ArchiveHandoff:
+    """A signed hand-off naming one link and the files of its archive, in the archive's order.
+
+    Each file has its own :class:`Handoff` (``member``), so each is counted, windowed and
+    refused by the same rules and rows as a single file's hand-off.
+    """
+
+    link_id: int
+    file_ids: tuple[int, ...]
+    nonce: str
+
+    def member(self, file: AbstractProductFile) -> Handoff:
+        # 16 random characters, ".", the file id: within DownloadHandoff.nonce's 32.
+        return Handoff(link_id=self.link_id, file_id=file.pk, nonce=f"{self.nonce}.{file.pk}")
+
+
+def archive_files(link: DownloadLink) -> list[AbstractProductFile]:
+    """The files a "Download all" of ``link`` holds: its product's files with downloads left,
+    in the editor's order. A file at its limit is left out (it was downloaded already)."""
+    counts = file_counts(link)
+    return [f for f in product_files(link) if downloads_left(link, counts.get(f.pk, 0)) != 0]
+
+
+def archive_handoff_url(link: DownloadLink, files: list[AbstractProductFile]) -> str:
+    """A signed URL for the archive of ``files``, new for every button press."""
+    payload = {"l": link.pk, "fs": [f.pk for f in files], "n": secrets.token_urlsafe(12)}
+    signed = signing.dumps(payload, salt=ARCHIVE_HANDOFF_SALT)
+    return reverse("wagtail_paid_delivery:archive_handoff", args=[signed])
+
+
+def read_archive_handoff(value: str) -> ArchiveHandoff:
+    try:
+        data = signing.loads(value, salt=ARCHIVE_HANDOFF_SALT)
+        link_id, nonce = int(data["l"]), str(data["n"])
+        file_ids = tuple(int(pk) for pk in data["fs"])
+    except (signing.BadSignature, KeyError, TypeError, ValueError):
+        raise BadHandoff from None
+    if not file_ids or len(nonce) > 16 or len(set(file_ids)) != len(file_ids):
+        raise BadHandoff
+    return ArchiveHandoff(link_id=link_id, file_ids=file_ids, nonce=nonce)
+
+
+def reserve_archive(
+    request: HttpRequest,
+    link: DownloadLink,
+    files: list[AbstractProductFile],
+    handoff: ArchiveHandoff,
+    *,
+    promised: int,
+    size: int,
+    now: datetime | None = None,
+) -> list[DownloadEvent]:
+    """:func:`reserve_download` for an archive: one download of each file, or none at all.
+
+    Every file's counter row is locked (in id order, so two archives never wait on each other
+    in a circle). The request counts when any file's hand-off has no count to ride on (first
+    request, window passed, or ``promised`` past the budget of ``HANDOFF_BYTE_BUDGET`` times
+    the archive's ``size``); then it counts for every file, and if any file is at its limit the
+    whole archive is refused, for good, like a single file's hand-off. One event per file.
+    """
+    now = now or timezone.now()
+    with transaction.atomic():
+        counters = {f.pk: _lock_counter(link, f) for f in sorted(files, key=lambda f: f.pk)}
+        states = [_handoff_state(link, f, handoff.member(f), now) for f in files]
+        if all(state.refused_at is None for state in states):
+            counts = not all(_free(s, promised=promised, size=size, now=now) for s in states)
+            if not (counts and any(_at_limit(link, c.count) for c in counters.values())):
+                return [
+                    _serve(request, link, state, counts=counts, promised=promised, now=now)
+                    for state in states
+                ]
+            for state in states:
+                state.refused_at = now
+                state.save(update_fields=["refused_at"])
+    raise LinkUsedUp(link)
+
+
+def check_archive(
+    link: DownloadLink,
+    files: list[AbstractProductFile],
+    handoff: ArchiveHandoff,
+    *,
+    promised: int,
+    size: int,
+    now: datetime | None = None,
+) -> None:
+    """Raise :class:`LinkUsedUp` when a GET like this one would be refused now; change nothing
+    (for HEAD)."""
+    now = now or timezone.now()
+    nonces = [handoff.member(f).nonce for f in files]
+    states = list(DownloadHandoff.objects.filter(nonce__in=nonces))
+    if any(state.refused_at is not None for state in states):
+        raise LinkUsedUp(link)
+    if len(states) == len(files) and all(
+        _free(s, promised=promised, size=size, now=now) for s in states
+    ):
+        return
+    counts = file_counts(link)
+    if any(_at_limit(link, counts.get(f.pk, 0)) for f in files):
+        raise LinkUsedUp(link)

@@ -314,6 +314,7 @@ DOWNLOAD_OUTCOMES: dict[str, tuple[Any, str]] = {
     "hook": (_("Download answered by the site's hook"), INFO),
     "missing_file": (_("Download failed: file missing from storage"), ERROR),
     "invalid": (_("Download refused: file not part of the product"), WARNING),
+    "too_large": (_("Download all refused: the archive would reach 4 GiB"), WARNING),
 }
 
 
@@ -325,6 +326,8 @@ def _download_detail(facts: Facts, event: DownloadEvent) -> str:
         parts.append(event.range_header)
     if event.outcome == "served":
         parts.append(str(_("counted")) if event.counted else str(_("continuation, not counted")))
+    if "." in event.handoff:  # an archive member's hand-off (links.ArchiveHandoff.member)
+        parts.append(str(_("in a “Download all” archive")))
     if event.ip_address:
         parts.append(str(_("IP %(ip)s (truncated)")) % {"ip": event.ip_address})
     return " · ".join(parts)

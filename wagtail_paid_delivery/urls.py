@@ -2,7 +2,7 @@
 
 from django.urls import path
 
-from .views import checkout, download, library, resend, success
+from .views import archive, checkout, download, library, resend, success
 from .views.webhook import stripe_webhook
 
 app_name = "wagtail_paid_delivery"
@@ -13,8 +13,11 @@ urlpatterns: list = [
     path("stripe/webhook/", stripe_webhook, name="stripe_webhook"),
     # Downloads: the hand-off first, so "d/h/..." is never read as a token.
     path("d/h/<str:signed>/", download.handoff, name="handoff"),
+    # "Download all": the signature right after "d/h/", where the log filter redacts it.
+    path("d/h/<str:signed>/all.zip", archive.archive_handoff, name="archive_handoff"),
     path("d/<str:token>/", download.download, name="download"),
     path("d/<str:token>/<int:file_id>/", download.download_file, name="download_file"),
+    path("d/<str:token>/all/", archive.download_all, name="download_all"),
     path("resend/", resend.resend, name="resend"),
     path("library/", library.library, name="library"),
     # The sign-in link has the download links' shape (a "d/" segment, then the token), so the

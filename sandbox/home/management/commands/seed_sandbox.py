@@ -57,7 +57,11 @@ PRODUCTS = (
         ),
         price_amount=1900,
         currency="USD",
-        files=(DemoFile("Field Guide", "field-guide.pdf", demo_files.field_guide_pdf),),
+        # Two files, so the download page offers "Download all".
+        files=(
+            DemoFile("Field Guide", "field-guide.pdf", demo_files.field_guide_pdf),
+            DemoFile("Shoreline checklist", "shoreline-checklist.txt", demo_files.checklist_txt),
+        ),
     ),
     DemoProduct(
         slug="sample-pack",
