@@ -49,7 +49,7 @@ from django.db.models import Q
 from django.urls import reverse
 from django.utils import timezone
 
-from . import fulfillment, metadata, stripe_api
+from . import fulfillment, languages, metadata, stripe_api
 from .conf import SETTINGS_NAME, app_settings
 from .links import truncate_ip
 from .models import Purchase
@@ -114,6 +114,10 @@ def session_params(purchase: Purchase, page: Any, customer_email: str | None) ->
     if customer_email:
         params["customer_email"] = customer_email
     params.update(checkout_options(tags))
+    # The buyer's language, unless the site chose one language for every buyer.
+    buyer_locale = languages.stripe_locale(purchase.language)
+    if buyer_locale and params.get("locale", "auto") == "auto":
+        params["locale"] = buyer_locale
     return params
 
 
@@ -329,6 +333,7 @@ def _new_purchase(page: Any, user: Any, key: str | None = None) -> Purchase:
         source=Purchase.Source.CHECKOUT,
         status=Purchase.Status.PENDING,
         checkout_nonce=key,
+        language=languages.current(),
     )
 
 

@@ -11,6 +11,8 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import models, transaction
 from django.utils.html import conditional_escape, escape, linebreaks, urlize
+from django.utils import translation
+from django.utils.functional import Promise
 from django.utils.safestring import SafeString, mark_safe
 from django.utils.translation import gettext_lazy as _
 from wagtail.models import PreviewableMixin
@@ -317,9 +319,26 @@ class DeliveryCopy(PreviewableMixin, models.Model):
 
         return preview(self, request, mode_name)
 
+    def words(self, field_name: str) -> str:
+        """One copy field's text, in the active language while it is the built-in text.
+
+        The built-in words are stored as written in English (the msgid); an editor's own words
+        are theirs, in whatever language they wrote them. So a field still holding the built-in
+        text is read from the translation catalogue, and a German buyer reads German.
+        """
+        text = str(getattr(self, field_name))
+        default = self._meta.get_field(field_name).default
+        if not isinstance(default, Promise):
+            return text
+        with translation.override(None):
+            built_in = str(default)
+        if text.replace("\r\n", "\n").strip() == built_in.strip():
+            return str(default)
+        return text
+
     def render(self, field_name: str, **values: Any) -> SafeString:
         """One copy field as safe HTML paragraphs, with placeholders filled."""
-        return render_paragraphs(getattr(self, field_name), values)
+        return render_paragraphs(self.words(field_name), values)
 
     def render_contact(self) -> SafeString:
         """The contact line as safe HTML, its addresses linked; the default line when empty."""
@@ -335,4 +354,4 @@ class DeliveryCopy(PreviewableMixin, models.Model):
 
     def render_text(self, field_name: str, **values: Any) -> str:
         """One copy field as plain text (email subject and text part), placeholders filled."""
-        return fill_placeholders(getattr(self, field_name), values, html=False)
+        return fill_placeholders(self.words(field_name), values, html=False)
