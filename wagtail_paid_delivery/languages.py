@@ -1,7 +1,9 @@
 """The buyer's language: what a purchase records at checkout, and where it is spoken again.
 
-The language is Django's active one when the Buy button is pressed (``LocaleMiddleware`` picks it
-from the request; without it, ``LANGUAGE_CODE``). It is stored on the purchase
+The language is the one the site chose for the request that pressed the Buy button
+(``request.LANGUAGE_CODE``, which ``LocaleMiddleware`` sets from the URL, the language cookie or
+``Accept-Language``); a site that does not choose per request stores none, and its buyers read
+``LANGUAGE_CODE``. It is stored on the purchase
 (``Purchase.language``) and spoken again where the buyer is no longer in that request: the
 emails the outbox sends (rendered in a worker) and the pages a link leads to (the download page,
 the success page), which may be opened in another browser. Stripe Checkout is told it too, when
@@ -26,13 +28,11 @@ STRIPE_CHECKOUT_LOCALES = {
     ).split()
 }
 
+#: The longest language code a purchase stores (``Purchase.language``).
+MAX_LENGTH = 35
+
 #: Django's codes for the same languages where they differ from Stripe's.
-STRIPE_ALIASES = {"no": "nb", "zh-hans": "zh", "zh-hant": "zh-TW", "tl": "fil"}
-
-
-def current() -> str:
-    """The active language (the request's, with LocaleMiddleware), as a purchase stores it."""
-    return (translation.get_language() or settings.LANGUAGE_CODE or "")[:35]
+STRIPE_ALIASES = {"no": "nb", "zh-hans": "zh", "zh-hant": "zh-tw", "tl": "fil"}
 
 
 def stripe_locale(language: str | None) -> str | None:
@@ -43,7 +43,7 @@ def stripe_locale(language: str | None) -> str | None:
     if not code:
         return None
     code = STRIPE_ALIASES.get(code, code)
-    found = STRIPE_CHECKOUT_LOCALES.get(code.lower())
+    found = STRIPE_CHECKOUT_LOCALES.get(code)
     if found is None:
         base = code.split("-")[0]
         found = STRIPE_CHECKOUT_LOCALES.get(STRIPE_ALIASES.get(base, base))
