@@ -10,9 +10,9 @@ from typing import Any
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import models, transaction
-from django.utils.html import conditional_escape, escape, linebreaks, urlize
 from django.utils import translation
 from django.utils.functional import Promise
+from django.utils.html import conditional_escape, escape, linebreaks, urlize
 from django.utils.safestring import SafeString, mark_safe
 from django.utils.translation import gettext_lazy as _
 from wagtail.models import PreviewableMixin
@@ -327,7 +327,7 @@ class DeliveryCopy(PreviewableMixin, models.Model):
         text is read from the translation catalogue, and a German buyer reads German.
         """
         text = str(getattr(self, field_name))
-        default = self._meta.get_field(field_name).default
+        default = getattr(self._meta.get_field(field_name), "default", None)
         if not isinstance(default, Promise):
             return text
         with translation.override(None):
