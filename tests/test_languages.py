@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.core import mail
 from django.test import Client, override_settings
 from django.urls import reverse
@@ -364,3 +365,48 @@ def test_built_in_copy_follows_the_language_and_an_editors_words_stay_theirs():
         assert resaved.render_text("email_body", product="X").startswith("Vielen Dank, dass Sie X")
     with translation.override("en"):
         assert default.render_text("success_title") == "Thank you for your purchase"
+
+
+@pytest.mark.django_db
+def test_a_translated_copy_speaks_to_the_buyers_of_its_language(
+    client, home, fake_stripe, django_capture_on_commit_callbacks
+):
+    english = DeliveryCopyFactory(email_subject="Yours: {product}")
+    DeliveryCopyFactory(translation_of=english, language="de", email_subject="Für Sie: {product}")
+    product = ProductPageFactory(parent=home, title="Atlas", delivery_copy=english)
+
+    german = buy(client, product, "de-AT,de;q=0.9")  # Austrian German finds "de"
+    pay_and_return(client, fake_stripe, german, django_capture_on_commit_callbacks)
+    english_browser = Client()
+    english_buyer = buy(english_browser, product, "en")
+    pay_and_return(english_browser, fake_stripe, english_buyer, django_capture_on_commit_callbacks)
+
+    assert german.language == "de"  # LocaleMiddleware: the nearest language the site offers
+    assert sorted(message.subject for message in mail.outbox) == ["Für Sie: Atlas", "Yours: Atlas"]
+
+
+@pytest.mark.django_db
+def test_a_regional_language_finds_its_languages_translation():
+    original = DeliveryCopyFactory()
+    german = DeliveryCopyFactory(translation_of=original, language="de")
+    swiss = DeliveryCopyFactory(translation_of=original, language="de-ch")
+    assert original.in_language("de-at") == german
+    assert original.in_language("de-CH") == swiss
+    assert original.in_language("fr") == original
+    assert original.in_language("") == original
+    assert german.in_language("de-ch") == german  # a translation is not translated further
+
+
+@pytest.mark.django_db
+def test_a_translation_must_name_its_language_and_cannot_be_the_default():
+    original = DeliveryCopyFactory()
+    with pytest.raises(ValidationError) as raised:
+        DeliveryCopy(name="Deutsch", translation_of=original, is_default=True).full_clean()
+    assert set(raised.value.message_dict) >= {"language", "is_default"}
+    with pytest.raises(ValidationError) as raised:
+        DeliveryCopy(name="Klingon", translation_of=original, language="tlh").full_clean()
+    assert "language" in raised.value.message_dict
+    german = DeliveryCopyFactory(translation_of=original, language="de")
+    with pytest.raises(ValidationError) as raised:
+        DeliveryCopy(name="Schweiz", translation_of=german, language="de-ch").full_clean()
+    assert "translation_of" in raised.value.message_dict

@@ -67,6 +67,16 @@ def validate_placeholders(value: str) -> None:
         )
 
 
+def validate_language(value: str) -> None:
+    # Checked when saved, not as model choices: LANGUAGES is the site's, not a migration's.
+    if value and value not in {code for code, _name in settings.LANGUAGES}:
+        raise ValidationError(
+            _("%(code)s is not one of the site's LANGUAGES."),
+            params={"code": value},
+            code="unknown_language",
+        )
+
+
 def _copy_field(verbose_name: Any, default: Any, *, short: bool = False) -> models.Field:
     if short:
         return models.CharField(
@@ -116,6 +126,28 @@ class DeliveryCopy(PreviewableMixin, models.Model):
             'about your order? Write to help@example.com." Email addresses and web addresses '
             "become links. Empty: a line with the site's DEFAULT_FROM_EMAIL address."
         ),
+    )
+
+    #: Translations: a copy for one language, linked to the copy it translates (the site default
+    #: or a product's). ``delivery.copy_for`` picks it for a buyer who speaks that language.
+    translation_of = models.ForeignKey(
+        "self",
+        verbose_name=_("translation of"),
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="translations",
+        help_text=_(
+            "Leave empty for a copy of its own. Choose a copy to make this one its translation: "
+            "buyers who speak the language below then read this one instead."
+        ),
+    )
+    language = models.CharField(
+        _("language"),
+        max_length=35,
+        blank=True,
+        validators=[validate_language],
+        help_text=_("For a translation: a language code from the site's LANGUAGES, e.g. de."),
     )
 
     checkout_unavailable_title = _copy_field(
@@ -283,7 +315,12 @@ class DeliveryCopy(PreviewableMixin, models.Model):
                 fields=["is_default"],
                 condition=models.Q(is_default=True),
                 name="wagtail_paid_delivery_one_default_copy",
-            )
+            ),
+            models.UniqueConstraint(
+                fields=["translation_of", "language"],
+                condition=models.Q(translation_of__isnull=False),
+                name="wagtail_paid_delivery_one_translation_per_language",
+            ),
         ]
 
     def __str__(self) -> str:
@@ -297,6 +334,31 @@ class DeliveryCopy(PreviewableMixin, models.Model):
                     is_default=False
                 )
             super().save(*args, **kwargs)
+
+    def clean(self) -> None:
+        super().clean()
+        if self.translation_of_id is None:
+            return
+        errors: dict[str, Any] = {}
+        if not self.language:
+            errors["language"] = _("A translation needs its language.")
+        if self.is_default:
+            errors["is_default"] = _("A translation is used through the copy it translates.")
+        original = self.translation_of
+        if original is not None and (original.translation_of_id or original.pk == self.pk):
+            errors["translation_of"] = _("Choose a copy that is not itself a translation.")
+        if errors:
+            raise ValidationError(errors)
+
+    def in_language(self, language: str | None) -> DeliveryCopy:
+        """This copy's translation into ``language`` (the exact code, else the language alone:
+        "de-at" finds "de"), or this copy when it has none."""
+        if not language or self.translation_of_id is not None:
+            return self
+        code = language.lower()
+        wanted = [code, code.split("-")[0]]
+        found = {c.language.lower(): c for c in self.translations.filter(language__in=wanted)}
+        return next((found[w] for w in wanted if w in found), self)
 
     def validate_constraints(self, exclude: Any = None) -> None:
         # save() takes the default mark from the previous default, so the one-default constraint
