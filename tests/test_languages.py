@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 from django.conf import settings
-from django.core.exceptions import ValidationError
 from django.core import mail
+from django.core.exceptions import ValidationError
 from django.test import Client, override_settings
 from django.urls import reverse
 from django.utils import timezone, translation
