@@ -122,6 +122,9 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 AUTH_PASSWORD_VALIDATORS: list[dict[str, str]] = []  # sandbox: "admin" / "admin" is fine
 
 LANGUAGE_CODE = "en-us"
+# The languages the shop speaks; LocaleMiddleware picks one from the browser (Accept-Language),
+# e.g. Chromium with --lang=de, or curl -H "Accept-Language: de" (README, "Languages").
+LANGUAGES = [("en", "English"), ("de", "Deutsch")]
 TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True
