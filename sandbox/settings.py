@@ -68,6 +68,9 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.contrib.sessions.middleware.SessionMiddleware",
+    # The buyer's language from their browser (Accept-Language): pages, the purchase's stored
+    # language, Stripe Checkout's locale (README, "Languages").
+    "django.middleware.locale.LocaleMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
@@ -119,6 +122,9 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 AUTH_PASSWORD_VALIDATORS: list[dict[str, str]] = []  # sandbox: "admin" / "admin" is fine
 
 LANGUAGE_CODE = "en-us"
+# The languages the shop speaks; LocaleMiddleware picks one from the browser (Accept-Language),
+# e.g. Chromium with --lang=de, or curl -H "Accept-Language: de" (README, "Languages").
+LANGUAGES = [("en", "English"), ("de", "Deutsch")]
 TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True

@@ -147,10 +147,14 @@ def test_wheel_holds_templates_static_and_both_apps_migrations(wheel):
         "wagtail_paid_delivery/migrations/0001_initial.py",
         "wagtail_paid_delivery/product/migrations/__init__.py",
         "wagtail_paid_delivery/product/migrations/0001_initial.py",
+        # The translations, compiled (Django reads only the .mo), and the template for new ones.
+        "wagtail_paid_delivery/locale/django.pot",
+        "wagtail_paid_delivery/locale/de/LC_MESSAGES/django.po",
+        "wagtail_paid_delivery/locale/de/LC_MESSAGES/django.mo",
     }
     assert expected <= names, sorted(expected - names)
-    # Every migration and template in the checkout made it in, not only the ones named above.
-    for folder in ("migrations", "product/migrations", "templates", "static"):
+    # Every migration, template and catalogue in the checkout made it in, not only those above.
+    for folder in ("migrations", "product/migrations", "templates", "static", "locale"):
         for path in (ROOT / "wagtail_paid_delivery" / folder).rglob("*"):
             if path.is_file() and "__pycache__" not in path.parts:
                 assert path.relative_to(ROOT).as_posix() in names

@@ -49,7 +49,7 @@ from django.db.models import Q
 from django.urls import reverse
 from django.utils import timezone
 
-from . import fulfillment, metadata, stripe_api
+from . import fulfillment, languages, metadata, stripe_api
 from .conf import SETTINGS_NAME, app_settings
 from .links import truncate_ip
 from .models import Purchase
@@ -114,6 +114,10 @@ def session_params(purchase: Purchase, page: Any, customer_email: str | None) ->
     if customer_email:
         params["customer_email"] = customer_email
     params.update(checkout_options(tags))
+    # The buyer's language, unless the site chose one language for every buyer.
+    buyer_locale = languages.stripe_locale(purchase.language)
+    if buyer_locale and params.get("locale", "auto") == "auto":
+        params["locale"] = buyer_locale
     return params
 
 
@@ -278,6 +282,7 @@ def start_checkout(
     nonce: str = "",
     cookie: str | None = None,
     address: str | None = None,
+    language: str = "",
 ) -> CheckoutStarted:
     """Create (or reuse this click's or this browser's) pending Purchase and its Checkout Session.
 
@@ -287,7 +292,8 @@ def start_checkout(
     Purchase created here is then deleted when Stripe refused the session (a rejected key, a bad
     parameter: nothing exists at Stripe) and marked ``failed`` with the reason when Stripe could
     not be reached (a session may exist, unpaid); either only if no parallel POST of the same
-    click got its session meanwhile.
+    click got its session meanwhile. ``language``: the buyer's, when the site picks one per
+    request (``request.LANGUAGE_CODE``); stored on a new purchase (``languages``).
     """
     if page.stripe_price_id:
         check_stripe_price(page)
@@ -309,17 +315,22 @@ def start_checkout(
         if reused is not None:
             return reused
 
-    purchase, created = _claim(page, user, key) if key else (_new_purchase(page, user), True)
+    language = language[: languages.MAX_LENGTH]
+    purchase, created = (
+        _claim(page, user, key, language)
+        if key
+        else (_new_purchase(page, user, None, language), True)
+    )
     if not created:
         # A parallel POST of the same click created it a moment ago: join that one.
         joined = _join(purchase, page, user, email)
         if joined is not None:
             return joined
-        purchase = _new_purchase(page, user)
+        purchase = _new_purchase(page, user, None, language)
     return _open_session(purchase, page, email)
 
 
-def _new_purchase(page: Any, user: Any, key: str | None = None) -> Purchase:
+def _new_purchase(page: Any, user: Any, key: str | None = None, language: str = "") -> Purchase:
     return Purchase.objects.create(
         product=page,
         product_title=page.title[:255],
@@ -329,10 +340,11 @@ def _new_purchase(page: Any, user: Any, key: str | None = None) -> Purchase:
         source=Purchase.Source.CHECKOUT,
         status=Purchase.Status.PENDING,
         checkout_nonce=key,
+        language=language,
     )
 
 
-def _claim(page: Any, user: Any, key: str) -> tuple[Purchase, bool]:
+def _claim(page: Any, user: Any, key: str, language: str = "") -> tuple[Purchase, bool]:
     """A new pending purchase holding nonce ``key`` (and True), or the one a parallel request
     created with it first (and False).
 
@@ -341,7 +353,7 @@ def _claim(page: Any, user: Any, key: str) -> tuple[Purchase, bool]:
     """
     try:
         with transaction.atomic():
-            return _new_purchase(page, user, key), True
+            return _new_purchase(page, user, key, language), True
     except IntegrityError:
         holder = Purchase.objects.filter(checkout_nonce=key).first()
         if holder is None:

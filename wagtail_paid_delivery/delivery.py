@@ -13,6 +13,7 @@ from typing import Any
 from django.conf import settings
 from django.core.mail import EmailMultiAlternatives
 from django.template.loader import render_to_string
+from django.utils import translation
 from django.utils.translation import gettext as _
 
 from . import library, links, receipt, times
@@ -25,12 +26,15 @@ def copy_for(
     purchase: Purchase | None = None, *, product: ProductPageMixin | None = None
 ) -> DeliveryCopy:
     """The words a buyer reads about ``purchase`` (or ``product``): the product's own copy,
-    else the site default (also when the product page is gone)."""
+    else the site default (also when the product page is gone); in its translation into the
+    purchase's language (else the language being spoken) when it has one."""
     if product is None and purchase is not None:
         product = purchase.product_page
-    return (
+    copy = (
         product.get_delivery_copy() if product is not None else DeliveryCopy.objects.get_default()
     )
+    language = purchase.language if purchase is not None and purchase.language else None
+    return copy.in_language(language or translation.get_language())
 
 
 def expires_display(link: DownloadLink) -> str:

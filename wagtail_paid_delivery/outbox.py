@@ -53,7 +53,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import F, Q, QuerySet
 from django.utils import timezone
 
-from . import delivery, library, links, retry, sale_notices
+from . import delivery, languages, library, links, retry, sale_notices
 from .conf import app_settings
 from .models import DownloadLink, OutboundEmail, Purchase
 
@@ -90,6 +90,24 @@ def _revoke(issued: list[links.IssuedLink]) -> None:
         links.revoke_link(one.link)
 
 
+def _purchase_language(email: OutboundEmail, issued: list[Any]) -> str | None:
+    return email.purchase.language if email.purchase is not None else None
+
+
+def _links_language(email: OutboundEmail, issued: list[Any]) -> str | None:
+    # A resend lists several purchases: the newest one's buyer speaks for the address.
+    return issued[0].link.purchase.language if issued else None
+
+
+def _address_language(email: OutboundEmail, issued: list[Any]) -> str | None:
+    newest = library.address_purchases(email.to).first()
+    return newest.language if newest is not None else None
+
+
+def _shop_language(email: OutboundEmail, issued: list[Any]) -> str | None:
+    return None  # the notice is for the shop: the site's own language
+
+
 @dataclass(frozen=True)
 class EmailKind:
     """How one kind of email is made at each attempt."""
@@ -104,6 +122,8 @@ class EmailKind:
     #: What becomes of a failed attempt's links: revoked, so no copy a failed send left
     #: anywhere (a mail server's queue, a log) opens anything.
     discard: Callable[[list[Any]], None] = _revoke
+    #: The language it is written in: its buyer's (``Purchase.language``); None: the site's.
+    language: Callable[[OutboundEmail, list[Any]], str | None] = _purchase_language
 
 
 def _issue_delivery(email: OutboundEmail) -> list[links.IssuedLink]:
@@ -231,12 +251,15 @@ def _render_payment_failed(
 #: Each kind of email: which links it carries, how it is rendered, what its sending marks.
 KINDS: dict[str, EmailKind] = {
     Kind.DELIVERY: EmailKind(_issue_delivery, _render_delivery, _delivery_sent),
-    Kind.RESEND: EmailKind(_issue_resend, _render_resend),
+    Kind.RESEND: EmailKind(_issue_resend, _render_resend, language=_links_language),
     Kind.DESK: EmailKind(_issue_desk, _render_delivery, _desk_sent, _forget_tokens),
     Kind.LIBRARY_SIGN_IN: EmailKind(
-        _issue_sign_in, _render_sign_in, discard=library.discard_sign_ins
+        _issue_sign_in,
+        _render_sign_in,
+        discard=library.discard_sign_ins,
+        language=_address_language,
     ),
-    Kind.NEW_SALE: EmailKind(_issue_new_sale, _render_new_sale),
+    Kind.NEW_SALE: EmailKind(_issue_new_sale, _render_new_sale, language=_shop_language),
     Kind.PAYMENT_FAILED: EmailKind(_issue_payment_failed, _render_payment_failed),
 }
 
@@ -452,7 +475,8 @@ def attempt(email_pk: int, token: str | None = None) -> str:
         if not email.to:
             raise NothingToSend("no email address")
         issued = kind.issue(email)
-        message = kind.render(email, issued)
+        with languages.speaking(kind.language(email, issued)):
+            message = kind.render(email, issued)
         message.extra_headers["Message-ID"] = email.message_id
         message.send()
     except NothingToSend as exc:

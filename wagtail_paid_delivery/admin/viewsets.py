@@ -16,7 +16,7 @@ class DeliveryCopyViewSet(SnippetViewSet):
     #: Shown in the admin menu, under Snippets.
     icon = "openquote"
     menu_label = _("Delivery copy")
-    list_display = ["name", "is_default"]
+    list_display = ["name", "is_default", "language", "translation_of"]
     search_fields = ["name"]
     #: Tabs follow the buyer's path: after paying, the email, the download page, the way back in.
     edit_handler = TabbedInterface(
@@ -25,6 +25,10 @@ class DeliveryCopyViewSet(SnippetViewSet):
                 [
                     FieldPanel("name"),
                     FieldPanel("is_default"),
+                    MultiFieldPanel(
+                        [FieldPanel("translation_of"), FieldPanel("language")],
+                        heading=_("Translation"),
+                    ),
                     FieldPanel("contact_line"),
                     MultiFieldPanel(
                         _copy_fields("success_title", "success_message"), heading=_("Paid")

@@ -10,6 +10,8 @@ from typing import Any
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import models, transaction
+from django.utils import translation
+from django.utils.functional import Promise
 from django.utils.html import conditional_escape, escape, linebreaks, urlize
 from django.utils.safestring import SafeString, mark_safe
 from django.utils.translation import gettext_lazy as _
@@ -65,6 +67,16 @@ def validate_placeholders(value: str) -> None:
         )
 
 
+def validate_language(value: str) -> None:
+    # Checked when saved, not as model choices: LANGUAGES is the site's, not a migration's.
+    if value and value not in {code for code, _name in settings.LANGUAGES}:
+        raise ValidationError(
+            _("%(code)s is not one of the site's LANGUAGES."),
+            params={"code": value},
+            code="unknown_language",
+        )
+
+
 def _copy_field(verbose_name: Any, default: Any, *, short: bool = False) -> models.Field:
     if short:
         return models.CharField(
@@ -114,6 +126,28 @@ class DeliveryCopy(PreviewableMixin, models.Model):
             'about your order? Write to help@example.com." Email addresses and web addresses '
             "become links. Empty: a line with the site's DEFAULT_FROM_EMAIL address."
         ),
+    )
+
+    #: Translations: a copy for one language, linked to the copy it translates (the site default
+    #: or a product's). ``delivery.copy_for`` picks it for a buyer who speaks that language.
+    translation_of = models.ForeignKey(
+        "self",
+        verbose_name=_("translation of"),
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="translations",
+        help_text=_(
+            "Leave empty for a copy of its own. Choose a copy to make this one its translation: "
+            "buyers who speak the language below then read this one instead."
+        ),
+    )
+    language = models.CharField(
+        _("language"),
+        max_length=35,
+        blank=True,
+        validators=[validate_language],
+        help_text=_("For a translation: a language code from the site's LANGUAGES, e.g. de."),
     )
 
     checkout_unavailable_title = _copy_field(
@@ -281,7 +315,12 @@ class DeliveryCopy(PreviewableMixin, models.Model):
                 fields=["is_default"],
                 condition=models.Q(is_default=True),
                 name="wagtail_paid_delivery_one_default_copy",
-            )
+            ),
+            models.UniqueConstraint(
+                fields=["translation_of", "language"],
+                condition=models.Q(translation_of__isnull=False),
+                name="wagtail_paid_delivery_one_translation_per_language",
+            ),
         ]
 
     def __str__(self) -> str:
@@ -295,6 +334,31 @@ class DeliveryCopy(PreviewableMixin, models.Model):
                     is_default=False
                 )
             super().save(*args, **kwargs)
+
+    def clean(self) -> None:
+        super().clean()
+        if self.translation_of_id is None:
+            return
+        errors: dict[str, Any] = {}
+        if not self.language:
+            errors["language"] = _("A translation needs its language.")
+        if self.is_default:
+            errors["is_default"] = _("A translation is used through the copy it translates.")
+        original = self.translation_of
+        if original is not None and (original.translation_of_id or original.pk == self.pk):
+            errors["translation_of"] = _("Choose a copy that is not itself a translation.")
+        if errors:
+            raise ValidationError(errors)
+
+    def in_language(self, language: str | None) -> DeliveryCopy:
+        """This copy's translation into ``language`` (the exact code, else the language alone:
+        "de-at" finds "de"), or this copy when it has none."""
+        if not language or self.translation_of_id is not None:
+            return self
+        code = language.lower()
+        wanted = [code, code.split("-")[0]]
+        found = {c.language.lower(): c for c in self.translations.filter(language__in=wanted)}
+        return next((found[w] for w in wanted if w in found), self)
 
     def validate_constraints(self, exclude: Any = None) -> None:
         # save() takes the default mark from the previous default, so the one-default constraint
@@ -317,9 +381,26 @@ class DeliveryCopy(PreviewableMixin, models.Model):
 
         return preview(self, request, mode_name)
 
+    def words(self, field_name: str) -> str:
+        """One copy field's text, in the active language while it is the built-in text.
+
+        The built-in words are stored as written in English (the msgid); an editor's own words
+        are theirs, in whatever language they wrote them. So a field still holding the built-in
+        text is read from the translation catalogue, and a German buyer reads German.
+        """
+        text = str(getattr(self, field_name))
+        default = getattr(self._meta.get_field(field_name), "default", None)
+        if not isinstance(default, Promise):
+            return text
+        with translation.override(None):
+            built_in = str(default)
+        if text.replace("\r\n", "\n").strip() == built_in.strip():
+            return str(default)
+        return text
+
     def render(self, field_name: str, **values: Any) -> SafeString:
         """One copy field as safe HTML paragraphs, with placeholders filled."""
-        return render_paragraphs(getattr(self, field_name), values)
+        return render_paragraphs(self.words(field_name), values)
 
     def render_contact(self) -> SafeString:
         """The contact line as safe HTML, its addresses linked; the default line when empty."""
@@ -335,4 +416,4 @@ class DeliveryCopy(PreviewableMixin, models.Model):
 
     def render_text(self, field_name: str, **values: Any) -> str:
         """One copy field as plain text (email subject and text part), placeholders filled."""
-        return fill_placeholders(getattr(self, field_name), values, html=False)
+        return fill_placeholders(self.words(field_name), values, html=False)

@@ -68,6 +68,9 @@ class Purchase(models.Model):
     receipt_url = models.URLField(_("Stripe receipt"), max_length=500, blank=True)
 
     email = models.EmailField(_("buyer email"), blank=True)
+    #: The buyer's language at checkout (``languages``): their emails and the pages their links
+    #: open speak it. Empty: the site's default language.
+    language = models.CharField(_("language"), max_length=35, blank=True)
     user = models.ForeignKey(
         settings.AUTH_USER_MODEL,
         verbose_name=_("user"),

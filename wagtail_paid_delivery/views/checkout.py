@@ -167,6 +167,7 @@ def checkout(request: HttpRequest, page_id: int) -> HttpResponse:
             nonce=posted_nonce(request),
             cookie=binding.cookie_fingerprint(request),
             address=request.META.get("REMOTE_ADDR"),
+            language=getattr(request, "LANGUAGE_CODE", ""),
         )
     except checkout_rules.CheckoutUnavailable:
         return render_unavailable(request, page, status=503)

@@ -18,9 +18,16 @@ from django.template.response import TemplateResponse
 from django.views.decorators.debug import sensitive_variables
 from django.views.decorators.http import require_POST, require_safe
 
-from .. import delivery, links, screens, serving
+from .. import delivery, languages, links, screens, serving
 from ..models import DownloadLink
-from .responses import add_strict_csp, delivery_headers, not_found, see_other, strict_csp
+from .responses import (
+    add_strict_csp,
+    delivery_headers,
+    not_found,
+    render_for,
+    see_other,
+    strict_csp,
+)
 
 
 @sensitive_variables("token")
@@ -28,8 +35,10 @@ def refused(
     request: HttpRequest, error: links.LinkRefused, token: str | None = None
 ) -> TemplateResponse:
     """The 410 page; ``token``: the link's, when the request carried it (not on a hand-off)."""
-    context = screens.refused_context(error, delivery.copy_for(error.link.purchase), token)
-    return TemplateResponse(request, screens.TEMPLATES["refused"], context, status=410)
+    purchase = error.link.purchase
+    with languages.speaking(purchase.language):
+        context = screens.refused_context(error, delivery.copy_for(purchase), token)
+    return render_for(request, purchase, screens.TEMPLATES["refused"], context, status=410)
 
 
 @login_not_required  # a buyer holds a link, not an account
@@ -46,10 +55,12 @@ def download(request: HttpRequest, token: str) -> HttpResponseBase:
     except links.LinkError:
         return not_found()
 
-    screen, context = screens.download_screen(link, token)
+    with languages.speaking(link.purchase.language):
+        screen, context = screens.download_screen(link, token)
+    template = screens.TEMPLATES[screen]
     if screen == "refused":  # every file at its limit
-        return TemplateResponse(request, screens.TEMPLATES[screen], context, status=410)
-    response = TemplateResponse(request, screens.TEMPLATES[screen], context)
+        return render_for(request, link.purchase, template, context, status=410)
+    response = render_for(request, link.purchase, template, context)
     # The button's 303 leads to a hand-off, which may redirect to the storage (presigned).
     product_files = [item["file"] for item in context["files"]]
     return add_strict_csp(request, response, form_action=serving.redirect_origins(product_files))

@@ -11,8 +11,11 @@ from urllib.parse import urlsplit
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse, HttpResponseNotFound
 from django.http.response import HttpResponseBase
+from django.template.response import TemplateResponse
 
+from .. import languages
 from ..conf import app_settings
+from ..models import Purchase
 
 #: Headers on every delivery page. ``same-origin``, not ``no-referrer``: with no referrer,
 #: browsers send ``Origin: null`` on the button's POST and Django's CSRF check refuses it.
@@ -143,3 +146,23 @@ def see_other(url: str) -> HttpResponse:
 def not_found() -> HttpResponse:
     """The same plain answer for every unknown, malformed or mismatched token: nothing to learn."""
     return HttpResponseNotFound(NOT_FOUND_BODY)
+
+
+def render_for(
+    request: HttpRequest,
+    purchase: Purchase,
+    template: str,
+    context: dict[str, Any],
+    *,
+    status: int = 200,
+) -> TemplateResponse:
+    """A page about ``purchase`` in its buyer's language (``languages``), rendered now.
+
+    A link's page may be opened anywhere (another browser, a forwarded email), so it speaks the
+    language the buyer checked out in, not the one this request asked for.
+    """
+    with languages.speaking(purchase.language) as language:
+        response = TemplateResponse(request, template, context, status=status)
+        response.render()
+    response["Content-Language"] = language
+    return response

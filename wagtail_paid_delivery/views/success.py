@@ -27,9 +27,9 @@ from django.shortcuts import render
 from django.views.decorators.debug import sensitive_variables
 from django.views.decorators.http import require_safe
 
-from .. import binding, delivery, fulfillment, links, screens, stripe_api
+from .. import binding, delivery, fulfillment, languages, links, screens, stripe_api
 from ..models import Purchase
-from .responses import add_strict_csp, csp_nonce, delivery_headers
+from .responses import add_strict_csp, csp_nonce, delivery_headers, render_for
 
 logger = logging.getLogger(__name__)
 
@@ -86,8 +86,9 @@ def success(request: HttpRequest) -> HttpResponseBase:
         product.get_url(request) if state == "failed" and product and product.live else None
     )
     copy = delivery.copy_for(purchase)
-    context = screens.state_context(copy, state, purchase, download_url, product_url)
-    response = render(request, screens.TEMPLATES["success"], context)
+    with languages.speaking(purchase.language):
+        context = screens.state_context(copy, state, purchase, download_url, product_url)
+    response = render_for(request, purchase, screens.TEMPLATES["success"], context)
     if download_url:
         # The page shows a token: only scripts with the nonce run (views/responses.py). Other
         # states (pending, failed, neutral) show none and keep the site's own scripts.
