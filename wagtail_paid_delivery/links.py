@@ -24,17 +24,20 @@ import ipaddress
 import re
 import secrets
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from enum import Enum
 from typing import Any, Literal
 
 from django.conf import settings
 from django.core import signing
-from django.db import IntegrityError, transaction
-from django.db.models import F
+import swapper
+from django.db import IntegrityError, connection, transaction
+from django.db.models import F, FilteredRelation, OuterRef, Q, Subquery
+from django.db.models.functions import Coalesce
 from django.http import HttpRequest
 from django.urls import reverse
 from django.utils import timezone
+from django.utils.dateparse import parse_datetime
 from django.utils.crypto import salted_hmac
 from django.utils.translation import gettext_lazy as _
 from django.views.decorators.debug import sensitive_variables
@@ -249,6 +252,13 @@ def file_counts(link: DownloadLink) -> dict[int, int]:
     return dict(FileDownloadCount.objects.filter(link=link).values_list("file_id", "count"))
 
 
+def file_count(link: DownloadLink, file_id: int) -> int:
+    """Downloads counted so far on ``link`` for one file (one indexed read)."""
+    found = FileDownloadCount.objects.filter(link=link, file_id=file_id).values_list("count")
+    row = found.first()
+    return row[0] if row else 0
+
+
 def downloads_left(link: DownloadLink, count: int) -> int | None:
     """What is left of the per-file limit after ``count`` downloads; None: unlimited."""
     if link.download_limit is None:
@@ -275,6 +285,77 @@ def get_product_file(link: DownloadLink, file_id: int) -> AbstractProductFile | 
         if found is not None:
             return found  # type: ignore[return-value]
     return None
+
+
+def _file_relation(model: type[AbstractProductFile]) -> str:
+    """The lookup from a DownloadLink to ``model``'s rows of the link's product page.
+
+    ``purchase__product`` is the swappable Page; the file's ``page`` is a subclass of it, reached
+    through each parent link's reverse one-to-one (``productpage``), then the files' own reverse
+    name (``files``).
+    """
+    page_field = model._meta.get_field("page")
+    base = swapper.load_model("wagtailcore", "Page")
+    steps: list[str] = []
+    current = page_field.related_model
+    while current is not base and current._meta.parents:
+        parent, parent_link = next(iter(current._meta.parents.items()))
+        steps.append(parent_link.related_query_name())
+        current = parent
+    return "__".join(["purchase__product", *reversed(steps), page_field.related_query_name()])
+
+
+def _with_file(links_query: Any, file_id: int) -> tuple[Any, list[str]]:
+    """``links_query`` with the link's purchase and the product file ``file_id`` (when it is the
+    link's product's) joined in, so one query brings all three; and the names the file is under.
+    """
+    names = []
+    for index, model in enumerate(product_file_models()):
+        relation = _file_relation(model)
+        name = f"product_file_{index}"
+        links_query = links_query.annotate(
+            **{name: FilteredRelation(relation, condition=Q(**{f"{relation}__pk": file_id}))}
+        )
+        names.append(name)
+    return links_query.select_related("purchase", *names), names
+
+
+def _joined_file(link: DownloadLink, names: list[str]) -> AbstractProductFile | None:
+    for name in names:
+        found = getattr(link, name, None)
+        if found is not None:
+            return found  # type: ignore[no-any-return]
+    return None
+
+
+def find_handoff(ticket: Handoff) -> tuple[DownloadLink | None, AbstractProductFile | None]:
+    """The link a hand-off names (with its purchase) and its file when the file belongs to the
+    link's product (else None), in one query."""
+    query, names = _with_file(DownloadLink.objects.filter(pk=ticket.link_id), ticket.file_id)
+    link = query.first()
+    return link, (_joined_file(link, names) if link is not None else None)
+
+
+@sensitive_variables("raw")
+def find_link_with_file(
+    raw: Any, file_id: int
+) -> tuple[DownloadLink | None, AbstractProductFile | None, int]:
+    """For the download button: the link a raw token names (in whatever state), the product file
+    ``file_id`` if it is the link's product's, and the downloads counted on that file, in one
+    query."""
+    if not isinstance(raw, str) or not TOKEN_RE.match(raw):
+        return None, None, 0
+    counted = FileDownloadCount.objects.filter(link=OuterRef("pk"), file_id=file_id)
+    query, names = _with_file(
+        DownloadLink.objects.filter(token_hash=hash_token(raw)).annotate(
+            file_downloads=Coalesce(Subquery(counted.values("count")[:1]), 0)
+        ),
+        file_id,
+    )
+    link = query.first()
+    if link is None:
+        return None, None, 0
+    return link, _joined_file(link, names), link.file_downloads
 
 
 def download_page_url(raw: str, *, purchase: Purchase | None = None) -> str:
@@ -481,21 +562,21 @@ def reserve_download(
     download. A request that would count at the limit is refused, and its hand-off with it, for
     good: it serves nothing again, even if counts are given back later.
 
-    Everything is decided under the link and file's counter row lock, which every request on the
-    hand-off takes, so parallel requests at the limit queue on it and only as many pass as the
-    limit allows (on databases with row locks; SQLite serialises writers instead).
+    One transaction, few statements: the hand-off's row is created or locked by one upsert
+    (so a hand-off's requests are decided one at a time), a count is reserved by one
+    conditional upsert of the file's counter (``count < limit``: parallel requests on other
+    hand-offs at the limit cannot both pass), and the event is written in the same commit.
     """
     now = now or timezone.now()
     with transaction.atomic():
-        counter = _lock_counter(link, file)
-        state = _handoff_state(link, file, handoff, now)
+        state = _lock_handoff(link, file, handoff, now)
         if state.refused_at is None:
-            counts = not (may_be_free and _free(state, promised=promised, size=size, now=now))
-            if not (counts and _at_limit(link, counter.count)):
-                return _serve(request, link, state, counts=counts, promised=promised, now=now)
+            if may_be_free and _free(state, promised=promised, size=size, now=now):
+                return _serve_free(request, link, state, promised=promised, now=now)
+            if _reserve_count(link, file.pk):
+                return _serve_counted(request, link, state, promised=promised, now=now)
             # Saved before raising: the refusal outlives this request.
-            state.refused_at = now
-            state.save(update_fields=["refused_at"])
+            DownloadHandoff.objects.filter(pk=state.pk).update(refused_at=now)
     raise LinkUsedUp(link)
 
 
@@ -520,7 +601,7 @@ def check_handoff(
             raise LinkUsedUp(link)
         if may_be_free and _free(state, promised=promised, size=size, now=now):
             return
-    if _at_limit(link, file_counts(link).get(file.pk, 0)):
+    if _at_limit(link, file_count(link, file.pk)):
         raise LinkUsedUp(link)
 
 
@@ -537,64 +618,120 @@ def _at_limit(link: DownloadLink, count: int) -> bool:
     return link.download_limit is not None and count >= link.download_limit
 
 
-def _handoff_state(
+def _table(model: type[Any]) -> str:
+    return connection.ops.quote_name(model._meta.db_table)
+
+
+def _aware(value: Any) -> datetime | None:
+    """A datetime column read by a raw cursor (SQLite hands back text, naive in UTC)."""
+    if value is None or isinstance(value, datetime) and timezone.is_aware(value):
+        return value
+    parsed = parse_datetime(value) if isinstance(value, str) else value
+    return timezone.make_aware(parsed, UTC) if parsed is not None else None
+
+
+def _lock_handoff(
     link: DownloadLink, file: AbstractProductFile, handoff: Handoff, now: datetime
 ) -> DownloadHandoff:
-    # Under the counter lock: no other request on this hand-off (same link and file) runs now.
-    state, _ = DownloadHandoff.objects.get_or_create(
-        nonce=handoff.nonce, defaults={"link": link, "file_id": file.pk, "created_at": now}
+    """The hand-off's row, created on its first request, locked until the transaction ends.
+
+    One statement: an insert that, when the nonce exists, rewrites a column with itself, which
+    takes the row lock (PostgreSQL: a parallel first request waits for the insert to commit,
+    then updates). Every request on the hand-off passes here first, so they queue on it.
+    """
+    table = _table(DownloadHandoff)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {table} (link_id, file_id, nonce, created_at, bytes_promised) "  # noqa: S608
+            "VALUES (%s, %s, %s, %s, 0) "
+            f"ON CONFLICT (nonce) DO UPDATE SET bytes_promised = {table}.bytes_promised "
+            "RETURNING id, link_id, file_id, created_at, counted_at, counted_event_id, "
+            "bytes_promised, refused_at",
+            [
+                link.pk,
+                file.pk,
+                handoff.nonce,
+                connection.ops.adapt_datetimefield_value(now),
+            ],
+        )
+        pk, link_id, file_id, created, counted, event_id, promised, refused = cursor.fetchone()
+    return DownloadHandoff(
+        pk=pk,
+        link_id=link_id,
+        file_id=file_id,
+        nonce=handoff.nonce,
+        created_at=_aware(created),
+        counted_at=_aware(counted),
+        counted_event_id=event_id,
+        bytes_promised=promised,
+        refused_at=_aware(refused),
     )
-    return state
 
 
-def _serve(
+def _reserve_count(link: DownloadLink, file_id: int) -> bool:
+    """Count one download of ``file_id`` on ``link`` unless that file is at the link's limit.
+
+    One conditional upsert: the counter row is created at 1, or raised by 1 only while below the
+    limit; the database decides on the row's latest version under its lock, so of parallel
+    requests on one file only as many as the limit allows get a row back.
+    """
+    limit = link.download_limit
+    if limit is not None and limit <= 0:
+        return False
+    table = _table(FileDownloadCount)
+    below_limit = f" WHERE {table}.count < %s" if limit is not None else ""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {table} (link_id, file_id, count) VALUES (%s, %s, 1) "  # noqa: S608
+            f"ON CONFLICT (link_id, file_id) DO UPDATE SET count = {table}.count + 1"
+            f"{below_limit} RETURNING count",
+            [link.pk, file_id] + ([limit] if limit is not None else []),
+        )
+        return cursor.fetchone() is not None
+
+
+def _serve_free(
+    request: HttpRequest, link: DownloadLink, state: DownloadHandoff, *, promised: int, now: datetime
+) -> DownloadEvent:
+    DownloadHandoff.objects.filter(pk=state.pk).update(
+        bytes_promised=F("bytes_promised") + promised
+    )
+    return _served_event(request, link, state, counted=False, promised=promised, now=now)
+
+
+def _serve_counted(
+    request: HttpRequest, link: DownloadLink, state: DownloadHandoff, *, promised: int, now: datetime
+) -> DownloadEvent:
+    event = _served_event(request, link, state, counted=True, promised=promised, now=now)
+    # A new count starts a new window and budget, and is the one a release may give back.
+    DownloadHandoff.objects.filter(pk=state.pk).update(
+        counted_at=now, counted_event=event, bytes_promised=promised
+    )
+    DownloadLink.objects.filter(pk=link.pk).update(download_count=F("download_count") + 1)
+    return event
+
+
+def _served_event(
     request: HttpRequest,
     link: DownloadLink,
     state: DownloadHandoff,
     *,
-    counts: bool,
+    counted: bool,
     promised: int,
     now: datetime,
 ) -> DownloadEvent:
-    if counts:
-        FileDownloadCount.objects.filter(link=link, file_id=state.file_id).update(
-            count=F("count") + 1
-        )
-        DownloadLink.objects.filter(pk=link.pk).update(download_count=F("download_count") + 1)
     event = _event(
         request,
         link,
         state.file_id,
         "served",
         handoff=state.nonce,
-        counted=counts,
+        counted=counted,
         created_at=now,
         bytes_promised=promised,
     )
-    event.save()
-    if counts:
-        state.counted_at, state.counted_event, state.bytes_promised = now, event, promised
-    else:
-        state.bytes_promised += promised
-    state.save(update_fields=["counted_at", "counted_event", "bytes_promised"])
+    event.save(force_insert=True)
     return event
-
-
-def _lock_counter(link: DownloadLink, file: AbstractProductFile) -> FileDownloadCount:
-    """The link's counter row for ``file``, locked until the transaction ends (created if new).
-
-    A row this transaction inserts is locked by the insert; a concurrent first download blocks
-    on the unique constraint, fails, and then waits for the lock like everyone else.
-    """
-    rows = FileDownloadCount.objects.select_for_update()
-    counter = rows.filter(link=link, file_id=file.pk).first()
-    if counter is None:
-        try:
-            with transaction.atomic():
-                counter = FileDownloadCount.objects.create(link=link, file_id=file.pk)
-        except IntegrityError:
-            counter = rows.get(link=link, file_id=file.pk)
-    return counter
 
 
 def release_download(event: DownloadEvent) -> None:
@@ -605,11 +742,8 @@ def release_download(event: DownloadEvent) -> None:
     would have had none. A refused hand-off stays refused either way.
     """
     with transaction.atomic():
-        # The counter lock first, as every request on the hand-off takes it.
-        FileDownloadCount.objects.select_for_update().filter(
-            link_id=event.link_id, file_id=event.file_id or 0
-        ).first()
-        handoffs = DownloadHandoff.objects.filter(nonce=event.handoff)
+        # The hand-off's row lock first, as every request on the hand-off takes it.
+        handoffs = DownloadHandoff.objects.select_for_update().filter(nonce=event.handoff)
         state = handoffs.first() if event.handoff else None
         if state is not None and (
             state.counted_event_id != event.pk or state.bytes_promised != event.bytes_promised
