@@ -208,7 +208,11 @@ else:
 
         from django.db import connection
 
-        key = "integer PRIMARY KEY AUTOINCREMENT" if connection.vendor == "sqlite" else "serial PRIMARY KEY"
+        key = (
+            "integer PRIMARY KEY AUTOINCREMENT"
+            if connection.vendor == "sqlite"
+            else "serial PRIMARY KEY"
+        )
         with connection.cursor() as cursor:
             cursor.execute(f"CREATE TABLE bench_plain_download (id {key}, name varchar(100))")
 
@@ -467,7 +471,9 @@ else:
                 print(f"  ratio                                 {ratio:8.2f}x   (target >= 0.6x)")
 
                 plain_rps, token_rps = bench_small(port, urls, args.requests)
-                print(f"\n10 KB counted hand-off GET alone, {args.requests} sequential requests each")
+                print(
+                    f"\n10 KB counted hand-off GET alone, {args.requests} sequential requests each"
+                )
                 print(f"  bare FileResponse (no database)  {plain_rps:8.0f} req/s")
                 print(f"  counted hand-off GET             {token_rps:8.0f} req/s")
                 print(f"  ratio                            {token_rps / plain_rps:8.2f}x")

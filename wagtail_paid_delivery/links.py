@@ -19,6 +19,7 @@ as a download". Every request for bytes leaves a :class:`DownloadEvent` (:func:`
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import ipaddress
 import re
@@ -30,15 +31,13 @@ from typing import Any, Literal
 
 from django.conf import settings
 from django.core import signing
-import swapper
 from django.db import IntegrityError, connection, transaction
-from django.db.models import F, FilteredRelation, OuterRef, Q, Subquery
-from django.db.models.functions import Coalesce
+from django.db.models import F
 from django.http import HttpRequest
 from django.urls import reverse
 from django.utils import timezone
-from django.utils.dateparse import parse_datetime
 from django.utils.crypto import salted_hmac
+from django.utils.dateparse import parse_datetime
 from django.utils.translation import gettext_lazy as _
 from django.views.decorators.debug import sensitive_variables
 from wagtail.models import Site
@@ -287,53 +286,94 @@ def get_product_file(link: DownloadLink, file_id: int) -> AbstractProductFile | 
     return None
 
 
-def _file_relation(model: type[AbstractProductFile]) -> str:
-    """The lookup from a DownloadLink to ``model``'s rows of the link's product page.
-
-    ``purchase__product`` is the swappable Page; the file's ``page`` is a subclass of it, reached
-    through each parent link's reverse one-to-one (``productpage``), then the files' own reverse
-    name (``files``).
-    """
-    page_field = model._meta.get_field("page")
-    base = swapper.load_model("wagtailcore", "Page")
-    steps: list[str] = []
-    current = page_field.related_model
-    while current is not base and current._meta.parents:
-        parent, parent_link = next(iter(current._meta.parents.items()))
-        steps.append(parent_link.related_query_name())
-        current = parent
-    return "__".join(["purchase__product", *reversed(steps), page_field.related_query_name()])
+# One query for the link, its purchase and a file: the hand-off GET and the button's POST run it
+# on every download, so its SQL is written once per process (``_link_file_sql``) rather than
+# compiled by the ORM each time (a select_related over some fifty columns costs more in Python
+# than the query costs the database). Rows become model instances through ``Model.from_db``
+# with each field's database converters, as the ORM's own iterator does.
 
 
-def _with_file(links_query: Any, file_id: int) -> tuple[Any, list[str]]:
-    """``links_query`` with the link's purchase and the product file ``file_id`` (when it is the
-    link's product's) joined in, so one query brings all three; and the names the file is under.
-    """
-    names = []
+@dataclass(frozen=True)
+class _Columns:
+    model: type[Any]
+    fields: tuple[Any, ...]
+    converters: tuple[tuple[int, tuple[Any, ...], Any], ...]
+
+    @classmethod
+    def of(cls, model: type[Any], alias: str) -> _Columns:
+        fields = tuple(model._meta.concrete_fields)
+        converters = []
+        for index, field in enumerate(fields):
+            col = field.get_col(alias)
+            found = connection.ops.get_db_converters(col) + field.get_db_converters(connection)
+            if found:
+                converters.append((index, tuple(found), col))
+        return cls(model, fields, tuple(converters))
+
+    def select(self, alias: str) -> list[str]:
+        return [f"{alias}.{connection.ops.quote_name(f.column)}" for f in self.fields]
+
+    def instance(self, values: Any) -> Any:
+        values = list(values)
+        if values[0] is None:  # the primary key: a LEFT JOIN that found nothing
+            return None
+        for index, converters, col in self.converters:
+            for converter in converters:
+                values[index] = converter(values[index], col, connection)
+        return self.model.from_db(connection.alias, [f.attname for f in self.fields], values)
+
+
+@functools.cache
+def _link_file_sql(vendor: str, by: str) -> tuple[str, list[_Columns]]:
+    """SELECT link, purchase, each file model's row (``%s`` file id), the file's count on the
+    link (``%s`` file id), WHERE link.``by`` = ``%s``. Cached per database vendor."""
+    quote = connection.ops.quote_name
+    columns = [_Columns.of(DownloadLink, "l"), _Columns.of(Purchase, "p")]
+    joins = []
     for index, model in enumerate(product_file_models()):
-        relation = _file_relation(model)
-        name = f"product_file_{index}"
-        links_query = links_query.annotate(
-            **{name: FilteredRelation(relation, condition=Q(**{f"{relation}__pk": file_id}))}
+        alias = f"f{index}"
+        columns.append(_Columns.of(model, alias))
+        page = quote(model._meta.get_field("page").column)
+        joins.append(
+            f"LEFT OUTER JOIN {_table(model)} {alias} "
+            f"ON {alias}.{quote(model._meta.pk.column)} = %s AND {alias}.{page} = p.product_id"
         )
-        names.append(name)
-    return links_query.select_related("purchase", *names), names
+    aliases = ["l", "p", *(f"f{index}" for index in range(len(joins)))]
+    selected = [name for c, alias in zip(columns, aliases, strict=True) for name in c.select(alias)]
+    counter = _table(FileDownloadCount)
+    count = f"(SELECT c.count FROM {counter} c WHERE c.link_id = l.id AND c.file_id = %s)"  # noqa: S608
+    sql = (
+        f"SELECT {', '.join(selected)}, {count} FROM {_table(DownloadLink)} l "  # noqa: S608
+        f"INNER JOIN {_table(Purchase)} p ON p.id = l.purchase_id {' '.join(joins)} "
+        f"WHERE l.{quote(by)} = %s"
+    )
+    return sql, columns
 
 
-def _joined_file(link: DownloadLink, names: list[str]) -> AbstractProductFile | None:
-    for name in names:
-        found = getattr(link, name, None)
-        if found is not None:
-            return found  # type: ignore[no-any-return]
-    return None
+def _find_link_and_file(
+    by: str, value: Any, file_id: int
+) -> tuple[DownloadLink | None, AbstractProductFile | None, int]:
+    sql, columns = _link_file_sql(connection.vendor, by)
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [file_id] * (len(columns) - 2) + [file_id, value])
+        row = cursor.fetchone()
+    if row is None:
+        return None, None, 0
+    start, parts = 0, []
+    for c in columns:
+        parts.append(c.instance(row[start : start + len(c.fields)]))
+        start += len(c.fields)
+    link, purchase, *files = parts
+    link.purchase = purchase
+    file = next((f for f in files if f is not None), None)
+    return link, file, row[-1] or 0
 
 
 def find_handoff(ticket: Handoff) -> tuple[DownloadLink | None, AbstractProductFile | None]:
     """The link a hand-off names (with its purchase) and its file when the file belongs to the
     link's product (else None), in one query."""
-    query, names = _with_file(DownloadLink.objects.filter(pk=ticket.link_id), ticket.file_id)
-    link = query.first()
-    return link, (_joined_file(link, names) if link is not None else None)
+    link, file, _ = _find_link_and_file("id", ticket.link_id, ticket.file_id)
+    return link, file
 
 
 @sensitive_variables("raw")
@@ -345,17 +385,7 @@ def find_link_with_file(
     query."""
     if not isinstance(raw, str) or not TOKEN_RE.match(raw):
         return None, None, 0
-    counted = FileDownloadCount.objects.filter(link=OuterRef("pk"), file_id=file_id)
-    query, names = _with_file(
-        DownloadLink.objects.filter(token_hash=hash_token(raw)).annotate(
-            file_downloads=Coalesce(Subquery(counted.values("count")[:1]), 0)
-        ),
-        file_id,
-    )
-    link = query.first()
-    if link is None:
-        return None, None, 0
-    return link, _joined_file(link, names), link.file_downloads
+    return _find_link_and_file("token_hash", hash_token(raw), file_id)
 
 
 def download_page_url(raw: str, *, purchase: Purchase | None = None) -> str:
@@ -691,24 +721,49 @@ def _reserve_count(link: DownloadLink, file_id: int) -> bool:
 
 
 def _serve_free(
-    request: HttpRequest, link: DownloadLink, state: DownloadHandoff, *, promised: int, now: datetime
+    request: HttpRequest,
+    link: DownloadLink,
+    state: DownloadHandoff,
+    *,
+    promised: int,
+    now: datetime,
 ) -> DownloadEvent:
-    DownloadHandoff.objects.filter(pk=state.pk).update(
-        bytes_promised=F("bytes_promised") + promised
+    _execute(
+        f"UPDATE {_table(DownloadHandoff)} SET bytes_promised = bytes_promised + %s "  # noqa: S608
+        "WHERE id = %s",
+        [promised, state.pk],
     )
     return _served_event(request, link, state, counted=False, promised=promised, now=now)
 
 
 def _serve_counted(
-    request: HttpRequest, link: DownloadLink, state: DownloadHandoff, *, promised: int, now: datetime
+    request: HttpRequest,
+    link: DownloadLink,
+    state: DownloadHandoff,
+    *,
+    promised: int,
+    now: datetime,
 ) -> DownloadEvent:
     event = _served_event(request, link, state, counted=True, promised=promised, now=now)
     # A new count starts a new window and budget, and is the one a release may give back.
-    DownloadHandoff.objects.filter(pk=state.pk).update(
-        counted_at=now, counted_event=event, bytes_promised=promised
+    _execute(
+        f"UPDATE {_table(DownloadHandoff)} SET counted_at = %s, counted_event_id = %s, "  # noqa: S608
+        "bytes_promised = %s WHERE id = %s",
+        [connection.ops.adapt_datetimefield_value(now), event.pk, promised, state.pk],
     )
-    DownloadLink.objects.filter(pk=link.pk).update(download_count=F("download_count") + 1)
+    _execute(
+        f"UPDATE {_table(DownloadLink)} SET download_count = download_count + 1 "  # noqa: S608
+        "WHERE id = %s",
+        [link.pk],
+    )
     return event
+
+
+def _execute(sql: str, params: list[Any]) -> None:
+    # The statements a download runs every time are written out rather than compiled by the ORM
+    # on each request (see _link_file_sql).
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
 
 
 def _served_event(
@@ -730,8 +785,30 @@ def _served_event(
         created_at=now,
         bytes_promised=promised,
     )
-    event.save(force_insert=True)
+    _insert(event)
     return event
+
+
+@functools.cache
+def _insert_sql(vendor: str, model: type[Any]) -> tuple[str, tuple[Any, ...]]:
+    fields = tuple(f for f in model._meta.concrete_fields if not f.primary_key)
+    columns = ", ".join(connection.ops.quote_name(f.column) for f in fields)
+    values = ", ".join(["%s"] * len(fields))
+    pk = connection.ops.quote_name(model._meta.pk.column)
+    sql = f"INSERT INTO {_table(model)} ({columns}) VALUES ({values}) RETURNING {pk}"  # noqa: S608
+    return sql, fields
+
+
+def _insert(instance: Any) -> None:
+    """``instance.save()`` for a new row of a model without signals or auto fields: the values
+    prepared by each field, as save() does, into a statement written once per process."""
+    sql, fields = _insert_sql(connection.vendor, type(instance))
+    with connection.cursor() as cursor:
+        cursor.execute(
+            sql, [f.get_db_prep_save(getattr(instance, f.attname), connection) for f in fields]
+        )
+        instance.pk = cursor.fetchone()[0]
+    instance._state.adding, instance._state.db = False, connection.alias
 
 
 def release_download(event: DownloadEvent) -> None:
