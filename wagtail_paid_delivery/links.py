@@ -24,6 +24,7 @@ import hashlib
 import ipaddress
 import re
 import secrets
+from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import Enum
@@ -592,12 +593,17 @@ def reserve_download(
     download. A request that would count at the limit is refused, and its hand-off with it, for
     good: it serves nothing again, even if counts are given back later.
 
-    One transaction, few statements: the hand-off's row is created or locked by one upsert
-    (so a hand-off's requests are decided one at a time), a count is reserved by one
-    conditional upsert of the file's counter (``count < limit``: parallel requests on other
-    hand-offs at the limit cannot both pass), and the event is written in the same commit.
+    One transaction, few statements: the hand-off's row is created or locked first (so a
+    hand-off's requests are decided one at a time), a count is reserved by one conditional upsert
+    of the file's counter (``count < limit``: of parallel requests on other hand-offs at the
+    limit only as many pass as it allows), and the event is written in the same commit. On
+    PostgreSQL all of it is one statement (:func:`_reserve_in_one_statement`); elsewhere a few
+    in one transaction (SQLite serialises writers anyway).
     """
     now = now or timezone.now()
+    if connection.vendor == "postgresql":
+        terms = _Terms(promised=promised, size=size, may_be_free=may_be_free, now=now)
+        return _reserve_in_one_statement(request, link, file.pk, handoff, terms)
     with transaction.atomic():
         state = _lock_handoff(link, file, handoff, now)
         if state.refused_at is None:
@@ -608,6 +614,133 @@ def reserve_download(
             # Saved before raising: the refusal outlives this request.
             DownloadHandoff.objects.filter(pk=state.pk).update(refused_at=now)
     raise LinkUsedUp(link)
+
+
+@dataclass(frozen=True)
+class _Terms:
+    promised: int
+    size: int
+    may_be_free: bool
+    now: datetime
+
+
+#: PostgreSQL: the whole decision of a GET on a hand-off as one statement, so it costs one
+#: round trip and commits on its own. ``cur`` locks the hand-off's row (FOR UPDATE in READ
+#: COMMITTED waits for a parallel request on it and reads its result); the counter's
+#: conditional upsert reserves a count only while below the limit; the event, the hand-off
+#: and the link's total follow from the outcome. A brand-new hand-off has no row to lock: two
+#: first requests at once both try to insert it, and the loser's whole statement fails on the
+#: unique nonce (undoing its count) and is run again, finding the winner's row.
+_ONE_STATEMENT = """
+WITH cur AS (
+    SELECT id, counted_at, bytes_promised, refused_at FROM {handoff} WHERE nonce = %(nonce)s
+    FOR UPDATE
+), decision AS (
+    SELECT CASE
+        WHEN EXISTS (SELECT 1 FROM cur WHERE refused_at IS NOT NULL) THEN 'gone'
+        WHEN %(may_be_free)s AND EXISTS (
+            SELECT 1 FROM cur WHERE counted_at > %(window_start)s
+            AND bytes_promised + %(promised)s <= %(budget)s
+        ) THEN 'free'
+        ELSE 'count'
+    END AS what
+), counter AS (
+    INSERT INTO {counter} (link_id, file_id, count)
+    SELECT %(link)s, %(file)s, 1 FROM decision WHERE what = 'count' AND %(may_count)s
+    ON CONFLICT (link_id, file_id) DO UPDATE SET count = {counter}.count + 1 {below_limit}
+    RETURNING 1
+), outcome AS (
+    SELECT CASE
+        WHEN what = 'count' THEN
+            CASE WHEN EXISTS (SELECT 1 FROM counter) THEN 'counted' ELSE 'refused' END
+        ELSE what
+    END AS what FROM decision
+), event AS (
+    INSERT INTO {event} (link_id, file_id, created_at, outcome, counted, handoff, range_header,
+        bytes_promised, bytes_sent, ip_address, user_agent)
+    SELECT %(link)s, %(file)s, %(now)s, 'served', what = 'counted', %(nonce)s, %(range)s,
+        %(promised)s, NULL, %(ip)s, %(agent)s
+    FROM outcome WHERE what IN ('free', 'counted')
+    RETURNING id
+), new_handoff AS (
+    INSERT INTO {handoff} (link_id, file_id, nonce, created_at, counted_at, counted_event_id,
+        bytes_promised, refused_at)
+    SELECT %(link)s, %(file)s, %(nonce)s, %(now)s,
+        CASE WHEN o.what = 'counted' THEN %(now)s END, e.id,
+        CASE WHEN o.what = 'counted' THEN %(promised)s ELSE 0 END,
+        CASE WHEN o.what = 'refused' THEN %(now)s END
+    FROM outcome o LEFT JOIN event e ON true
+    WHERE NOT EXISTS (SELECT 1 FROM cur)
+), old_handoff AS (
+    UPDATE {handoff} h SET
+        counted_at = CASE WHEN o.what = 'counted' THEN %(now)s ELSE h.counted_at END,
+        counted_event_id = CASE WHEN o.what = 'counted' THEN e.id ELSE h.counted_event_id END,
+        bytes_promised = CASE o.what WHEN 'counted' THEN %(promised)s
+            WHEN 'free' THEN h.bytes_promised + %(promised)s ELSE h.bytes_promised END,
+        refused_at = CASE WHEN o.what = 'refused' THEN %(now)s ELSE h.refused_at END
+    FROM cur, outcome o LEFT JOIN event e ON true
+    WHERE h.id = cur.id AND o.what <> 'gone'
+), total AS (
+    UPDATE {link} SET download_count = download_count + 1
+    WHERE id = %(link)s AND EXISTS (SELECT 1 FROM outcome WHERE what = 'counted')
+)
+SELECT o.what, e.id FROM outcome o LEFT JOIN event e ON true
+"""
+
+
+def _reserve_in_one_statement(
+    request: HttpRequest, link: DownloadLink, file_id: int, handoff: Handoff, terms: _Terms
+) -> DownloadEvent:
+    limit = link.download_limit
+    event = _event(
+        request,
+        link,
+        file_id,
+        "served",
+        handoff=handoff.nonce,
+        created_at=terms.now,
+        bytes_promised=terms.promised,
+    )
+    sql = _ONE_STATEMENT.format(
+        handoff=_table(DownloadHandoff),
+        counter=_table(FileDownloadCount),
+        event=_table(DownloadEvent),
+        link=_table(DownloadLink),
+        below_limit=f"WHERE {_table(FileDownloadCount)}.count < %(limit)s" if limit else "",
+    )
+    ip_field = DownloadEvent._meta.get_field("ip_address")
+    params = {
+        "nonce": handoff.nonce,
+        "may_be_free": terms.may_be_free,
+        "window_start": terms.now - app_settings.handoff_window,
+        "promised": terms.promised,
+        "budget": app_settings.handoff_byte_budget(terms.size),
+        "link": link.pk,
+        "file": file_id,
+        "may_count": limit is None or limit > 0,
+        "limit": limit,
+        "now": terms.now,
+        "range": event.range_header,
+        "ip": ip_field.get_db_prep_save(event.ip_address, connection),
+        "agent": event.user_agent,
+    }
+    for attempt in range(3):
+        try:
+            # Inside a caller's transaction (ATOMIC_REQUESTS, tests) a savepoint lets a lost race
+            # be run again; in autocommit the statement is its own transaction.
+            savepoint = transaction.atomic() if connection.in_atomic_block else nullcontext()
+            with savepoint, connection.cursor() as cursor:
+                cursor.execute(sql, params)
+                what, event.pk = cursor.fetchone()
+            break
+        except IntegrityError:
+            if attempt == 2:
+                raise
+    if what not in ("free", "counted"):
+        raise LinkUsedUp(link)
+    event.counted = what == "counted"
+    event._state.adding, event._state.db = False, connection.alias
+    return event
 
 
 def check_handoff(
