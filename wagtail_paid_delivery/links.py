@@ -30,6 +30,7 @@ from datetime import UTC, datetime, timedelta
 from enum import Enum
 from typing import Any, Literal
 
+from django.apps import apps
 from django.conf import settings
 from django.core import signing
 from django.db import IntegrityError, connection, transaction
@@ -823,7 +824,7 @@ def _lock_handoff(
         link_id=link_id,
         file_id=file_id,
         nonce=handoff.nonce,
-        created_at=_aware(created),
+        created_at=_aware(created) or now,
         counted_at=_aware(counted),
         counted_event_id=event_id,
         bytes_promised=promised,
@@ -923,7 +924,8 @@ def _served_event(
 
 
 @functools.cache
-def _insert_sql(vendor: str, model: type[Any]) -> tuple[str, tuple[Any, ...]]:
+def _insert_sql(vendor: str, label: str) -> tuple[str, tuple[Any, ...]]:
+    model = apps.get_model(label)
     fields = tuple(f for f in model._meta.concrete_fields if not f.primary_key)
     columns = ", ".join(connection.ops.quote_name(f.column) for f in fields)
     values = ", ".join(["%s"] * len(fields))
@@ -935,7 +937,7 @@ def _insert_sql(vendor: str, model: type[Any]) -> tuple[str, tuple[Any, ...]]:
 def _insert(instance: Any) -> None:
     """``instance.save()`` for a new row of a model without signals or auto fields: the values
     prepared by each field, as save() does, into a statement written once per process."""
-    sql, fields = _insert_sql(connection.vendor, type(instance))
+    sql, fields = _insert_sql(connection.vendor, instance._meta.label)
     with connection.cursor() as cursor:
         cursor.execute(
             sql, [f.get_db_prep_save(getattr(instance, f.attname), connection) for f in fields]
