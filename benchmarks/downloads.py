@@ -481,7 +481,7 @@ else:
                 server.terminate()
                 server.wait(timeout=30)
 
-            print(f"\nQueries per request ({vendor}, as Django logs them; test client, no sendfile)")
+            print(f"\nQueries per request ({vendor}, as Django logs them; no sendfile)")
             for name, n in queries.items():
                 print(f"  {name:32} {n}")
 
