@@ -223,12 +223,18 @@ def remote_bought(home, tmp_path):
     return make
 
 
+def use_file(monkeypatch, file):
+    """Hand-offs serve this instance of the file (whose storage the test replaced)."""
+    find = links.find_handoff
+    monkeypatch.setattr(links, "find_handoff", lambda ticket: (find(ticket)[0], file))
+
+
 @pytest.mark.parametrize("name", ["s3", "presigned"])
 def test_presigned_redirect_lives_seconds_and_names_the_file(
     client, remote_bought, monkeypatch, name
 ):
     issued, file, storage = remote_bought(SigningStorage)
-    monkeypatch.setattr(links, "get_product_file", lambda link, file_id: file)
+    use_file(monkeypatch, file)
     SigningStorage.calls.clear()
     with backend(name, PRESIGNED_URL_LIFETIME=20):
         response = client.get(press(client, issued, file))
@@ -248,7 +254,7 @@ def test_presigned_redirect_lives_seconds_and_names_the_file(
 def test_every_presigned_redirect_counts(client, remote_bought, monkeypatch):
     """The storage serves any range, any number of times, while the URL lives."""
     issued, file, storage = remote_bought(SigningStorage)
-    monkeypatch.setattr(links, "get_product_file", lambda link, file_id: file)
+    use_file(monkeypatch, file)
     with backend("s3"):
         url = press(client, issued, file)
         for n, headers in enumerate(
@@ -271,7 +277,7 @@ def test_a_storage_that_cannot_presign_is_refused_before_counting(
     client, remote_bought, monkeypatch
 ):
     issued, file, storage = remote_bought(PlainStorage)
-    monkeypatch.setattr(links, "get_product_file", lambda link, file_id: file)
+    use_file(monkeypatch, file)
     with backend("s3"):
         response = client.get(press(client, issued, file))
     assert response.status_code == 503

@@ -19,23 +19,27 @@ as a download". Every request for bytes leaves a :class:`DownloadEvent` (:func:`
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import ipaddress
 import re
 import secrets
+from contextlib import nullcontext
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from enum import Enum
 from typing import Any, Literal
 
+from django.apps import apps
 from django.conf import settings
 from django.core import signing
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import F
 from django.http import HttpRequest
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.crypto import salted_hmac
+from django.utils.dateparse import parse_datetime
 from django.utils.translation import gettext_lazy as _
 from django.views.decorators.debug import sensitive_variables
 from wagtail.models import Site
@@ -249,6 +253,13 @@ def file_counts(link: DownloadLink) -> dict[int, int]:
     return dict(FileDownloadCount.objects.filter(link=link).values_list("file_id", "count"))
 
 
+def file_count(link: DownloadLink, file_id: int) -> int:
+    """Downloads counted so far on ``link`` for one file (one indexed read)."""
+    found = FileDownloadCount.objects.filter(link=link, file_id=file_id).values_list("count")
+    row = found.first()
+    return row[0] if row else 0
+
+
 def downloads_left(link: DownloadLink, count: int) -> int | None:
     """What is left of the per-file limit after ``count`` downloads; None: unlimited."""
     if link.download_limit is None:
@@ -275,6 +286,108 @@ def get_product_file(link: DownloadLink, file_id: int) -> AbstractProductFile | 
         if found is not None:
             return found  # type: ignore[return-value]
     return None
+
+
+# One query for the link, its purchase and a file: the hand-off GET and the button's POST run it
+# on every download, so its SQL is written once per process (``_link_file_sql``) rather than
+# compiled by the ORM each time (a select_related over some fifty columns costs more in Python
+# than the query costs the database). Rows become model instances through ``Model.from_db``
+# with each field's database converters, as the ORM's own iterator does.
+
+
+@dataclass(frozen=True)
+class _Columns:
+    model: type[Any]
+    fields: tuple[Any, ...]
+    converters: tuple[tuple[int, tuple[Any, ...], Any], ...]
+
+    @classmethod
+    def of(cls, model: type[Any], alias: str) -> _Columns:
+        fields = tuple(model._meta.concrete_fields)
+        converters = []
+        for index, field in enumerate(fields):
+            col = field.get_col(alias)
+            found = connection.ops.get_db_converters(col) + field.get_db_converters(connection)
+            if found:
+                converters.append((index, tuple(found), col))
+        return cls(model, fields, tuple(converters))
+
+    def select(self, alias: str) -> list[str]:
+        return [f"{alias}.{connection.ops.quote_name(f.column)}" for f in self.fields]
+
+    def instance(self, values: Any) -> Any:
+        values = list(values)
+        if values[0] is None:  # the primary key: a LEFT JOIN that found nothing
+            return None
+        for index, converters, col in self.converters:
+            for converter in converters:
+                values[index] = converter(values[index], col, connection)
+        return self.model.from_db(connection.alias, [f.attname for f in self.fields], values)
+
+
+@functools.cache
+def _link_file_sql(vendor: str, by: str) -> tuple[str, list[_Columns]]:
+    """SELECT link, purchase, each file model's row (``%s`` file id), the file's count on the
+    link (``%s`` file id), WHERE link.``by`` = ``%s``. Cached per database vendor."""
+    quote = connection.ops.quote_name
+    columns = [_Columns.of(DownloadLink, "l"), _Columns.of(Purchase, "p")]
+    joins = []
+    for index, model in enumerate(product_file_models()):
+        alias = f"f{index}"
+        columns.append(_Columns.of(model, alias))
+        page = quote(model._meta.get_field("page").column)
+        joins.append(
+            f"LEFT OUTER JOIN {_table(model)} {alias} "
+            f"ON {alias}.{quote(model._meta.pk.column)} = %s AND {alias}.{page} = p.product_id"
+        )
+    aliases = ["l", "p", *(f"f{index}" for index in range(len(joins)))]
+    selected = [name for c, alias in zip(columns, aliases, strict=True) for name in c.select(alias)]
+    counter = _table(FileDownloadCount)
+    count = f"(SELECT c.count FROM {counter} c WHERE c.link_id = l.id AND c.file_id = %s)"  # noqa: S608
+    sql = (
+        f"SELECT {', '.join(selected)}, {count} FROM {_table(DownloadLink)} l "  # noqa: S608
+        f"INNER JOIN {_table(Purchase)} p ON p.id = l.purchase_id {' '.join(joins)} "
+        f"WHERE l.{quote(by)} = %s"
+    )
+    return sql, columns
+
+
+def _find_link_and_file(
+    by: str, value: Any, file_id: int
+) -> tuple[DownloadLink | None, AbstractProductFile | None, int]:
+    sql, columns = _link_file_sql(connection.vendor, by)
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [file_id] * (len(columns) - 2) + [file_id, value])
+        row = cursor.fetchone()
+    if row is None:
+        return None, None, 0
+    start, parts = 0, []
+    for c in columns:
+        parts.append(c.instance(row[start : start + len(c.fields)]))
+        start += len(c.fields)
+    link, purchase, *files = parts
+    link.purchase = purchase
+    file = next((f for f in files if f is not None), None)
+    return link, file, row[-1] or 0
+
+
+def find_handoff(ticket: Handoff) -> tuple[DownloadLink | None, AbstractProductFile | None]:
+    """The link a hand-off names (with its purchase) and its file when the file belongs to the
+    link's product (else None), in one query."""
+    link, file, _ = _find_link_and_file("id", ticket.link_id, ticket.file_id)
+    return link, file
+
+
+@sensitive_variables("raw")
+def find_link_with_file(
+    raw: Any, file_id: int
+) -> tuple[DownloadLink | None, AbstractProductFile | None, int]:
+    """For the download button: the link a raw token names (in whatever state), the product file
+    ``file_id`` if it is the link's product's, and the downloads counted on that file, in one
+    query."""
+    if not isinstance(raw, str) or not TOKEN_RE.match(raw):
+        return None, None, 0
+    return _find_link_and_file("token_hash", hash_token(raw), file_id)
 
 
 def download_page_url(raw: str, *, purchase: Purchase | None = None) -> str:
@@ -481,22 +594,154 @@ def reserve_download(
     download. A request that would count at the limit is refused, and its hand-off with it, for
     good: it serves nothing again, even if counts are given back later.
 
-    Everything is decided under the link and file's counter row lock, which every request on the
-    hand-off takes, so parallel requests at the limit queue on it and only as many pass as the
-    limit allows (on databases with row locks; SQLite serialises writers instead).
+    One transaction, few statements: the hand-off's row is created or locked first (so a
+    hand-off's requests are decided one at a time), a count is reserved by one conditional upsert
+    of the file's counter (``count < limit``: of parallel requests on other hand-offs at the
+    limit only as many pass as it allows), and the event is written in the same commit. On
+    PostgreSQL all of it is one statement (:func:`_reserve_in_one_statement`); elsewhere a few
+    in one transaction (SQLite serialises writers anyway).
     """
     now = now or timezone.now()
+    if connection.vendor == "postgresql":
+        terms = _Terms(promised=promised, size=size, may_be_free=may_be_free, now=now)
+        return _reserve_in_one_statement(request, link, file.pk, handoff, terms)
     with transaction.atomic():
-        counter = _lock_counter(link, file)
-        state = _handoff_state(link, file, handoff, now)
+        state = _lock_handoff(link, file, handoff, now)
         if state.refused_at is None:
-            counts = not (may_be_free and _free(state, promised=promised, size=size, now=now))
-            if not (counts and _at_limit(link, counter.count)):
-                return _serve(request, link, state, counts=counts, promised=promised, now=now)
+            if may_be_free and _free(state, promised=promised, size=size, now=now):
+                return _serve_free(request, link, state, promised=promised, now=now)
+            if _reserve_count(link, file.pk):
+                return _serve_counted(request, link, state, promised=promised, now=now)
             # Saved before raising: the refusal outlives this request.
-            state.refused_at = now
-            state.save(update_fields=["refused_at"])
+            DownloadHandoff.objects.filter(pk=state.pk).update(refused_at=now)
     raise LinkUsedUp(link)
+
+
+@dataclass(frozen=True)
+class _Terms:
+    promised: int
+    size: int
+    may_be_free: bool
+    now: datetime
+
+
+#: PostgreSQL: the whole decision of a GET on a hand-off as one statement, so it costs one
+#: round trip and commits on its own. ``cur`` locks the hand-off's row (FOR UPDATE in READ
+#: COMMITTED waits for a parallel request on it and reads its result); the counter's
+#: conditional upsert reserves a count only while below the limit; the event, the hand-off
+#: and the link's total follow from the outcome. A brand-new hand-off has no row to lock: two
+#: first requests at once both try to insert it, and the loser's whole statement fails on the
+#: unique nonce (undoing its count) and is run again, finding the winner's row.
+_ONE_STATEMENT = """
+WITH cur AS (
+    SELECT id, counted_at, bytes_promised, refused_at FROM {handoff} WHERE nonce = %(nonce)s
+    FOR UPDATE
+), decision AS (
+    SELECT CASE
+        WHEN EXISTS (SELECT 1 FROM cur WHERE refused_at IS NOT NULL) THEN 'gone'
+        WHEN %(may_be_free)s AND EXISTS (
+            SELECT 1 FROM cur WHERE counted_at > %(window_start)s
+            AND bytes_promised + %(promised)s <= %(budget)s
+        ) THEN 'free'
+        ELSE 'count'
+    END AS what
+), counter AS (
+    INSERT INTO {counter} (link_id, file_id, count)
+    SELECT %(link)s, %(file)s, 1 FROM decision WHERE what = 'count' AND %(may_count)s
+    ON CONFLICT (link_id, file_id) DO UPDATE SET count = {counter}.count + 1 {below_limit}
+    RETURNING 1
+), outcome AS (
+    SELECT CASE
+        WHEN what = 'count' THEN
+            CASE WHEN EXISTS (SELECT 1 FROM counter) THEN 'counted' ELSE 'refused' END
+        ELSE what
+    END AS what FROM decision
+), event AS (
+    INSERT INTO {event} (link_id, file_id, created_at, outcome, counted, handoff, range_header,
+        bytes_promised, bytes_sent, ip_address, user_agent)
+    SELECT %(link)s, %(file)s, %(now)s, 'served', what = 'counted', %(nonce)s, %(range)s,
+        %(promised)s, NULL, %(ip)s, %(agent)s
+    FROM outcome WHERE what IN ('free', 'counted')
+    RETURNING id
+), new_handoff AS (
+    INSERT INTO {handoff} (link_id, file_id, nonce, created_at, counted_at, counted_event_id,
+        bytes_promised, refused_at)
+    SELECT %(link)s, %(file)s, %(nonce)s, %(now)s,
+        CASE WHEN o.what = 'counted' THEN %(now)s END, e.id,
+        CASE WHEN o.what = 'counted' THEN %(promised)s ELSE 0 END,
+        CASE WHEN o.what = 'refused' THEN %(now)s END
+    FROM outcome o LEFT JOIN event e ON true
+    WHERE NOT EXISTS (SELECT 1 FROM cur)
+), old_handoff AS (
+    UPDATE {handoff} h SET
+        counted_at = CASE WHEN o.what = 'counted' THEN %(now)s ELSE h.counted_at END,
+        counted_event_id = CASE WHEN o.what = 'counted' THEN e.id ELSE h.counted_event_id END,
+        bytes_promised = CASE o.what WHEN 'counted' THEN %(promised)s
+            WHEN 'free' THEN h.bytes_promised + %(promised)s ELSE h.bytes_promised END,
+        refused_at = CASE WHEN o.what = 'refused' THEN %(now)s ELSE h.refused_at END
+    FROM cur, outcome o LEFT JOIN event e ON true
+    WHERE h.id = cur.id AND o.what <> 'gone'
+), total AS (
+    UPDATE {link} SET download_count = download_count + 1
+    WHERE id = %(link)s AND EXISTS (SELECT 1 FROM outcome WHERE what = 'counted')
+)
+SELECT o.what, e.id FROM outcome o LEFT JOIN event e ON true
+"""
+
+
+def _reserve_in_one_statement(
+    request: HttpRequest, link: DownloadLink, file_id: int, handoff: Handoff, terms: _Terms
+) -> DownloadEvent:
+    limit = link.download_limit
+    event = _event(
+        request,
+        link,
+        file_id,
+        "served",
+        handoff=handoff.nonce,
+        created_at=terms.now,
+        bytes_promised=terms.promised,
+    )
+    sql = _ONE_STATEMENT.format(
+        handoff=_table(DownloadHandoff),
+        counter=_table(FileDownloadCount),
+        event=_table(DownloadEvent),
+        link=_table(DownloadLink),
+        below_limit=f"WHERE {_table(FileDownloadCount)}.count < %(limit)s" if limit else "",
+    )
+    ip_field = DownloadEvent._meta.get_field("ip_address")
+    params = {
+        "nonce": handoff.nonce,
+        "may_be_free": terms.may_be_free,
+        "window_start": terms.now - app_settings.handoff_window,
+        "promised": terms.promised,
+        "budget": app_settings.handoff_byte_budget(terms.size),
+        "link": link.pk,
+        "file": file_id,
+        "may_count": limit is None or limit > 0,
+        "limit": limit,
+        "now": terms.now,
+        "range": event.range_header,
+        "ip": ip_field.get_db_prep_save(event.ip_address, connection),
+        "agent": event.user_agent,
+    }
+    for attempt in range(3):
+        try:
+            # Inside a caller's transaction (ATOMIC_REQUESTS, tests) a savepoint lets a lost race
+            # be run again; in autocommit the statement is its own transaction.
+            savepoint = transaction.atomic() if connection.in_atomic_block else nullcontext()
+            with savepoint, connection.cursor() as cursor:
+                cursor.execute(sql, params)
+                what, event.pk = cursor.fetchone()
+            break
+        except IntegrityError:
+            if attempt == 2:
+                raise
+    if what not in ("free", "counted"):
+        raise LinkUsedUp(link)
+    event.counted = what == "counted"
+    event._state.adding, event._state.db = False, connection.alias
+    return event
 
 
 def check_handoff(
@@ -520,7 +765,7 @@ def check_handoff(
             raise LinkUsedUp(link)
         if may_be_free and _free(state, promised=promised, size=size, now=now):
             return
-    if _at_limit(link, file_counts(link).get(file.pk, 0)):
+    if _at_limit(link, file_count(link, file.pk)):
         raise LinkUsedUp(link)
 
 
@@ -537,64 +782,168 @@ def _at_limit(link: DownloadLink, count: int) -> bool:
     return link.download_limit is not None and count >= link.download_limit
 
 
-def _handoff_state(
+def _table(model: type[Any]) -> str:
+    return connection.ops.quote_name(model._meta.db_table)
+
+
+def _aware(value: Any) -> datetime | None:
+    """A datetime column read by a raw cursor (SQLite hands back text, naive in UTC)."""
+    if value is None or isinstance(value, datetime) and timezone.is_aware(value):
+        return value
+    parsed = parse_datetime(value) if isinstance(value, str) else value
+    return timezone.make_aware(parsed, UTC) if parsed is not None else None
+
+
+def _lock_handoff(
     link: DownloadLink, file: AbstractProductFile, handoff: Handoff, now: datetime
 ) -> DownloadHandoff:
-    # Under the counter lock: no other request on this hand-off (same link and file) runs now.
-    state, _ = DownloadHandoff.objects.get_or_create(
-        nonce=handoff.nonce, defaults={"link": link, "file_id": file.pk, "created_at": now}
+    """The hand-off's row, created on its first request, locked until the transaction ends.
+
+    One statement: an insert that, when the nonce exists, rewrites a column with itself, which
+    takes the row lock (PostgreSQL: a parallel first request waits for the insert to commit,
+    then updates). Every request on the hand-off passes here first, so they queue on it.
+    """
+    table = _table(DownloadHandoff)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {table} (link_id, file_id, nonce, created_at, bytes_promised) "  # noqa: S608
+            "VALUES (%s, %s, %s, %s, 0) "
+            f"ON CONFLICT (nonce) DO UPDATE SET bytes_promised = {table}.bytes_promised "
+            "RETURNING id, link_id, file_id, created_at, counted_at, counted_event_id, "
+            "bytes_promised, refused_at",
+            [
+                link.pk,
+                file.pk,
+                handoff.nonce,
+                connection.ops.adapt_datetimefield_value(now),
+            ],
+        )
+        pk, link_id, file_id, created, counted, event_id, promised, refused = cursor.fetchone()
+    return DownloadHandoff(
+        pk=pk,
+        link_id=link_id,
+        file_id=file_id,
+        nonce=handoff.nonce,
+        created_at=_aware(created) or now,
+        counted_at=_aware(counted),
+        counted_event_id=event_id,
+        bytes_promised=promised,
+        refused_at=_aware(refused),
     )
-    return state
 
 
-def _serve(
+def _reserve_count(link: DownloadLink, file_id: int) -> bool:
+    """Count one download of ``file_id`` on ``link`` unless that file is at the link's limit.
+
+    One conditional upsert: the counter row is created at 1, or raised by 1 only while below the
+    limit; the database decides on the row's latest version under its lock, so of parallel
+    requests on one file only as many as the limit allows get a row back.
+    """
+    limit = link.download_limit
+    if limit is not None and limit <= 0:
+        return False
+    table = _table(FileDownloadCount)
+    below_limit = f" WHERE {table}.count < %s" if limit is not None else ""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {table} (link_id, file_id, count) VALUES (%s, %s, 1) "  # noqa: S608
+            f"ON CONFLICT (link_id, file_id) DO UPDATE SET count = {table}.count + 1"
+            f"{below_limit} RETURNING count",
+            [link.pk, file_id] + ([limit] if limit is not None else []),
+        )
+        return cursor.fetchone() is not None
+
+
+def _serve_free(
     request: HttpRequest,
     link: DownloadLink,
     state: DownloadHandoff,
     *,
-    counts: bool,
     promised: int,
     now: datetime,
 ) -> DownloadEvent:
-    if counts:
-        FileDownloadCount.objects.filter(link=link, file_id=state.file_id).update(
-            count=F("count") + 1
-        )
-        DownloadLink.objects.filter(pk=link.pk).update(download_count=F("download_count") + 1)
+    _execute(
+        f"UPDATE {_table(DownloadHandoff)} SET bytes_promised = bytes_promised + %s "  # noqa: S608
+        "WHERE id = %s",
+        [promised, state.pk],
+    )
+    return _served_event(request, link, state, counted=False, promised=promised, now=now)
+
+
+def _serve_counted(
+    request: HttpRequest,
+    link: DownloadLink,
+    state: DownloadHandoff,
+    *,
+    promised: int,
+    now: datetime,
+) -> DownloadEvent:
+    event = _served_event(request, link, state, counted=True, promised=promised, now=now)
+    # A new count starts a new window and budget, and is the one a release may give back.
+    _execute(
+        f"UPDATE {_table(DownloadHandoff)} SET counted_at = %s, counted_event_id = %s, "  # noqa: S608
+        "bytes_promised = %s WHERE id = %s",
+        [connection.ops.adapt_datetimefield_value(now), event.pk, promised, state.pk],
+    )
+    _execute(
+        f"UPDATE {_table(DownloadLink)} SET download_count = download_count + 1 "  # noqa: S608
+        "WHERE id = %s",
+        [link.pk],
+    )
+    return event
+
+
+def _execute(sql: str, params: list[Any]) -> None:
+    # The statements a download runs every time are written out rather than compiled by the ORM
+    # on each request (see _link_file_sql).
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+
+
+def _served_event(
+    request: HttpRequest,
+    link: DownloadLink,
+    state: DownloadHandoff,
+    *,
+    counted: bool,
+    promised: int,
+    now: datetime,
+) -> DownloadEvent:
     event = _event(
         request,
         link,
         state.file_id,
         "served",
         handoff=state.nonce,
-        counted=counts,
+        counted=counted,
         created_at=now,
         bytes_promised=promised,
     )
-    event.save()
-    if counts:
-        state.counted_at, state.counted_event, state.bytes_promised = now, event, promised
-    else:
-        state.bytes_promised += promised
-    state.save(update_fields=["counted_at", "counted_event", "bytes_promised"])
+    _insert(event)
     return event
 
 
-def _lock_counter(link: DownloadLink, file: AbstractProductFile) -> FileDownloadCount:
-    """The link's counter row for ``file``, locked until the transaction ends (created if new).
+@functools.cache
+def _insert_sql(vendor: str, label: str) -> tuple[str, tuple[Any, ...]]:
+    model = apps.get_model(label)
+    fields = tuple(f for f in model._meta.concrete_fields if not f.primary_key)
+    columns = ", ".join(connection.ops.quote_name(f.column) for f in fields)
+    values = ", ".join(["%s"] * len(fields))
+    pk = connection.ops.quote_name(model._meta.pk.column)
+    sql = f"INSERT INTO {_table(model)} ({columns}) VALUES ({values}) RETURNING {pk}"  # noqa: S608
+    return sql, fields
 
-    A row this transaction inserts is locked by the insert; a concurrent first download blocks
-    on the unique constraint, fails, and then waits for the lock like everyone else.
-    """
-    rows = FileDownloadCount.objects.select_for_update()
-    counter = rows.filter(link=link, file_id=file.pk).first()
-    if counter is None:
-        try:
-            with transaction.atomic():
-                counter = FileDownloadCount.objects.create(link=link, file_id=file.pk)
-        except IntegrityError:
-            counter = rows.get(link=link, file_id=file.pk)
-    return counter
+
+def _insert(instance: Any) -> None:
+    """``instance.save()`` for a new row of a model without signals or auto fields: the values
+    prepared by each field, as save() does, into a statement written once per process."""
+    sql, fields = _insert_sql(connection.vendor, instance._meta.label)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            sql, [f.get_db_prep_save(getattr(instance, f.attname), connection) for f in fields]
+        )
+        instance.pk = cursor.fetchone()[0]
+    instance._state.adding, instance._state.db = False, connection.alias
 
 
 def release_download(event: DownloadEvent) -> None:
@@ -605,11 +954,8 @@ def release_download(event: DownloadEvent) -> None:
     would have had none. A refused hand-off stays refused either way.
     """
     with transaction.atomic():
-        # The counter lock first, as every request on the hand-off takes it.
-        FileDownloadCount.objects.select_for_update().filter(
-            link_id=event.link_id, file_id=event.file_id or 0
-        ).first()
-        handoffs = DownloadHandoff.objects.filter(nonce=event.handoff)
+        # The hand-off's row lock first, as every request on the hand-off takes it.
+        handoffs = DownloadHandoff.objects.select_for_update().filter(nonce=event.handoff)
         state = handoffs.first() if event.handoff else None
         if state is not None and (
             state.counted_event_id != event.pk or state.bytes_promised != event.bytes_promised
@@ -680,6 +1026,70 @@ def read_archive_handoff(value: str) -> ArchiveHandoff:
     if not file_ids or len(nonce) > 16 or len(set(file_ids)) != len(file_ids):
         raise BadHandoff
     return ArchiveHandoff(link_id=link_id, file_ids=file_ids, nonce=nonce)
+
+
+# The archive's reservation (``reserve_archive``) locks every member's counter in id order, then
+# its hand-off rows; these helpers are its steps (a single file uses the one-statement path).
+
+
+def _handoff_state(
+    link: DownloadLink, file: AbstractProductFile, handoff: Handoff, now: datetime
+) -> DownloadHandoff:
+    # Under the counter lock: no other request on this hand-off (same link and file) runs now.
+    state, _ = DownloadHandoff.objects.get_or_create(
+        nonce=handoff.nonce, defaults={"link": link, "file_id": file.pk, "created_at": now}
+    )
+    return state
+
+
+def _serve(
+    request: HttpRequest,
+    link: DownloadLink,
+    state: DownloadHandoff,
+    *,
+    counts: bool,
+    promised: int,
+    now: datetime,
+) -> DownloadEvent:
+    if counts:
+        FileDownloadCount.objects.filter(link=link, file_id=state.file_id).update(
+            count=F("count") + 1
+        )
+        DownloadLink.objects.filter(pk=link.pk).update(download_count=F("download_count") + 1)
+    event = _event(
+        request,
+        link,
+        state.file_id,
+        "served",
+        handoff=state.nonce,
+        counted=counts,
+        created_at=now,
+        bytes_promised=promised,
+    )
+    event.save()
+    if counts:
+        state.counted_at, state.counted_event, state.bytes_promised = now, event, promised
+    else:
+        state.bytes_promised += promised
+    state.save(update_fields=["counted_at", "counted_event", "bytes_promised"])
+    return event
+
+
+def _lock_counter(link: DownloadLink, file: AbstractProductFile) -> FileDownloadCount:
+    """The link's counter row for ``file``, locked until the transaction ends (created if new).
+
+    A row this transaction inserts is locked by the insert; a concurrent first download blocks
+    on the unique constraint, fails, and then waits for the lock like everyone else.
+    """
+    rows = FileDownloadCount.objects.select_for_update()
+    counter = rows.filter(link=link, file_id=file.pk).first()
+    if counter is None:
+        try:
+            with transaction.atomic():
+                counter = FileDownloadCount.objects.create(link=link, file_id=file.pk)
+        except IntegrityError:
+            counter = rows.get(link=link, file_id=file.pk)
+    return counter
 
 
 def reserve_archive(

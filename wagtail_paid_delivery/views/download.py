@@ -19,7 +19,6 @@ from django.views.decorators.debug import sensitive_variables
 from django.views.decorators.http import require_POST, require_safe
 
 from .. import delivery, languages, links, screens, serving
-from ..models import DownloadLink
 from .responses import (
     add_strict_csp,
     delivery_headers,
@@ -73,17 +72,16 @@ def download(request: HttpRequest, token: str) -> HttpResponseBase:
 @sensitive_variables("token")
 def download_file(request: HttpRequest, token: str, file_id: int) -> HttpResponseBase:
     """The download button: check the link and the file, then 303 to a fresh hand-off URL."""
+    link, file, counted = links.find_link_with_file(token, file_id)  # one query
+    if link is None:
+        return not_found()
     try:
-        link = links.check_token(token)
+        links.check_link(link)
     except links.LinkRefused as error:
         return refused(request, error, token)
-    except links.LinkError:
-        return not_found()
-    file = links.get_product_file(link, file_id)
     if file is None:
         return not_found()
-    left = links.downloads_left(link, links.file_counts(link).get(file.pk, 0))
-    if left == 0:
+    if links.downloads_left(link, counted) == 0:
         return refused(request, links.LinkUsedUp(link), token)
     return see_other(links.handoff_url(link, file))
 
@@ -99,7 +97,7 @@ def handoff(request: HttpRequest, signed: str) -> HttpResponseBase:
         ticket = links.read_handoff(signed)
     except links.BadHandoff:
         return not_found()  # recorded nowhere: see the module docstring
-    link = DownloadLink.objects.select_related("purchase").filter(pk=ticket.link_id).first()
+    link, file = links.find_handoff(ticket)  # the link, its purchase and the file: one query
     if link is None:
         return not_found()
 
@@ -113,7 +111,6 @@ def handoff(request: HttpRequest, signed: str) -> HttpResponseBase:
     except links.LinkRefused as error:
         record(error.reason, ticket.file_id)
         return refused(request, error)
-    file = links.get_product_file(link, ticket.file_id)
     if file is None:
         return not_found()
     try:

@@ -1,0 +1,110 @@
+"""What one download costs the database, request by request, through the real URLs.
+
+The counted hand-off GET reads the link, its purchase and the file in one query, then decides
+and records everything in one transaction: on PostgreSQL one statement (lock the hand-off,
+reserve the count, write the event, the hand-off and the link's total), elsewhere a few.
+Nothing is counted again. Figures and the benchmark: docs/architecture.md and the README.
+"""
+
+from __future__ import annotations
+
+import pytest
+from django.core.files.base import ContentFile
+from django.db import connection
+from django.urls import reverse
+
+from tests.factories import ProductFileFactory, ProductPageFactory, PurchaseFactory
+from tests.test_serving import counts, server_close
+from wagtail_paid_delivery import links
+from wagtail_paid_delivery.models import DownloadEvent, DownloadHandoff
+
+pytestmark = pytest.mark.django_db
+
+DATA = b"x" * 10_000
+
+
+@pytest.fixture
+def bought(home):
+    product = ProductPageFactory(parent=home, title="Atlas", files=0, download_limit=3)
+    file = ProductFileFactory(page=product, title="Atlas", file=ContentFile(DATA, name="a.bin"))
+    issued = links.issue_link(PurchaseFactory(paid=True, product=product), reason="webhook")
+    return issued, file
+
+
+def statements(captured) -> list[str]:
+    """The statements sent, without the test transaction's savepoints."""
+    return [q["sql"] for q in captured if "SAVEPOINT" not in q["sql"]]
+
+
+def get_file(client, url, **headers):
+    response = client.get(url, headers=headers)
+    body = b"".join(response.streaming_content)
+    # (As a WSGI server without sendfile: the close records the bytes sent, one UPDATE.)
+    server_close(response)
+    return response, body
+
+
+def test_the_download_page_runs_at_most_seven_queries(
+    client, bought, django_assert_max_num_queries
+):
+    issued, _ = bought
+    with django_assert_max_num_queries(7):
+        response = client.get(reverse("wagtail_paid_delivery:download", args=[issued.token]))
+    assert response.status_code == 200
+
+
+def test_the_button_reads_link_purchase_file_and_count_in_one_query(
+    client, bought, django_assert_max_num_queries
+):
+    issued, file = bought
+    url = reverse("wagtail_paid_delivery:download_file", args=[issued.token, file.pk])
+    with django_assert_max_num_queries(1) as captured:
+        response = client.post(url)
+    assert response.status_code == 303
+    assert statements(captured)[0].startswith("SELECT")
+
+
+def test_a_counted_hand_off_get_reads_once_and_writes_in_one_transaction(
+    client, bought, django_assert_max_num_queries
+):
+    issued, file = bought
+    url = client.post(reverse("wagtail_paid_delivery:download_file", args=[issued.token, file.pk]))[
+        "Location"
+    ]
+    postgresql = connection.vendor == "postgresql"
+    # One read; one statement (PostgreSQL) or five (SQLite) between the test transaction's
+    # SAVEPOINT and RELEASE (a transaction's BEGIN and COMMIT outside tests); the bytes-sent UPDATE.
+    expected = 5 if postgresql else 9
+    with django_assert_max_num_queries(expected) as captured:
+        response, body = get_file(client, url)
+    assert (response.status_code, body) == (200, DATA)
+    sent = statements(captured)
+    assert sent[0].startswith("SELECT") and all(not s.startswith("SELECT") for s in sent[1:])
+    if postgresql:
+        assert sent[1].lstrip().startswith("WITH cur AS")
+    assert counts(issued, file) == (1, 1)
+    event = DownloadEvent.objects.get()
+    assert (event.counted, event.bytes_promised, event.bytes_sent) == (True, 10_000, 10_000)
+    state = DownloadHandoff.objects.get()
+    assert (state.counted_event_id, state.bytes_promised) == (event.pk, 10_000)
+
+
+def test_a_free_follow_up_get_reads_once_and_counts_nothing(
+    client, bought, django_assert_max_num_queries
+):
+    issued, file = bought
+    url = client.post(reverse("wagtail_paid_delivery:download_file", args=[issued.token, file.pk]))[
+        "Location"
+    ]
+    get_file(client, url, Range="bytes=0-99")
+    # One read; one statement (PostgreSQL) or three (SQLite) in the transaction; the bytes sent.
+    expected = 5 if connection.vendor == "postgresql" else 7
+    with django_assert_max_num_queries(expected):
+        response, body = get_file(client, url, Range="bytes=100-")
+    assert (response.status_code, body) == (206, DATA[100:])
+    assert counts(issued, file) == (1, 1)
+    assert DownloadHandoff.objects.get().bytes_promised == 10_000
+    assert list(DownloadEvent.objects.order_by("pk").values_list("counted", flat=True)) == [
+        True,
+        False,
+    ]
