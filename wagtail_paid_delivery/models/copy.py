@@ -357,6 +357,9 @@ class DeliveryCopy(PreviewableMixin, models.Model):
             return self
         code = language.lower()
         wanted = [code, code.split("-")[0]]
+        # A copy of its own is written in the site's language: no query for its buyers.
+        if wanted[1] == settings.LANGUAGE_CODE.lower().split("-")[0]:
+            return self
         found = {c.language.lower(): c for c in self.translations.filter(language__in=wanted)}
         return next((found[w] for w in wanted if w in found), self)
 
