@@ -9,6 +9,7 @@ The only place in the project that reads the environment; it maps these variable
 ``STRIPE_WEBHOOK_SECRET``  webhook signing secret(s), comma-separated for several
 ``STRIPE_API_BASE``        a Stripe stand-in (stripe-mock, the sandbox emulator)
 ``SANDBOX_PORT``           the port runserver listens on (default 8000)
+``SANDBOX_VERBOSE``        ``1``: every routine log line too (stripe-python, django-q2, sweeps)
 =========================  ==============================================================
 
 Not for production: a fixed SECRET_KEY, DEBUG on, e-mail written to files.
@@ -29,6 +30,8 @@ VAR_DIR.mkdir(exist_ok=True)
 
 SANDBOX_PORT = int(os.environ.get("SANDBOX_PORT") or 8000)
 SANDBOX_URL = f"http://127.0.0.1:{SANDBOX_PORT}"
+# Quiet by default: the console shows the shop's purchase lines, requests and problems.
+SANDBOX_VERBOSE = os.environ.get("SANDBOX_VERBOSE", "") not in ("", "0")
 
 SECRET_KEY = "sandbox-only-not-secret-do-not-deploy"
 DEBUG = True
@@ -153,6 +156,8 @@ Q_CLUSTER = {
     "label": "Tasks",
     # Retries are the app's (backoff + sweep); the broker must not hand failed tasks back too.
     "ack_failures": True,
+    # Its routine INFO (each task picked up and processed, the every-minute sweep) only on demand.
+    "log_level": "INFO" if SANDBOX_VERBOSE else "WARNING",
 }
 
 # Stripe. With no key in the environment the sandbox uses fixed placeholder test credentials and
@@ -230,6 +235,11 @@ LOGGING = {
             "formatter": "django.server",
             "filters": ["redact_tokens"],
         },
+        "shop": {
+            "level": "INFO",
+            "class": "sandbox.home.logs.ShopHandler",
+            "filters": ["redact_tokens"],
+        },
         "mail_admins": {
             "level": "ERROR",
             "filters": ["require_debug_false", "redact_tokens"],
@@ -241,5 +251,26 @@ LOGGING = {
     "loggers": {
         "django": {"handlers": ["console", "mail_admins"], "level": "INFO", "propagate": False},
         "django.server": {"handlers": ["django.server"], "level": "INFO", "propagate": False},
+        # The purchase lines, prefixed "[shop]" (sandbox/home/logs.py): the sandbox's own, the
+        # package's "Purchase … paid / refunded" and "Email … sent".
+        **{
+            name: {"handlers": ["shop"], "level": "INFO", "propagate": False}
+            for name in (
+                "sandbox.shop",
+                "wagtail_paid_delivery.fulfillment",
+                "wagtail_paid_delivery.outbox",
+            )
+        },
+        # Routine: each Stripe request, each emulator webhook, Wagtail's page log and tasks.
+        **{
+            name: {"level": "INFO" if SANDBOX_VERBOSE else "WARNING"}
+            for name in (
+                "stripe",
+                "wagtail_paid_delivery",
+                "sandbox.stripe_emulator",
+                "wagtail",
+                "django_tasks",
+            )
+        },
     },
 }
