@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import hashlib
-import mimetypes
 import logging
+import mimetypes
 from datetime import timedelta
 from typing import Any
 
