@@ -156,8 +156,6 @@ Q_CLUSTER = {
     "label": "Tasks",
     # Retries are the app's (backoff + sweep); the broker must not hand failed tasks back too.
     "ack_failures": True,
-    # Its routine INFO (each task picked up and processed, the every-minute sweep) only on demand.
-    "log_level": "INFO" if SANDBOX_VERBOSE else "WARNING",
 }
 
 # Stripe. With no key in the environment the sandbox uses fixed placeholder test credentials and
@@ -261,11 +259,13 @@ LOGGING = {
                 "wagtail_paid_delivery.outbox",
             )
         },
-        # Routine: each Stripe request, each emulator webhook, Wagtail's page log and tasks.
+        # Routine: each Stripe request, each emulator webhook, django-q2's every task picked up
+        # and processed (the every-minute sweep and its heartbeat), Wagtail's page log and tasks.
         **{
             name: {"level": "INFO" if SANDBOX_VERBOSE else "WARNING"}
             for name in (
                 "stripe",
+                "django-q",
                 "wagtail_paid_delivery",
                 "sandbox.stripe_emulator",
                 "wagtail",
