@@ -213,6 +213,7 @@ LOGGING = {
         "require_debug_false": {"()": "django.utils.log.RequireDebugFalse"},
         "require_debug_true": {"()": "django.utils.log.RequireDebugTrue"},
         "redact_tokens": {"()": "wagtail_paid_delivery.log_filters.RedactTokensFilter"},
+        "hide_emulator_api": {"()": "sandbox.home.logs.HideEmulatorApiRequests"},
     },
     "formatters": {
         "django.server": {
@@ -231,7 +232,7 @@ LOGGING = {
             "level": "INFO",
             "class": "logging.StreamHandler",
             "formatter": "django.server",
-            "filters": ["redact_tokens"],
+            "filters": ["redact_tokens", *([] if SANDBOX_VERBOSE else ["hide_emulator_api"])],
         },
         "shop": {
             "level": "INFO",

@@ -24,3 +24,15 @@ class ShopHandler(logging.StreamHandler):  # type: ignore[type-arg]
         if isatty is not None and isatty():
             return f"{BOLD_GREEN}{line}{RESET}"
         return line
+
+
+class HideEmulatorApiRequests(logging.Filter):
+    """Drops runserver's access-log lines for the emulator's API (``/stripe-emulator/v1/…``).
+
+    They are the shop's own Stripe calls (each checkout, each re-read of a payment, the
+    ten-minute reconciliation) seen from the other side: routine, like stripe-python's request
+    log. The emulator's hosted pages and dashboard, what a person opens, still show.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return " /stripe-emulator/v1/" not in record.getMessage()
