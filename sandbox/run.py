@@ -7,6 +7,10 @@ Each server runs in its own process group (its own session), so the terminal's C
 only this launcher, which then stops both groups as a whole: runserver's autoreloader child and
 the cluster's worker processes go with them, and nothing is left running. SIGTERM and SIGHUP do
 the same. If either server exits on its own, the other is stopped too.
+
+Where to click (the shop, the admin and its login, the emulator's dashboard, the mail folder) is
+printed once, when the site answers an HTTP request, after the servers' start-up chatter.
+``SANDBOX_VERBOSE=1`` also shows every migration and the routine log lines the settings quiet.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -99,14 +105,25 @@ def kill_groups(children: dict[str, subprocess.Popen[bytes]]) -> None:
             proc.wait(timeout=5)
 
 
-def wait_for_port(port: int, timeout: float) -> bool:
+def wait_for_site(
+    base: str, timeout: float, children: dict[str, subprocess.Popen[bytes]], received: list[int]
+) -> bool:
+    """Poll until the site answers an HTTP request (any status): False if ``timeout`` seconds
+    pass, a server exits or a stop signal arrives first.
+
+    An open port is not enough: runserver's autoreloader may still be importing the project.
+    """
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and not received:
+        if any(proc.poll() is not None for proc in children.values()):
+            return False
         try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            with urllib.request.urlopen(base + "/", timeout=5):  # noqa: S310 (our own http URL)
                 return True
-        except OSError:
-            time.sleep(0.2)
+        except urllib.error.HTTPError:
+            return True  # an answer all the same (a 404, a 500 with its traceback in the log)
+        except (urllib.error.URLError, OSError):
+            time.sleep(0.3)
     return False
 
 
@@ -115,17 +132,30 @@ def port_in_use(port: int) -> bool:
         return probe.connect_ex(("127.0.0.1", port)) == 0
 
 
-def migrate_and_seed(port: int, env: dict[str, str]) -> bool:
-    """Run ``migrate`` then ``seed_sandbox``; False (after logging which) if one fails."""
-    for command in (
-        ["migrate", "--noinput"],
-        ["seed_sandbox", "--port", str(port), "--skip-checks"],
-    ):
-        log("manage.py " + " ".join(command))
-        if subprocess.run(MANAGE + command, env=env, cwd=ROOT, check=False).returncode:
-            log(f"manage.py {command[0]} failed.")
-            return False
-    return True
+def migrate_and_seed(port: int, env: dict[str, str], verbose: bool) -> list[str] | None:
+    """Run ``migrate`` then ``seed_sandbox``; the seed's summary (where to click), or None.
+
+    The seed's changes are shown at once; its summary is held back for ``log_ready``.
+    """
+    migrate = ["migrate", "--noinput", *([] if verbose else ["--verbosity", "0"])]
+    seed = ["seed_sandbox", "--port", str(port), "--skip-checks"]
+    log("manage.py migrate" + ("" if verbose else " (the first run takes a minute)"))
+    if subprocess.run(MANAGE + migrate, env=env, cwd=ROOT, check=False).returncode:
+        log("manage.py migrate failed.")
+        return None
+    log("manage.py seed_sandbox")
+    result = subprocess.run(
+        MANAGE + seed, env=env, cwd=ROOT, check=False, stdout=subprocess.PIPE, text=True
+    )
+    lines = result.stdout.splitlines()
+    cut = next((i for i, line in enumerate(lines) if line.startswith("Site:")), len(lines))
+    for line in lines[:cut]:
+        if line.strip():
+            print(line, flush=True)
+    if result.returncode:
+        log("manage.py seed_sandbox failed.")
+        return None
+    return lines[cut:]
 
 
 def start_servers(
@@ -149,13 +179,10 @@ def start_servers(
         log(f"started {name} (process group {children[name].pid})")
 
 
-def log_ready(port: int) -> None:
-    base = f"http://127.0.0.1:{port}"
-    log("")
-    log(f"Site:   {base}/")
-    log(f"Admin:  {base}/admin/   username: admin   password: admin (if unchanged)")
-    log("Mail:   sandbox/var/mail/      Files: sandbox/var/private/ (never served)")
-    log("Press Ctrl-C to stop.")
+def log_ready(summary: list[str]) -> None:
+    """Where to click, framed so it stands out from the servers' own lines."""
+    rule = "─" * 72
+    print("", rule, *summary, "Press Ctrl-C to stop.", rule, "", sep="\n", flush=True)
 
 
 def watch(children: dict[str, subprocess.Popen[bytes]], received: list[int]) -> str | None:
@@ -169,13 +196,15 @@ def watch(children: dict[str, subprocess.Popen[bytes]], received: list[int]) -> 
 
 def main() -> int:
     port = int(os.environ.get("SANDBOX_PORT") or 8000)
+    verbose = os.environ.get("SANDBOX_VERBOSE", "") not in ("", "0")
     env = {**os.environ, "SANDBOX_PORT": str(port), "PYTHONUNBUFFERED": "1"}
     env.setdefault("DJANGO_SETTINGS_MODULE", "sandbox.settings")
 
     if port_in_use(port):
         log(f"Port {port} is already in use. Choose another: SANDBOX_PORT=8001 make sandbox")
         return 2
-    if not migrate_and_seed(port, env):
+    summary = migrate_and_seed(port, env, verbose)
+    if summary is None:
         return 1
 
     received: list[int] = []
@@ -191,8 +220,10 @@ def main() -> int:
     exited: str | None = None
     try:
         start_servers(children, port, env)
-        if wait_for_port(port, timeout=60) and not received:
-            log_ready(port)
+        if wait_for_site(f"http://127.0.0.1:{port}", 120, children, received):
+            log_ready(summary)
+        elif not received and all(proc.poll() is None for proc in children.values()):
+            log(f"The site did not answer on port {port} within 120 s; see the lines above.")
         exited = watch(children, received)
     finally:
         # Stop both on any exit path, including an exception while starting or watching them.

@@ -7,7 +7,9 @@ CHROMIUM set to another binary) and Python playwright (installed with the [test]
 
 Besides the home and product pages it buys the field guide on the emulator's hosted page (a new
 paid purchase each run) and takes the success and download pages, in the sandbox's own layout,
-at 1280 and 390 px (shop-success-*.png, shop-download-*.png), in a browser set to Berlin time.
+at 1280 and 390 px (shop-success-*.png, shop-download-*.png), in a browser set to Berlin time, with
+the emulator's receipt and dashboard at the same widths (emulator-receipt-*.png,
+emulator-dashboard-*.png).
 """
 
 from __future__ import annotations
@@ -50,9 +52,17 @@ def shop_pages(browser, base: str, out: Path) -> None:
         page.wait_for_timeout(1500)
         page.reload(wait_until="networkidle")
     success = page.url
+    receipt = page.get_by_role("link", name="Stripe's receipt for this payment").get_attribute(
+        "href"
+    )
     to_downloads.click()
     page.wait_for_load_state("networkidle")
-    pages = {"shop-success": success, "shop-download": page.url}
+    pages = {
+        "shop-success": success,
+        "shop-download": page.url,
+        "emulator-receipt": receipt,
+        "emulator-dashboard": base + "/stripe-emulator/",
+    }
     for width, height in WIDTHS.items():
         page.set_viewport_size({"width": width, "height": height})
         for name, url in pages.items():

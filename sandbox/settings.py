@@ -9,6 +9,7 @@ The only place in the project that reads the environment; it maps these variable
 ``STRIPE_WEBHOOK_SECRET``  webhook signing secret(s), comma-separated for several
 ``STRIPE_API_BASE``        a Stripe stand-in (stripe-mock, the sandbox emulator)
 ``SANDBOX_PORT``           the port runserver listens on (default 8000)
+``SANDBOX_VERBOSE``        ``1``: every routine log line too (stripe-python, django-q2, sweeps)
 =========================  ==============================================================
 
 Not for production: a fixed SECRET_KEY, DEBUG on, e-mail written to files.
@@ -29,6 +30,8 @@ VAR_DIR.mkdir(exist_ok=True)
 
 SANDBOX_PORT = int(os.environ.get("SANDBOX_PORT") or 8000)
 SANDBOX_URL = f"http://127.0.0.1:{SANDBOX_PORT}"
+# Quiet by default: the console shows the shop's purchase lines, requests and problems.
+SANDBOX_VERBOSE = os.environ.get("SANDBOX_VERBOSE", "") not in ("", "0")
 
 SECRET_KEY = "sandbox-only-not-secret-do-not-deploy"
 DEBUG = True
@@ -216,6 +219,7 @@ LOGGING = {
         "require_debug_false": {"()": "django.utils.log.RequireDebugFalse"},
         "require_debug_true": {"()": "django.utils.log.RequireDebugTrue"},
         "redact_tokens": {"()": "wagtail_paid_delivery.log_filters.RedactTokensFilter"},
+        "hide_emulator_api": {"()": "sandbox.home.logs.HideEmulatorApiRequests"},
     },
     "formatters": {
         "django.server": {
@@ -234,6 +238,11 @@ LOGGING = {
             "level": "INFO",
             "class": "logging.StreamHandler",
             "formatter": "django.server",
+            "filters": ["redact_tokens", *([] if SANDBOX_VERBOSE else ["hide_emulator_api"])],
+        },
+        "shop": {
+            "level": "INFO",
+            "class": "sandbox.home.logs.ShopHandler",
             "filters": ["redact_tokens"],
         },
         "mail_admins": {
@@ -247,5 +256,28 @@ LOGGING = {
     "loggers": {
         "django": {"handlers": ["console", "mail_admins"], "level": "INFO", "propagate": False},
         "django.server": {"handlers": ["django.server"], "level": "INFO", "propagate": False},
+        # The purchase lines, prefixed "[shop]" (sandbox/home/logs.py): the sandbox's own, the
+        # package's "Purchase … paid / refunded" and "Email … sent".
+        **{
+            name: {"handlers": ["shop"], "level": "INFO", "propagate": False}
+            for name in (
+                "sandbox.shop",
+                "wagtail_paid_delivery.fulfillment",
+                "wagtail_paid_delivery.outbox",
+            )
+        },
+        # Routine: each Stripe request, each emulator webhook, django-q2's every task picked up
+        # and processed (the every-minute sweep and its heartbeat), Wagtail's page log and tasks.
+        **{
+            name: {"level": "INFO" if SANDBOX_VERBOSE else "WARNING"}
+            for name in (
+                "stripe",
+                "django-q",
+                "wagtail_paid_delivery",
+                "sandbox.stripe_emulator",
+                "wagtail",
+                "django_tasks",
+            )
+        },
     },
 }

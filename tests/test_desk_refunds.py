@@ -393,3 +393,26 @@ def test_what_cannot_be_refunded_is_refused(admin_client, home, fake_stripe):
         response = refund(admin_client, purchase, "1.00", key="d" * 32)
         assert expected[name] in messages_of(admin_client, response), name
     assert stripe_refunds(fake_stripe) == []
+
+
+def test_a_discounted_payment_refunded_in_full_is_not_offered_another_refund(admin_client, home):
+    """Full means what the buyer was charged (after a promotion code, with tax), which may be
+    less than the product's price: no "Refund through Stripe" button is left to confuse."""
+    purchase = PurchaseFactory(
+        status=S.REFUNDED,
+        amount=1900,
+        amount_total=1672,
+        amount_refunded=1672,
+        stripe_payment_intent_id="pi_discounted",
+    )
+    assert desk.refusal(desk.REFUND, purchase) == (
+        "Nothing is left to refund: the charge is refunded in full."
+    )
+    page = admin_client.get(url("inspect", purchase.pk)).content.decode()
+    assert url("refund", purchase.pk) not in page
+    assert "No: the purchase is refunded (" in page and ".)." not in page
+    # Part of it refunded: the rest is still offered.
+    purchase.amount_refunded = 1000
+    purchase.status = S.PAID
+    purchase.save()
+    assert desk.refusal(desk.REFUND, purchase) == ""

@@ -9,7 +9,9 @@ suite's own database (SQLite or PostgreSQL) is not involved.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
+import logging
 import os
 import re
 import signal
@@ -562,11 +564,109 @@ def test_a_sale_in_the_sandbox_leaves_the_shops_new_sale_email_in_its_mail_folde
             if "Subject: [TEST] New sale:" in text:
                 notice = text
     assert "To: owner@sandbox.invalid" in notice
-    # The emulator adds 10 % tax in the sandbox: the notice says what was charged.
+    # What was charged: the sandbox's emulator adds its 10 % tax to the $19.00 price.
     assert "Subject: [TEST] New sale: Field Guide (PDF), $20.90" in notice
     assert "Buyer: ada@example.com" in notice and "Mode: TEST" in notice
     assert re.search(rf"{re.escape(base)}/admin/shop/purchases/\d+/", notice)
     assert "/shop/d/" not in notice
+
+    # The console: the purchase's lines stand out, the routine chatter around them is quiet.
+    deadline = time.monotonic() + 30
+    while "[shop] Email" not in running_sandbox.output:
+        assert time.monotonic() < deadline, running_sandbox.output[-3000:]
+        time.sleep(0.3)
+    output = running_sandbox.output
+    assert "[shop] Checkout started: Field Guide (PDF), $19.00 (purchase " in output
+    assert re.search(r"^\[shop\] Purchase [0-9a-f-]{36} paid \(session cs_", output, re.M)
+    assert re.search(r"^\[shop\] Email \d+ \(delivery\) sent", output, re.M)
+    assert "\033[" not in output  # no colour codes when the console is not a terminal
+    for routine in (
+        "Request to Stripe api",  # stripe-python, each request
+        "Stripe API response",
+        "ready for work",  # django-q2's start-up and every task it picks up
+        "Processed '",
+        "Stripe emulator: checkout.session.completed",  # each webhook the emulator sends
+        "Applying wagtailcore",  # every migration
+        "Task id=",  # Wagtail's background tasks while seeding
+        '"POST /stripe-emulator/v1/checkout/sessions',  # the shop's calls, seen by the emulator
+        '"GET /stripe-emulator/v1/',
+    ):
+        assert routine not in output, routine
+
+
+def test_run_prints_where_to_click_once_after_the_site_answered(running_sandbox):
+    base = running_sandbox.sandbox.base_url
+    output = running_sandbox.output
+    assert output.count("Site:   ") == 1 and output.count("Press Ctrl-C to stop.") == 1
+    # After runserver's start-up lines (printed before it listens), and after an answer: the
+    # launcher's own request is in the access log (which may print just after the block).
+    assert output.index("Starting development server") < output.index("Site:   ")
+    assert '"GET / HTTP/1.1" 200' in output
+    block = output[output.index("Site:   ") : output.index("Press Ctrl-C to stop.")]
+    assert f"Site:   {base}/\n" in block
+    assert f"Field Guide (PDF): $19.00  {base}/field-guide/" in block
+    assert f"Admin:  {base}/admin/\n" in block and "username: admin   password: admin" in block
+    assert f"Stripe: {base}/stripe-emulator/" in block and "emulator's dashboard" in block
+    mail = re.search(r"^Mail:   (.+)/$", block, re.M)
+    assert mail and Path(mail.group(1)) == running_sandbox.sandbox.root / "mail"
+
+
+def test_sandbox_verbose_brings_the_routine_loggers_back(sandbox):
+    levels = """
+import logging
+result = {name: logging.getLogger(name).getEffectiveLevel()
+          for name in ("stripe", "django-q", "wagtail_paid_delivery.inbox", "sandbox.shop")}
+"""
+    quiet = sandbox.query(levels)
+    assert quiet == {
+        "stripe": logging.WARNING,
+        "django-q": logging.WARNING,
+        "wagtail_paid_delivery.inbox": logging.WARNING,
+        "sandbox.shop": logging.INFO,
+    }
+    sandbox.env["SANDBOX_VERBOSE"] = "1"
+    assert set(sandbox.query(levels).values()) == {logging.INFO}
+
+
+def test_shop_lines_are_coloured_only_on_a_terminal():
+    from sandbox.home.logs import BOLD_GREEN, ShopHandler
+
+    class Console(io.StringIO):
+        def __init__(self, tty: bool) -> None:
+            super().__init__()
+            self.tty = tty
+
+        def isatty(self) -> bool:
+            return self.tty
+
+    record = logging.makeLogRecord({"msg": "Download served: %s", "args": ("Field Guide",)})
+    for tty, expected in (
+        (False, "[shop] Download served: Field Guide"),
+        (True, f"{BOLD_GREEN}[shop] Download served: Field Guide\033[0m"),
+    ):
+        console = Console(tty)
+        ShopHandler(console).emit(record)
+        assert console.getvalue() == expected + "\n"
+
+
+def test_trigger_names_the_host_and_port_it_could_not_reach(sandbox):
+    closed = free_port()  # nothing listens there
+    env = {**sandbox.env, "SANDBOX_PORT": str(closed)}
+    result = subprocess.run(
+        [*MANAGE, "trigger", "pay", "cs_test_nobody"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1, result.stderr
+    assert f"Could not reach the Stripe emulator at 127.0.0.1:{closed} " in result.stderr
+    assert f"(http://127.0.0.1:{closed}/stripe-emulator)" in result.stderr
+    assert "Connection refused" in result.stderr and "SANDBOX_PORT" in result.stderr
+    # stripe-python's paragraph and a logged warning would bury the sentence.
+    assert "support@stripe.com" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
 
 
 def test_ctrl_c_stops_runserver_and_qcluster_with_nothing_left(sandbox):
@@ -621,3 +721,57 @@ def test_browser_home_lists_both_products_with_prices_and_opens_a_product(
         assert "Sample Pack" in page.locator(".pd-files").inner_text()
     finally:
         page.close()
+
+
+NO_SIDEWAYS_SCROLL = "() => document.documentElement.scrollWidth <= window.innerWidth"
+
+
+@pytest.mark.browser
+def test_browser_a_purchase_on_a_phone_fits_every_emulator_page_and_is_logged(
+    chromium_path, running_sandbox, headless_chromium
+):
+    """390 px wide: buy on the emulator's page, read Stripe's receipt, see the dashboard, then
+    download; no page scrolls sideways, the file is labelled by its type, the console says so."""
+    base = running_sandbox.sandbox.base_url
+    context = headless_chromium.new_context(viewport={"width": 390, "height": 844})
+    page = context.new_page()
+    try:
+        page.goto(base + "/field-guide/", wait_until="networkidle")
+        assert "PDF ·" in page.locator(".pd-files").inner_text()
+        page.get_by_role("button", name="Buy now").click()
+        page.wait_for_load_state("networkidle")
+        assert "/stripe-emulator/pay/" in page.url
+        assert page.evaluate(NO_SIDEWAYS_SCROLL), "checkout"
+        page.fill("#email", "phone@example.com")
+        page.fill("#promotion_code", "SANDBOX20")
+        page.locator("button.pay").click()
+        page.wait_for_url("**/thanks/**")
+        to_downloads = page.get_by_role("link", name="Go to your downloads")
+        for _ in range(20):  # the webhook may be a moment behind the redirect
+            if to_downloads.count():
+                break
+            page.wait_for_timeout(500)
+            page.reload(wait_until="networkidle")
+        success = page.url
+        receipt = page.get_by_role("link", name="Stripe's receipt for this payment")
+        page.goto(receipt.get_attribute("href"), wait_until="networkidle")
+        assert "Promotion code SANDBOX20" in page.inner_text("main")
+        assert page.evaluate(NO_SIDEWAYS_SCROLL), "receipt"
+        page.goto(base + "/stripe-emulator/", wait_until="networkidle")
+        assert "phone@example.com" in page.inner_text("main")
+        assert page.evaluate(NO_SIDEWAYS_SCROLL), "dashboard"
+
+        page.goto(success, wait_until="networkidle")
+        page.get_by_role("link", name="Go to your downloads").click()
+        page.wait_for_load_state("networkidle")
+        assert page.evaluate(NO_SIDEWAYS_SCROLL), "download page"
+        assert page.locator(".meta").first.inner_text().startswith("PDF · ")
+        with page.expect_download() as download:
+            page.get_by_role("button", name="Download").first.click()
+        assert download.value.suggested_filename == "field-guide.pdf"
+    finally:
+        context.close()
+    deadline = time.monotonic() + 10
+    while "[shop] Download served: Field Guide (order " not in running_sandbox.output:
+        assert time.monotonic() < deadline, running_sandbox.output[-3000:]
+        time.sleep(0.2)

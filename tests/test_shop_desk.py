@@ -445,7 +445,7 @@ def test_inspect_view_says_why_the_link_stopped_working(admin_client, home):
         status=S.REFUNDED, status_reason="Refunded in full."
     )
     verdict = admin_client.get(url("inspect", purchase.pk)).context["verdict"]
-    assert verdict.text == "No: the purchase is refunded (Refunded in full.)."
+    assert verdict.text == "No: the purchase is refunded (Refunded in full)."
 
 
 def test_event_that_failed_before_finding_the_purchase_is_on_its_timeline(admin_client, home):

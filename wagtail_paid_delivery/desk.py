@@ -28,7 +28,7 @@ from django.utils.translation import ngettext
 from wagtail.log_actions import LogFormatter
 from wagtail.log_actions import log as log_action
 
-from . import fulfillment, inbox, links, outbox
+from . import fulfillment, inbox, links, outbox, payments
 from .models import DownloadLink, FileDownloadCount, OutboundEmail, Purchase, StripeEvent
 
 S = Purchase.Status
@@ -128,8 +128,10 @@ def _refund_refusal(purchase: Purchase) -> str:
         return str(_("Only a paid purchase can be refunded (this one is %(status)s).")) % {
             "status": purchase.get_status_display()
         }
-    if purchase.amount_refunded >= purchase.amount:
-        return str(_("The payment has been refunded in full."))
+    # Against what was charged (a promotion code can make it less than the price, tax more),
+    # so the inspect view stops offering the button as soon as the refund page would refuse.
+    if purchase.amount_refunded >= payments.amount_paid(purchase).amount:
+        return str(_("Nothing is left to refund: the charge is refunded in full."))
     return ""
 
 

@@ -462,7 +462,9 @@ class Verdict:
 
 def verdict(purchase: Purchase, overview: list[LinkSummary]) -> Verdict:
     if purchase.status != S.PAID:
-        why = purchase.status_reason or purchase.get_status_display()
+        # The reason is a sentence ("Refunded in full."): its full stop would double the one after
+        # the brackets.
+        why = (purchase.status_reason or purchase.get_status_display()).rstrip(".")
         text = str(_("No: the purchase is %(status)s (%(why)s).")) % {
             "status": purchase.get_status_display(),
             "why": why,

@@ -687,13 +687,6 @@ class RefundView(PurchaseActionView):
     def get_form_kwargs(self) -> dict[str, Any]:
         return {**super().get_form_kwargs(), "purchase": self.object}
 
-    def refusal(self) -> str:
-        # A promotion code can make the charge smaller than the price: nothing may be left
-        # although the purchase's price is not all refunded.
-        if not super().refusal() and refunds.amount_left(self.object) <= 0:
-            return str(_("Nothing is left to refund: the charge is refunded in full."))
-        return super().refusal()
-
     def post(self, request: HttpRequest, *args: Any, **kwargs: Any) -> Any:
         # A confirmation sent again (a double click, the browser's back button) after it
         # refunded: say what it did, before the checks that would now refuse it.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import mimetypes
 import zlib
 from datetime import timedelta
 from typing import Any
@@ -194,6 +195,15 @@ class AbstractProductFile(Orderable):
     def filename(self) -> str:
         return (self.file.name or "").rsplit("/", 1)[-1]
 
+    @property
+    def type_label(self) -> str:
+        """The stored file's type as buyers know it ("PDF", "ZIP", "WAV"); "" when unknown.
+
+        From the stored name (what the upload was called, as its download is named), never
+        from the title an editor typed, and without opening the file on a page view.
+        """
+        return file_type_label(self.filename)
+
     def save(self, *args: Any, **kwargs: Any) -> None:
         # Size and checksum (the file's ETag) always describe the stored file: a new upload is
         # measured as it is written; a file that is not the one this row names (an upload
@@ -222,6 +232,19 @@ class AbstractProductFile(Orderable):
             return not self.size and not self.sha256
         stored = type(self)._default_manager.filter(pk=self.pk).values_list("file", flat=True)
         return stored.first() != self.file.name
+
+
+def file_type_label(name: str) -> str:
+    """A short type label for a file name, through its media type: "report.Pdf" gives "PDF".
+
+    ``mimetypes`` maps the name to a media type and that type back to its usual extension, so
+    variants agree (".jpeg" and ".jpg" both give "JPG"); a name it does not know gives "".
+    """
+    media_type, _encoding = mimetypes.guess_type(name, strict=False)
+    if media_type is None:
+        return ""
+    extension = mimetypes.guess_extension(media_type, strict=False) or ""
+    return extension.lstrip(".").upper()
 
 
 def measure(field_file: Any) -> tuple[int, str, int | None]:

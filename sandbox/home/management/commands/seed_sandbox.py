@@ -121,6 +121,9 @@ class Command(BaseCommand):
             self.stdout.write(
                 f"        username: {ADMIN_USERNAME}   (password changed since it was seeded)"
             )
+        self.stdout.write(self.style.SUCCESS(f"Stripe: {stripe_line(base)}"))
+        self.stdout.write(self.style.SUCCESS(f"Mail:   {settings.EMAIL_FILE_PATH}/"))
+        self.stdout.write("        every email the shop sends, one file each (nothing leaves)")
 
     # Each step finds what is there and only creates or fixes what is missing.
 
@@ -220,3 +223,13 @@ class Command(BaseCommand):
             self.changes.append(f"Created the superuser {ADMIN_USERNAME!r}.")
             return True
         return user.check_password(ADMIN_PASSWORD)
+
+
+def stripe_line(base: str) -> str:
+    """Where payments go: the emulator's dashboard, or Stripe's test mode."""
+    api_base = settings.WAGTAIL_PAID_DELIVERY.get("STRIPE_API_BASE")
+    if api_base and api_base == getattr(settings, "STRIPE_EMULATOR_URL", None):
+        return f"{base}/stripe-emulator/   the emulator's dashboard (no real payment)"
+    if api_base:
+        return f"a stand-in at {api_base}"
+    return "Stripe test mode (STRIPE_SECRET_KEY): see the Stripe Dashboard"

@@ -11,9 +11,11 @@ CLI and Dashboard there (see the README).
 from __future__ import annotations
 
 import argparse
+import re
 import textwrap
 import uuid
 from typing import Any
+from urllib.parse import urlsplit
 
 import stripe
 from django.core.exceptions import ImproperlyConfigured
@@ -115,9 +117,7 @@ class Command(BaseCommand):
             raise CommandError(str(exc), returncode=2) from exc
         except StripeUnavailable as exc:
             raise CommandError(
-                f"The Stripe stand-in at {app_settings.STRIPE_API_BASE} could not be reached: "
-                f"{exc}. Is the sandbox running?",
-                returncode=1,
+                unreachable(app_settings.STRIPE_API_BASE, str(exc)), returncode=1
             ) from exc
         except stripe.StripeError as exc:
             message = getattr(exc, "user_message", None) or str(exc)
@@ -133,6 +133,20 @@ class Command(BaseCommand):
         verb = "makes (webhook held back)" if answer.get("webhooks") == "held" else "sends"
         for event_type in events:
             self.stdout.write(f"  {verb} {event_type}")
+
+
+def unreachable(api_base: str, error: str) -> str:
+    """Which host and port were tried, why it failed in a few words, and what to check."""
+    where = urlsplit(api_base)
+    host_port = f"{where.hostname}:{where.port or (443 if where.scheme == 'https' else 80)}"
+    # stripe-python's message wraps the socket error in a paragraph; keep the socket's words.
+    reason = re.search(r"\[Errno -?\d+\] ([^\"')]+)", error)
+    return (
+        f"Could not reach the Stripe emulator at {host_port} ({api_base}): "
+        f"{reason.group(1).strip() if reason else error.strip()}. Is the sandbox running on that "
+        "port? This command uses SANDBOX_PORT (default 8000) like `make sandbox`: run it with the "
+        "same SANDBOX_PORT as the sandbox."
+    )
 
 
 def _session_id(reference: str) -> str:
