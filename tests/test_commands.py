@@ -101,7 +101,7 @@ def test_trigger_reports_an_unreachable_stand_in_with_status_1(purchase, stand_i
     stand_in.set_down(True)
     error = fails("trigger", "pay", session_id)
     assert error.returncode == 1
-    assert "could not be reached" in str(error)
+    assert "Could not reach the Stripe emulator" in str(error)
 
 
 @needs_trigger
