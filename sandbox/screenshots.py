@@ -227,10 +227,12 @@ def step_5_library(walk: Walk) -> str:
 def step_6_refund(walk: Walk, success: str, link: str) -> None:
     """Refund in full on the emulator's dashboard; the link and the success page say so."""
     walk.session_on_dashboard(session_id(success), "Refund in full")
-    walk.shoot("6-refund")
     walk.goto(link)
     refunded = walk.page.get_by_role("heading", name="This purchase was refunded")
     walk.until(lambda: refunded.count() > 0, "the refund's webhook")
+    walk.goto("/stripe-emulator/")  # once the shop has it: both sides say refunded
+    walk.shoot("6-refund")
+    walk.goto(link)
     walk.shoot("6-refunded-link")
     walk.goto(success)
     walk.shoot("6-refunded-success")
@@ -242,10 +244,12 @@ def step_7_failed_debit(walk: Walk) -> None:
     walk.shoot("7-pending")
     since = time.time() - 1
     walk.session_on_dashboard(session_id(success), "Debit fails")
-    walk.shoot("7-debit-fails")
     walk.goto(success)
     failed = walk.page.get_by_role("heading", name="The payment did not go through")
     walk.until(lambda: failed.count() > 0, "the failed debit's webhook")
+    walk.goto("/stripe-emulator/")
+    walk.shoot("7-debit-fails")
+    walk.goto(success)
     walk.shoot("7-payment-failed")
     walk.show_email(walk.mail_html(since, "did not go through"))
     walk.shoot("7-payment-failed-email")
