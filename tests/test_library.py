@@ -54,6 +54,18 @@ def test_library_lists_the_users_paid_purchases_and_makes_no_link(client, buyer)
     assert not DownloadLink.objects.exists()
 
 
+def test_library_says_what_the_buyer_paid_tax_included(client, buyer):
+    """The receipt's total, not the list price: tax and discounts are what the buyer paid."""
+    user, mine, _, _ = buyer
+    Purchase.objects.filter(pk=mine.pk).update(
+        amount=1900, currency="USD", amount_subtotal=1900, amount_tax=190, amount_total=2090
+    )
+    client.force_login(user)
+    html = client.get(URL).content.decode()
+    assert "for $20.90" in html
+    assert "for $19.00" not in html
+
+
 @override_settings(WAGTAIL_PAID_DELIVERY={"LIBRARY_MATCH_EMAIL": True})
 def test_library_matches_verified_email_when_the_site_allows(client, buyer):
     user, mine, by_email, someone_elses = buyer

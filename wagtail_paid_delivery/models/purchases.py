@@ -153,6 +153,13 @@ class Purchase(models.Model):
         return currencies.format_price(self.amount, self.currency)
 
     @property
+    def paid_display(self) -> str:
+        """What the buyer paid, as their receipt's total says (tax and discounts included);
+        the price when no total was recorded."""
+        paid = self.amount if self.amount_total is None else self.amount_total
+        return currencies.format_price(paid, self.currency)
+
+    @property
     def amount_major(self) -> Decimal:
         """The amount in major units (12.50 for 1250 USD cents), for exports."""
         return currencies.to_major(self.amount, self.currency)
