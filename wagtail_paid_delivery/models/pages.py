@@ -70,6 +70,18 @@ class ProductPageMixin(models.Model):
             "and currency. Leave empty and the price above is sent to Stripe as it is."
         ),
     )
+    pay_what_you_want = models.BooleanField(
+        _("pay what you want"),
+        default=False,
+        help_text=_(
+            "Buyers choose the amount; the price above is the minimum (and the amount "
+            "suggested). The shop makes the Stripe Price itself."
+        ),
+    )
+    #: The Stripe Price (``custom_unit_amount``) the shop made for pay what you want, and the
+    #: currency and minimum it was made for ("USD 500"): a change makes a new one.
+    custom_price_id = models.CharField(max_length=255, blank=True, editable=False)
+    custom_price_terms = models.CharField(max_length=32, blank=True, editable=False)
     delivery_copy = models.ForeignKey(
         DeliveryCopy,
         verbose_name=_("delivery copy"),
@@ -100,6 +112,7 @@ class ProductPageMixin(models.Model):
         MultiFieldPanel(
             [
                 FieldRowPanel([FieldPanel("price_amount"), FieldPanel("currency")]),
+                FieldPanel("pay_what_you_want"),
                 FieldPanel("stripe_price_id"),
             ],
             heading=_("Price"),
@@ -126,6 +139,11 @@ class ProductPageMixin(models.Model):
     @property
     def price_display(self) -> str:
         return currencies.format_price(self.price_amount, self.currency)
+
+    @property
+    def custom_price_wanted(self) -> str:
+        """The terms the pay-what-you-want Price must have: currency and minimum."""
+        return f"{self.currency} {self.price_amount}"
 
     @cached_property
     def product_files(self) -> list[AbstractProductFile]:
