@@ -137,7 +137,9 @@ def test_paying_exactly_the_minimum_fulfills(
     client, product, fake_stripe, django_capture_on_commit_callbacks
 ):
     purchase = buy(client, product)
-    purchase = pay_and_notify(client, fake_stripe, purchase, 500, django_capture_on_commit_callbacks)
+    purchase = pay_and_notify(
+        client, fake_stripe, purchase, 500, django_capture_on_commit_callbacks
+    )
     assert purchase.status == Purchase.Status.PAID
     assert purchase.amount == 500
 
@@ -164,7 +166,9 @@ def test_a_subtotal_below_the_minimum_is_refused(
 ):
     purchase = buy(client, product)
 
-    purchase = pay_and_notify(client, fake_stripe, purchase, 499, django_capture_on_commit_callbacks)
+    purchase = pay_and_notify(
+        client, fake_stripe, purchase, 499, django_capture_on_commit_callbacks
+    )
 
     assert purchase.status == Purchase.Status.FAILED
     assert "subtotal 499 < minimum 500" in purchase.status_reason
@@ -179,7 +183,9 @@ def test_a_custom_price_with_a_lower_minimum_is_refused(
     item = fake_stripe.line_items[purchase.stripe_checkout_session_id][0]
     item["price"]["custom_unit_amount"]["minimum"] = 100
 
-    purchase = pay_and_notify(client, fake_stripe, purchase, 700, django_capture_on_commit_callbacks)
+    purchase = pay_and_notify(
+        client, fake_stripe, purchase, 700, django_capture_on_commit_callbacks
+    )
 
     assert purchase.status == Purchase.Status.FAILED
     assert "custom price minimum 100 < 500" in purchase.status_reason

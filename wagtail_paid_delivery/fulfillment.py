@@ -420,8 +420,7 @@ def fulfill_checkout(session_id: str) -> FulfillmentResult:
             locked.email = email or locked.email
             locked.livemode = bool(session.livemode)
             fields.update({"email", "livemode"})
-            if not problems:
-                fields |= _record_chosen_amount(locked, session)
+            fields |= _record_chosen_amount(locked, session, problems)
         result = apply(locked, state.state, state.reason, fields, problems=problems)
         if len(fields) > 1:
             locked.save(update_fields=sorted(fields))
@@ -434,11 +433,13 @@ def fulfill_checkout(session_id: str) -> FulfillmentResult:
     return result
 
 
-def _record_chosen_amount(purchase: Purchase, session: Any) -> set[str]:
+def _record_chosen_amount(purchase: Purchase, session: Any, problems: list[str]) -> set[str]:
     """A pay-what-you-want purchase's amount becomes what the buyer chose (the line's subtotal,
-    before discounts), so sales figures and refunds count it; a fixed price is left alone."""
+    before discounts), so sales figures and refunds count it; a fixed price, or a session with
+    ``problems`` (refused), is left alone."""
     items = list(getattr(getattr(session, "line_items", None), "data", None) or [])
-    if len(items) != 1 or getattr(getattr(items[0], "price", None), "custom_unit_amount", None) is None:
+    price = getattr(items[0], "price", None) if len(items) == 1 and not problems else None
+    if getattr(price, "custom_unit_amount", None) is None:
         return set()
     chosen = items[0].amount_subtotal
     if not isinstance(chosen, int) or chosen <= purchase.amount:

@@ -355,7 +355,12 @@ def create_refund(
 
 
 def create_custom_price(
-    *, currency: str, minimum: int, product_name: str, metadata: dict[str, str], idempotency_key: str
+    *,
+    currency: str,
+    minimum: int,
+    product_name: str,
+    metadata: dict[str, str],
+    idempotency_key: str,
 ) -> stripe.Price:
     """Create a one-time Price whose amount the buyer chooses, at least ``minimum`` minor units
     of ``currency`` (the minimum is also the amount Checkout suggests).

@@ -167,7 +167,10 @@ def _session_fields(params: dict[str, Any]) -> dict[str, Any]:
         if price.custom_minimum is not None:
             # The buyer types the amount on the hosted page; it starts at the preset.
             unit_amount = price.custom_preset or price.custom_minimum
-            custom = {"custom_minimum": price.custom_minimum, "custom_maximum": price.custom_maximum}
+            custom = {
+                "custom_minimum": price.custom_minimum,
+                "custom_maximum": price.custom_maximum,
+            }
     else:
         data = item.get("price_data") or {}
         try:
