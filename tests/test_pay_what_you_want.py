@@ -69,7 +69,7 @@ def test_checkout_makes_the_custom_price_once_and_sells_through_it(client, produ
     assert call.idempotency_key == f"wpd-custom-price-{product.pk}-USD-500"
     product.refresh_from_db()
     assert product.custom_price_id.startswith("price_")
-    assert product.custom_price_terms == "USD 500"
+    assert product.custom_price_terms == f"USD 500 {product.pk}"
     [session_call] = fake_stripe.calls("post", "/v1/checkout/sessions")
     assert session_call.params["line_items"] == [
         {"price": product.custom_price_id, "quantity": "1"}
@@ -92,7 +92,7 @@ def test_a_new_minimum_makes_a_new_price(client, product, fake_stripe):
 
     product.refresh_from_db()
     assert product.custom_price_id != old
-    assert product.custom_price_terms == "USD 800"
+    assert product.custom_price_terms == f"USD 800 {product.pk}"
     assert [c.params["custom_unit_amount"]["minimum"] for c in price_posts(fake_stripe)] == [
         "500",
         "800",
@@ -238,3 +238,16 @@ def test_editor_still_needs_a_minimum_above_zero(admin_client, home):
         add_url(home), product_data(two_files(), price_amount="0", pay_what_you_want="on")
     )
     assert form_errors(response)["price_amount"] == ["Enter a price above zero."]
+
+
+def test_a_copied_page_gets_its_own_price(client, product, fake_stripe):
+    buy(client, product)
+    product.refresh_from_db()
+    copy = product.copy(update_attrs={"slug": "field-guide-2", "title": "Field guide 2"})
+
+    buy(Client(), copy)
+
+    copy.refresh_from_db()
+    assert copy.custom_price_id not in ("", product.custom_price_id)
+    assert copy.custom_price_terms == f"USD 500 {copy.pk}"
+    assert len(price_posts(fake_stripe)) == 2

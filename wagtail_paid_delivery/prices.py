@@ -63,7 +63,7 @@ def custom_price_id(page: Any) -> str:
         minimum=page.price_amount,
         product_name=page.title[:250],
         metadata=tags,
-        idempotency_key=f"wpd-custom-price-{page.pk}-{terms.replace(' ', '-')}",
+        idempotency_key=f"wpd-custom-price-{page.pk}-{page.currency}-{page.price_amount}",
     )
     type(page)._default_manager.filter(pk=page.pk).update(
         custom_price_id=price.id, custom_price_terms=terms

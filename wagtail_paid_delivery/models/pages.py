@@ -79,9 +79,10 @@ class ProductPageMixin(models.Model):
         ),
     )
     #: The Stripe Price (``custom_unit_amount``) the shop made for pay what you want, and the
-    #: currency and minimum it was made for ("USD 500"): a change makes a new one.
+    #: currency, minimum and page it was made for ("USD 500 7"): a change makes a new one (a
+    #: copied page too: the copy is another product).
     custom_price_id = models.CharField(max_length=255, blank=True, editable=False)
-    custom_price_terms = models.CharField(max_length=32, blank=True, editable=False)
+    custom_price_terms = models.CharField(max_length=64, blank=True, editable=False)
     delivery_copy = models.ForeignKey(
         DeliveryCopy,
         verbose_name=_("delivery copy"),
@@ -142,8 +143,8 @@ class ProductPageMixin(models.Model):
 
     @property
     def custom_price_wanted(self) -> str:
-        """The terms the pay-what-you-want Price must have: currency and minimum."""
-        return f"{self.currency} {self.price_amount}"
+        """The terms the pay-what-you-want Price must have: currency, minimum and page."""
+        return f"{self.currency} {self.price_amount} {self.pk}"
 
     @cached_property
     def product_files(self) -> list[AbstractProductFile]:
