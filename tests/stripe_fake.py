@@ -280,6 +280,8 @@ class FakeStripe(stripe.HTTPClient):
         match = re.fullmatch(r"/v1/checkout/sessions/([^/]+)/line_items", path)
         if match and match[1] in self.sessions and method == "get":
             return self._ok(self._line_item_list(match[1]))
+        if method == "post" and path == "/v1/prices":
+            return self._ok(self.create_custom_price(params))
         if match := re.fullmatch(r"/v1/prices/([^/]+)", path):
             if method == "get" and match[1] in self.prices:
                 return self._ok(self.prices[match[1]])
@@ -443,6 +445,23 @@ class FakeStripe(stripe.HTTPClient):
             self.prices[price_id] = price
         return price
 
+    def create_custom_price(self, params: dict[str, Any]) -> dict[str, Any]:
+        """POST /v1/prices with ``custom_unit_amount`` (pay what you want): no unit amount."""
+        custom = params["custom_unit_amount"]
+        minimum = int(custom["minimum"])
+        price = self.add_price(
+            minimum, params["currency"], product_name=params["product_data"]["name"]
+        )
+        with self._lock:
+            price.update(unit_amount=None, unit_amount_decimal=None)
+            price["custom_unit_amount"] = {
+                "maximum": None,
+                "minimum": minimum,
+                "preset": int(custom.get("preset") or minimum),
+            }
+            price["metadata"] = dict(params.get("metadata") or {})
+        return {k: v for k, v in price.items() if k[0] != "_"}
+
     def create_session(self, params: dict[str, Any]) -> dict[str, Any]:
         """Create a session from decoded params (what POST /v1/checkout/sessions does)."""
         items = []
@@ -460,7 +479,9 @@ class FakeStripe(stripe.HTTPClient):
                     int(data["unit_amount"]), data["currency"], product_name=description
                 )
                 price = {k: v for k, v in price.items() if k[0] != "_"}
-            amount = int(price["unit_amount"]) * quantity
+            custom = price.get("custom_unit_amount")
+            unit = custom["preset"] if custom else price["unit_amount"]
+            amount = int(unit) * quantity
             items.append(
                 {
                     "amount_discount": 0,
@@ -535,8 +556,12 @@ class FakeStripe(stripe.HTTPClient):
         amount_discount: int = 0,
         amount_tax: int = 0,
         tax_inclusive: bool = False,
+        chosen_amount: int | None = None,
     ) -> dict[str, Any]:
         """The buyer completes the hosted page: session complete, PaymentIntent created.
+
+        ``chosen_amount``: what the buyer typed for a Price with ``custom_unit_amount`` (the
+        fake does not hold it to the minimum: Stripe would; fulfillment must too).
 
         ``amount_discount`` (a promotion code) lowers the total; ``amount_tax`` raises it, or is
         part of it when ``tax_inclusive`` (Stripe Tax's inclusive prices).
@@ -545,6 +570,10 @@ class FakeStripe(stripe.HTTPClient):
         """
         with self._lock:
             session = self.sessions[session_id]
+            if chosen_amount is not None:
+                item = self.line_items[session_id][0]
+                item["amount_subtotal"] = item["amount_total"] = chosen_amount
+                session["amount_subtotal"] = chosen_amount
             total = max(0, (session["amount_subtotal"] or 0) - amount_discount)
             total += 0 if tax_inclusive else amount_tax
             pi_data = session["_payment_intent_data"]

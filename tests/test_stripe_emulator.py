@@ -639,3 +639,58 @@ def test_promotion_code_and_tax_reach_the_buyers_receipt(
     assert "Subtotal $12.50 Discount \u2212$2.50 Tax $1.00 Total paid $11.00" in receipt
     stripe_receipt = client.get(urlsplit(purchase.receipt_url).path).content.decode()
     assert "SANDBOX20" in stripe_receipt and "$11.00" in stripe_receipt
+
+
+# Pay what you want: a Price with custom_unit_amount, the amount typed on the hosted page -------
+
+
+@pytest.fixture
+def pwyw_hosted(client, home, emulator):
+    page = ProductPageFactory(
+        parent=home, title="Songbook", price_amount=500, currency="USD", pay_what_you_want=True
+    )
+    response = client.post(
+        reverse("wagtail_paid_delivery:checkout", args=[page.pk]), HTTP_ORIGIN="http://testserver"
+    )
+    assert response.status_code == 303
+    return page, Purchase.objects.get(), urlsplit(response["Location"]).path
+
+
+def test_emulator_makes_the_custom_price_and_the_page_asks_for_the_amount(client, pwyw_hosted):
+    page, purchase, hosted = pwyw_hosted
+    page.refresh_from_db()
+    price = stripe_api.retrieve_price(page.custom_price_id)
+    assert price.unit_amount is None
+    assert price.custom_unit_amount.to_dict() == {"maximum": None, "minimum": 500, "preset": 500}
+    assert price.metadata["wpd_product"] == str(page.pk)
+
+    html = client.get(hosted).content.decode()
+    assert "Choose your price" in html and "at least $5.00" in html
+    assert 'name="amount" value="5.00"' in html
+
+
+def test_emulator_refuses_an_amount_below_the_minimum(client, pwyw_hosted, emulator):
+    _, purchase, hosted = pwyw_hosted
+    for typed in ("4.99", "five", "5.001", "-7", "NaN"):
+        response = client.post(
+            hosted, {"action": "pay", "email": "ada@example.com", "amount": typed}
+        )
+        assert response.status_code == 400, typed
+        assert "enter an amount no lower than the minimum shown" in response.content.decode()
+    assert emulator == []
+    assert state(purchase) == Purchase.Status.PENDING
+
+
+def test_pay_what_you_want_through_the_emulator(
+    client, pwyw_hosted, emulator, django_capture_on_commit_callbacks
+):
+    _, purchase, hosted = pwyw_hosted
+    with django_capture_on_commit_callbacks(execute=True):
+        paid = client.post(hosted, {"action": "pay", "email": "ada@example.com", "amount": "12"})
+    assert paid.status_code == 303
+    assert deliver_all(client, emulator, django_capture_on_commit_callbacks)[0] == (
+        "checkout.session.completed"
+    )
+    assert state(purchase) == Purchase.Status.PAID
+    assert purchase.amount == purchase.amount_total == 1200
+    assert "$12.00" in client.get(paid["Location"]).content.decode()

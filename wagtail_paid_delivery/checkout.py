@@ -53,7 +53,7 @@ from . import fulfillment, languages, metadata, stripe_api
 from .conf import SETTINGS_NAME, app_settings
 from .links import truncate_ip
 from .models import Purchase
-from .prices import stripe_price_problems
+from .prices import custom_price_id, stripe_price_problems
 
 logger = logging.getLogger(__name__)
 
@@ -90,8 +90,10 @@ def session_params(purchase: Purchase, page: Any, customer_email: str | None) ->
     Built from the purchase's snapshot (not the live page), so a second click sends exactly the
     same parameters and Stripe answers its idempotency key with the same session.
     """
-    if page.stripe_price_id:
-        line_item: dict[str, Any] = {"price": page.stripe_price_id, "quantity": 1}
+    if page.pay_what_you_want:
+        line_item: dict[str, Any] = {"price": page.custom_price_id, "quantity": 1}
+    elif page.stripe_price_id:
+        line_item = {"price": page.stripe_price_id, "quantity": 1}
     else:
         line_item = {
             "price_data": {
@@ -191,6 +193,15 @@ def check_stripe_price(page: Any) -> None:
             " ".join(str(problem) for problem in problems),
         )
         raise CheckoutUnavailable(f"Price {page.stripe_price_id} does not match")
+
+
+def ensure_custom_price(page: Any) -> None:
+    """Make (once) the Stripe Price a pay-what-you-want ``page`` sells through."""
+    try:
+        custom_price_id(page)
+    except (stripe_api.StripeProblem, ImproperlyConfigured) as exc:
+        _log_refused(page, exc)
+        raise CheckoutUnavailable(f"No pay-what-you-want Price: {exc}") from exc
 
 
 def find_open_purchase(page: Any, bound_ids: Iterable[str]) -> Purchase | None:
@@ -295,7 +306,9 @@ def start_checkout(
     click got its session meanwhile. ``language``: the buyer's, when the site picks one per
     request (``request.LANGUAGE_CODE``); stored on a new purchase (``languages``).
     """
-    if page.stripe_price_id:
+    if page.pay_what_you_want:
+        ensure_custom_price(page)
+    elif page.stripe_price_id:
         check_stripe_price(page)
     if user is not None and not user.is_authenticated:
         user = None

@@ -27,7 +27,10 @@ class ProductPageForm(WagtailAdminPageForm):
             model_field = self.fields["price_amount"]
             self.fields["price_amount"] = forms.DecimalField(
                 label=model_field.label,
-                help_text=_("What the buyer pays, for example 12.50 (USD) or 1200 (JPY)."),
+                help_text=_(
+                    "What the buyer pays, for example 12.50 (USD) or 1200 (JPY); the minimum "
+                    "when buyers pay what they want."
+                ),
                 required=model_field.required,
                 min_value=Decimal("0"),
             )
@@ -39,6 +42,14 @@ class ProductPageForm(WagtailAdminPageForm):
     def clean(self) -> dict[str, Any]:
         cleaned = super().clean()
         self._clean_price(cleaned)
+        if cleaned.get("pay_what_you_want") and cleaned.get("stripe_price_id"):
+            self.add_error(
+                "stripe_price_id",
+                _(
+                    "Pay what you want sells through a Price the shop makes itself. Leave the "
+                    "Stripe Price id empty, or turn pay what you want off."
+                ),
+            )
         if not self.is_deferred_validation:
             self._check_stripe_price(cleaned)
             self._require_files()

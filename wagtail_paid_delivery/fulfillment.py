@@ -352,12 +352,32 @@ def line_item_problems(session: Any, purchase: Purchase) -> list[str]:
     price_id = getattr(price, "id", None)
     if expected_price_id and price_id != expected_price_id:
         problems.append(f"price {price_id} != {expected_price_id}")
-    unit_amount = getattr(price, "unit_amount", None)
-    if unit_amount != purchase.amount:
-        problems.append(f"unit amount {unit_amount} != {purchase.amount}")
-    if getattr(item, "amount_subtotal", None) != purchase.amount:
-        problems.append(f"subtotal {item.amount_subtotal} != {purchase.amount}")
-    return problems
+    return problems + amount_problems(item, price, purchase)
+
+
+def amount_problems(item: Any, price: Any, purchase: Any) -> list[str]:
+    """How the line's amount differs from the purchase's, before discounts.
+
+    A fixed price: unit amount and subtotal equal the purchase's amount. A Price with
+    ``custom_unit_amount`` (pay what you want): the subtotal, what the buyer chose, is at least
+    the purchase's amount (the page's minimum at checkout), and so is the Price's own minimum.
+    """
+    subtotal = getattr(item, "amount_subtotal", None)
+    custom = getattr(price, "custom_unit_amount", None)
+    if custom is None:
+        problems = []
+        unit_amount = getattr(price, "unit_amount", None)
+        if unit_amount != purchase.amount:
+            problems.append(f"unit amount {unit_amount} != {purchase.amount}")
+        if subtotal != purchase.amount:
+            problems.append(f"subtotal {subtotal} != {purchase.amount}")
+        return problems
+    minimum = getattr(custom, "minimum", None)
+    if not isinstance(minimum, int) or minimum < purchase.amount:
+        return [f"custom price minimum {minimum} < {purchase.amount}"]
+    if not isinstance(subtotal, int) or subtotal < purchase.amount:
+        return [f"subtotal {subtotal} < minimum {purchase.amount}"]
+    return []
 
 
 # Doors in --------------------------------------------------------------------------------------
@@ -400,6 +420,7 @@ def fulfill_checkout(session_id: str) -> FulfillmentResult:
             locked.email = email or locked.email
             locked.livemode = bool(session.livemode)
             fields.update({"email", "livemode"})
+            fields |= _record_chosen_amount(locked, session, problems)
         result = apply(locked, state.state, state.reason, fields, problems=problems)
         if len(fields) > 1:
             locked.save(update_fields=sorted(fields))
@@ -410,6 +431,21 @@ def fulfill_checkout(session_id: str) -> FulfillmentResult:
     elif result.changed:
         logger.info("Purchase %s %s: %s", locked.public_id, result.outcome, result.reason)
     return result
+
+
+def _record_chosen_amount(purchase: Purchase, session: Any, problems: list[str]) -> set[str]:
+    """A pay-what-you-want purchase's amount becomes what the buyer chose (the line's subtotal,
+    before discounts), so sales figures and refunds count it; a fixed price, or a session with
+    ``problems`` (refused), is left alone."""
+    items = list(getattr(getattr(session, "line_items", None), "data", None) or [])
+    price = getattr(items[0], "price", None) if len(items) == 1 and not problems else None
+    if getattr(price, "custom_unit_amount", None) is None:
+        return set()
+    chosen = items[0].amount_subtotal
+    if not isinstance(chosen, int) or chosen <= purchase.amount:
+        return set()
+    purchase.amount = chosen
+    return {"amount"}
 
 
 def _session_purchase(session: Any) -> tuple[Purchase | None, str]:

@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Any
 from django.core.exceptions import ImproperlyConfigured
 from django.utils.translation import gettext_lazy as _
 
-from . import currencies, stripe_api
+from . import currencies, metadata, stripe_api
+from .conf import app_settings
 
 if TYPE_CHECKING:  # lazy translations are str or Promise; the alias exists only for mypy
     from django_stubs_ext import StrOrPromise
@@ -43,6 +44,32 @@ def stripe_price_problems(price_id: str, amount: int, currency: str) -> list[Str
     except stripe_api.StripeRefused as exc:
         return [_("Stripe refused the check: %(error)s") % {"error": exc.user_message}]
     return price_problems(price, amount, currency)
+
+
+def custom_price_id(page: Any) -> str:
+    """The Stripe Price a pay-what-you-want ``page`` sells through, made when missing.
+
+    Made at the first checkout and again when the page's minimum or currency changed (the old
+    one is left to Stripe: sessions already open still pay through it). Stored on the page's
+    row only (no new revision): it is a cache of something Stripe holds, not editorial content.
+    Raises what ``stripe_api.create_custom_price`` raises.
+    """
+    if page.custom_price_id and page.custom_price_terms == page.custom_price_wanted:
+        return str(page.custom_price_id)
+    tags = {metadata.INSTALLATION: app_settings.installation_id, metadata.PRODUCT: str(page.pk)}
+    terms = page.custom_price_wanted
+    price = stripe_api.create_custom_price(
+        currency=page.currency,
+        minimum=page.price_amount,
+        product_name=page.title[:250],
+        metadata=tags,
+        idempotency_key=f"wpd-custom-price-{page.pk}-{page.currency}-{page.price_amount}",
+    )
+    type(page)._default_manager.filter(pk=page.pk).update(
+        custom_price_id=price.id, custom_price_terms=terms
+    )
+    page.custom_price_id, page.custom_price_terms = price.id, terms
+    return str(price.id)
 
 
 def price_problems(price: Any, amount: int, currency: str) -> list[StrOrPromise]:

@@ -354,6 +354,34 @@ def create_refund(
         )
 
 
+def create_custom_price(
+    *,
+    currency: str,
+    minimum: int,
+    product_name: str,
+    metadata: dict[str, str],
+    idempotency_key: str,
+) -> stripe.Price:
+    """Create a one-time Price whose amount the buyer chooses, at least ``minimum`` minor units
+    of ``currency`` (the minimum is also the amount Checkout suggests).
+
+    Checkout's inline ``price_data`` has no ``custom_unit_amount``, so pay-what-you-want needs
+    a stored Price. ``idempotency_key`` names the product, currency and minimum, so parallel
+    first checkouts make one Price. Raises ``StripeUnavailable`` or ``StripeRefused``.
+    """
+    params = {
+        "currency": currency.lower(),
+        "custom_unit_amount": {"enabled": True, "minimum": minimum, "preset": minimum},
+        "product_data": {"name": product_name},
+        "metadata": metadata,
+    }
+    with _translate_errors():
+        return get_client().v1.prices.create(
+            params,  # type: ignore[arg-type]
+            {"idempotency_key": idempotency_key},
+        )
+
+
 def retrieve_price(price_id: str) -> stripe.Price:
     """Fetch a Price. Raises ``StripeUnavailable`` or ``StripeRefused``."""
     with _translate_errors():

@@ -37,9 +37,13 @@ def _require(condition: bool, message: str) -> None:
         raise ActionRefused(message)
 
 
-def _start_payment(session: EmulatedSession, email: str, promotion_code: str = "") -> None:
+def _start_payment(
+    session: EmulatedSession, email: str, promotion_code: str = "", amount: int | None = None
+) -> None:
     _require(session.status == "open", f"the session is {session.status}, not open")
     try:
+        if amount is not None:  # the hosted page's, or the control API's (a string)
+            session.choose_amount(int(amount))
         session.apply_totals(promotion_code)
     except ValueError as exc:
         raise ActionRefused(str(exc)) from None
@@ -55,9 +59,16 @@ def _charge(session: EmulatedSession) -> None:
     session.charge_created = timezone.now()
 
 
-def pay(session: EmulatedSession, email: str = "", promotion_code: str = "", **_: Any) -> Events:
-    """A card payment: the session completes paid."""
-    _start_payment(session, email, promotion_code)
+def pay(
+    session: EmulatedSession,
+    email: str = "",
+    promotion_code: str = "",
+    amount: int | None = None,
+    **_: Any,
+) -> Events:
+    """A card payment: the session completes paid (``amount``: what the buyer chose, for a
+    pay-what-you-want Price)."""
+    _start_payment(session, email, promotion_code, amount)
     _require(bool(session.email), "an email address is needed")
     session.status = "complete"
     session.completed_at = timezone.now()
@@ -69,10 +80,14 @@ def pay(session: EmulatedSession, email: str = "", promotion_code: str = "", **_
 
 
 def pay_later(
-    session: EmulatedSession, email: str = "", promotion_code: str = "", **_: Any
+    session: EmulatedSession,
+    email: str = "",
+    promotion_code: str = "",
+    amount: int | None = None,
+    **_: Any,
 ) -> Events:
     """An asynchronous method (a bank debit): the session completes, the money follows."""
-    _start_payment(session, email, promotion_code)
+    _start_payment(session, email, promotion_code, amount)
     _require(bool(session.email), "an email address is needed")
     session.status = "complete"
     session.completed_at = timezone.now()

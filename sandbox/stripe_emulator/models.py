@@ -34,13 +34,23 @@ class EmulatedPrice(models.Model):
 
     id = models.CharField(primary_key=True, max_length=64, default=_price_id)
     product_name = models.CharField(max_length=255, default="Product")
-    unit_amount = models.PositiveIntegerField()
+    #: None for a Price whose amount the buyer chooses (``custom_unit_amount``).
+    unit_amount = models.PositiveIntegerField(null=True, blank=True)
     currency = models.CharField(max_length=3, default="usd")
     active = models.BooleanField(default=True)
     created = models.DateTimeField(default=timezone.now)
+    #: ``custom_unit_amount`` (pay what you want): the least, the most (None: Stripe's cap) and
+    #: the amount the hosted page suggests.
+    custom_minimum = models.PositiveIntegerField(null=True, blank=True)
+    custom_maximum = models.PositiveIntegerField(null=True, blank=True)
+    custom_preset = models.PositiveIntegerField(null=True, blank=True)
+    metadata = models.JSONField(default=dict, blank=True)
+    #: ``POST /v1/prices``'s ``Idempotency-Key``: a repeated request answers the same Price.
+    idempotency_key = models.CharField(max_length=255, null=True, blank=True, unique=True)
 
     def __str__(self) -> str:
-        return f"{self.id} ({self.unit_amount} {self.currency})"
+        amount = self.unit_amount if self.custom_minimum is None else f"≥{self.custom_minimum}"
+        return f"{self.id} ({amount} {self.currency})"
 
     def as_stripe(self) -> dict[str, Any]:
         return {
@@ -50,10 +60,10 @@ class EmulatedPrice(models.Model):
             "billing_scheme": "per_unit",
             "created": int(self.created.timestamp()),
             "currency": self.currency.lower(),
-            "custom_unit_amount": None,
+            "custom_unit_amount": self.custom_unit_amount(),
             "livemode": False,
             "lookup_key": None,
-            "metadata": {},
+            "metadata": dict(self.metadata or {}),
             "nickname": None,
             "product": f"prod_{self.id.removeprefix('price_')}",
             "recurring": None,
@@ -62,7 +72,16 @@ class EmulatedPrice(models.Model):
             "transform_quantity": None,
             "type": "one_time",
             "unit_amount": self.unit_amount,
-            "unit_amount_decimal": str(self.unit_amount),
+            "unit_amount_decimal": None if self.unit_amount is None else str(self.unit_amount),
+        }
+
+    def custom_unit_amount(self) -> dict[str, Any] | None:
+        if self.custom_minimum is None:
+            return None
+        return {
+            "maximum": self.custom_maximum,
+            "minimum": self.custom_minimum,
+            "preset": self.custom_preset,
         }
 
 
@@ -84,6 +103,10 @@ class EmulatedSession(models.Model):
     quantity = models.PositiveIntegerField(default=1)
     currency = models.CharField(max_length=3)
     price_id = models.CharField(max_length=64)
+    #: The Price's ``custom_unit_amount`` minimum and maximum: the buyer types the amount on
+    #: the hosted page (``unit_amount`` starts at the preset). None: a fixed price.
+    custom_minimum = models.PositiveIntegerField(null=True, blank=True)
+    custom_maximum = models.PositiveIntegerField(null=True, blank=True)
     success_url = models.TextField()
     cancel_url = models.TextField(blank=True)
     client_reference_id = models.CharField(max_length=255, blank=True)
@@ -154,6 +177,16 @@ class EmulatedSession(models.Model):
         self.amount_discount = self.amount_subtotal * percent // 100
         taxed = self.amount_subtotal - self.amount_discount
         self.amount_tax = taxed * TAX_PERCENT // 100 if self.automatic_tax else 0
+
+    def choose_amount(self, amount: int) -> None:
+        """The buyer's amount for a custom Price (ValueError outside its minimum and maximum)."""
+        if self.custom_minimum is None:
+            raise ValueError("this price has a fixed amount")
+        if amount < self.custom_minimum:
+            raise ValueError("enter an amount no lower than the minimum shown")
+        if self.custom_maximum is not None and amount > self.custom_maximum:
+            raise ValueError("enter an amount no higher than the maximum")
+        self.unit_amount = amount
 
     def price_object(self) -> dict[str, Any]:
         price = EmulatedPrice.objects.filter(pk=self.price_id).first()

@@ -15,6 +15,7 @@ urlpatterns = [
         views.api_line_items,
         name="api_line_items",
     ),
+    path("v1/prices", views.api_prices, name="api_prices"),
     path("v1/prices/<str:price_id>", views.api_price, name="api_price"),
     path(
         "v1/payment_intents/<str:payment_intent_id>",

@@ -157,16 +157,20 @@ def _session_fields(params: dict[str, Any]) -> dict[str, Any]:
     item = items[0]
     if not params.get("success_url"):
         raise ValueError("Missing required param: success_url.")
+    custom: dict[str, Any] = {}
     if "price" in item:
         price = EmulatedPrice.objects.filter(pk=item["price"]).first()
         if price is None:
             raise LookupError(f"No such price: '{item['price']}'")
-        product_name, unit_amount, currency, price_id = (
-            price.product_name,
-            price.unit_amount,
-            price.currency,
-            price.id,
-        )
+        product_name, currency, price_id = price.product_name, price.currency, price.id
+        unit_amount = price.unit_amount
+        if price.custom_minimum is not None:
+            # The buyer types the amount on the hosted page; it starts at the preset.
+            unit_amount = price.custom_preset or price.custom_minimum
+            custom = {
+                "custom_minimum": price.custom_minimum,
+                "custom_maximum": price.custom_maximum,
+            }
     else:
         data = item.get("price_data") or {}
         try:
@@ -188,6 +192,7 @@ def _session_fields(params: dict[str, Any]) -> dict[str, Any]:
         "customer_email": params.get("customer_email", ""),
         "metadata": params.get("metadata") or {},
         "payment_intent_metadata": (params.get("payment_intent_data") or {}).get("metadata") or {},
+        **custom,
     }
 
 
@@ -213,6 +218,53 @@ def api_line_items(request: HttpRequest, session_id: str) -> HttpResponse:
             404, f"No such checkout.session: '{session_id}'", code="resource_missing"
         )
     return JsonResponse(session.line_items())
+
+
+@api_view
+@require_POST
+def api_prices(request: HttpRequest) -> HttpResponse:
+    """POST /v1/prices: a one-time Price, fixed (``unit_amount``) or chosen by the buyer
+    (``custom_unit_amount[enabled]=true`` with ``minimum``, ``maximum``, ``preset``), with
+    ``product_data[name]``; honours ``Idempotency-Key`` like Stripe."""
+    key = request.headers.get("Idempotency-Key") or None
+    existing = EmulatedPrice.objects.filter(idempotency_key=key).first() if key else None
+    if existing is not None:
+        return JsonResponse(existing.as_stripe())
+    try:
+        fields = _price_fields(decode_form(request.body.decode()))
+    except (KeyError, TypeError, ValueError) as exc:
+        return stripe_error(400, f"The Price is incomplete or invalid: {exc}")
+    try:
+        price = EmulatedPrice.objects.create(idempotency_key=key, **fields)
+    except IntegrityError:  # the same key, in a concurrent request
+        price = EmulatedPrice.objects.get(idempotency_key=key)
+    return JsonResponse(price.as_stripe())
+
+
+def _price_fields(params: dict[str, Any]) -> dict[str, Any]:
+    def amount(value: Any) -> int | None:
+        if value in (None, ""):
+            return None
+        number = int(value)
+        if number < 0:
+            raise ValueError("amounts cannot be negative")
+        return number
+
+    fields: dict[str, Any] = {
+        "currency": str(params["currency"]).lower()[:3],
+        "product_name": str(params["product_data"]["name"])[:255],
+        "metadata": params.get("metadata") or {},
+    }
+    custom = params.get("custom_unit_amount") or {}
+    if str(custom.get("enabled")).lower() == "true":
+        fields["custom_minimum"] = amount(custom.get("minimum")) or 0
+        fields["custom_maximum"] = amount(custom.get("maximum"))
+        fields["custom_preset"] = amount(custom.get("preset"))
+    else:
+        fields["unit_amount"] = amount(params["unit_amount"])
+        if fields["unit_amount"] is None:
+            raise ValueError("unit_amount is required")
+    return fields
 
 
 @api_view
@@ -483,10 +535,11 @@ def hosted_checkout(request: HttpRequest, session_id: str) -> HttpResponse:
         else:
             if action not in ("pay", "pay_later", "decline"):
                 action = "pay"
+            params: dict[str, Any] = {"email": email, "promotion_code": promotion_code}
+            if action != "decline" and session.custom_minimum is not None:
+                params["amount"] = _chosen_amount(request.POST.get("amount", ""), session)
             try:
-                session, events = actions.perform(
-                    session.pk, action, {"email": email, "promotion_code": promotion_code}
-                )
+                session, events = actions.perform(session.pk, action, params)
             except actions.ActionRefused as exc:
                 error = f"This payment cannot go ahead: {exc}."
             else:
@@ -513,11 +566,27 @@ def hosted_checkout(request: HttpRequest, session_id: str) -> HttpResponse:
             "declined": session.status == "open" and session.payment_error,
             "success_url": session.success_url.replace("{CHECKOUT_SESSION_ID}", session.id),
             "dashboard_url": reverse("stripe_emulator:dashboard"),
+            "chosen_amount": request.POST.get("amount", "")[:20]
+            or to_major(session.unit_amount, session.currency.upper()),
+            "minimum": format_price(session.custom_minimum or 0, session.currency.upper()),
         },
         status=400 if error else 200,
     )
     response["Cache-Control"] = "no-store"
     return response
+
+
+def _chosen_amount(typed: str, session: EmulatedSession) -> int:
+    """The amount the buyer typed (major units, "12.50") in minor units; -1 when it is not an
+    amount in the session's currency, which the pay action refuses as below the minimum."""
+    try:
+        major = Decimal(typed.strip().replace(",", "."))
+    except InvalidOperation:
+        return -1
+    minor = major.scaleb(exponent(session.currency.upper())) if major.is_finite() else None
+    if minor is None or minor != minor.to_integral_value() or minor > 10**10:
+        return -1
+    return int(minor)
 
 
 @require_GET

@@ -70,6 +70,19 @@ class ProductPageMixin(models.Model):
             "and currency. Leave empty and the price above is sent to Stripe as it is."
         ),
     )
+    pay_what_you_want = models.BooleanField(
+        _("pay what you want"),
+        default=False,
+        help_text=_(
+            "Buyers choose the amount; the price above is the minimum (and the amount "
+            "suggested). The shop makes the Stripe Price itself."
+        ),
+    )
+    #: The Stripe Price (``custom_unit_amount``) the shop made for pay what you want, and the
+    #: currency, minimum and page it was made for ("USD 500 7"): a change makes a new one (a
+    #: copied page too: the copy is another product).
+    custom_price_id = models.CharField(max_length=255, blank=True, editable=False)
+    custom_price_terms = models.CharField(max_length=64, blank=True, editable=False)
     delivery_copy = models.ForeignKey(
         DeliveryCopy,
         verbose_name=_("delivery copy"),
@@ -100,6 +113,7 @@ class ProductPageMixin(models.Model):
         MultiFieldPanel(
             [
                 FieldRowPanel([FieldPanel("price_amount"), FieldPanel("currency")]),
+                FieldPanel("pay_what_you_want"),
                 FieldPanel("stripe_price_id"),
             ],
             heading=_("Price"),
@@ -126,6 +140,11 @@ class ProductPageMixin(models.Model):
     @property
     def price_display(self) -> str:
         return currencies.format_price(self.price_amount, self.currency)
+
+    @property
+    def custom_price_wanted(self) -> str:
+        """The terms the pay-what-you-want Price must have: currency, minimum and page."""
+        return f"{self.currency} {self.price_amount} {self.pk}"
 
     @cached_property
     def product_files(self) -> list[AbstractProductFile]:
