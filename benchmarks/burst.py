@@ -181,9 +181,7 @@ def measure(count: int, start: float, acked_at: float, posted: int) -> dict[str,
     from wagtail_paid_delivery.models import OutboundEmail, Purchase, StripeEvent
 
     arrived = dict(StripeEvent.objects.values_list("purchase_id", "received_at"))
-    sent = dict(
-        OutboundEmail.objects.filter(kind="delivery").values_list("purchase_id", "sent_at")
-    )
+    sent = dict(OutboundEmail.objects.filter(kind="delivery").values_list("purchase_id", "sent_at"))
     paid = [p.timestamp() for p in Purchase.objects.values_list("paid_at", flat=True)]
     waits = sorted((sent[pk] - arrived[pk]).total_seconds() for pk in sent)
     last_email = max(s.timestamp() for s in sent.values())
