@@ -182,8 +182,13 @@ def measure(count: int, start: float, acked_at: float, posted: int) -> dict[str,
 
     arrived = dict(StripeEvent.objects.values_list("purchase_id", "received_at"))
     sent = dict(OutboundEmail.objects.filter(kind="delivery").values_list("purchase_id", "sent_at"))
-    paid = [p.timestamp() for p in Purchase.objects.values_list("paid_at", flat=True)]
+    paid_at = dict(Purchase.objects.values_list("pk", "paid_at"))
+    paid = [p.timestamp() for p in paid_at.values()]
     waits = sorted((sent[pk] - arrived[pk]).total_seconds() for pk in sent)
+    # Where the wait goes: before the purchase is paid (the event's queue and task), after it
+    # (the email's queue and task).
+    to_paid = [(paid_at[pk] - arrived[pk]).total_seconds() for pk in sent]
+    to_email = [(sent[pk] - paid_at[pk]).total_seconds() for pk in sent]
     last_email = max(s.timestamp() for s in sent.values())
     return {
         "acks": posted / (acked_at - start),
@@ -192,6 +197,8 @@ def measure(count: int, start: float, acked_at: float, posted: int) -> dict[str,
         "p50": statistics.median(waits),
         "p99": percentile(waits, 0.99),
         "max": waits[-1],
+        "to_paid": statistics.median(to_paid),
+        "to_email": statistics.median(to_email),
         "total": last_email - start,
     }
 
@@ -261,6 +268,10 @@ def report(label: str, figures: dict[str, float], delay_ms: int, workers: int) -
     print(f"  purchases fulfilled/s        {figures['fulfilled']:8.1f}  (delivery email written)")
     print(f"  fulfilled/acknowledged       {ratio:8.2f}")
     print(f"  webhook arrival -> email     p50 {figures['p50']:.1f} s, p99 {figures['p99']:.1f} s")
+    print(
+        f"  of which, medians: arrival -> paid {figures['to_paid']:.1f} s, "
+        f"paid -> email {figures['to_email']:.1f} s"
+    )
     print(f"  whole burst, first post to last email {figures['total']:.1f} s")
     print("  every purchase paid once, one delivery email each: OK")
 
