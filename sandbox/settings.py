@@ -170,6 +170,8 @@ Q_CLUSTER = {
 SANDBOX_STRIPE_SECRET_KEY = "sk_test_sandbox_placeholder"
 SANDBOX_STRIPE_WEBHOOK_SECRET = "whsec_sandbox_placeholder"
 STRIPE_EMULATOR_URL = f"{SANDBOX_URL}/stripe-emulator"
+# Milliseconds the emulator waits before answering each API call (Stripe takes a few hundred).
+STRIPE_EMULATOR_DELAY_MS = int(os.environ.get("STRIPE_EMULATOR_DELAY_MS", "0"))
 
 STRIPE_PLACEHOLDER_CREDENTIALS = not os.environ.get("STRIPE_SECRET_KEY")
 if STRIPE_PLACEHOLDER_CREDENTIALS:

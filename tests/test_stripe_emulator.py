@@ -8,6 +8,7 @@ emulator sends on Pay is captured and posted to the package's webhook view.
 from __future__ import annotations
 
 import re
+import time
 from datetime import timedelta
 from typing import Any
 from urllib.parse import urlsplit
@@ -161,6 +162,15 @@ def test_emulator_refuses_a_wrong_or_missing_api_key(client, emulator):
         response = client.get("/stripe-emulator/v1/prices/price_x", **headers)
         assert response.status_code == 401
         assert response.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_emulator_answers_each_api_call_after_the_configured_delay(client, emulator, settings):
+    """STRIPE_EMULATOR_DELAY_MS stands for Stripe's own latency (benchmarks/burst.py)."""
+    settings.STRIPE_EMULATOR_DELAY_MS = 150
+    started = time.monotonic()
+    response = client.get("/stripe-emulator/v1/prices/price_x")
+    assert response.status_code == 401
+    assert time.monotonic() - started >= 0.15
 
 
 def test_buy_pay_webhook_success_through_the_emulator(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hmac
 import json
 import re
+import time
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -78,6 +79,10 @@ def api_view(view: Any) -> Any:
 
     @csrf_exempt
     def wrapped(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        # Stripe's own API answers in a few hundred milliseconds; a benchmark can say how many.
+        delay_ms = getattr(settings, "STRIPE_EMULATOR_DELAY_MS", 0)
+        if delay_ms:
+            time.sleep(delay_ms / 1000)
         if not _authorized(request):
             return stripe_error(401, "Invalid API Key provided.")
         response = view(request, *args, **kwargs)

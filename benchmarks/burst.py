@@ -1,0 +1,337 @@
+"""A launch-day burst, end to end: webhooks at once, a real cluster, Stripe's emulator as Stripe.
+
+    python benchmarks/burst.py [--purchases 1000 | --quick] [--delay-ms MS] [--workers N]
+                               [--broker orm|redis] [--clients 16]
+
+N pending purchases (checked out through the shop's Buy view, each with its session at the
+emulator) are paid at the emulator; their ``checkout.session.completed`` events, signed with
+Stripe's scheme, are then posted at once by a pool of keep-alive clients, with 10 % sent twice
+(Stripe's retries) and about a tenth swapped out of order, to the shop in gunicorn on
+PostgreSQL, while a django-q2 cluster (``manage.py qcluster``) fulfils them and sends the
+delivery emails (the file mail backend) through the emulator in a second gunicorn.
+
+It prints webhook acknowledgements per second, purchases paid and fulfilled (delivery email
+written) per second, p50/p99 from each purchase's first webhook arrival (``StripeEvent
+.received_at``) to its delivery email's ``sent_at``, and asserts every purchase paid once with
+one delivery email. Without ``--delay-ms`` it makes two runs, the emulator answering at once
+(target: fulfilled/s >= 0.4 x acknowledged/s) and answering each call after 250 ms (target:
+p99 payment-to-email < 60 s), the second with ``--delayed-workers`` cluster workers.
+
+The processes come from tests/processes.py (each in its own process group, all killed at the
+end); their settings are benchmarks/settings_burst.py. The database (``--database-url``,
+PostgreSQL) is dropped and created for each run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import random
+import statistics
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from urllib.parse import urlsplit
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.processes import (  # noqa: E402
+    Processes,
+    delete_redis_queue,
+    free_port,
+    redis_answers,
+    started,
+    wait_for,
+)
+from tests.stripe_fake import sign_payload  # noqa: E402
+
+DEFAULT_DB = "postgres://postgres@127.0.0.1:5432/wpd_bench_burst"
+#: The Redis database of the Redis-broker runs (each run names its own queue).
+REDIS_URL = os.environ.get("WPD_BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
+WEBHOOK_PATH = "/shop/stripe/webhook/"
+SECRET = "whsec_tests"
+DUPLICATES = 0.10
+OUT_OF_ORDER = 0.10
+
+
+def recreate_database(url: str) -> None:
+    import psycopg
+
+    parts = urlsplit(url)
+    name = parts.path.lstrip("/")
+    admin = parts._replace(path="/postgres").geturl()
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{name}"')
+
+
+class Poster(threading.local):
+    """One keep-alive connection per client thread, posting signed events to the webhook."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+
+    def post(self, payload: bytes) -> int:
+        headers = {
+            "Content-Type": "application/json",
+            "Stripe-Signature": sign_payload(payload, SECRET),
+        }
+        try:
+            self.conn.request("POST", WEBHOOK_PATH, body=payload, headers=headers)
+            response = self.conn.getresponse()
+            response.read()
+            return response.status
+        except (OSError, http.client.HTTPException):
+            self.conn.close()
+            self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+            return 0
+
+
+def deliveries(events: list[bytes], rng: random.Random) -> list[bytes]:
+    """The order Stripe sends them in: a tenth swapped with a neighbour, a tenth sent twice."""
+    order = list(events)
+    for _ in range(int(len(order) * OUT_OF_ORDER / 2)):
+        i = rng.randrange(len(order) - 1)
+        order[i], order[i + 1] = order[i + 1], order[i]
+    for payload in rng.sample(events, int(len(events) * DUPLICATES)):
+        # The retry comes later than the first delivery, as Stripe's do.
+        first = order.index(payload)
+        order.insert(rng.randrange(first + 1, len(order) + 1), payload)
+    return order
+
+
+def prepare_shop(count: int, checkout_threads: int = 4) -> dict[int, bytes]:
+    """Checkouts through the Buy view, then payment at the emulator: purchase pk -> event."""
+    from django.db import connections
+    from django.test import Client
+    from django.urls import reverse
+
+    from sandbox.stripe_emulator import actions, webhooks
+    from tests.factories import ProductPageFactory, home_page
+    from wagtail_paid_delivery.models import Purchase
+
+    product = ProductPageFactory(parent=home_page(), title="Launch guide", price_amount=1250)
+    url = reverse("wagtail_paid_delivery:checkout", args=[product.pk])
+
+    def buy(_: int) -> None:
+        response = Client().post(url, HTTP_ORIGIN="http://testserver")
+        assert response.status_code == 303, response.content
+        connections.close_all()
+
+    with ThreadPoolExecutor(checkout_threads) as pool:
+        list(pool.map(buy, range(count)))
+    events: dict[int, bytes] = {}
+    for i, purchase in enumerate(Purchase.objects.order_by("pk")):
+        _, made = actions.perform(
+            purchase.stripe_checkout_session_id, "pay", {"email": f"buyer{i}@example.com"}
+        )
+        (obj,) = [obj for type_, obj in made if type_ == "checkout.session.completed"]
+        event = webhooks.make_event(obj, "checkout.session.completed")
+        events[purchase.pk] = json.dumps(event).encode()
+    assert len(events) == count
+    return events
+
+
+def mails_by_message_id(mail_dir: Path) -> dict[str, list[str]]:
+    """Recipients of each message the file backend wrote, by Message-ID."""
+    import email
+
+    found: dict[str, list[str]] = {}
+    for path in sorted(mail_dir.iterdir()) if mail_dir.is_dir() else []:
+        for chunk in path.read_text().split("\n" + "-" * 79 + "\n"):
+            if chunk.strip():
+                message = email.message_from_string(chunk)
+                found.setdefault(message["Message-ID"], []).append(message["To"])
+    return found
+
+
+def check_each_paid_once(count: int, mail_dir: Path) -> None:
+    from wagtail_paid_delivery.models import OutboundEmail, Purchase, StripeEvent
+
+    statuses = set(Purchase.objects.values_list("status", flat=True))
+    assert statuses == {Purchase.Status.PAID}, statuses
+    assert Purchase.objects.filter(paid_at__isnull=False).count() == count
+    assert StripeEvent.objects.count() == count, "a duplicate was stored twice"
+    assert set(StripeEvent.objects.values_list("status", flat=True)) == {"processed"}
+    rows = list(OutboundEmail.objects.filter(kind="delivery"))
+    assert len(rows) == count and len({r.purchase_id for r in rows}) == count
+    assert all(r.status == OutboundEmail.Status.SENT for r in rows)
+    written = mails_by_message_id(mail_dir)
+    emails = {p.pk: p.email for p in Purchase.objects.all()}
+    for row in rows:
+        copies = written.get(row.message_id, [])
+        assert len(copies) == 1, (row.purchase_id, len(copies))
+        assert copies == [emails[row.purchase_id]]
+    assert OutboundEmail.objects.filter(kind="delivery").count() == count
+
+
+def percentile(sorted_values: list[float], share: float) -> float:
+    return sorted_values[min(len(sorted_values) - 1, int(len(sorted_values) * share))]
+
+
+def measure(count: int, start: float, acked_at: float, posted: int) -> dict[str, float]:
+    from wagtail_paid_delivery.models import OutboundEmail, Purchase, StripeEvent
+
+    arrived = dict(StripeEvent.objects.values_list("purchase_id", "received_at"))
+    sent = dict(OutboundEmail.objects.filter(kind="delivery").values_list("purchase_id", "sent_at"))
+    paid_at = dict(Purchase.objects.values_list("pk", "paid_at"))
+    paid = [p.timestamp() for p in paid_at.values()]
+    waits = sorted((sent[pk] - arrived[pk]).total_seconds() for pk in sent)
+    # Where the wait goes: before the purchase is paid (the event's queue and task), after it
+    # (the email's queue and task).
+    to_paid = [(paid_at[pk] - arrived[pk]).total_seconds() for pk in sent]
+    to_email = [(sent[pk] - paid_at[pk]).total_seconds() for pk in sent]
+    last_email = max(s.timestamp() for s in sent.values())
+    return {
+        "acks": posted / (acked_at - start),
+        "paid": count / (max(paid) - start),
+        "fulfilled": count / (last_email - start),
+        "p50": statistics.median(waits),
+        "p99": percentile(waits, 0.99),
+        "max": waits[-1],
+        "to_paid": statistics.median(to_paid),
+        "to_email": statistics.median(to_email),
+        "total": last_email - start,
+    }
+
+
+def run(args: argparse.Namespace, delay_ms: int, workers: int) -> dict[str, float]:
+    from django.db import connections
+
+    from wagtail_paid_delivery.models import OutboundEmail
+
+    connections.close_all()
+    recreate_database(args.database_url)
+    tmp = Path(tempfile.mkdtemp(prefix="wpd-burst-"))
+    (tmp / "logs").mkdir()
+    mail = tmp / "mail"
+    queue = f"burst-{uuid.uuid4().hex[:10]}"
+    env = {
+        **os.environ,
+        "WPD_FAULT_MAIL_DIR": str(mail),
+        "WPD_Q_NAME": queue,
+        "WPD_BURST_WORKERS": str(workers),
+        "STRIPE_EMULATOR_DELAY_MS": "0",
+    }
+    with started(env, tmp / "logs") as processes:
+        done = processes.manage("migrate", "--noinput", timeout=300)
+        assert done.returncode == 0, done.stderr
+        processes.gunicorn(args.shop_port, "shop")
+        stripe = processes.gunicorn(args.stripe_port, "stripe")
+        t = time.monotonic()
+        events = prepare_shop(args.purchases)
+        print(f"  {args.purchases} purchases checked out and paid in {time.monotonic() - t:.0f} s")
+        if delay_ms:
+            # "Stripe" answers each call after the delay from now on (checkouts went quickly).
+            stripe.kill()
+            slow = Processes({**env, "STRIPE_EMULATOR_DELAY_MS": str(delay_ms)}, tmp / "logs")
+            processes.groups.append(slow.gunicorn(args.stripe_port, "stripe-slow"))
+        cluster = processes.start("cluster", [sys.executable, "-m", "django", "qcluster"])
+        wait_for(processes.says(cluster, "running"), 60, every=0.05)
+
+        order = deliveries(list(events.values()), random.Random(15))
+        poster = Poster(args.shop_port)
+        start = time.time()
+        with ThreadPoolExecutor(args.clients) as pool:
+            answers = list(pool.map(poster.post, order))
+        acked_at = time.time()
+        assert answers == [200] * len(order), sorted(set(answers))
+
+        def all_sent() -> bool:
+            """every delivery email sent"""
+            sent = OutboundEmail.objects.filter(kind="delivery", status="sent").count()
+            return sent >= args.purchases
+
+        wait_for(all_sent, 1800, every=0.25)
+        time.sleep(1)  # a second delivery of anything would show now
+        check_each_paid_once(args.purchases, mail)
+        figures = measure(args.purchases, start, acked_at, len(order))
+    connections.close_all()
+    if args.broker == "redis":
+        delete_redis_queue(REDIS_URL, queue)
+    return figures
+
+
+def report(label: str, figures: dict[str, float], delay_ms: int, workers: int) -> None:
+    ratio = figures["fulfilled"] / figures["acks"]
+    print(f"\n== {label}: Stripe answers after {delay_ms} ms, cluster of {workers} workers")
+    print(f"  webhook acknowledgements/s   {figures['acks']:8.1f}")
+    print(f"  purchases paid/s             {figures['paid']:8.1f}")
+    print(f"  purchases fulfilled/s        {figures['fulfilled']:8.1f}  (delivery email written)")
+    print(f"  fulfilled/acknowledged       {ratio:8.2f}")
+    print(f"  webhook arrival -> email     p50 {figures['p50']:.1f} s, p99 {figures['p99']:.1f} s")
+    print(
+        f"  of which, medians: arrival -> paid {figures['to_paid']:.1f} s, "
+        f"paid -> email {figures['to_email']:.1f} s"
+    )
+    print(f"  whole burst, first post to last email {figures['total']:.1f} s")
+    print("  every purchase paid once, one delivery email each: OK")
+
+
+def parse() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--purchases", type=int, default=1000)
+    parser.add_argument("--quick", action="store_true", help="100 purchases")
+    parser.add_argument("--delay-ms", type=int, help="one run with this delay per Stripe call")
+    parser.add_argument("--workers", type=int, default=2, help="cluster workers (undelayed run)")
+    parser.add_argument(
+        "--delayed-workers", type=int, default=16, help="cluster workers (the 250 ms run)"
+    )
+    parser.add_argument("--broker", choices=["orm", "redis"], default="orm")
+    parser.add_argument("--clients", type=int, default=16, help="posting threads")
+    parser.add_argument("--database-url", default=DEFAULT_DB)
+    args = parser.parse_args()
+    if args.quick:
+        args.purchases = 100
+    return args
+
+
+def main() -> int:
+    args = parse()
+    args.shop_port, args.stripe_port = free_port(), free_port()
+    stripe_base = f"http://127.0.0.1:{args.stripe_port}/stripe-emulator"
+    files = Path(tempfile.mkdtemp(prefix="wpd-burst-files-"))
+    os.environ.update(
+        {
+            "DJANGO_SETTINGS_MODULE": "benchmarks.settings_burst",
+            "DATABASE_URL": args.database_url,
+            "WPD_Q_SYNC": "0",
+            "WPD_Q_NAME": "burst-driver",
+            "WPD_FAULT_PRIVATE_ROOT": str(files),
+            "WPD_FAULT_MAIL_DIR": str(files / "mail"),
+            "WPD_FAULT_STRIPE_API_BASE": stripe_base,
+            "WPD_FAULT_WEBHOOK_URL": f"http://127.0.0.1:{args.shop_port}{WEBHOOK_PATH}",
+            "PYTHONPATH": str(ROOT),
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    os.environ.pop("WPD_Q_REDIS", None)
+    if args.broker == "redis":
+        if not redis_answers():
+            sys.exit("Redis is not answering on 127.0.0.1:6379")
+        os.environ["WPD_Q_REDIS"] = REDIS_URL
+    import django
+
+    django.setup()
+    runs = [(args.delay_ms, args.workers)] if args.delay_ms is not None else []
+    runs = runs or [(0, args.workers), (250, args.delayed_workers)]
+    print(
+        f"{args.purchases} purchases, +{DUPLICATES:.0%} duplicates, {args.clients} posting "
+        f"clients, shop in gunicorn (2 workers x 4 threads), {args.broker} broker, "
+        f"{os.cpu_count()} CPUs"
+    )
+    for delay_ms, workers in runs:
+        report(f"{args.purchases} purchases", run(args, delay_ms, workers), delay_ms, workers)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
