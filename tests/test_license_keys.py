@@ -257,3 +257,46 @@ def test_the_signing_key_command_prints_a_working_pair(capsys):
     private = out.split("LICENSE_SIGNING_KEY (secret): ")[1].split()[0]
     public = out.split("Public key (for apps):")[1].split()[0]
     assert licenses.public_key_base64(licenses.load_private_key(private)) == public
+
+
+def test_the_desk_shows_the_key_and_support_releases_an_activation(client, bought):
+    from wagtail.models import ModelLogEntry
+
+    from tests.test_shop_desk import assert_refused, desk_user
+
+    purchase, key = bought
+    call(client, "activate", key, "laptop")
+    call(client, "activate", key, "desktop")
+    laptop = LicenseActivation.objects.get(instance_id="laptop")
+    inspect = reverse("wagtail_paid_delivery_purchases:inspect", args=[purchase.pk])
+    release = reverse(
+        "wagtail_paid_delivery_purchases:release_activation", args=[purchase.pk, laptop.pk]
+    )
+
+    viewer = desk_user("view_purchase", username="viewer")
+    client.force_login(viewer)
+    page = client.get(inspect).content.decode()
+    assert key in page and "laptop" in page
+    assert licenses.public_key_base64() in page
+    assert release not in page
+    assert_refused(client, release, "post")
+
+    client.force_login(desk_user("view_purchase", "support_purchase"))
+    assert release in client.get(inspect).content.decode()
+    assert client.post(release).status_code == 302
+    laptop.refresh_from_db()
+    assert laptop.released_by == LicenseActivation.ReleasedBy.SHOP
+    entry = ModelLogEntry.objects.get(action="wagtail_paid_delivery.release_activation")
+    assert entry.data["instance"] == "laptop"
+    assert "laptop" in entry.message
+    # Released once: again is refused, and the seat is free for another instance.
+    client.post(release)
+    assert (
+        ModelLogEntry.objects.filter(action="wagtail_paid_delivery.release_activation").count() == 1
+    )
+    assert call(client, "activate", key, "tablet")[1]["activations"] == 2
+    # Another purchase's activation id under this purchase: not found.
+    other = reverse(
+        "wagtail_paid_delivery_purchases:release_activation", args=[purchase.pk + 999, laptop.pk]
+    )
+    assert client.post(other).status_code == 404
