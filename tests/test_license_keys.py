@@ -300,3 +300,49 @@ def test_the_desk_shows_the_key_and_support_releases_an_activation(client, bough
         "wagtail_paid_delivery_purchases:release_activation", args=[purchase.pk + 999, laptop.pk]
     )
     assert client.post(other).status_code == 404
+
+
+def _license_check_ids() -> list[str]:
+    from django.core.checks import run_checks
+
+    return [
+        m.id
+        for m in run_checks()
+        if m.id in ("wagtail_paid_delivery.E050", "wagtail_paid_delivery.E051")
+    ]
+
+
+@pytest.mark.parametrize(
+    "value", ["not a key", base64.b64encode(b"short").decode(), "-----BEGIN x"]
+)
+def test_e050_a_signing_key_that_is_not_an_ed25519_key(settings, value):
+    settings.WAGTAIL_PAID_DELIVERY = {
+        **settings.WAGTAIL_PAID_DELIVERY,
+        "LICENSE_SIGNING_KEY": value,
+    }
+    assert _license_check_ids() == ["wagtail_paid_delivery.E050"]
+    # Nothing is shown or accepted with it, and nothing raises.
+    assert licenses.signing_key() is None
+
+
+def test_e051_a_retired_public_key_that_is_not_one(settings):
+    settings.WAGTAIL_PAID_DELIVERY = {
+        **settings.WAGTAIL_PAID_DELIVERY,
+        "LICENSE_RETIRED_PUBLIC_KEYS": [licenses.public_key_base64(), "nope"],
+    }
+    assert _license_check_ids() == ["wagtail_paid_delivery.E051"]
+
+
+def test_a_pem_signing_key_works_like_the_base64_one(settings):
+    from cryptography.hazmat.primitives import serialization
+
+    private = licenses.load_private_key(SIGNING_KEY)
+    pem = private.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ).decode()
+    settings.WAGTAIL_PAID_DELIVERY = {**settings.WAGTAIL_PAID_DELIVERY, "LICENSE_SIGNING_KEY": pem}
+    assert _license_check_ids() == []
+    assert licenses.public_key_base64() == licenses.public_key_base64(private)
+    assert "BEGIN PUBLIC KEY" in licenses.public_key_pem()
