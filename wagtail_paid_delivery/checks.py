@@ -809,7 +809,11 @@ def _template_blocks(name: str) -> set[str] | None:
 @register(Tags.security)
 def check_license_keys(**kwargs: Any) -> list[CheckMessage]:
     errors: list[CheckMessage] = []
-    value = app_settings.LICENSE_SIGNING_KEY
+    try:
+        value = app_settings.LICENSE_SIGNING_KEY
+        retired = app_settings.LICENSE_RETIRED_PUBLIC_KEYS or []
+    except Exception:  # reported by check_settings (E000)
+        return []
     if value:
         try:
             licenses.load_private_key(str(value))
@@ -822,7 +826,7 @@ def check_license_keys(**kwargs: Any) -> list[CheckMessage]:
                     id=f"{ID}.E050",
                 )
             )
-    for position, text in enumerate(app_settings.LICENSE_RETIRED_PUBLIC_KEYS or []):
+    for position, text in enumerate(retired):
         if not licenses.is_public_key(text):
             errors.append(
                 Error(
