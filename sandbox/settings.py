@@ -17,6 +17,7 @@ Not for production: a fixed SECRET_KEY, DEBUG on, e-mail written to files.
 
 from __future__ import annotations
 
+import base64
 import importlib.util
 import os
 from pathlib import Path
@@ -186,6 +187,24 @@ else:
     ]
     _stripe_api_base = os.environ.get("STRIPE_API_BASE") or None
 
+
+def _sandbox_license_signing_key() -> str:
+    path = VAR_DIR / "license_signing_key"
+    if not path.exists():
+        # What `manage.py license_signing_key` prints (the app's models cannot load here yet).
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+        raw = Ed25519PrivateKey.generate().private_bytes(
+            serialization.Encoding.Raw,
+            serialization.PrivateFormat.Raw,
+            serialization.NoEncryption(),
+        )
+        path.write_text(base64.b64encode(raw).decode())
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
 WAGTAIL_PAID_DELIVERY = {
     "STRIPE_SECRET_KEY": _stripe_secret_key,
     "STRIPE_WEBHOOK_SECRETS": _stripe_webhook_secrets,
@@ -196,6 +215,8 @@ WAGTAIL_PAID_DELIVERY = {
     # The shop's buyer pages render inside the sandbox site's own base template.
     "LAYOUT_TEMPLATE": "sandbox/base.html",
     "LAYOUT_BLOCK": "main",
+    # License keys: a signing key made on first start and kept in sandbox/var/ (never deploy it).
+    "LICENSE_SIGNING_KEY": _sandbox_license_signing_key(),
 }
 if _stripe_api_base == STRIPE_EMULATOR_URL:
     # The emulator takes the promotion code SANDBOX20 and adds 10 % tax, so a sandbox receipt

@@ -1,5 +1,6 @@
 """Every system check id in wagtail_paid_delivery/checks.py, through Django's own check runner."""
 
+import base64
 from datetime import timedelta
 
 import pytest
@@ -7,7 +8,7 @@ from django.conf import settings
 from django.core.checks import run_checks
 from django.test import override_settings
 
-from wagtail_paid_delivery import checks
+from wagtail_paid_delivery import checks, licenses
 
 
 def our_ids(*, deploy=False):
@@ -600,3 +601,57 @@ def test_e016_layout_template_that_cannot_be_loaded():
 def test_e017_layout_block_that_the_layout_does_not_have_or_cannot_be(block):
     with _with(LAYOUT_TEMPLATE="testapp/site_base.html", LAYOUT_BLOCK=block):
         assert our_ids() == ["wagtail_paid_delivery.E017"]
+
+
+# License keys (E050, E051) --------------------------------------------------------------------
+
+LICENSE_KEY = licenses.generate_signing_key()
+
+
+def _license_check_ids() -> list[str]:
+    from django.core.checks import run_checks
+
+    return [
+        m.id
+        for m in run_checks()
+        if m.id in ("wagtail_paid_delivery.E050", "wagtail_paid_delivery.E051")
+    ]
+
+
+@pytest.mark.parametrize(
+    "value", ["not a key", base64.b64encode(b"short").decode(), "-----BEGIN x"]
+)
+def test_e050_a_signing_key_that_is_not_an_ed25519_key(settings, value):
+    settings.WAGTAIL_PAID_DELIVERY = {
+        **settings.WAGTAIL_PAID_DELIVERY,
+        "LICENSE_SIGNING_KEY": value,
+    }
+    assert _license_check_ids() == ["wagtail_paid_delivery.E050"]
+    # Nothing is shown or accepted with it, and nothing raises.
+    assert licenses.signing_key() is None
+
+
+def test_e051_a_retired_public_key_that_is_not_one(settings):
+    settings.WAGTAIL_PAID_DELIVERY = {
+        **settings.WAGTAIL_PAID_DELIVERY,
+        "LICENSE_RETIRED_PUBLIC_KEYS": [
+            licenses.public_key_base64(licenses.load_private_key(LICENSE_KEY)),
+            "nope",
+        ],
+    }
+    assert _license_check_ids() == ["wagtail_paid_delivery.E051"]
+
+
+def test_a_pem_signing_key_works_like_the_base64_one(settings):
+    from cryptography.hazmat.primitives import serialization
+
+    private = licenses.load_private_key(LICENSE_KEY)
+    pem = private.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ).decode()
+    settings.WAGTAIL_PAID_DELIVERY = {**settings.WAGTAIL_PAID_DELIVERY, "LICENSE_SIGNING_KEY": pem}
+    assert _license_check_ids() == []
+    assert licenses.public_key_base64() == licenses.public_key_base64(private)
+    assert "BEGIN PUBLIC KEY" in licenses.public_key_pem()

@@ -13,13 +13,14 @@ from django.conf import settings
 from django.core.checks import CheckMessage, Error, Tags, Warning, register
 from django.core.exceptions import ImproperlyConfigured
 
-from . import stripe_api
+from . import licenses, stripe_api
 from .conf import CHECKOUT_OPTION_TYPES, RETENTION_MINIMUMS, SETTINGS_NAME, app_settings
 
 # Check ids are never reused or renumbered: sites silence checks by id
 # (SILENCED_SYSTEM_CHECKS), so an id means one problem for good. A new problem gets a new id, the
 # next free number in its range (E000-E019 installation and settings, E020-E029 delivery
-# settings, E030-E039 and W030-W039 Stripe key shapes, E040-E049 emails, E101- deploy-only
+# settings, E030-E039 and W030-W039 Stripe key shapes, E040-E049 emails, E050-E059 license
+# keys, E101- deploy-only
 # errors, W001- warnings); a retired check leaves its id unused.
 # The README's "System checks" table lists every id.
 ID = "wagtail_paid_delivery"
@@ -800,3 +801,39 @@ def _template_blocks(name: str) -> set[str] | None:
             return None
         template = template.engine.get_template(literal)
     return names
+
+
+# License keys: the signing key and the retired public keys parse (E050, E051).
+
+
+@register(Tags.security)
+def check_license_keys(**kwargs: Any) -> list[CheckMessage]:
+    errors: list[CheckMessage] = []
+    try:
+        value = app_settings.LICENSE_SIGNING_KEY
+        retired = app_settings.LICENSE_RETIRED_PUBLIC_KEYS or []
+    except Exception:  # reported by check_settings (E000)
+        return []
+    if value:
+        try:
+            licenses.load_private_key(str(value))
+        except licenses.SigningKeyError as error:
+            errors.append(
+                Error(
+                    f"{SETTINGS_NAME}['LICENSE_SIGNING_KEY'] is not an Ed25519 private key: "
+                    f"{error}",
+                    hint="Make one with: python manage.py license_signing_key",
+                    id=f"{ID}.E050",
+                )
+            )
+    for position, text in enumerate(retired):
+        if not licenses.is_public_key(text):
+            errors.append(
+                Error(
+                    f"{SETTINGS_NAME}['LICENSE_RETIRED_PUBLIC_KEYS'][{position}] is not the base64 "
+                    "of an Ed25519 public key.",
+                    hint="Copy the public key the admin showed for the old signing key.",
+                    id=f"{ID}.E051",
+                )
+            )
+    return errors

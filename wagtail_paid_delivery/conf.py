@@ -98,6 +98,16 @@ DEFAULTS: dict[str, Any] = {
     # Deprecated and no longer read: the limits count in RATELIMIT_USE_CACHE (see above). Still
     # accepted so old settings load; naming another cache than RATELIMIT_USE_CACHE is E024.
     "RESEND_CACHE": None,
+    # License keys (products with "license key activations" set): the Ed25519 private key that
+    # signs them, as PEM or as the base64 of its 32 raw bytes. Keep it secret, like SECRET_KEY;
+    # apps verify keys offline with its public key (shown in the admin's license keys screen).
+    # None: keys are still issued, but not shown or validated until a key is set (E050).
+    "LICENSE_SIGNING_KEY": None,
+    # Rotation: public keys (base64 of 32 raw bytes) of earlier signing keys. The endpoint keeps
+    # accepting keys they signed; buyers are shown keys signed with the current key.
+    "LICENSE_RETIRED_PUBLIC_KEYS": [],
+    # licenses/: validate, activate and deactivate requests per client. Over it, 429 JSON.
+    "LICENSE_RATE_LIMIT": (60, 3600),
     # library/: also list paid purchases whose email equals the signed-in user's email (matched
     # case-insensitively), not only those linked to the user. Turn it on ONLY when your accounts'
     # email addresses are verified: otherwise anyone who signs up with a buyer's address sees

@@ -16,7 +16,7 @@ from django.template.loader import render_to_string
 from django.utils import translation
 from django.utils.translation import gettext as _
 
-from . import library, links, receipt, times
+from . import library, licenses, links, receipt, times
 from .models import DeliveryCopy, DownloadLink, ProductPageMixin, Purchase
 
 logger = logging.getLogger(__name__)
@@ -82,6 +82,7 @@ def build_delivery_email(
         "body_html": copy.render("email_body", **values),
         "body_text": copy.render_text("email_body", **values),
         "receipt": receipt.receipt_for(purchase),
+        "license_key": licenses.key_text(licenses.license_of(purchase)),
     }
     # Header injection is impossible (Django refuses newlines), but keep the subject one line.
     subject = " ".join(copy.render_text("email_subject", **values).split())

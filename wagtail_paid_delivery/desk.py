@@ -28,8 +28,15 @@ from django.utils.translation import ngettext
 from wagtail.log_actions import LogFormatter
 from wagtail.log_actions import log as log_action
 
-from . import fulfillment, inbox, links, outbox, payments
-from .models import DownloadLink, FileDownloadCount, OutboundEmail, Purchase, StripeEvent
+from . import fulfillment, inbox, licenses, links, outbox, payments
+from .models import (
+    DownloadLink,
+    FileDownloadCount,
+    LicenseActivation,
+    OutboundEmail,
+    Purchase,
+    StripeEvent,
+)
 
 S = Purchase.Status
 
@@ -45,6 +52,7 @@ CORRECT_EMAIL = "wagtail_paid_delivery.correct_email"
 GRANT = "wagtail_paid_delivery.grant"
 REPROCESS_EVENT = "wagtail_paid_delivery.reprocess_event"
 SEND_EMAIL_AGAIN = "wagtail_paid_delivery.send_email_again"
+RELEASE_ACTIVATION = "wagtail_paid_delivery.release_activation"
 #: A refund through Stripe (``refunds.refund``; its formatter is ``refunds.RefundFormatter``).
 REFUND = "wagtail_paid_delivery.refund"
 
@@ -135,6 +143,12 @@ def _refund_refusal(purchase: Purchase) -> str:
     return ""
 
 
+def _license_refusal(purchase: Purchase) -> str:
+    if licenses.license_of(purchase) is None:
+        return str(_("This purchase has no license key."))
+    return ""
+
+
 _REFUSALS: dict[str, Callable[[Purchase], str]] = {
     RESEND: _resend_refusal,
     ISSUE_LINK: _issue_refusal,
@@ -145,6 +159,7 @@ _REFUSALS: dict[str, Callable[[Purchase], str]] = {
     RESTORE: _restore_refusal,
     CORRECT_EMAIL: _email_refusal,
     REFUND: _refund_refusal,
+    RELEASE_ACTIVATION: _license_refusal,
 }
 
 
@@ -290,6 +305,25 @@ def reset_link_counts(link: DownloadLink, *, user: Any) -> int:
         DownloadLink.objects.filter(pk=locked.pk).update(download_count=F("download_count") - had)
         _log(locked.purchase, RESET_LINK, user, link=locked.pk, downloads=had)
     return had
+
+
+def activation_refusal(activation: LicenseActivation) -> str:
+    """Why an activation cannot be released; empty when it can."""
+    if activation.released_at is not None:
+        return str(_("This activation was already released."))
+    return ""
+
+
+def release_activation(activation: LicenseActivation, *, user: Any) -> bool:
+    """Free the seat ``activation`` holds (the buyer moved machines); False if already free."""
+    with transaction.atomic():
+        license = activation.license
+        released = licenses.release(
+            license, activation.instance_id, LicenseActivation.ReleasedBy.SHOP
+        )
+        if released:
+            _log(license.purchase, RELEASE_ACTIVATION, user, instance=activation.instance_id)
+    return released
 
 
 def revoke_access(purchase: Purchase, *, user: Any, reason: str, final: bool = True) -> None:
@@ -522,6 +556,10 @@ FORMATTERS: dict[str, type[LogFormatter]] = {
     REPROCESS_EVENT: _formatter(
         _("Shop desk: reprocess a Stripe event"),
         _("Queued again (it was %(status)s after %(attempts)s attempts)"),
+    ),
+    RELEASE_ACTIVATION: _formatter(
+        _("Shop desk: release a license activation"),
+        _("License key activation on %(instance)s released"),
     ),
     SEND_EMAIL_AGAIN: _formatter(
         _("Shop desk: send an email again"),

@@ -22,7 +22,7 @@ from typing import Any, Literal
 from django.db import transaction
 from django.utils import timezone
 
-from . import metadata, outbox, receipt, signals, stripe_api
+from . import licenses, metadata, outbox, receipt, signals, stripe_api
 from .conf import app_settings
 from .models import DownloadLink, Purchase
 from .payments import PAID_STATUSES
@@ -248,6 +248,9 @@ def _run_effects(
         locked.paid_at = now
         fields.add("paid_at")
         # Recorded with the payment, so no lost task or failed send can lose the email.
+        # The key is issued before the email is promised, in the same transaction: the email
+        # (rendered later from the purchase) always finds it.
+        licenses.issue(locked)
         outbox.promise_delivery(locked)
         outbox.promise_sale_notices(locked)
         transaction.on_commit(lambda: signals.purchase_paid.send(sender=Purchase, purchase=locked))

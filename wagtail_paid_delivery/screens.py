@@ -21,7 +21,7 @@ from django.urls import reverse
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
-from . import delivery, links, receipt
+from . import delivery, licenses, links, receipt
 from .forms import ResendForm
 from .models import DeliveryCopy, DownloadLink, Purchase
 from .serving import archive
@@ -100,6 +100,9 @@ def state_context(
         "download_url": download_url,
         "product_url": product_url,
         "receipt": receipt.receipt_for(purchase) if state == "success" else None,
+        "license_key": licenses.key_text(licenses.license_of(purchase))
+        if state == "success"
+        else "",
     }
 
 

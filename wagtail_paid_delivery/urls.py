@@ -3,6 +3,7 @@
 from django.urls import path
 
 from .views import archive, checkout, download, library, resend, success
+from .views.licenses import license_endpoint
 from .views.webhook import stripe_webhook
 
 app_name = "wagtail_paid_delivery"
@@ -25,4 +26,5 @@ urlpatterns: list = [
     path("library/d/<str:token>/", library.sign_in, name="library_sign_in"),
     path("library/sign-out/", library.sign_out, name="library_sign_out"),
     path("library/<uuid:public_id>/", library.library_download, name="library_download"),
+    path("licenses/", license_endpoint, name="licenses"),
 ]

@@ -38,6 +38,7 @@ from wagtail.admin.widgets.button import HeaderButton
 from .. import (
     currencies,
     desk,
+    licenses,
     links,
     order_numbers,
     payments,
@@ -46,7 +47,7 @@ from .. import (
     stripe_api,
     timeline,
 )
-from ..models import DownloadLink, OutboundEmail, ProductPageMixin, Purchase
+from ..models import DownloadLink, LicenseActivation, OutboundEmail, ProductPageMixin, Purchase
 from .desk_viewset import DeskViewSetMixin
 from .export import FormulaSafeExportMixin
 
@@ -245,9 +246,32 @@ class PurchaseInspectView(InspectView):
                 if product is not None
                 else "",
                 "downloads_counted": sum(s.link.download_count for s in overview),
+                **self.license_context(),
             }
         )
         return context
+
+    def license_context(self) -> dict[str, Any]:
+        """The purchase's license key, its activations and, per live one, a release button."""
+        license = licenses.license_of(self.object)
+        if license is None:
+            return {"license": None}
+        can_release = self.user_has_permission(permissions.SUPPORT)
+        rows = [
+            {
+                "activation": activation,
+                "release_url": self.action_url(desk.RELEASE_ACTIVATION, activation.pk)
+                if can_release and activation.released_at is None
+                else "",
+            }
+            for activation in license.activations.all()  # type: ignore[attr-defined]
+        ]
+        return {
+            "license": license,
+            "license_key": licenses.key_text(license),
+            "license_public_key": licenses.public_key_base64(),
+            "activation_rows": rows,
+        }
 
 
 # Actions ------------------------------------------------------------------------------------
@@ -533,6 +557,34 @@ class ResetLinkView(LinkActionView):
     def act(self, form: forms.Form) -> HttpResponse | None:
         had = desk.reset_link_counts(self.link, user=self.request.user)
         self.success(_("Link #%(link)s: %(n)s downloads reset."), link=self.link.pk, n=had)
+        return None
+
+
+class ReleaseActivationView(PurchaseActionView):
+    """Release one of the purchase's license key activations (``activation_pk`` in the URL)."""
+
+    action = desk.RELEASE_ACTIVATION
+    page_title = _("Release a license activation")
+    description = _(
+        "The app instance stops counting against the key's activation limit, so the buyer can "
+        "activate the key elsewhere. The app learns it the next time it validates the key."
+    )
+    confirm_label = _("Release it")
+
+    @cached_property
+    def activation(self) -> LicenseActivation:
+        return get_object_or_404(
+            LicenseActivation, pk=self.kwargs["activation_pk"], license__purchase=self.object
+        )
+
+    def refusal(self) -> str:
+        return desk.activation_refusal(self.activation)
+
+    def act(self, form: forms.Form) -> HttpResponse | None:
+        desk.release_activation(self.activation, user=self.request.user)
+        self.success(
+            _("Activation on %(instance)s released."), instance=self.activation.instance_id
+        )
         return None
 
 
@@ -849,6 +901,10 @@ ACTION_VIEWS: dict[str, tuple[str, type[PurchaseActionView]]] = {
     desk.REVOKE: ("revoke/", RevokeView),
     desk.RESTORE: ("restore/", RestoreView),
     desk.REFUND: ("refund/", RefundView),
+    desk.RELEASE_ACTIVATION: (
+        "license/activations/<int:activation_pk>/release/",
+        ReleaseActivationView,
+    ),
 }
 ACTION_PERMISSIONS = {
     action: view.permission_required for action, (_path, view) in ACTION_VIEWS.items()

@@ -1,6 +1,7 @@
 from .copy import DeliveryCopy
 from .events import ClusterHeartbeat, ReconcileMark, StripeEvent
 from .library import LibrarySignIn
+from .licenses import LicenseActivation, LicenseKey
 from .notifications import ShopNotificationPreference
 from .outbox import OutboundEmail
 from .pages import AbstractProductFile, ProductPageMixin
@@ -15,6 +16,8 @@ __all__ = [
     "DownloadLink",
     "FileDownloadCount",
     "LibrarySignIn",
+    "LicenseActivation",
+    "LicenseKey",
     "OutboundEmail",
     "ProductPageMixin",
     "Purchase",

@@ -105,6 +105,15 @@ class ProductPageMixin(models.Model):
         blank=True,
         help_text=_("Per file, per link. Empty: the site default. 0: unlimited."),
     )
+    license_activation_limit = models.PositiveIntegerField(
+        _("license key activations"),
+        null=True,
+        blank=True,
+        help_text=_(
+            "Empty: no license keys. A number: each paid purchase gets a signed license key, "
+            "active on at most this many app instances at once (0: unlimited)."
+        ),
+    )
 
     #: Panels for the product's own fields; add them to your base page's ``content_panels``.
     product_panels = [
@@ -123,6 +132,7 @@ class ProductPageMixin(models.Model):
             [
                 FieldPanel("delivery_copy"),
                 FieldRowPanel([FieldPanel("link_lifetime_hours"), FieldPanel("download_limit")]),
+                FieldPanel("license_activation_limit"),
             ],
             heading=_("Delivery"),
         ),

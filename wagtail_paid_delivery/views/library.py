@@ -29,7 +29,7 @@ from django.views.decorators.csrf import csrf_protect
 from django.views.decorators.http import require_http_methods, require_POST
 
 from .. import library as rules
-from .. import limits, links, screens
+from .. import licenses, limits, links, screens
 from ..conf import app_settings
 from ..forms import LibrarySignInForm
 from ..models import DownloadLink, Purchase
@@ -81,6 +81,10 @@ def library(request: HttpRequest) -> HttpResponseBase:
     purchases = list(rules.library_purchases(user, email))
     for purchase in purchases:
         purchase.library_note = rules.status_note(purchase)  # type: ignore[attr-defined]
+        # A key works while its purchase does: a refunded one's is not shown again.
+        paid = purchase.status == Purchase.Status.PAID
+        license = licenses.license_of(purchase) if paid else None
+        purchase.license_key_text = licenses.key_text(license)  # type: ignore[attr-defined]
     context: dict[str, Any] = {
         "purchases": purchases,
         "signed_in_email": email,
