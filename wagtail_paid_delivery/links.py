@@ -1028,18 +1028,20 @@ def read_archive_handoff(value: str) -> ArchiveHandoff:
     return ArchiveHandoff(link_id=link_id, file_ids=file_ids, nonce=nonce)
 
 
-# The archive's reservation (``reserve_archive``) locks every member's counter in id order, then
-# its hand-off rows; these helpers are its steps (a single file uses the one-statement path).
+# The archive's reservation (``reserve_archive``) locks every member's hand-off row, then its
+# counter, in file id order: hand-off first, as a single file's reservation and
+# ``release_download`` do, so an archive and a release never wait on each other in a circle.
+# These helpers are its steps (a single file uses the one-statement path).
 
 
 def _handoff_state(
     link: DownloadLink, file: AbstractProductFile, handoff: Handoff, now: datetime
 ) -> DownloadHandoff:
-    # Under the counter lock: no other request on this hand-off (same link and file) runs now.
+    """The hand-off's row for ``file``, locked until the transaction ends (created if new)."""
     state, _ = DownloadHandoff.objects.get_or_create(
         nonce=handoff.nonce, defaults={"link": link, "file_id": file.pk, "created_at": now}
     )
-    return state
+    return DownloadHandoff.objects.select_for_update().get(pk=state.pk)
 
 
 def _serve(
@@ -1104,16 +1106,21 @@ def reserve_archive(
 ) -> list[DownloadEvent]:
     """:func:`reserve_download` for an archive: one download of each file, or none at all.
 
-    Every file's counter row is locked (in id order, so two archives never wait on each other
-    in a circle). The request counts when any file's hand-off has no count to ride on (first
-    request, window passed, or ``promised`` past the budget of ``HANDOFF_BYTE_BUDGET`` times
-    the archive's ``size``); then it counts for every file, and if any file is at its limit the
+    Every file's hand-off row, then its counter row, is locked in file id order (the order
+    every other request on these rows takes, so none waits on another in a circle). The request
+    counts when any file's hand-off has no count to ride on (first request, window passed, or
+    ``promised`` past the budget of ``HANDOFF_BYTE_BUDGET`` times the archive's ``size``); then
+    it counts for every file, and if any file is at its limit the
     whole archive is refused, for good, like a single file's hand-off. One event per file.
     """
     now = now or timezone.now()
     with transaction.atomic():
-        counters = {f.pk: _lock_counter(link, f) for f in sorted(files, key=lambda f: f.pk)}
-        states = [_handoff_state(link, f, handoff.member(f), now) for f in files]
+        by_id = {}
+        counters = {}
+        for f in sorted(files, key=lambda f: f.pk):
+            by_id[f.pk] = _handoff_state(link, f, handoff.member(f), now)
+            counters[f.pk] = _lock_counter(link, f)
+        states = [by_id[f.pk] for f in files]
         if all(state.refused_at is None for state in states):
             counts = not all(_free(s, promised=promised, size=size, now=now) for s in states)
             if not (counts and any(_at_limit(link, c.count) for c in counters.values())):
