@@ -9,9 +9,16 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.contrib.admin.utils import quote
 from django.contrib.auth.models import Permission
 from django.contrib.contenttypes.models import ContentType
+from django.shortcuts import get_object_or_404
+from django.urls import reverse
+from django.utils.functional import cached_property
+from django.views.generic import FormView
 from wagtail.admin.admin_url_finder import ModelAdminURLFinder
+from wagtail.admin.views.generic.base import WagtailAdminTemplateMixin
+from wagtail.admin.views.generic.permissions import PermissionCheckedMixin
 from wagtail.permissions import policy_registry
 
 
@@ -68,3 +75,31 @@ class DeskViewSetMixin:
                 return self.construct_edit_url(instance)
 
         return DeskURLFinder
+
+
+class DeskObjectActionView(PermissionCheckedMixin, WagtailAdminTemplateMixin, FormView):
+    """A confirmed action on one row of a desk listing (send an email again, reprocess an
+    event): the row (404 only after the permission check, so a refused editor learns nothing),
+    its inspect URL and the breadcrumbs back to the listing."""
+
+    model: Any = None
+    #: The listing's name in the breadcrumbs.
+    index_label: Any = ""
+    index_url_name: str | None = None
+    inspect_url_name: str | None = None
+
+    @cached_property
+    def object(self) -> Any:
+        return get_object_or_404(self.model, pk=self.kwargs["pk"])
+
+    @property
+    def inspect_url(self) -> str:
+        return reverse(self.inspect_url_name or "", args=(quote(self.object.pk),))
+
+    def get_breadcrumbs_items(self) -> list[dict[str, Any]]:
+        return [
+            *self.breadcrumbs_items,
+            {"url": reverse(self.index_url_name or ""), "label": self.index_label},
+            {"url": self.inspect_url, "label": str(self.object)},
+            {"url": "", "label": self.get_page_title()},
+        ]

@@ -18,25 +18,22 @@ from django import forms
 from django.contrib.admin.utils import quote
 from django.db.models import Q, QuerySet
 from django.http import HttpResponse
-from django.shortcuts import get_object_or_404, redirect
+from django.shortcuts import redirect
 from django.urls import path, reverse
 from django.utils import formats, timezone
 from django.utils.functional import cached_property
 from django.utils.html import format_html
 from django.utils.text import Truncator, capfirst
 from django.utils.translation import gettext_lazy as _
-from django.views.generic import FormView
 from wagtail.admin import messages
 from wagtail.admin.filters import DateRangePickerWidget, WagtailFilterSet
 from wagtail.admin.ui.tables import Column, DateColumn, TitleColumn
 from wagtail.admin.views.generic import IndexView, InspectView
-from wagtail.admin.views.generic.base import WagtailAdminTemplateMixin
-from wagtail.admin.views.generic.permissions import PermissionCheckedMixin
 from wagtail.admin.viewsets.model import ModelViewSet
 
 from .. import desk, permissions
 from ..models import OutboundEmail
-from .desk_viewset import DeskViewSetMixin
+from .desk_viewset import DeskObjectActionView, DeskViewSetMixin
 
 M = OutboundEmail.Status
 
@@ -175,7 +172,7 @@ class FailedEmailInspectView(InspectView):
         return context
 
 
-class SendAgainView(PermissionCheckedMixin, WagtailAdminTemplateMixin, FormView):
+class SendAgainView(DeskObjectActionView):
     """GET: what sending again does, and a confirm button; POST: fresh attempts, queued."""
 
     model = OutboundEmail
@@ -185,25 +182,7 @@ class SendAgainView(PermissionCheckedMixin, WagtailAdminTemplateMixin, FormView)
     form_class = forms.Form
     page_title = _("Send an email again")
     header_icon = "mail"
-    index_url_name: str | None = None
-    inspect_url_name: str | None = None
-
-    @cached_property
-    def object(self) -> OutboundEmail:
-        # After PermissionCheckedMixin.dispatch: a refused editor learns nothing.
-        return get_object_or_404(OutboundEmail, pk=self.kwargs["pk"])
-
-    @property
-    def inspect_url(self) -> str:
-        return reverse(self.inspect_url_name or "", args=(quote(self.object.pk),))
-
-    def get_breadcrumbs_items(self) -> list[dict[str, Any]]:
-        return [
-            *self.breadcrumbs_items,
-            {"url": reverse(self.index_url_name or ""), "label": _("Failed emails")},
-            {"url": self.inspect_url, "label": str(self.object)},
-            {"url": "", "label": self.get_page_title()},
-        ]
+    index_label = _("Failed emails")
 
     def get_context_data(self, **kwargs: Any) -> dict[str, Any]:
         context = super().get_context_data(**kwargs)

@@ -17,26 +17,23 @@ import django_filters
 from django import forms
 from django.contrib.admin.utils import quote
 from django.http import HttpRequest, HttpResponse
-from django.shortcuts import get_object_or_404, redirect
+from django.shortcuts import redirect
 from django.urls import path, reverse
 from django.utils import formats, timezone
 from django.utils.functional import cached_property
 from django.utils.html import format_html
 from django.utils.text import Truncator
 from django.utils.translation import gettext_lazy as _
-from django.views.generic import FormView
 from wagtail.admin import messages
 from wagtail.admin.filters import DateRangePickerWidget, WagtailFilterSet
 from wagtail.admin.ui.tables import Column, DateColumn, TitleColumn
 from wagtail.admin.views.generic import IndexView, InspectView
-from wagtail.admin.views.generic.base import WagtailAdminTemplateMixin
-from wagtail.admin.views.generic.permissions import PermissionCheckedMixin
 from wagtail.admin.viewsets.model import ModelViewSet
 from wagtail.permissions import policy_registry
 
 from .. import desk, permissions
 from ..models import Purchase, StripeEvent
-from .desk_viewset import DeskViewSetMixin
+from .desk_viewset import DeskObjectActionView, DeskViewSetMixin
 
 E = StripeEvent.Status
 
@@ -209,7 +206,7 @@ class ReprocessForm(forms.Form):
     )
 
 
-class ReprocessView(PermissionCheckedMixin, WagtailAdminTemplateMixin, FormView):
+class ReprocessView(DeskObjectActionView):
     """GET: what reprocessing does, and a confirm button; POST: queue the event again."""
 
     model = StripeEvent
@@ -219,25 +216,7 @@ class ReprocessView(PermissionCheckedMixin, WagtailAdminTemplateMixin, FormView)
     form_class = ReprocessForm
     page_title = _("Reprocess a Stripe event")
     header_icon = "rotate"
-    index_url_name: str | None = None
-    inspect_url_name: str | None = None
-
-    @cached_property
-    def object(self) -> StripeEvent:
-        # After PermissionCheckedMixin.dispatch: a refused editor learns nothing.
-        return get_object_or_404(StripeEvent, pk=self.kwargs["pk"])
-
-    @property
-    def inspect_url(self) -> str:
-        return reverse(self.inspect_url_name or "", args=(quote(self.object.pk),))
-
-    def get_breadcrumbs_items(self) -> list[dict[str, Any]]:
-        return [
-            *self.breadcrumbs_items,
-            {"url": reverse(self.index_url_name or ""), "label": _("Stripe events")},
-            {"url": self.inspect_url, "label": str(self.object)},
-            {"url": "", "label": self.get_page_title()},
-        ]
+    index_label = _("Stripe events")
 
     def get_context_data(self, **kwargs: Any) -> dict[str, Any]:
         context = super().get_context_data(**kwargs)
