@@ -364,6 +364,31 @@ def test_a_storage_that_would_hand_out_its_permanent_url_is_refused_before_count
     assert counted(issued, file) == 0
 
 
+def test_while_s3_does_not_answer_a_download_is_503_and_counts_nothing(
+    client, home, product_storage
+):
+    """botocore's errors are not OSErrors: the upload's measuring and the download still see a
+    storage that is down, not a crash."""
+    pytest.importorskip("storages", reason="django-storages is in the test extra")
+    from botocore.config import Config
+
+    down = storage_for(
+        f"http://127.0.0.1:{free_port()}",  # nobody listens
+        "testing",
+        client_config=Config(retries={"max_attempts": 1, "mode": "standard"}, connect_timeout=2),
+    )
+    product_storage(down)
+    product = ProductPageFactory(parent=home, title="Atlas", files=0)
+    file = ProductFileFactory(page=product, title="Atlas", file="products/abc/atlas.pdf")
+    assert (file.size, file.sha256) == (0, "")  # not measurable now: measured when served
+    issued = links.issue_link(PurchaseFactory(paid=True, product=product), reason="webhook")
+    button = reverse("wagtail_paid_delivery:download_file", args=[issued.token, file.pk])
+    response = client.get(client.post(button)["Location"])
+    assert response.status_code == 503 and "Location" not in response
+    assert counted(issued, file) == 0
+    assert DownloadEvent.objects.get().outcome == "missing_file"
+
+
 # System checks: no server needed (signing and settings are local) -----------------------------
 
 
