@@ -322,7 +322,8 @@ def test_selftest_finds_an_uploaded_probe_private_only_where_it_is(
     moto_endpoint, s3rver_endpoint, product_storage
 ):
     """The self-test's object storage probe: OK on moto's private objects; FAIL when objects are
-    written public-read (moto enforces it) or the server serves anyone (s3rver)."""
+    written public-read or authenticated-read (moto enforces both) or the server serves anyone
+    (s3rver)."""
     product_storage(moto_storage(moto_endpoint))
     result = selftest.object_storage_probe()
     assert result is not None and result.ok, result
@@ -333,6 +334,12 @@ def test_selftest_finds_an_uploaded_probe_private_only_where_it_is(
     assert result is not None and not result.ok
     assert "with the object's bytes" in result.detail
     assert "Block Public Access" in result.hint
+
+    # Refused to strangers, but readable by any AWS account: the probe reads the ACL too.
+    product_storage(moto_storage(moto_endpoint, default_acl="authenticated-read"))
+    result = selftest.object_storage_probe()
+    assert result is not None and not result.ok
+    assert "ACL grants READ to AuthenticatedUsers" in result.detail
 
     product_storage(s3rver_storage(s3rver_endpoint))
     result = selftest.object_storage_probe()
