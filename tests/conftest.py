@@ -1,6 +1,7 @@
 import os
 import shutil
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
@@ -75,7 +76,12 @@ def require_executable(name: str, *paths: str, install_hint: str = "") -> str:
         if found:
             return found
     hint = install_hint or f"apt-get install -y {name}"
-    reason = f"{name} is not installed (looked for {', '.join((*paths, name))}); {hint}"
+    missing_dependency(f"{name} is not installed (looked for {', '.join((*paths, name))}); {hint}")
+
+
+def missing_dependency(reason: str) -> NoReturn:
+    """Skip with ``reason`` (what is missing and how to install it), or fail when
+    WPD_REQUIRE_SYSTEM_DEPS=1."""
     if REQUIRE_SYSTEM_DEPS:
         pytest.fail(f"{reason}. WPD_REQUIRE_SYSTEM_DEPS=1 requires it.", pytrace=False)
     pytest.skip(reason)

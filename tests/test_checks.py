@@ -6,6 +6,7 @@ from datetime import timedelta
 import pytest
 from django.conf import settings
 from django.core.checks import run_checks
+from django.core.files.storage import FileSystemStorage
 from django.test import override_settings
 
 from wagtail_paid_delivery import checks, licenses
@@ -294,7 +295,14 @@ def test_w003_ack_failures_is_recommended_for_deploy():
             {"SERVE_BACKEND": "nginx", "NGINX_INTERNAL_PREFIX": "files"},
             "wagtail_paid_delivery.E021",
         ),
-        ({"SERVE_BACKEND": "s3", "PRESIGNED_URL_LIFETIME": 3600}, "wagtail_paid_delivery.E022"),
+        (
+            {
+                "SERVE_BACKEND": "s3",
+                "PRESIGNED_URL_LIFETIME": 3600,
+                "STORAGE": "tests.test_offload.SigningStorage",
+            },
+            "wagtail_paid_delivery.E022",
+        ),
         ({"RESEND_EMAIL_RATE_LIMIT": (0, 60)}, "wagtail_paid_delivery.E023"),
     ],
 )
@@ -302,6 +310,28 @@ def test_e020_to_e023_delivery_settings(values, expected):
     # More cases in test_offload.py.
     with _with(**values):
         assert our_ids() == [expected]
+
+
+def test_e080_the_presigned_backend_with_a_storage_that_cannot_presign():
+    # More cases (S3Storage with querystring_auth off, a custom domain) in test_object_storage.py.
+    with _with(SERVE_BACKEND="s3"):  # the default storage: files on disk, url() never expires
+        messages = [m for m in run_checks() if m.id == "wagtail_paid_delivery.E080"]
+    assert len(messages) == 1 and messages[0].is_serious()
+    assert "takes no 'expire'" in messages[0].msg
+    with _with(SERVE_BACKEND="s3", STORAGE="tests.test_offload.SigningStorage"):
+        assert "wagtail_paid_delivery.E080" not in our_ids()
+
+
+class PublicAclStorage(FileSystemStorage):
+    """Writes every object public-read, as S3Storage(default_acl="public-read") would."""
+
+    default_acl = "public-read"
+
+
+def test_e081_a_product_storage_that_writes_public_objects():
+    # More cases (S3Storage's default_acl and object_parameters) in test_object_storage.py.
+    with _with(STORAGE="tests.test_checks.PublicAclStorage"):
+        assert our_ids() == ["wagtail_paid_delivery.E081"]
 
 
 # The rate limits' cache (E024, E025, W004, W005) and RETENTION (E026) ---------------------------

@@ -20,7 +20,7 @@ from .conf import CHECKOUT_OPTION_TYPES, RETENTION_MINIMUMS, SETTINGS_NAME, app_
 # (SILENCED_SYSTEM_CHECKS), so an id means one problem for good. A new problem gets a new id, the
 # next free number in its range (E000-E019 installation and settings, E020-E029 delivery
 # settings, E030-E039 and W030-W039 Stripe key shapes, E040-E049 emails, E050-E059 license
-# keys, E101- deploy-only
+# keys, E080-E084 object storage, E101- deploy-only
 # errors, W001- warnings); a retired check leaves its id unused.
 # The README's "System checks" table lists every id.
 ID = "wagtail_paid_delivery"
@@ -547,6 +547,46 @@ def check_delivery_page_csp() -> list[CheckMessage]:
             )
         ]
     return []
+
+
+# Object storage (E080-E084): a product storage that would make a paid file public.
+
+
+@register(Tags.security)
+def check_product_storage(**kwargs: Any) -> list[CheckMessage]:
+    """The product storage never writes public objects (E081), and with the presigned backend
+    its url() signs a short-lived URL (E080)."""
+    from .serving.backends import presign_problem
+    from .storage import get_product_storage, public_acl
+
+    try:
+        backend = app_settings.SERVE_BACKEND
+        storage = get_product_storage()
+    except Exception:  # a bad settings dict is E000; a bad STORAGE fails loudly where used
+        return []
+    messages: list[CheckMessage] = []
+    problem = presign_problem(storage) if backend in ("s3", "presigned") else None
+    if problem:
+        messages.append(
+            Error(
+                f"SERVE_BACKEND {backend!r} cannot use the product storage: {problem}.",
+                hint="Give the product storage querystring_auth=True and no custom_domain "
+                "(or a CloudFront signer): buyers must get a signed URL that expires in "
+                "PRESIGNED_URL_LIFETIME seconds, never the object's permanent address.",
+                id=f"{ID}.E080",
+            )
+        )
+    acl = public_acl(storage)
+    if acl:
+        messages.append(
+            Error(
+                f"The product storage writes every file with the public ACL {acl!r}.",
+                hint="Remove default_acl (AWS_DEFAULT_ACL) and any 'ACL' in object_parameters, "
+                "or set them to 'private': a paid file must not be readable at its plain URL.",
+                id=f"{ID}.E081",
+            )
+        )
+    return messages
 
 
 @register(Tags.compatibility)

@@ -28,7 +28,7 @@ from . import inbox, outbox, stripe_api
 from .conf import app_settings
 from .models import OutboundEmail, StripeEvent
 from .schedules import SCHEDULES
-from .storage import get_product_storage
+from .storage import get_product_storage, storage_errors
 
 #: How long one probe may take (seconds).
 PROBE_TIMEOUT = 10
@@ -138,6 +138,69 @@ def _probe_one(label: str, url: str, secret: bytes) -> Result:
         )
     where = "" if final == url else f" (redirected to {final})"
     return Result(title, True, f"{url} answered {status}{where} without the file")
+
+
+def object_storage_probe() -> Result | None:
+    """On a remote product storage (S3 and the like, whose url() is absolute), write a secret
+    probe object and ask for it as a stranger: its plain URL (the presigned one stripped of its
+    signature) must not answer with its bytes, and its ACL must grant nobody but the owner.
+    None for a storage on this site (the HTTP probes cover it). The object is removed
+    afterwards."""
+    storage = get_product_storage()
+    title = "Product storage: an uploaded object is not readable anonymously"
+    name = f"{PROBE_FOLDER}/{secrets.token_hex(8)}/probe.txt"
+    if urlsplit(storage.url(name)).scheme not in ("http", "https"):
+        return None
+    secret = secrets.token_hex(24).encode()
+    try:
+        name = storage.save(name, ContentFile(b"selftest " + secret))
+    except storage_errors() as exc:
+        return Result(title, False, f"could not write a probe: {exc}", _STORAGE_HINT)
+    try:
+        url = _unsigned(storage.url(name))
+        try:
+            status, _final, body = _fetch(url)
+        except (OSError, ValueError) as exc:
+            return Result(title, False, f"{url}: could not ask ({exc})", _STORAGE_HINT)
+        if secret in body:
+            return Result(
+                title, False, f"{url} answered {status} with the object's bytes", _STORAGE_HINT
+            )
+        public = _public_grants(storage, name)
+        if public:
+            return Result(title, False, f"{name}'s ACL grants {public}", _STORAGE_HINT)
+        return Result(title, True, f"{url} answered {status} without the object")
+    finally:
+        storage.delete(name)
+
+
+_STORAGE_HINT = (
+    "Keep the bucket private: no public-read default_acl or object ACL, no bucket policy that "
+    "allows anonymous GetObject, and S3 Block Public Access on; buyers get presigned URLs."
+)
+
+#: Grantees that make an S3 object readable beyond its owner.
+_PUBLIC_GRANTEES = (
+    "http://acs.amazonaws.com/groups/global/AllUsers",
+    "http://acs.amazonaws.com/groups/global/AuthenticatedUsers",
+)
+
+
+def _public_grants(storage: Any, name: str) -> str:
+    """The object's ACL grants to everyone (django-storages' S3Storage, whose files carry their
+    boto3 object as ``obj``); "" when none, or when the storage keeps no ACLs (the anonymous GET
+    is then the answer)."""
+    try:
+        with storage.open(name, "rb") as handle:
+            s3_object = getattr(handle, "obj", None)
+            grants = s3_object.Acl().grants if s3_object is not None else []
+    except storage_errors():  # ACLs disabled, or not readable with these credentials
+        return ""
+    return ", ".join(
+        f"{grant['Permission']} to {grant['Grantee']['URI'].rsplit('/', 1)[-1]}"
+        for grant in grants
+        if grant.get("Grantee", {}).get("URI") in _PUBLIC_GRANTEES
+    )
 
 
 def schedules_exist() -> Result:
@@ -260,6 +323,9 @@ def run(base_url: str | None, *, with_stripe: bool = False) -> list[Result]:
         )
     else:
         results.extend(private_file_probe(base))
+    remote = object_storage_probe()
+    if remote is not None:
+        results.append(remote)
     steps: list[Callable[[], Result]] = [schedules_exist, inbox_not_stuck, outbox_not_stuck]
     if with_stripe:
         steps.append(stripe_account)

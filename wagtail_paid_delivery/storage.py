@@ -21,6 +21,9 @@ from private_storage.storage.files import PrivateFileSystemStorage
 
 from .conf import app_settings
 
+#: Canned ACLs that let someone other than the bucket's owner read an object.
+PUBLIC_ACLS = frozenset({"public-read", "public-read-write", "authenticated-read"})
+
 
 @deconstructible
 class PrivateProductStorage(PrivateFileSystemStorage):
@@ -49,3 +52,26 @@ def product_file_upload_to(instance: Any, filename: str) -> str:
     """A random folder per upload: names cannot be guessed and never collide."""
     name = get_valid_filename(posixpath.basename(filename)) or "file"
     return f"products/{uuid.uuid4().hex}/{name}"
+
+
+def public_acl(storage: Storage) -> str | None:
+    """The public canned ACL ``storage`` writes every object with (django-storages' S3Storage:
+    ``default_acl``, or ``object_parameters["ACL"]``, which wins); None when it writes none.
+
+    A product file written so is readable by anyone at its plain, permanent URL, whatever the
+    download links say.
+    """
+    acl = (getattr(storage, "object_parameters", None) or {}).get("ACL") or getattr(
+        storage, "default_acl", None
+    )
+    return acl if acl in PUBLIC_ACLS else None
+
+
+def storage_errors() -> tuple[type[Exception], ...]:
+    """What a storage raises when it cannot answer: OSError for files on disk; for S3 also
+    botocore's errors (a 403, a timeout, an endpoint that is down), which are not OSErrors."""
+    try:
+        from botocore.exceptions import BotoCoreError, ClientError
+    except ImportError:  # django-storages' S3 extra is not installed: no S3 storage either
+        return (OSError,)
+    return (OSError, BotoCoreError, ClientError)

@@ -25,7 +25,7 @@ from .. import currencies
 from ..conf import app_settings
 from ..forms import ProductPageForm
 from ..panels import ProductSalesPanel
-from ..storage import get_product_storage, product_file_upload_to
+from ..storage import get_product_storage, product_file_upload_to, storage_errors
 from .copy import DeliveryCopy
 
 logger = logging.getLogger(__name__)
@@ -289,7 +289,7 @@ def measure(field_file: Any) -> tuple[int, str, int | None]:
                     digest.update(chunk)
                     crc = zlib.crc32(chunk, crc)
                     size += len(chunk)
-        except OSError as error:
+        except storage_errors() as error:
             # Unknown rather than wrong: serving then takes size and ETag from the storage.
             logger.warning("Product file %s could not be measured: %s", field_file.name, error)
             return 0, "", None

@@ -24,6 +24,7 @@ from django.http.response import HttpResponseBase
 
 from ..conf import app_settings
 from ..models.pages import AbstractProductFile
+from ..storage import storage_errors
 from .ranges import ByteRange, content_disposition, is_single_range_after_first_byte
 
 logger = logging.getLogger(__name__)
@@ -202,7 +203,7 @@ class DjangoBackend:
             except (NotImplementedError, AttributeError):
                 last_modified = None
             handle = storage.open(name, "rb") if open_file else None
-        except OSError as error:  # FileNotFoundError, permissions, a storage that is down
+        except storage_errors() as error:  # not found, permissions, a storage that is down
             logger.error(
                 "Product file %s (%r, id %s) cannot be served: %s",
                 name,
@@ -346,13 +347,36 @@ class ApacheBackend(_OffloadBackend):
         response["X-Sendfile"] = stored.extra["path"]
 
 
+def presign_problem(storage: Any) -> str | None:
+    """Why ``storage`` cannot give the presigned backend a short-lived, signed URL; None if it
+    can.
+
+    django-storages' S3Storage signs ``url()`` with ``expire`` only while ``querystring_auth`` is
+    on and no ``custom_domain`` without a CloudFront signer bypasses the signing: otherwise its
+    URL is the object's plain, permanent address, which works only for a public object. A
+    storage whose ``url()`` takes no ``expire`` cannot be asked for a short URL at all.
+    """
+    try:
+        accepted = set(inspect.signature(storage.url).parameters)
+    except (TypeError, ValueError):
+        accepted = set()
+    if "expire" not in accepted:
+        return "its url() takes no 'expire': it cannot make a short-lived URL"
+    if getattr(storage, "querystring_auth", True) is False:
+        return "its querystring_auth is False: url() is unsigned and never expires"
+    if getattr(storage, "custom_domain", None) and not getattr(storage, "cloudfront_signer", None):
+        return "it has a custom_domain without a CloudFront signer: url() is unsigned"
+    return None
+
+
 class PresignedBackend(_OffloadBackend):
     """A 302 to a presigned storage URL that lives ``PRESIGNED_URL_LIFETIME`` seconds.
 
     For remote storages such as django-storages' S3Storage, whose ``url()`` signs with
     ``expire`` and passes ``parameters`` to S3 (``ResponseContentDisposition`` and
-    ``ResponseContentType``, so the file still downloads under its name). A storage whose
-    ``url()`` takes neither cannot be trusted to make a short-lived URL and is refused.
+    ``ResponseContentType``, so the file still downloads under its name: they are signed with
+    the URL, so nobody can change them). A storage that would not sign a short-lived URL
+    (:func:`presign_problem`) is refused before anything is counted.
 
     Every redirect counts: the storage serves any range, any number of times, while the URL
     lives, so nothing the request asked for bounds what it gets.
@@ -364,16 +388,11 @@ class PresignedBackend(_OffloadBackend):
         return Terms(stored.size, may_be_free=False)
 
     def prepare(self, stored: StoredFile) -> None:
-        try:
-            accepted = set(inspect.signature(stored.extra["storage"].url).parameters)
-        except (TypeError, ValueError):
-            accepted = set()
-        if "expire" not in accepted:
-            raise FileUnavailable(
-                "SERVE_BACKEND 's3' needs a storage whose url() presigns with 'expire' "
-                "(django-storages' S3Storage)"
-            )
-        stored.extra["url_parameters"] = "parameters" in accepted
+        storage = stored.extra["storage"]
+        problem = presign_problem(storage)
+        if problem:
+            raise FileUnavailable(f"SERVE_BACKEND 's3' refuses the product storage: {problem}")
+        stored.extra["url_parameters"] = "parameters" in inspect.signature(storage.url).parameters
 
     def redirect_origins(self, files: Iterable[AbstractProductFile]) -> list[str]:
         # The storage's origin, from one URL signed per storage (signing is local: no request).
@@ -397,6 +416,8 @@ class PresignedBackend(_OffloadBackend):
     def offload(self, response: HttpResponse, stored: StoredFile) -> None:
         kwargs: dict[str, Any] = {"expire": int(app_settings.PRESIGNED_URL_LIFETIME)}
         if stored.extra["url_parameters"]:
+            # Signed into the URL: the storage answers with these headers, and a URL edited to
+            # ask for others (inline, text/html) no longer matches its signature.
             kwargs["parameters"] = {
                 "ResponseContentDisposition": content_disposition(stored.filename),
                 "ResponseContentType": stored.content_type,
