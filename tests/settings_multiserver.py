@@ -7,6 +7,7 @@ the Stripe emulator as Stripe, retry delays in seconds) with what more than one 
 - django-q2 on the **Redis** broker (``WPD_Q_REDIS``, read by tests.settings), one queue
   (``WPD_Q_NAME``) that every app server enqueues on and every cluster takes from;
 - the rate limits counted in that Redis (a cache every app server shares), under the run's name;
+- persistent database connections, checked before reuse;
 - product files sent by nginx (``SERVE_BACKEND`` "nginx", X-Accel-Redirect to the internal
   location of tests/multiserver_nginx.conf);
 - the Stripe emulator answering each call after ``STRIPE_EMULATOR_DELAY_MS`` (Stripe's own API
@@ -20,6 +21,10 @@ from tests.settings_faults import *  # noqa: F403
 _ENV = os.environ
 
 STRIPE_EMULATOR_DELAY_MS = int(_ENV.get("STRIPE_EMULATOR_DELAY_MS", "0"))
+
+DATABASES = {
+    "default": {**DATABASES["default"], "CONN_MAX_AGE": 60, "CONN_HEALTH_CHECKS": True},  # noqa: F405
+}
 
 # Shared by every app server: the rate limits (W004) and Django's default cache.
 _SHARED_CACHE = {

@@ -47,6 +47,7 @@ from tests.conftest import require_executable
 from tests.factories import ProductFileFactory, ProductPageFactory
 from tests.processes import (
     REDIS_URL,
+    ROOT,
     Group,
     Processes,
     database_url,
@@ -79,12 +80,6 @@ from wagtail_paid_delivery.models import (
     StripeEvent,
 )
 
-pytestmark = [
-    pytest.mark.slow,
-    postgres_only,
-    pytest.mark.django_db(transaction=True, serialized_rollback=True),
-]
-
 #: The nginx site the guide quotes (docs/deployment.md), run here as it is.
 NGINX_SITE = Path(__file__).with_name("multiserver_nginx.conf")
 BURST = 45
@@ -107,6 +102,7 @@ class Deployment:
     processes: Processes
     site: Site  # "the shop" is nginx's address
     apps: list[Group]
+    clusters: list[Group]
     queue: str
 
     @property
@@ -139,7 +135,7 @@ def nginx_config(tmp: Path, port: int, app_ports: list[int], binary: str) -> Pat
     return path
 
 
-def start_all(processes: Processes, starts: list[partial]) -> list[Group]:
+def start_all(starts: list[partial]) -> list[Group]:
     """Start several processes at once (each start waits until its process is ready)."""
     with ThreadPoolExecutor(len(starts)) as pool:
         return list(pool.map(lambda start: start(), starts))
@@ -147,8 +143,6 @@ def start_all(processes: Processes, starts: list[partial]) -> list[Group]:
 
 @pytest.fixture
 def deployment(tmp_path, settings, transactional_db):
-    from django_q.models import Schedule
-
     require_redis()
     nginx = require_executable("nginx", "/usr/sbin/nginx")
     port, stripe_port = free_port(), free_port()
@@ -177,17 +171,18 @@ def deployment(tmp_path, settings, transactional_db):
         "STRIPE_API_BASE": stripe_base,
         "CHECKOUT_RATE_LIMIT": None,
     }
-    # The clusters' scheduler is off; their ticker (tests/processes.py) queues the sweeps.
-    Schedule.objects.all().delete()
     config = nginx_config(tmp_path, port, app_ports, nginx)
     try:
         with started(env, logs) as processes:
+            # The clusters' scheduler is off; their ticker (tests/processes.py) queues the
+            # sweeps every second.
             groups = start_all(
-                processes,
                 [
                     partial(processes.gunicorn, stripe_port, "stripe"),
                     partial(processes.gunicorn, app_ports[0], "app-1"),
                     partial(processes.gunicorn, app_ports[1], "app-2"),
+                    partial(processes.cluster, "cluster-1"),
+                    partial(processes.cluster, "cluster-2"),
                 ],
             )
             proxy = processes.start("nginx", [nginx, "-p", str(tmp_path), "-c", str(config)])
@@ -196,7 +191,8 @@ def deployment(tmp_path, settings, transactional_db):
             yield Deployment(
                 processes=processes,
                 site=Site(processes, port, stripe_port, tmp_path / "mail"),
-                apps=groups[1:],
+                apps=groups[1:3],
+                clusters=groups[3:],
                 queue=queue,
             )
             print(processes.outputs())  # shown when the test failed
@@ -276,22 +272,24 @@ def paid() -> int:
 # The test --------------------------------------------------------------------------------------
 
 
-def test_two_servers_two_clusters_one_killed_mid_burst_nothing_lost_none_twice(
-    deployment, home
-):
+def test_the_deployment_guide_quotes_the_nginx_site_this_test_runs():
+    guide = (ROOT / "docs" / "deployment.md").read_text()
+    assert NGINX_SITE.read_text().strip() in guide
+
+
+@pytest.mark.slow
+@postgres_only
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
+def test_two_servers_two_clusters_one_killed_mid_burst_nothing_lost_none_twice(deployment, home):
     product = ProductPageFactory(
         parent=home, title="Launch guide", files=0, download_limit=DOWNLOAD_LIMIT
     )
     ProductFileFactory(page=product, title="Guide", file=ContentFile(DATA, name="guide.pdf"))
     buyers = [buy(product, n) for n in range(BURST)]
     watchers = buyers[::SUCCESS_PAGE_EVERY]
-    started_clusters = start_all(
-        deployment.processes,
-        [partial(deployment.processes.cluster, name) for name in ("cluster-1", "cluster-2")],
-    )
-    doomed, survivor = started_clusters
+    doomed, survivor = deployment.clusters
 
-    rng = random.Random(15)
+    rng = random.Random(15)  # noqa: S311  (an order for the test, not a secret)
     posts = deliveries(buyers, rng)
     half = len(posts) // 2
     answers: list[int] = []
@@ -384,6 +382,10 @@ def test_two_servers_two_clusters_one_killed_mid_burst_nothing_lost_none_twice(
         assert served_events.count() == DOWNLOAD_LIMIT
     handoffs = [requests_served(app, r'"GET /shop/d/h/') for app in deployment.apps]
     assert sum(handoffs) == len(calls) and min(handoffs) > 0, handoffs
+
+    # The self-test, as a site owner runs it after a deploy: probes through nginx included.
+    done = deployment.processes.manage("delivery_selftest", "--base-url", deployment.url)
+    assert done.returncode == 0 and "FAIL" not in done.stdout, done.stdout + done.stderr
 
     cores = os.cpu_count() or 1
     print(
