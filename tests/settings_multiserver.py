@@ -8,6 +8,8 @@ the Stripe emulator as Stripe, retry delays in seconds) with what more than one 
   (``WPD_Q_NAME``) that every app server enqueues on and every cluster takes from;
 - the rate limits counted in that Redis (a cache every app server shares), under the run's name;
 - persistent database connections, checked before reuse;
+- the buyer's address from nginx's ``X-Forwarded-For`` (``ClientAddressMiddleware``, nginx on
+  127.0.0.1 trusted), so the rate limits count per buyer;
 - product files sent by nginx (``SERVE_BACKEND`` "nginx", X-Accel-Redirect to the internal
   location of tests/multiserver_nginx.conf);
 - the Stripe emulator answering each call after ``STRIPE_EMULATOR_DELAY_MS`` (Stripe's own API
@@ -34,8 +36,11 @@ _SHARED_CACHE = {
 }
 CACHES = {"default": _SHARED_CACHE, "rate_limits": _SHARED_CACHE}
 
+MIDDLEWARE = ["wagtail_paid_delivery.middleware.ClientAddressMiddleware", *MIDDLEWARE]  # noqa: F405
+
 WAGTAIL_PAID_DELIVERY = {
     **WAGTAIL_PAID_DELIVERY,  # noqa: F405
+    "TRUSTED_PROXIES": ["127.0.0.1"],
     "SERVE_BACKEND": "nginx",
     "NGINX_INTERNAL_PREFIX": "/_paid_files/",
 }

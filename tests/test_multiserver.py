@@ -21,6 +21,7 @@ no download may pass the limit.
 
 from __future__ import annotations
 
+import http.client
 import os
 import random
 import re
@@ -33,6 +34,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from urllib.parse import urlsplit
 from uuid import uuid4
 
 import pytest
@@ -260,6 +262,21 @@ def queued_event_tasks(queue: str) -> int:
     return sum(task["func"] == inbox.TASK for task in tasks)
 
 
+def fetch_from(source: str, url: str, **headers: str) -> int:
+    """GET ``url`` from the loopback address ``source`` (another "client" than this one)."""
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(
+        parts.hostname, parts.port, timeout=30, source_address=(source, 0)
+    )
+    try:
+        conn.request("GET", parts.path, headers=headers)
+        response = conn.getresponse()
+        response.read()
+        return response.status
+    finally:
+        conn.close()
+
+
 def requests_served(app: Group, pattern: str) -> int:
     """Requests matching ``pattern`` in an app server's access log (gunicorn's, in its output)."""
     return len(re.findall(pattern, app.log.read_text(errors="replace")))
@@ -366,6 +383,8 @@ def test_two_servers_two_clusters_one_killed_mid_burst_nothing_lost_none_twice(d
             assert status == 303 and handoff, status
             calls.append(partial(fetch, deployment.url + handoff))
             owners.append(buyer.purchase.pk)
+    status, spare = browser.press(page, buyers[DOWNLOADERS - 1].purchase)  # for later
+    assert status == 303 and spare
     results = run_at_once(calls)
     for buyer in buyers[:DOWNLOADERS]:
         mine = [r for r, owner in zip(results, owners, strict=True) if owner == buyer.purchase.pk]
@@ -382,6 +401,13 @@ def test_two_servers_two_clusters_one_killed_mid_burst_nothing_lost_none_twice(d
         assert served_events.count() == DOWNLOAD_LIMIT
     handoffs = [requests_served(app, r'"GET /shop/d/h/') for app in deployment.apps]
     assert sum(handoffs) == len(calls) and min(handoffs) > 0, handoffs
+
+    # The buyer's address, not nginx's, and not the one a client forges: from 127.0.5.2, with a
+    # made-up X-Forwarded-For, the refused request is recorded as 127.0.5.0 (truncated).
+    forged = {"X-Forwarded-For": "203.0.113.9"}
+    assert fetch_from("127.0.5.2", deployment.url + spare, **forged) == 410
+    refused = DownloadEvent.objects.filter(link__purchase=buyers[DOWNLOADERS - 1].purchase)
+    assert refused.latest("pk").ip_address == "127.0.5.0"
 
     # The self-test, as a site owner runs it after a deploy: probes through nginx included.
     done = deployment.processes.manage("delivery_selftest", "--base-url", deployment.url)
