@@ -685,3 +685,29 @@ def test_a_pem_signing_key_works_like_the_base64_one(settings):
     assert _license_check_ids() == []
     assert licenses.public_key_base64() == licenses.public_key_base64(private)
     assert "BEGIN PUBLIC KEY" in licenses.public_key_pem()
+
+
+# TRUSTED_PROXIES (E085, E086): the reverse proxies whose X-Forwarded-For is believed.
+
+CLIENT_ADDRESS_MIDDLEWARE = "wagtail_paid_delivery.middleware.ClientAddressMiddleware"
+
+
+def proxy_check_ids() -> set[str]:
+    return {message.id for message in run_checks() if message.id}
+
+
+@pytest.mark.parametrize("value", ["10.0.0.10", ["10.0.0.300"], ["nginx.internal"], [None]])
+def test_invalid_trusted_proxies_are_a_system_check_error(settings, value):
+    settings.MIDDLEWARE = [CLIENT_ADDRESS_MIDDLEWARE, *settings.MIDDLEWARE]
+    settings.WAGTAIL_PAID_DELIVERY = {**settings.WAGTAIL_PAID_DELIVERY, "TRUSTED_PROXIES": value}
+    assert "wagtail_paid_delivery.E085" in proxy_check_ids()
+
+
+def test_trusted_proxies_without_the_middleware_is_a_system_check_error(settings):
+    settings.WAGTAIL_PAID_DELIVERY = {
+        **settings.WAGTAIL_PAID_DELIVERY,
+        "TRUSTED_PROXIES": ["127.0.0.1"],
+    }
+    assert "wagtail_paid_delivery.E086" in proxy_check_ids()
+    settings.MIDDLEWARE = [CLIENT_ADDRESS_MIDDLEWARE, *settings.MIDDLEWARE]
+    assert not {"wagtail_paid_delivery.E085", "wagtail_paid_delivery.E086"} & proxy_check_ids()

@@ -90,7 +90,7 @@ master_process on;
 worker_processes 1;
 pid {tmp}/nginx.pid;
 error_log {tmp}/error.log warn;
-events {{ worker_connections 64; }}
+events {{ worker_connections 256; }}
 http {{
     include {mime_types};
     default_type application/octet-stream;

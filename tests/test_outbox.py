@@ -341,3 +341,23 @@ def test_no_row_lock_is_held_while_the_mail_server_is_called(home, settings):
     assert LockProbeBackend.probes == [("Purchase", True), ("OutboundEmail", True)]
     assert LockProbeBackend.in_transaction == [False]
     assert len(mail.outbox) == 1
+
+
+def test_an_email_task_that_waited_past_stuck_after_sends_before_the_sweeps_copy(paid, monkeypatch):
+    """The delivery email's task waited in a long queue; the sweep took it for lost and queued
+    a copy at the back. The task that arrives first sends it, once."""
+    queued: list[tuple[int, str | None]] = []
+    monkeypatch.setattr(
+        "wagtail_paid_delivery.outbox.enqueue",
+        lambda pk, token=None: queued.append((pk, token)),
+    )
+    email = outbox.promise_delivery(paid)
+    OutboundEmail.objects.filter(pk=email.pk).update(
+        created_at=timezone.now() - outbox.STUCK_AFTER - timedelta(seconds=1)
+    )
+    assert tasks.sweep_emails().startswith("queued 1")
+    ((pk, token),) = queued
+    assert tasks.send_delivery_email(paid.pk) == "sent"
+    assert tasks.send_email(pk, token) != "sent"
+    assert len(mail.outbox) == 1
+    assert OutboundEmail.objects.get().attempts == 1

@@ -267,3 +267,34 @@ def test_an_event_whose_last_attempt_never_finished_is_failed_for_good_and_repro
     assert event.status == StripeEvent.Status.PROCESSED
     purchase.refresh_from_db()
     assert purchase.status == Purchase.Status.PAID
+
+
+def test_a_task_that_waited_past_stuck_after_is_not_sent_behind_the_sweeps_copy(
+    client, purchase, paid_session, fake_stripe, monkeypatch
+):
+    """A launch-day burst: the event's task waits in the queue longer than STUCK_AFTER, so the
+    sweep takes it for lost, leases it and queues a copy at the back. The original, reaching a
+    worker at last, still runs it (and the copy finds it done)."""
+    queued: list[tuple[int, str | None]] = []
+    monkeypatch.setattr(
+        "wagtail_paid_delivery.inbox.enqueue",
+        lambda pk, token=None, **kw: queued.append((pk, token)),
+    )
+    post_event(client, event_for(fake_stripe.session(paid_session)))
+    event = StripeEvent.objects.get()
+    StripeEvent.objects.filter(pk=event.pk).update(
+        received_at=timezone.now() - inbox.STUCK_AFTER - timedelta(seconds=1)
+    )
+    assert sweep().startswith("queued 1")
+    ((copy, token),) = queued
+    assert copy == event.pk and token
+
+    assert process_stripe_event(event.pk) == "fulfilled"  # the webhook's own task
+    assert process_stripe_event(copy, token) == "skipped (processed)"
+    event.refresh_from_db()
+    assert (event.status, event.attempts) == (StripeEvent.Status.PROCESSED, 1)
+    # Once attempted, a lease is a worker's: a late duplicate still keeps out of it.
+    StripeEvent.objects.filter(pk=event.pk).update(
+        status="received", next_attempt_at=timezone.now() + timedelta(minutes=5)
+    )
+    assert claim(event.pk) is None

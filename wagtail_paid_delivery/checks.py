@@ -709,6 +709,37 @@ def check_rate_limit_cache_shared(**kwargs: Any) -> list[CheckMessage]:
     ]
 
 
+MIDDLEWARE_PATH = "wagtail_paid_delivery.middleware.ClientAddressMiddleware"
+
+
+@register(Tags.security)
+def check_trusted_proxies(**kwargs: Any) -> list[CheckMessage]:
+    """TRUSTED_PROXIES parses, and is read by the middleware (alone it changes nothing)."""
+    try:
+        proxies = app_settings.trusted_proxies
+    except ImproperlyConfigured as exc:
+        return [
+            Error(
+                str(exc),
+                hint='For example ["127.0.0.1", "10.0.0.0/24"]: the addresses your reverse '
+                "proxies connect to the app servers from.",
+                id=f"{ID}.E085",
+            )
+        ]
+    except Exception:  # reported by check_settings
+        return []
+    if proxies and MIDDLEWARE_PATH not in settings.MIDDLEWARE:
+        return [
+            Error(
+                f"{SETTINGS_NAME}['TRUSTED_PROXIES'] is set, but {MIDDLEWARE_PATH} is not in "
+                "MIDDLEWARE, so REMOTE_ADDR stays the proxy's address.",
+                hint=f"Add '{MIDDLEWARE_PATH}' at the top of MIDDLEWARE.",
+                id=f"{ID}.E086",
+            )
+        ]
+    return []
+
+
 _RETENTION_HINT = (
     "Each RETENTION period is a timedelta (or seconds), or None to keep forever; "
     "'stripe_events' at least 30 days (Stripe may send an event again that long), the others "

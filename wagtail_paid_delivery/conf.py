@@ -7,6 +7,7 @@ time, and the cache is dropped on ``setting_changed`` so ``override_settings`` w
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import re
 from datetime import timedelta
 from typing import Any
@@ -89,6 +90,10 @@ DEFAULTS: dict[str, Any] = {
     # and no Purchase or Stripe call. Far above what a shopper does (a repeated click reuses
     # its checkout anyway); mind many buyers behind one IPv4 address (offices, mobile CGNAT).
     "CHECKOUT_RATE_LIMIT": (30, 600),
+    # The reverse proxies (addresses or networks, e.g. ["10.0.0.10", "127.0.0.1"]) whose
+    # X-Forwarded-For the ClientAddressMiddleware believes, so the limits count per buyer, not
+    # per proxy. Empty: REMOTE_ADDR is left as the server saw it.
+    "TRUSTED_PROXIES": [],
     # resend/ ("email me my links again"): requests per client. Over it the page answers 429
     # "try again later", the same for everyone.
     "RESEND_RATE_LIMIT": (10, 3600),
@@ -408,6 +413,24 @@ class PaidDeliverySettings:
         if bad:
             raise ImproperlyConfigured(f"{key} has invalid addresses: {', '.join(map(repr, bad))}.")
         return list(value)
+
+    @property
+    def trusted_proxies(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+        """TRUSTED_PROXIES as networks (an address is a network of one); parsed once."""
+        if "_trusted_proxies" not in self._cache:
+            value = self.TRUSTED_PROXIES
+            if isinstance(value, str) or not isinstance(value, (list, tuple)):
+                raise ImproperlyConfigured(
+                    f"{SETTINGS_NAME}['TRUSTED_PROXIES'] must be a list of addresses or networks."
+                )
+            try:
+                networks = [ipaddress.ip_network(str(v).strip(), strict=False) for v in value]
+            except ValueError as exc:
+                raise ImproperlyConfigured(
+                    f"{SETTINGS_NAME}['TRUSTED_PROXIES']: {exc} (an IP address or network)."
+                ) from exc
+            self._cache["_trusted_proxies"] = networks
+        return list(self._cache["_trusted_proxies"])
 
     def require_secret_key(self) -> str:
         if not self.STRIPE_SECRET_KEY:

@@ -236,12 +236,17 @@ def claim(event_pk: int, token: str | None = None) -> StripeEvent | None:
     """Take an event for processing, or None when it is not ours to run now.
 
     A conditional UPDATE (race-safe on every database): the event must still be waiting
-    (``received`` or ``failed``) and either unleased, past its lease, or leased to us (the
-    sweep passes the lease it wrote as ``token``). The claim counts an attempt and leases the
-    event to this task.
+    (``received`` or ``failed``) and either unleased, past its lease, leased to us (the sweep
+    passes the lease it wrote as ``token``), or never attempted. The claim counts an attempt and
+    leases the event to this task.
+
+    Never attempted: no worker holds it, so a lease on it can only be the sweep's, written
+    because the task waited in a long queue (a launch-day burst) past ``STUCK_AFTER``. Its own
+    task, arriving at last, takes it rather than sending it to the back of the queue behind the
+    sweep's copy.
     """
     now = timezone.now()
-    free = Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now)
+    free = Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now) | Q(attempts=0)
     if token:
         with contextlib.suppress(ValueError):
             free |= Q(next_attempt_at=datetime.fromisoformat(token))

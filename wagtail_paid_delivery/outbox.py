@@ -439,11 +439,13 @@ def claim(email_pk: int, token: str | None = None) -> OutboundEmail | None:
     """Take a pending email for one attempt, or None when it is not ours to send now.
 
     A conditional UPDATE (race-safe on every database): the email must be pending and either
-    unleased, due, or leased to us (the sweep passes the lease it wrote as ``token``). The claim
-    counts the attempt and leases the row, and it commits before anything is sent.
+    unleased, due, leased to us (the sweep passes the lease it wrote as ``token``), or never
+    attempted (then a lease can only be the sweep's, taken while the task waited in a long
+    queue: the task that arrives first sends it). The claim counts the attempt and leases the
+    row, and it commits before anything is sent.
     """
     now = timezone.now()
-    free = Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now)
+    free = Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now) | Q(attempts=0)
     if token:
         with contextlib.suppress(ValueError):
             free |= Q(next_attempt_at=datetime.fromisoformat(token))
