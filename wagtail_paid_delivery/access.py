@@ -1,0 +1,88 @@
+"""Who may see content for buyers only: the one home of "does this visitor own that product".
+
+A visitor owns a product when the library knows them (a Django login, or an address proven by
+a library sign-in link, ``library.session_email``) and one of their purchases of that product
+is paid now (``library.library_purchases`` decides whose purchases they are). Refunded, revoked
+and disputed purchases give nothing, from the next request on: nothing is cached beyond the
+request. A purchase that grants other products (a bundle) does so through purchases of those
+products, so they count here without any rule of their own.
+
+Pages: a ``BuyersOnlyRestriction`` on a page covers it and its descendants (as Wagtail's
+privacy does); every restriction on the way up must be met. ``check`` gives the verdict the
+``before_serve_page`` hook (``gate``) acts on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import swapper
+from django.http import HttpRequest
+
+from . import library
+from .models import BuyersOnlyRestriction, Purchase
+
+#: Where one request keeps its answers (product id → bool), so a page with many blocks asks once.
+OWNED_ATTR = "_paid_delivery_owned"
+
+
+def owns(request: HttpRequest | None, product: Any) -> bool:
+    """Whether this request's library identity has a paid purchase of ``product`` now."""
+    if request is None or product is None or getattr(product, "pk", None) is None:
+        return False
+    known = getattr(request, OWNED_ATTR, None)
+    if known is None:
+        known = {}
+        setattr(request, OWNED_ATTR, known)
+    if product.pk not in known:
+        user = getattr(request, "user", None)
+        purchases = library.library_purchases(user, library.session_email(request))
+        known[product.pk] = purchases.filter(
+            product_id=product.pk, status=Purchase.Status.PAID
+        ).exists()
+    return bool(known[product.pk])
+
+
+def is_signed_in(request: HttpRequest) -> bool:
+    """Whether the library knows this visitor at all (their purchases can be looked up)."""
+    user = getattr(request, "user", None)
+    return bool(user is not None and user.is_authenticated) or bool(library.session_email(request))
+
+
+def restrictions_for(page: Any) -> list[BuyersOnlyRestriction]:
+    """The restrictions on ``page`` and its ancestors, nearest first."""
+    path = getattr(page, "path", "") or ""
+    steplen = swapper.load_model("wagtailcore", "Page").steplen
+    paths = [path[:end] for end in range(steplen, len(path) + 1, steplen)]
+    if not paths:
+        return []
+    found = BuyersOnlyRestriction.objects.filter(page__path__in=paths).select_related("page")
+    return sorted(found, key=lambda r: -len(r.page.path))
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What a restricted page's request gets: ``allowed``, or the restriction that refused it."""
+
+    allowed: bool
+    refused_by: BuyersOnlyRestriction | None = None
+
+    @property
+    def misconfigured(self) -> bool:
+        """Refused because the restriction's product is gone: nobody may see the page."""
+        return self.refused_by is not None and self.refused_by.product_id is None
+
+
+def check(request: HttpRequest, page: Any) -> Verdict | None:
+    """None for a page no restriction covers; else whether this request may see it."""
+    restrictions = restrictions_for(page)
+    if not restrictions:
+        return None
+    for restriction in restrictions:
+        if restriction.product_id is None:
+            return Verdict(allowed=False, refused_by=restriction)
+    for restriction in restrictions:
+        if not owns(request, restriction.product):
+            return Verdict(allowed=False, refused_by=restriction)
+    return Verdict(allowed=True)
