@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import swapper
+from django.db.models import Q, QuerySet
 from django.http import HttpRequest
 
 from . import library
@@ -86,3 +87,13 @@ def check(request: HttpRequest, page: Any) -> Verdict | None:
         if not owns(request, restriction.product):
             return Verdict(allowed=False, refused_by=restriction)
     return Verdict(allowed=True)
+
+
+def without_buyers_only(pages: QuerySet[Any]) -> QuerySet[Any]:
+    """``pages`` without the restricted ones and their descendants: for a site's search view,
+    listings, feeds and API, which Wagtail's serve hooks do not cover. Search after filtering:
+    ``without_buyers_only(Page.objects.live()).search(query)``."""
+    match = Q()
+    for path in BuyersOnlyRestriction.objects.values_list("page__path", flat=True):
+        match |= Q(path__startswith=path)
+    return pages.exclude(match) if match else pages
