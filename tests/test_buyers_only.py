@@ -156,6 +156,14 @@ def client_request(client):
     return request
 
 
+def test_the_library_links_a_buyer_back_to_the_pages_for_buyers(client, chapter, purchase):
+    sign_in(client)
+    body = client.get("/shop/library/").content.decode()
+    assert f'For its buyers: <a href="{chapter.url}">Chapter 11</a>' in body
+    fulfillment.revoke_purchase(purchase, reason="test")
+    assert "For its buyers:" not in client.get("/shop/library/").content.decode()
+
+
 def test_a_forged_or_foreign_session_value_opens_nothing(client, chapter, purchase):
     session = client.session
     # Signed with the right key but another salt, then not signed at all.
@@ -169,7 +177,10 @@ def test_a_forged_or_foreign_session_value_opens_nothing(client, chapter, purcha
 
 def test_an_expired_library_session_opens_nothing(client, chapter, purchase, settings):
     sign_in(client)
-    settings.WAGTAIL_PAID_DELIVERY = {**settings.WAGTAIL_PAID_DELIVERY, "LIBRARY_SESSION_LIFETIME": 0}
+    settings.WAGTAIL_PAID_DELIVERY = {
+        **settings.WAGTAIL_PAID_DELIVERY,
+        "LIBRARY_SESSION_LIFETIME": 0,
+    }
     assert client.get(chapter.url).status_code == 403
 
 
@@ -226,7 +237,9 @@ def test_editors_read_why_a_page_is_not_available(admin_client, chapter, guide):
     assert f"/admin/paid-delivery/buyers-only/{chapter.pk}/" in body
 
 
-def test_an_unpublished_product_keeps_its_buyers_and_sells_nothing(client, chapter, guide, purchase):
+def test_an_unpublished_product_keeps_its_buyers_and_sells_nothing(
+    client, chapter, guide, purchase
+):
     guide.unpublish()
     response = client.get(chapter.url)
     assert response.status_code == 403

@@ -784,7 +784,9 @@ def emailed_sign_in_link(folder: Path, address: str, deadline: float, output: st
 
     while True:
         for path in sorted(folder.glob("*")):
-            message = email.message_from_string(path.read_text(errors="replace"), policy=policy.default)
+            message = email.message_from_string(
+                path.read_text(errors="replace"), policy=policy.default
+            )
             if address not in str(message["To"]) or "sign" not in str(message["Subject"]).lower():
                 continue
             body = message.get_body(preferencelist=("plain",)).get_content()
@@ -817,7 +819,9 @@ def test_browser_the_winter_chapter_and_the_tide_table_open_after_buying(
         assert answer.status == 403
         assert "private" in answer.headers["cache-control"]
         assert "Cookie" in answer.headers["vary"]
-        assert page.get_by_text("The page you opened is for buyers of Field Guide (PDF).").is_visible()
+        assert page.get_by_text(
+            "The page you opened is for buyers of Field Guide (PDF)."
+        ).is_visible()
         assert "dunlins" not in page.content()
         shot("page-stranger")
         page.goto(base + "/birding-notes/", wait_until="networkidle")

@@ -97,3 +97,17 @@ def without_buyers_only(pages: QuerySet[Any]) -> QuerySet[Any]:
     for path in BuyersOnlyRestriction.objects.values_list("page__path", flat=True):
         match |= Q(path__startswith=path)
     return pages.exclude(match) if match else pages
+
+
+def pages_for(product_ids: list[Any]) -> dict[Any, list[Any]]:
+    """The live pages restricted to each of ``product_ids`` (product id → pages, in tree order),
+    so the library can show a buyer the way back to what they bought access to."""
+    found: dict[Any, list[Any]] = {}
+    restrictions = (
+        BuyersOnlyRestriction.objects.filter(product_id__in=product_ids, page__live=True)
+        .select_related("page")
+        .order_by("page__path")
+    )
+    for restriction in restrictions:
+        found.setdefault(restriction.product_id, []).append(restriction.page)
+    return found

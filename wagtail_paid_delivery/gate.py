@@ -72,7 +72,9 @@ def before_serve_page(page: Any, request: HttpRequest, args: Any, kwargs: Any) -
         return refusal(request, page, verdict)
     except Exception:
         # Fail closed: whatever broke, the page itself is not served.
-        logger.exception("Buyers-only check failed for page %s; not served", getattr(page, "pk", None))
+        logger.exception(
+            "Buyers-only check failed for page %s; not served", getattr(page, "pk", None)
+        )
         return unavailable(request, page, status=503)
 
 
@@ -147,7 +149,9 @@ def private_responses(serve: Any) -> Any:
         if is_marked_private(request):
             make_private(response, no_store=True)
         elif isinstance(response, TemplateResponse) and not response.is_rendered:
-            response.add_post_render_callback(lambda rendered: _private_if_marked(request, rendered))
+            response.add_post_render_callback(
+                lambda rendered: _private_if_marked(request, rendered)
+            )
         return response
 
     return inner

@@ -41,9 +41,7 @@ class HomePage(Page):
     def get_context(self, request: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
         context = super().get_context(request, *args, **kwargs)
         context["products"] = self.get_products()
-        context["articles"] = (
-            ArticlePage.objects.live().public().child_of(self).order_by("path")
-        )
+        context["articles"] = ArticlePage.objects.live().public().child_of(self).order_by("path")
         return context
 
 

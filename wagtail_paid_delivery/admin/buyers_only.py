@@ -97,9 +97,9 @@ class BuyersOnlyView(WagtailAdminTemplateMixin, TemplateView):
     def inherited(self) -> list[BuyersOnlyRestriction]:
         """Restrictions on the page's ancestors, which apply here whatever this page says."""
         return list(
-            BuyersOnlyRestriction.objects.filter(
-                page__in=self.page.get_ancestors()
-            ).select_related("page", "product")
+            BuyersOnlyRestriction.objects.filter(page__in=self.page.get_ancestors()).select_related(
+                "page", "product"
+            )
         )
 
     def post(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
@@ -114,8 +114,9 @@ class BuyersOnlyView(WagtailAdminTemplateMixin, TemplateView):
         if not form.is_valid():
             return self.render_to_response(self.get_context_data(form=form))
         product = form.cleaned_data["product"]
+        user = request.user if request.user.is_authenticated else None
         BuyersOnlyRestriction.objects.update_or_create(
-            page=self.page, defaults={"product": product, "updated_by": request.user}
+            page=self.page, defaults={"product": product, "updated_by": user}
         )
         log(
             instance=self.page,
@@ -143,7 +144,9 @@ class BuyersOnlyIndexView(WagtailAdminTemplateMixin, TemplateView):
 
     def get_context_data(self, **kwargs: Any) -> dict[str, Any]:
         context = super().get_context_data(**kwargs)
-        rows = BuyersOnlyRestriction.objects.select_related("page", "product").order_by("page__path")
+        rows = BuyersOnlyRestriction.objects.select_related("page", "product").order_by(
+            "page__path"
+        )
         user = self.request.user
         # Only the pages this editor may restrict: the listing names no page they cannot edit.
         context["rows"] = [{"restriction": r} for r in rows if may_set(user, r.page)]
