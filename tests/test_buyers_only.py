@@ -325,6 +325,17 @@ def test_search_finds_no_restricted_content_when_sites_filter_with_the_helper(ch
     assert chapter.pk not in {p.pk for p in listed} and public.pk in {p.pk for p in listed}
 
 
+@override_settings(ROOT_URLCONF="tests.urls_api")
+def test_wagtails_api_lists_no_restricted_page_through_the_documented_endpoint(
+    client, chapter, purchase
+):
+    sign_in(client)  # the API knows no library session: a buyer gets nothing more either
+    listing = client.get("/api/v2/pages/?format=json").json()
+    assert chapter.pk not in [item["id"] for item in listing["items"]]
+    assert client.get(f"/api/v2/pages/{chapter.pk}/?format=json").status_code == 404
+    assert SECRET not in client.get("/api/v2/pages/?format=json&fields=*").content.decode()
+
+
 # The block --------------------------------------------------------------------------------------
 
 
@@ -384,6 +395,17 @@ def test_block_content_stays_out_of_search_and_the_api(notes, guide):
     assert SECRET not in " ".join(block.block.get_searchable_content(block.value))
     assert ArticlePage.objects.live().search("godwits").count() == 0
     assert block.block.get_api_representation(block.value) == {"product": guide.pk, "teaser": ""}
+
+
+@override_settings(ROOT_URLCONF="tests.urls_api")
+def test_block_content_stays_out_of_wagtails_api(client, notes, guide, purchase):
+    sign_in(client)
+    detail = client.get(f"/api/v2/pages/{notes.pk}/?format=json")
+    assert detail.status_code == 200
+    body = detail.json()["body"]
+    assert body[1]["type"] == "buyers_only"
+    assert body[1]["value"] == {"product": guide.pk, "teaser": ""}
+    assert SECRET not in detail.content.decode()
 
 
 def test_block_shows_its_content_in_an_editors_preview(admin_client, notes):

@@ -3,6 +3,7 @@ offers the app's ``BuyersOnlyBlock`` (as a site would add it)."""
 
 from wagtail import blocks
 from wagtail.admin.panels import FieldPanel
+from wagtail.api import APIField
 from wagtail.fields import StreamField
 from wagtail.models import Page
 from wagtail.search import index
@@ -22,4 +23,5 @@ class ArticlePage(Page):
 
     content_panels = Page.content_panels + [FieldPanel("body")]
     search_fields = Page.search_fields + [index.SearchField("body")]
+    api_fields = [APIField("body")]
     template = "testapp/article_page.html"
