@@ -881,6 +881,7 @@ def test_browser_the_winter_chapter_and_the_tide_table_open_after_buying(
         page.get_by_role("button", name="Actions").first.click()
         menu_item = page.get_by_role("link", name="Buyers only")
         assert menu_item.is_visible()
+        page.wait_for_timeout(500)  # the menu fades in
         page.screenshot(path=str(SCREENSHOTS / "buyers-only-editor-menu.png"))
         menu_item.click()
         page.wait_for_load_state("networkidle")
