@@ -120,6 +120,15 @@ def test_descendants_of_a_restricted_page_are_restricted(client, chapter, purcha
     assert client.get(child.url).status_code == 200
 
 
+def test_an_alias_of_a_restricted_page_elsewhere_is_restricted_too(client, chapter, purchase, home):
+    elsewhere = article(home, title="Elsewhere", body=[("paragraph", "<p>open</p>")])
+    alias = chapter.create_alias(parent=elsewhere, update_slug="chapter-alias")
+    response = client.get(alias.url)
+    assert response.status_code == 403 and SECRET not in response.content.decode()
+    sign_in(client)
+    assert SECRET in client.get(alias.url).content.decode()
+
+
 def test_every_restriction_on_the_way_up_must_be_met(client, chapter, purchase, home):
     atlas = ProductPageFactory(parent=home, title="Star atlas")
     child = article(chapter, title="Both", body=[("paragraph", "<p>Both text</p>")])

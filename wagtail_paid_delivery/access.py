@@ -52,14 +52,22 @@ def is_signed_in(request: HttpRequest) -> bool:
 
 
 def restrictions_for(page: Any) -> list[BuyersOnlyRestriction]:
-    """The restrictions on ``page`` and its ancestors, nearest first."""
-    path = getattr(page, "path", "") or ""
-    steplen = swapper.load_model("wagtailcore", "Page").steplen
-    paths = [path[:end] for end in range(steplen, len(path) + 1, steplen)]
+    """The restrictions on ``page`` and its ancestors, nearest first; for an alias, also those
+    of the page it mirrors (an alias elsewhere in the tree shows the same content)."""
+    page_model = swapper.load_model("wagtailcore", "Page")
+    paths = _ancestor_paths(getattr(page, "path", "") or "", page_model.steplen)
+    alias_of = getattr(page, "alias_of_id", None)
+    if alias_of is not None:
+        original = page_model.objects.filter(pk=alias_of).values_list("path", flat=True).first()
+        paths += _ancestor_paths(original or "", page_model.steplen)
     if not paths:
         return []
     found = BuyersOnlyRestriction.objects.filter(page__path__in=paths).select_related("page")
     return sorted(found, key=lambda r: -len(r.page.path))
+
+
+def _ancestor_paths(path: str, steplen: int) -> list[str]:
+    return [path[:end] for end in range(steplen, len(path) + 1, steplen)]
 
 
 @dataclass(frozen=True)
