@@ -775,3 +775,118 @@ def test_browser_a_purchase_on_a_phone_fits_every_emulator_page_and_is_logged(
     while "[shop] Download served: Field Guide (order " not in running_sandbox.output:
         assert time.monotonic() < deadline, running_sandbox.output[-3000:]
         time.sleep(0.2)
+
+
+def emailed_sign_in_link(folder: Path, address: str, deadline: float, output: str) -> str:
+    """The library sign-in link of the last email to ``address`` in the sandbox's mail folder."""
+    import email
+    from email import policy
+
+    while True:
+        for path in sorted(folder.glob("*")):
+            message = email.message_from_string(
+                path.read_text(errors="replace"), policy=policy.default
+            )
+            if address not in str(message["To"]) or "sign" not in str(message["Subject"]).lower():
+                continue
+            body = message.get_body(preferencelist=("plain",)).get_content()
+            found = re.search(r"https?://\S+/shop/library/d/[A-Za-z0-9_-]{43}/", body)
+            if found:
+                return found.group(0)
+        assert time.monotonic() < deadline, output[-3000:]
+        time.sleep(0.5)
+
+
+@pytest.mark.browser
+def test_browser_the_winter_chapter_and_the_tide_table_open_after_buying(
+    chromium_path, running_sandbox, headless_chromium
+):
+    """The seeded buyers-only page and block, end to end with the emulator: a stranger gets the
+    Field Guide's page and a teaser; after buying from the restricted page and signing in to
+    the library by email, the chapter and the tide table are there. Takes the README's
+    buyers-only screenshots (with ``WPD_SCREENSHOTS=1``)."""
+    from tests.screenshots import SCREENSHOTS
+
+    sandbox = running_sandbox.sandbox
+    base = sandbox.base_url
+    context = headless_chromium.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    shot = lambda name: page.screenshot(  # noqa: E731
+        path=str(SCREENSHOTS / f"buyers-only-{name}.png"), full_page=True
+    )
+    try:
+        answer = page.goto(base + "/winter-chapter/", wait_until="networkidle")
+        assert answer.status == 403
+        assert "private" in answer.headers["cache-control"]
+        assert "Cookie" in answer.headers["vary"]
+        assert page.get_by_text(
+            "The page you opened is for buyers of Field Guide (PDF)."
+        ).is_visible()
+        assert "dunlins" not in page.content()
+        shot("page-stranger")
+        page.goto(base + "/birding-notes/", wait_until="networkidle")
+        assert page.get_by_text("The season's tide table is for buyers").is_visible()
+        assert "spring tides" not in page.content()
+        shot("block-stranger")
+
+        page.goto(base + "/winter-chapter/", wait_until="networkidle")
+        page.get_by_role("button", name="Buy now").click()
+        page.wait_for_url("**/stripe-emulator/pay/**")
+        page.fill("#email", "winter@example.com")
+        page.locator("button.pay").click()
+        page.wait_for_url("**/thanks/**")
+
+        page.goto(base + "/shop/library/", wait_until="networkidle")
+        page.get_by_label("Email address").fill("winter@example.com")
+        page.get_by_role("button", name="Email me a sign-in link").click()
+        page.wait_for_load_state()
+        link = emailed_sign_in_link(
+            sandbox.root / "mail",
+            "winter@example.com",
+            time.monotonic() + 90,
+            running_sandbox.output,
+        )
+        page.goto(link, wait_until="networkidle")
+        page.get_by_role("button", name="Open my downloads").click()
+        page.wait_for_load_state()
+
+        answer = page.goto(base + "/winter-chapter/", wait_until="networkidle")
+        assert answer.status == 200
+        assert "no-store" in answer.headers["cache-control"]
+        assert page.get_by_text("the dunlins arrive in their thousands").is_visible()
+        shot("page-buyer")
+        page.goto(base + "/birding-notes/", wait_until="networkidle")
+        assert page.get_by_text("spring tides on the 3rd").is_visible()
+        shot("block-buyer")
+    finally:
+        context.close()
+
+    chapter_id = sandbox.query(
+        "from sandbox.home.models import ArticlePage\n"
+        "result = ArticlePage.objects.get(slug='winter-chapter').pk"
+    )
+    editor = headless_chromium.new_context(viewport={"width": 1280, "height": 800})
+    page = editor.new_page()
+    try:
+        page.goto(base + "/admin/login/")
+        page.fill("#id_username", "admin")
+        page.fill("#id_password", "admin")
+        page.locator("button[type=submit]").click()
+        page.wait_for_load_state("networkidle")
+        page.goto(f"{base}/admin/pages/{chapter_id}/edit/", wait_until="networkidle")
+        assert (
+            "Buyers only: this page is shown only to buyers of “Field Guide (PDF)”."
+            in page.locator(".messages").inner_text()
+        )
+        page.get_by_role("button", name="Actions").first.click()
+        menu_item = page.get_by_role("link", name="Buyers only")
+        assert menu_item.is_visible()
+        page.wait_for_timeout(500)  # the menu fades in
+        page.screenshot(path=str(SCREENSHOTS / "buyers-only-editor-menu.png"))
+        menu_item.click()
+        page.wait_for_load_state("networkidle")
+        assert page.get_by_text("Only buyers of").first.is_visible()
+        assert page.get_by_text("Field Guide (PDF)").first.is_visible()
+        page.screenshot(path=str(SCREENSHOTS / "buyers-only-editor-form.png"), full_page=True)
+    finally:
+        editor.close()

@@ -19,7 +19,8 @@ and buyers type their address in whatever case they like.
 
 The library session is one key in Django's session (:data:`SESSION_KEY`), holding a value
 signed with its own salt: the proven address and its expiry (``LIBRARY_SESSION_LIFETIME``).
-It is not a login. Only the library views read it, so it opens nothing else on the site. The
+It is not a login. Only the library views and ``access.owns`` (content for a product's buyers)
+read it, so it opens nothing else on the site. The
 session key is cycled when it is opened (no fixation), and signing out removes it.
 
 A signed-in user who uses a sign-in link also gets that address's guest purchases (those on no

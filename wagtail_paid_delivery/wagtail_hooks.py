@@ -1,4 +1,5 @@
-"""Wagtail admin registration: the shop desk (the "Shop" menu, its permission policy and log
+"""Wagtail admin registration and page serving hooks: pages for buyers only (``gate``), the
+shop desk (the "Shop" menu, its permission policy and log
 actions), the copy snippet, the editors' private-file view, and the guard that keeps sold products
 from being deleted."""
 
@@ -12,15 +13,18 @@ from django.db.models import Q
 from django.shortcuts import redirect
 from django.urls import include, path, reverse
 from django.utils.text import capfirst
+from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 from wagtail import hooks
 from wagtail.admin import messages
 from wagtail.admin.utils import get_valid_next_url_from_request
+from wagtail.admin.widgets import Button
 from wagtail.permissions import register_permission_policy
 from wagtail.snippets.models import register_snippet
 
-from . import buyer_data, desk, permissions, product_stats, refunds, stats
+from . import buyer_data, desk, gate, permissions, product_stats, refunds, stats
 from .admin import buyers as buyers_admin
+from .admin import buyers_only as buyers_only_admin
 from .admin import selftest as selftest_admin
 from .admin import urls as admin_urls
 from .admin.account import ShopNotificationsPanel
@@ -189,3 +193,50 @@ def warn_about_removed_files(request, page):
     removed = {pk: title for pk, title in before.items() if pk not in kept}
     if removed and product_stats.owned_files(page, set(removed)):
         messages.warning(request, product_stats.removal_warning(list(removed.values())))
+
+
+# Pages for buyers only -----------------------------------------------------------------------
+
+# First of the before_serve_page hooks (Wagtail's own runs at order 0): no site hook that answers
+# for a page can skip the check.
+hooks.register("before_serve_page", gate.before_serve_page, order=-100)
+hooks.register("on_serve_page", gate.private_responses)
+
+
+@hooks.register("register_page_header_buttons")
+def buyers_only_button(page, user, view_name, next_url=None):
+    """ "Buyers only" in the "…" menu of a page's header, next to Wagtail's own actions."""
+    if page.is_root() or not buyers_only_admin.may_set(user, page):
+        return
+    yield Button(
+        _("Buyers only"),
+        reverse(buyers_only_admin.URL_NAME, args=[page.pk]),
+        icon_name="lock",
+        priority=55,
+    )
+
+
+@hooks.register("before_edit_page")
+def say_buyers_only(request, page):
+    """The page editor says whether (and for whom) the page is restricted, and loudly when its
+    product is gone."""
+    if request.method != "GET":
+        return
+    said = buyers_only_admin.status_message(page)
+    if said is not None:
+        level, text = said
+        getattr(messages, level)(request, text)
+
+
+@hooks.register("register_paid_delivery_shop_menu_item")
+def register_buyers_only_menu_item():
+    """Shop → Buyers-only pages (every restriction this editor may change)."""
+    return buyers_only_admin.index_menu_item()
+
+
+@hooks.register("register_log_actions")
+def register_buyers_only_log_actions(actions):
+    actions.register_action(buyers_only_admin.SET, _("Buyers only: set"), _("Buyers only set"))
+    actions.register_action(
+        buyers_only_admin.REMOVED, _("Buyers only: removed"), _("Buyers only removed")
+    )

@@ -1,11 +1,13 @@
 from django.urls import path
 
-from . import buyers, files, selftest
+from . import buyers, buyers_only, files, selftest
 
 app_name = "wagtail_paid_delivery_admin"
 
 urlpatterns = [
     path("files/<path:name>", files.product_file, name="product_file"),
+    path("buyers-only/", buyers_only.BuyersOnlyIndexView.as_view(), name="buyers_only_index"),
+    path("buyers-only/<int:page_id>/", buyers_only.BuyersOnlyView.as_view(), name="buyers_only"),
     path("selftest/", selftest.SelfTestView.as_view(), name="selftest"),
     path("buyers/", buyers.BuyerDataView.as_view(), name="buyer_data"),
     path("buyers/export/", buyers.ExportView.as_view(), name="buyer_export"),

@@ -1,3 +1,4 @@
+from .access import BuyersOnlyRestriction
 from .copy import DeliveryCopy
 from .events import ClusterHeartbeat, ReconcileMark, StripeEvent
 from .library import LibrarySignIn
@@ -8,6 +9,7 @@ from .pages import AbstractProductFile, ProductPageMixin
 from .purchases import DownloadEvent, DownloadHandoff, DownloadLink, FileDownloadCount, Purchase
 
 __all__ = [
+    "BuyersOnlyRestriction",
     "AbstractProductFile",
     "ClusterHeartbeat",
     "DeliveryCopy",

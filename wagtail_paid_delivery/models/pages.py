@@ -334,3 +334,12 @@ def live_product_page(page_id: Any) -> Any:
     page_model = swapper.load_model("wagtailcore", "Page")
     page = page_model.objects.live().filter(pk=pk).specific().first()
     return page if isinstance(page, ProductPageMixin) else None
+
+
+def product_page_models() -> list[type[Any]]:
+    """Every concrete product page model installed (the bundled one, or a site's own)."""
+    return [
+        model
+        for model in apps.get_models()
+        if issubclass(model, ProductPageMixin) and not model._meta.abstract
+    ]

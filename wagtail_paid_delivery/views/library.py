@@ -28,8 +28,8 @@ from django.urls import reverse
 from django.views.decorators.csrf import csrf_protect
 from django.views.decorators.http import require_http_methods, require_POST
 
+from .. import access, licenses, limits, links, screens
 from .. import library as rules
-from .. import licenses, limits, links, screens
 from ..conf import app_settings
 from ..forms import LibrarySignInForm
 from ..models import DownloadLink, Purchase
@@ -79,7 +79,18 @@ def library(request: HttpRequest) -> HttpResponseBase:
         form = {"form": LibrarySignInForm()}
         return TemplateResponse(request, screens.TEMPLATES["library_request"], form)
     purchases = list(rules.library_purchases(user, email))
+    paid_products = [p.product_id for p in purchases if p.status == Purchase.Status.PAID]
+    buyers_pages = access.pages_for(paid_products)
     for purchase in purchases:
+        pages = (
+            buyers_pages.get(purchase.product_id, [])
+            if purchase.status == Purchase.Status.PAID
+            else []
+        )
+        # The pages for this product's buyers: the way back after signing in from one of them.
+        purchase.buyers_pages = [  # type: ignore[attr-defined]
+            {"title": page.title, "url": page.get_url(request)} for page in pages
+        ]
         purchase.library_note = rules.status_note(purchase)  # type: ignore[attr-defined]
         # A key works while its purchase does: a refunded one's is not shown again.
         paid = purchase.status == Purchase.Status.PAID

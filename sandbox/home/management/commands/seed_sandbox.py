@@ -1,4 +1,6 @@
-"""Seed the sandbox: home page, two live products with real files, default copy, an admin.
+"""Seed the sandbox: home page, two live products with real files, default copy, an admin, and
+two articles for the Field Guide's buyers (a whole page restricted to them, and a page with a
+``BuyersOnlyBlock``).
 
 Idempotent: a second run finds everything in place and changes nothing. Each run also points the
 default Wagtail Site at 127.0.0.1:<port>, so URLs built from the site root match the port in use.
@@ -18,8 +20,8 @@ from django.db import transaction
 from wagtail.models import Page, Site
 
 from sandbox.home import demo_files
-from sandbox.home.models import HomePage
-from wagtail_paid_delivery.models import DeliveryCopy
+from sandbox.home.models import ArticlePage, HomePage
+from wagtail_paid_delivery.models import BuyersOnlyRestriction, DeliveryCopy
 from wagtail_paid_delivery.product.models import ProductFile, ProductPage
 
 ADMIN_USERNAME = "admin"
@@ -79,6 +81,22 @@ PRODUCTS = (
 )
 
 
+WINTER_CHAPTER = (
+    "<p>When the easterlies come, the shoreline empties and fills again: the godwits leave, the "
+    "dunlins arrive in their thousands. This chapter follows them week by week.</p>"
+    "<ul><li>Where the flocks roost at high tide</li><li>How to tell a dunlin from a knot in "
+    "winter plumage</li><li>A cold-weather checklist</li></ul>"
+)
+NOTES_OPEN = (
+    "<p>Three mornings on the estuary: the light, the wind, and what the birds did. Anyone can "
+    "read these notes.</p>"
+)
+NOTES_FOR_BUYERS = (
+    "<p><b>Tide table, next season:</b> spring tides on the 3rd and the 18th of each month; go "
+    "out two hours before high water.</p>"
+)
+
+
 class Command(BaseCommand):
     help = (
         "Create the sandbox's home page, demo products (with files), default delivery copy and "
@@ -100,6 +118,7 @@ class Command(BaseCommand):
             self.ensure_site(home, port)
             DeliveryCopy.objects.get_default()  # post_migrate made it; recreate if deleted
             products = [self.ensure_product(home, spec) for spec in PRODUCTS]
+            articles = self.ensure_articles(home, products[0])
             password_known = self.ensure_admin()
 
         for change in self.changes:
@@ -112,6 +131,8 @@ class Command(BaseCommand):
         self.stdout.write(self.style.SUCCESS(f"Site:   {base}/"))
         for page in products:
             self.stdout.write(f"        {page.title}: {page.price_display}  {base}{page.url}")
+        for article, note in articles:
+            self.stdout.write(f"        {article.title} ({note}): {base}{article.url}")
         self.stdout.write(self.style.SUCCESS(f"Admin:  {base}/admin/"))
         if password_known:
             self.stdout.write(
@@ -213,6 +234,53 @@ class Command(BaseCommand):
         product_file.file = ContentFile(spec.build(), name=spec.filename)
         product_file.save()
         return True
+
+    def ensure_articles(self, home: HomePage, product: ProductPage) -> list[tuple[Any, str]]:
+        """The winter chapter (the whole page for the product's buyers) and the birding notes
+        (one block for them); the restriction is put back if an editor removed it."""
+        chapter = self.ensure_article(
+            home,
+            "winter-chapter",
+            "The winter chapter",
+            f"A bonus chapter for buyers of the {product.title}.",
+            [("paragraph", WINTER_CHAPTER)],
+        )
+        restriction = BuyersOnlyRestriction.objects.filter(page=chapter).first()
+        if restriction is None or restriction.product_id != product.pk:
+            BuyersOnlyRestriction.objects.update_or_create(
+                page=chapter, defaults={"product": product}
+            )
+            self.changes.append(f"Restricted {chapter.title!r} to buyers of {product.title!r}.")
+        notes = self.ensure_article(
+            home,
+            "birding-notes",
+            "Birding notes",
+            "Notes from the shoreline, with a tide table for buyers.",
+            [
+                ("paragraph", NOTES_OPEN),
+                (
+                    "buyers_only",
+                    {
+                        "product": product,
+                        "content": NOTES_FOR_BUYERS,
+                        "teaser": "The season's tide table is for buyers of the Field Guide.",
+                    },
+                ),
+            ],
+        )
+        return [(chapter, "buyers only"), (notes, "one block for buyers")]
+
+    def ensure_article(
+        self, home: HomePage, slug: str, title: str, intro: str, body: list[Any]
+    ) -> ArticlePage:
+        page = ArticlePage.objects.child_of(home).filter(slug=slug).first()
+        if page is not None:
+            return page
+        page = ArticlePage(title=title, slug=slug, intro=intro, body=body)
+        home.add_child(instance=page)
+        page.save_revision().publish()
+        self.changes.append(f"Created the article {title!r}.")
+        return page
 
     def ensure_admin(self) -> bool:
         """Create the sandbox admin if missing; True if its password is still the seeded one."""
