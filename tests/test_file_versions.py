@@ -271,9 +271,7 @@ def test_latest_versions_and_released_since(sold):
 
 
 def first_versions():
-    module = importlib.import_module(
-        "wagtail_paid_delivery.product.migrations.0005_file_versions"
-    )
+    module = importlib.import_module("wagtail_paid_delivery.product.migrations.0005_file_versions")
     module.first_versions(global_apps, None)
 
 

@@ -93,7 +93,9 @@ def test_browser_download_page_shows_version_date_and_notes(
     context.close()
 
 
-def test_browser_library_shows_the_version_the_buyer_is_served(shop, live_server, headless_chromium):
+def test_browser_library_shows_the_version_the_buyer_is_served(
+    shop, live_server, headless_chromium
+):
     product, _issued, sessions = shop
     context = signed_in(headless_chromium, live_server, sessions["reader"], 1280)
     page = context.new_page()

@@ -154,4 +154,3 @@ def released_since(page: Any, when: datetime) -> list[FileVersion]:
     to the product)."""
     file_ids = [f.pk for f in page.files.all()]
     return list(versions_of(page.pk, file_ids).filter(created_at__gt=when).order_by("created_at"))
-

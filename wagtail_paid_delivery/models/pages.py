@@ -106,6 +106,7 @@ class ProductPageMixin(models.Model):
         blank=True,
         help_text=_("Per file, per link. Empty: the site default. 0: unlimited."),
     )
+
     class PastBuyersGet(models.TextChoices):
         LATEST = "latest", _("the latest version")
         BOUGHT = "bought", _("the version they bought")
