@@ -368,3 +368,14 @@ def test_a_copy_standing_for_an_old_version_is_never_saved(sold):
     with pytest.raises(TypeError):
         served.save()
     assert ProductFile.objects.get(pk=file.pk).sha256 == sha(V2)
+
+
+def test_the_desks_inspect_view_says_which_version_the_buyer_gets(admin_client, sold):
+    page, old_buyer, _ = sold
+    inspect = reverse("wagtail_paid_delivery_purchases:inspect", args=[old_buyer.link.purchase_id])
+    html = admin_client.get(inspect).content.decode()
+    assert "Files this buyer gets" in html and "the latest version" in html
+    assert "<td>The guide</td><td>2</td>" in html
+    set_policy(page, "bought")
+    html = admin_client.get(inspect).content.decode()
+    assert "the version they bought" in html and "<td>The guide</td><td>1</td>" in html
