@@ -17,6 +17,7 @@ import pytest
 from django.apps import apps as global_apps
 from django.core import signing
 from django.core.management import call_command
+from django.test import override_settings
 from django.urls import reverse
 from django.utils import timezone
 from wagtail.models import Revision
@@ -379,3 +380,15 @@ def test_the_desks_inspect_view_says_which_version_the_buyer_gets(admin_client, 
     set_policy(page, "bought")
     html = admin_client.get(inspect).content.decode()
     assert "the version they bought" in html and "<td>The guide</td><td>1</td>" in html
+
+
+@pytest.mark.parametrize("backend", ["nginx", "apache"])
+def test_offload_backends_point_at_the_entitled_versions_stored_file(client, sold, backend):
+    page, old_buyer, first_name = sold
+    set_policy(page, "bought")
+    with override_settings(WAGTAIL_PAID_DELIVERY={"SERVE_BACKEND": backend}):
+        response, _ = download(client, old_buyer, guide(page))
+        later, _ = download(client, buy(page), guide(page))
+    header = "X-Accel-Redirect" if backend == "nginx" else "X-Sendfile"
+    assert response[header].endswith(first_name)
+    assert later[header].endswith(guide(page).file.name) and first_name != guide(page).file.name
