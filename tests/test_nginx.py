@@ -470,3 +470,30 @@ def test_access_log_redacts_every_delivery_shape(nginx, bought, app_log):
     log = "\n".join(app_log)  # and the app's own log behind nginx
     for i in range(len(token) - 7):
         assert token[i : i + 8] not in log
+
+
+@override_settings(WAGTAIL_PAID_DELIVERY={"SERVE_BACKEND": "nginx"})
+def test_nginx_serves_the_version_the_purchase_is_entitled_to(nginx, bought):
+    from wagtail_paid_delivery.product.models import ProductFile, ProductPage
+
+    issued, file = bought
+    new = b"second edition\n" * 9000
+    # The editor replaces the upload (as a publish saves the row): version 2.
+    file.file = ContentFile(new, name="atlas.pdf")
+    file.release_notes = "Second edition."
+    file.save()
+    ProductPage.objects.filter(pk=file.page_id).update(past_buyers_get="bought")
+
+    # Bought before version 2: nginx sends version 1's bytes, ranges included.
+    status, headers, body = get(nginx.url + press(issued, file))
+    assert (status, body) == (200, DATA)
+    assert headers["Content-Length"] == str(len(DATA))
+    status, _, body = get(nginx.url + press(issued, file), Range="bytes=1000-1999")
+    assert (status, body) == (206, DATA[1000:2000])
+    # Bought after: version 2; and under "the latest version" the first buyer gets it too.
+    later = links.issue_link(
+        PurchaseFactory(paid=True, product=file.page), reason=DownloadLink.Reason.WEBHOOK
+    )
+    assert get(nginx.url + press(later, file))[2] == new
+    ProductPage.objects.filter(pk=file.page_id).update(past_buyers_get="latest")
+    assert get(nginx.url + press(issued, ProductFile.objects.get(pk=file.pk)))[2] == new

@@ -129,7 +129,7 @@ from django.contrib.auth import get_user_model
 from django.conf import settings
 from wagtail.models import Page, Revision, Site
 from sandbox.home.models import HomePage
-from wagtail_paid_delivery.models import DeliveryCopy
+from wagtail_paid_delivery.models import DeliveryCopy, FileVersion
 from wagtail_paid_delivery.product.models import ProductFile, ProductPage
 
 site = Site.objects.get(is_default_site=True)
@@ -154,7 +154,9 @@ result = {
     ],
     "files": [
         {"product": f.page.title, "name": f.file.name, "path": f.file.path, "size": f.size,
-         "sha256": f.sha256}
+         "sha256": f.sha256,
+         "versions": [[v.number, v.sha256, v.file.name] for v in FileVersion.objects.filter(
+             file_id=f.pk).order_by("number")]}
         for f in ProductFile.objects.order_by("page__path", "sort_order")
     ],
 }
@@ -228,6 +230,8 @@ def test_seed_sandbox_creates_the_demo_shop_and_a_second_run_changes_nothing(san
         # Recorded on save, through the product file model.
         assert f["size"] == len(data) > 0
         assert f["sha256"] == hashlib.sha256(data).hexdigest()
+        # Every seeded file is its version 1.
+        assert f["versions"] == [[1, f["sha256"], f["name"]]]
         assert path.is_relative_to(state["private_root"])
         assert not path.is_relative_to(state["media_root"])
     assert_valid_pdf(Path(files["field-guide.pdf"]["path"]).read_bytes())

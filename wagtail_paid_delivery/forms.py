@@ -38,6 +38,14 @@ class ProductPageForm(WagtailAdminPageForm):
             currency = self.instance.currency or "USD"
             if amount is not None and not self.is_bound:
                 self.initial["price_amount"] = currencies.to_major(amount, currency)
+        if "past_buyers_get" in self.fields:
+            # Radio buttons; a form posted without the field (an older form) keeps the policy.
+            field = self.fields["past_buyers_get"]
+            field.required = False
+            field.widget = forms.RadioSelect(choices=field.choices)
+
+    def clean_past_buyers_get(self) -> str:
+        return self.cleaned_data.get("past_buyers_get") or self.instance.past_buyers_get
 
     def clean(self) -> dict[str, Any]:
         cleaned = super().clean()

@@ -342,6 +342,14 @@ def _link_file_sql(vendor: str, by: str) -> tuple[str, list[_Columns]]:
         )
     aliases = ["l", "p", *(f"f{index}" for index in range(len(joins)))]
     selected = [name for c, alias in zip(columns, aliases, strict=True) for name in c.select(alias)]
+    # Each file's product's ``past_buyers_get`` (which version serving sends, ``versions``).
+    for index, model in enumerate(product_file_models()):
+        page_model = model._meta.get_field("page").related_model
+        page = quote(model._meta.get_field("page").column)
+        selected.append(
+            f"(SELECT pg.{quote('past_buyers_get')} FROM {_table(page_model)} pg "  # noqa: S608
+            f"WHERE pg.{quote(page_model._meta.pk.column)} = f{index}.{page})"
+        )
     counter = _table(FileDownloadCount)
     count = f"(SELECT c.count FROM {counter} c WHERE c.link_id = l.id AND c.file_id = %s)"  # noqa: S608
     sql = (
@@ -367,7 +375,10 @@ def _find_link_and_file(
         start += len(c.fields)
     link, purchase, *files = parts
     link.purchase = purchase
+    policies = row[start:-1]
     file = next((f for f in files if f is not None), None)
+    if file is not None:
+        file.past_buyers_get = policies[files.index(file)]  # type: ignore[attr-defined]
     return link, file, row[-1] or 0
 
 

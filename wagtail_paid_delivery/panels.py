@@ -1,6 +1,6 @@
-"""The product editor's read-only "Sales and downloads" panel (in
-``ProductPageMixin.product_panels``). Statistics come from ``product_stats``; only superusers
-and editors who may view purchases see it."""
+"""The product editor's read-only panels (in ``ProductPageMixin.product_panels``): "Sales and
+downloads" (statistics from ``product_stats``; only superusers and editors who may view
+purchases see it) and "File versions" (from ``versions``; every editor of the page)."""
 
 from __future__ import annotations
 
@@ -35,4 +35,26 @@ class ProductSalesPanel(Panel):
 
             context = super().get_context_data(parent_context)
             context["stats"] = product_stats.product_stats(self.instance)
+            return context
+
+
+class FileVersionsPanel(Panel):
+    """Each file's published versions, newest first: number, date, size, SHA-256, notes."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("heading", _("File versions"))
+        super().__init__(**kwargs)
+
+    class BoundPanel(Panel.BoundPanel):
+        template_name = "wagtail_paid_delivery/admin/panels/file_versions.html"
+
+        def is_shown(self) -> bool:
+            return bool(getattr(self.instance, "pk", None))
+
+        def get_context_data(self, parent_context: Any = None) -> Any:
+            from . import versions  # imported when rendered: see ProductSalesPanel
+
+            context = super().get_context_data(parent_context)
+            context["history"] = versions.history(self.instance)
+            context["policy"] = self.instance.get_past_buyers_get_display()
             return context

@@ -21,7 +21,7 @@ from django.urls import reverse
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
-from . import delivery, licenses, links, receipt
+from . import delivery, licenses, links, receipt, versions
 from .forms import ResendForm
 from .models import DeliveryCopy, DownloadLink, Purchase
 from .serving import archive
@@ -190,9 +190,17 @@ def download_screen(
     left of each, or the used-up page when every file reached its limit. Reads only."""
     copy = copy or delivery.copy_for(link.purchase)
     counts = links.file_counts(link)
-    product_files = links.product_files(link)
+    page = link.purchase.product_page
+    # Each file as this purchase is served it: its version's facts, number, date and notes.
+    served = versions.for_purchase(
+        link.purchase, links.product_files(link), page.past_buyers_get if page else ""
+    )
+    product_files = [item.file for item in served]
     lefts = [links.downloads_left(link, counts.get(f.pk, 0)) for f in product_files]
-    files = [{"file": f, "left": left} for f, left in zip(product_files, lefts, strict=True)]
+    files = [
+        {"file": item.file, "version": item.version, "left": left}
+        for item, left in zip(served, lefts, strict=True)
+    ]
     if product_files and all(left == 0 for left in lefts):
         return "refused", refused_context(links.LinkUsedUp(link), copy, token)
     # "Download all": the archive of the files with downloads left (serving.archive).

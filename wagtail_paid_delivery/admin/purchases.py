@@ -46,6 +46,7 @@ from .. import (
     refunds,
     stripe_api,
     timeline,
+    versions,
 )
 from ..models import DownloadLink, LicenseActivation, OutboundEmail, ProductPageMixin, Purchase
 from .desk_viewset import DeskViewSetMixin
@@ -246,6 +247,9 @@ class PurchaseInspectView(InspectView):
                 if product is not None
                 else "",
                 "downloads_counted": sum(s.link.download_count for s in overview),
+                # Which version of each file this buyer's links serve (``versions``).
+                "served_files": versions.files_of_purchase(purchase),
+                "past_buyers_get": product.get_past_buyers_get_display() if product else "",
                 **self.license_context(),
             }
         )

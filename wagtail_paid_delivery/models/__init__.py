@@ -7,6 +7,7 @@ from .notifications import ShopNotificationPreference
 from .outbox import OutboundEmail
 from .pages import AbstractProductFile, ProductPageMixin
 from .purchases import DownloadEvent, DownloadHandoff, DownloadLink, FileDownloadCount, Purchase
+from .versions import FileVersion
 
 __all__ = [
     "BuyersOnlyRestriction",
@@ -17,6 +18,7 @@ __all__ = [
     "DownloadHandoff",
     "DownloadLink",
     "FileDownloadCount",
+    "FileVersion",
     "LibrarySignIn",
     "LicenseActivation",
     "LicenseKey",

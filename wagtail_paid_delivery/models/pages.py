@@ -24,9 +24,10 @@ from wagtail.models import Orderable
 from .. import currencies
 from ..conf import app_settings
 from ..forms import ProductPageForm
-from ..panels import ProductSalesPanel
+from ..panels import FileVersionsPanel, ProductSalesPanel
 from ..storage import get_product_storage, product_file_upload_to, storage_errors
 from .copy import DeliveryCopy
+from .versions import FileVersion
 
 logger = logging.getLogger(__name__)
 
@@ -105,6 +106,22 @@ class ProductPageMixin(models.Model):
         blank=True,
         help_text=_("Per file, per link. Empty: the site default. 0: unlimited."),
     )
+
+    class PastBuyersGet(models.TextChoices):
+        LATEST = "latest", _("the latest version")
+        BOUGHT = "bought", _("the version they bought")
+
+    #: Which version of each file a past buyer's link serves (``versions.entitled_version``).
+    past_buyers_get = models.CharField(
+        _("past buyers get"),
+        max_length=6,
+        choices=PastBuyersGet.choices,
+        default=PastBuyersGet.LATEST,
+        help_text=_(
+            "When you replace a file: what buyers who paid before get. The version they bought "
+            "is the one that was current when their payment went through."
+        ),
+    )
     license_activation_limit = models.PositiveIntegerField(
         _("license key activations"),
         null=True,
@@ -128,10 +145,13 @@ class ProductPageMixin(models.Model):
             heading=_("Price"),
         ),
         InlinePanel("files", heading=_("Files"), label=_("File")),
+        #: Read-only: each file's published versions, newest first.
+        FileVersionsPanel(),
         MultiFieldPanel(
             [
                 FieldPanel("delivery_copy"),
                 FieldRowPanel([FieldPanel("link_lifetime_hours"), FieldPanel("download_limit")]),
+                FieldPanel("past_buyers_get"),
                 FieldPanel("license_activation_limit"),
             ],
             heading=_("Delivery"),
@@ -201,10 +221,20 @@ class AbstractProductFile(Orderable):
     #: The CRC-32 a ZIP entry records: with the size, what lets "Download all" lay out its
     #: archive before reading a byte (``serving.archive``). Empty: not measured yet.
     crc32 = models.BigIntegerField(_("CRC-32"), null=True, blank=True, editable=False)
+    #: The notes of the current upload; published with a new upload, they become its version's.
+    release_notes = models.TextField(
+        _("what changed in this version"),
+        blank=True,
+        help_text=_(
+            "Shown to buyers with this upload. When you replace the file, write what changed; "
+            "the notes are stored with the new version when the page is published."
+        ),
+    )
 
     panels = [
         FieldPanel("title"),
         FieldPanel("file"),
+        FieldPanel("release_notes"),
         FieldRowPanel([FieldPanel("size", read_only=True), FieldPanel("sha256", read_only=True)]),
     ]
 
@@ -238,9 +268,19 @@ class AbstractProductFile(Orderable):
         # measured as it is written; a file that is not the one this row names (an upload
         # replaced in the editor and published, now or on schedule) is measured from storage,
         # because modelcluster's revision save committed it before we could see it was new.
+        if getattr(self, "served_version", None) is not None:
+            # A copy standing for an older version while it is served (``versions``): saving it
+            # would point the product at old bytes.
+            raise TypeError("A served version of a product file is never saved.")
+        new_upload = bool(self.file) and (
+            not self._upload_committed() or self.pk is None or self._names_another_file()
+        )
         if self.file and (not self._upload_committed() or self._names_another_file()):
             self.size, self.sha256, self.crc32 = measure(self.file)
         super().save(*args, **kwargs)
+        if self.file:
+            # Every upload this row ever named is a version buyers may be entitled to.
+            FileVersion.objects.record(self, new_upload=new_upload)
 
     def serializable_data(self) -> dict[str, Any]:
         """What a page revision stores for this file (modelcluster calls it for child objects).

@@ -25,7 +25,7 @@ from django.http.response import HttpResponseBase
 from django.utils.http import http_date
 from wagtail import hooks
 
-from .. import links
+from .. import links, versions
 from ..models import DownloadEvent, DownloadLink
 from ..models.pages import AbstractProductFile
 from ..signals import download_served
@@ -77,8 +77,10 @@ def serve_file(
 ) -> HttpResponseBase:
     """The response for a checked link's file; raises FileUnavailable or LinkUsedUp.
 
-    The caller has checked the link and that the file belongs to its product.
+    The caller has checked the link and that the file belongs to its product. The bytes are
+    those of the version the purchase is entitled to (``versions.entitled_file``).
     """
+    file = versions.entitled_file(link.purchase, file)
     for fn in hooks.get_hooks(BEFORE_SERVE_HOOK):
         result = fn(request, link, file)
         if isinstance(result, HttpResponseBase):

@@ -25,8 +25,8 @@ from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.http.response import HttpResponseBase
 from wagtail import hooks
 
-from .. import links
-from ..models import DownloadEvent, DownloadLink
+from .. import links, versions
+from ..models import DownloadEvent, DownloadLink, FileVersion
 from ..models.pages import AbstractProductFile, measure
 from ..signals import download_served
 from . import BEFORE_SERVE_HOOK, FILE_RESPONSE_HEADERS
@@ -118,7 +118,14 @@ def _ensure_measured(file: AbstractProductFile) -> None:
     size, sha256, crc = measure(file.file)
     if crc is None:
         raise MissingMember(file)
-    type(file)._default_manager.filter(pk=file.pk).update(size=size, sha256=sha256, crc32=crc)
+    # The rows describing these stored bytes: the product file's while it names them, and the
+    # version's (``file`` may stand for an older version).
+    type(file)._default_manager.filter(pk=file.pk, file=name).update(
+        size=size, sha256=sha256, crc32=crc
+    )
+    FileVersion.objects.filter(file_id=file.pk, file=name).update(
+        size=size, sha256=sha256, crc32=crc
+    )
     file.size, file.sha256, file.crc32 = size, sha256, crc
 
 
@@ -161,7 +168,9 @@ def serve_archive(
 
     Raises :class:`MissingMember`, :class:`ArchiveTooLarge` (nothing counted) or
     ``links.LinkUsedUp``. The caller checked the link and that the files are its product's.
+    Each member holds the version the purchase is entitled to (``versions``).
     """
+    files = versions.entitled_files(link.purchase, files)
     for file in files:
         for fn in hooks.get_hooks(BEFORE_SERVE_HOOK):
             result = fn(request, link, file)

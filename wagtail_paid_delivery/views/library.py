@@ -28,7 +28,7 @@ from django.urls import reverse
 from django.views.decorators.csrf import csrf_protect
 from django.views.decorators.http import require_http_methods, require_POST
 
-from .. import access, licenses, limits, links, screens
+from .. import access, licenses, limits, links, screens, versions
 from .. import library as rules
 from ..conf import app_settings
 from ..forms import LibrarySignInForm
@@ -96,6 +96,9 @@ def library(request: HttpRequest) -> HttpResponseBase:
         paid = purchase.status == Purchase.Status.PAID
         license = licenses.license_of(purchase) if paid else None
         purchase.license_key_text = licenses.key_text(license)  # type: ignore[attr-defined]
+        # Each file's version as this buyer is served it (number, date, notes).
+        served = versions.files_of_purchase(purchase) if paid else []
+        purchase.served_files = served  # type: ignore[attr-defined]
     context: dict[str, Any] = {
         "purchases": purchases,
         "signed_in_email": email,
