@@ -326,9 +326,10 @@ def postgres_reachable(url: str) -> bool:
 
 
 def djstripe_url_for(url: str) -> str:
-    """dj-stripe's database: on the same server (or in the same directory), its own."""
+    """dj-stripe's database: its own, on the same server (or the same disk)."""
     if url.startswith("sqlite"):
-        return url.removesuffix(".sqlite3") + "-djstripe.sqlite3"
+        # Kept with its virtualenv: dj-stripe's migrations take minutes on a busy machine.
+        return f"sqlite:///{DJSTRIPE_VENV / 'bench.sqlite3'}"
     return url + "_djstripe"
 
 
@@ -361,7 +362,9 @@ def bench_database(label: str, url: str, args: argparse.Namespace) -> dict[str, 
                 order = names[round_no % len(names) :] + names[: round_no % len(names)]
                 for name in order:
                     port, path = paths[name]
-                    runs[name].append(run_variant(pool, port, path, args.requests, args.concurrency))
+                    runs[name].append(
+                        run_variant(pool, port, path, args.requests, args.concurrency)
+                    )
                 summary = "  ".join(f"{n} {runs[n][-1]['rps']:.0f}/s" for n in names)
                 print(f"round {round_no + 1}/{args.rounds} ({' > '.join(order)}): {summary}")
             after = count_rows(url)
