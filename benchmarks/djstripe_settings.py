@@ -4,7 +4,8 @@ Runs only in dj-stripe's own virtualenv (``benchmarks/.venv-djstripe``, made by 
 dj-stripe is no dependency of the project. "Record only": ``DJSTRIPE_WEBHOOK_EVENT_CALLBACK``
 (dj-stripe's hook for deferring the work) takes the verified event and does nothing, so the
 view verifies the signature and stores its ``WebhookEventTrigger`` row without syncing objects
-from Stripe. The middleware is the benchmarked shop's (tests/settings.py).
+from Stripe (dj-stripe 2.11 deprecates that setting for its signals, which cannot skip the
+processing, and still honours it; migrate prints its warning). The middleware is the shop's.
 """
 
 import os
