@@ -161,15 +161,16 @@ def run_script(python: str, script: str, env: dict[str, str]) -> str:
     return out.stdout
 
 
-def prepare_database(database_url: str) -> None:
+def prepare_database(database_url: str, *, migrate: bool = True) -> None:
     """Migrate the database, (re)create the floor's plain table, empty the inbox and queue."""
     env = django_env(database_url)
-    subprocess.run(
-        [sys.executable, "-m", "django", "migrate", "--noinput", "-v", "0"],
-        cwd=ROOT,
-        env=env,
-        check=True,
-    )
+    if migrate:
+        subprocess.run(
+            [sys.executable, "-m", "django", "migrate", "--noinput", "-v", "0"],
+            cwd=ROOT,
+            env=env,
+            check=True,
+        )
     run_script(
         sys.executable,
         "import django; django.setup()\n"
@@ -337,7 +338,7 @@ def bench_database(label: str, url: str, args: argparse.Namespace) -> dict[str, 
     print(f"\n== {label}: {url}", flush=True)
     prepare_database(url)
     print(f"statements per event (shop's view): {statements_per_event(url)}")
-    prepare_database(url)
+    prepare_database(url, migrate=False)
     shop, shop_port = start_gunicorn(sys.executable, django_env(url), args, "/floor/")
     servers = [shop]
     paths = {"floor": (shop_port, "/floor/"), "webhook": (shop_port, "/webhook/")}
