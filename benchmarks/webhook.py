@@ -1,18 +1,26 @@
-"""How much the webhook inbox costs, against two baselines, under gunicorn.
+"""The webhook against its floor and against dj-stripe's, under gunicorn, in one run.
 
-    python benchmarks/webhook.py [--database-url URL] [--requests 3000] [--concurrency 4]
+    python benchmarks/webhook.py [--rounds 6] [--requests 500] [--concurrency 4]
+                                 [--database-url URL] [--no-djstripe] [--profile]
 
-Starts gunicorn on loopback serving benchmarks/urls.py with three POST endpoints:
+For SQLite and (when reachable) PostgreSQL, three servers' worth of endpoints, each behind
+gunicorn on loopback with the same workers, threads and middleware:
 
-- bare:   verify the Stripe signature only;
-- insert: verify, then insert one row (id and body) into a plain table;
-- real:   the real webhook view: verify, store a StripeEvent, enqueue the task on commit
-          (django-q2's ORM broker, asynchronous: one more insert, no cluster running).
+- floor:    the least a durable webhook can do: stripe-python checks the signature, the body
+            is parsed for its id, one row is inserted (autocommit);
+- webhook:  the shop's view: verify (strictly), store the StripeEvent and queue its django-q2
+            task in one transaction (ORM broker, asynchronous; no cluster runs);
+- djstripe: dj-stripe's own view (latest release, 2.11.0, in its own virtualenv,
+            ``benchmarks/.venv-djstripe``, made on first use), record only: it verifies the
+            signature and stores its WebhookEventTrigger; its processing hook does nothing.
 
-Each variant gets the same number of properly signed requests with unique event ids, sent by
-``--concurrency`` client processes over keep-alive connections (http.client). It prints
-requests/s, p50 and p99 per variant and the ratios real/bare and real/insert, for SQLite and,
-when reachable (or given), PostgreSQL. The target is real >= 0.7 x insert, with zero errors.
+Every request is a distinct ``checkout.session.completed`` event signed with Stripe's scheme;
+the three get the same events. The variants are interleaved: ``--rounds`` rounds, each sending
+``--requests`` events to every variant in a rotated order, so a burst of load from other jobs
+on a shared machine hits all of them alike. It prints requests/s and p50/p99 per variant, the
+ratios per round and their median (the figure to read), the statements per event, and checks
+that every event was stored once. Targets: webhook >= 0.7x floor, webhook >= 2x djstripe.
+``--profile`` instead profiles the webhook view in process (cProfile) and prints the top.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ import hmac
 import http.client
 import json
 import multiprocessing
+import multiprocessing.pool
 import os
 import socket
 import statistics
@@ -35,8 +44,12 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "whsec_bench"
-VARIANTS = {"bare": "/bare/", "insert": "/insert/", "real": "/webhook/"}
 DEFAULT_PG = "postgres://postgres@127.0.0.1:5432/wpd_bench"
+DJSTRIPE_VERSION = "2.11.0"
+DJSTRIPE_VENV = ROOT / "benchmarks" / ".venv-djstripe"
+#: dj-stripe's endpoint for the run (its URL carries the uuid).
+DJSTRIPE_ENDPOINT = "8f3e2a8e-4b7c-4c39-9d51-0c0ffee0beef"
+TARGETS = {"webhook/floor": 0.7, "webhook/djstripe": 2.0}
 
 
 def event_payload(event_id: str) -> bytes:
@@ -73,6 +86,7 @@ def event_payload(event_id: str) -> bytes:
 
 
 def sign(payload: bytes) -> str:
+    """Stripe's scheme: v1 = HMAC-SHA256 of "<timestamp>.<body>" with the endpoint's secret."""
     ts = int(time.time())
     mac = hmac.new(SECRET.encode(), f"{ts}.".encode() + payload, hashlib.sha256).hexdigest()
     return f"t={ts},v1={mac}"
@@ -112,46 +126,53 @@ def client_worker(args: tuple[int, str, list[bytes]]) -> tuple[list[float], int,
 def run_variant(
     pool: multiprocessing.pool.Pool, port: int, path: str, total: int, concurrency: int
 ) -> dict[str, float]:
-    ids = [f"evt_{uuid.uuid4().hex}" for _ in range(total)]
-    payloads = [event_payload(i) for i in ids]
+    payloads = [event_payload(f"evt_{uuid.uuid4().hex}") for _ in range(total)]
     shares = [payloads[i::concurrency] for i in range(concurrency)]
     results = pool.map(client_worker, [(port, path, share) for share in shares])
     latencies = sorted(latency for r in results for latency in r[0])
-    errors = sum(r[1] for r in results)
     elapsed = max(r[3] for r in results) - min(r[2] for r in results)
     return {
         "rps": total / elapsed,
-        "p50": statistics.median(latencies) * 1000,
-        "p99": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000,
-        "errors": errors,
+        "latencies": latencies,
+        "errors": sum(r[1] for r in results),
+        "elapsed": elapsed,
     }
 
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        return int(s.getsockname()[1])
 
 
-def django_env(database_url: str) -> dict[str, str]:
+def django_env(database_url: str, settings: str = "benchmarks.settings") -> dict[str, str]:
     return {
         **os.environ,
-        "DJANGO_SETTINGS_MODULE": "benchmarks.settings",
+        "DJANGO_SETTINGS_MODULE": settings,
         "WPD_BENCH_DATABASE_URL": database_url,
         "PYTHONPATH": str(ROOT),
     }
 
 
-def prepare_database(database_url: str) -> None:
-    """Create (PostgreSQL) and migrate the database, and (re)create the plain table."""
-    env = django_env(database_url)
-    subprocess.run(
-        [sys.executable, "-m", "django", "migrate", "--noinput", "-v", "0"],
-        cwd=ROOT,
-        env=env,
-        check=True,
+def run_script(python: str, script: str, env: dict[str, str]) -> str:
+    out = subprocess.run(
+        [python, "-c", script], cwd=ROOT, env=env, check=True, capture_output=True, text=True
     )
-    script = (
+    return out.stdout
+
+
+def prepare_database(database_url: str, *, migrate: bool = True) -> None:
+    """Migrate the database, (re)create the floor's plain table, empty the inbox and queue."""
+    env = django_env(database_url)
+    if migrate:
+        subprocess.run(
+            [sys.executable, "-m", "django", "migrate", "--noinput", "-v", "0"],
+            cwd=ROOT,
+            env=env,
+            check=True,
+        )
+    run_script(
+        sys.executable,
         "import django; django.setup()\n"
         "from django.db import connection\n"
         "from benchmarks.urls import PLAIN_TABLE as T\n"
@@ -163,63 +184,121 @@ def prepare_database(database_url: str) -> None:
         " payload TEXT NOT NULL)')\n"
         "from wagtail_paid_delivery.models import StripeEvent\n"
         "from django_q.models import OrmQ\n"
-        "StripeEvent.objects.all().delete(); OrmQ.objects.all().delete()\n"
+        "StripeEvent.objects.all().delete(); OrmQ.objects.all().delete()\n",
+        env,
     )
-    subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, check=True)
 
 
 def count_rows(database_url: str) -> dict[str, int]:
-    script = (
+    out = run_script(
+        sys.executable,
         "import django, json; django.setup()\n"
         "from django.db import connection\n"
         "from benchmarks.urls import PLAIN_TABLE as T\n"
         "from wagtail_paid_delivery.models import StripeEvent\n"
         "from django_q.models import OrmQ\n"
         "c = connection.cursor(); c.execute(f'SELECT COUNT(*) FROM {T}')\n"
-        "print(json.dumps({'plain': c.fetchone()[0], 'events': StripeEvent.objects.count(),"
-        " 'queued': OrmQ.objects.count()}))\n"
+        "print(json.dumps({'floor': c.fetchone()[0], 'webhook': StripeEvent.objects.count(),"
+        " 'queued': OrmQ.objects.count()}))\n",
+        django_env(database_url),
     )
-    out = subprocess.run(
-        [sys.executable, "-c", script],
-        cwd=ROOT,
-        env=django_env(database_url),
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return json.loads(out.strip().splitlines()[-1])
 
 
-def start_gunicorn(database_url: str, workers: int, threads: int) -> tuple[subprocess.Popen, int]:
+def statements_per_event(database_url: str) -> str:
+    """The statements the shop's view sends for a new event and for a duplicate, in process."""
+    out = run_script(
+        sys.executable,
+        "import django, json, uuid; django.setup()\n"
+        "from django.db import connection\n"
+        "from django.test import Client\n"
+        "from django.test.utils import CaptureQueriesContext\n"
+        "from benchmarks.webhook import event_payload, sign\n"
+        "client, counts = Client(), []\n"
+        "payload = event_payload(f'evt_{uuid.uuid4().hex}')\n"
+        "for _ in range(2):\n"
+        "    with CaptureQueriesContext(connection) as q:\n"
+        "        r = client.post('/webhook/', payload, content_type='application/json',"
+        " HTTP_STRIPE_SIGNATURE=sign(payload))\n"
+        "    counts.append((r.content.decode(), [x['sql'].split()[0] for x in q]))\n"
+        "print(json.dumps(counts))\n",
+        django_env(database_url),
+    )
+    counts = json.loads(out.strip().splitlines()[-1])
+    return "; ".join(f"{answer}: {len(sql)} ({' '.join(sql)})" for answer, sql in counts)
+
+
+# dj-stripe, in its own virtualenv ------------------------------------------------------------
+
+
+def djstripe_python() -> str:
+    """dj-stripe's virtualenv's python, made (and dj-stripe installed from PyPI) on first use."""
+    python = DJSTRIPE_VENV / "bin" / "python"
+    marker = DJSTRIPE_VENV / f".installed-{DJSTRIPE_VERSION}"
+    if not marker.exists():
+        print(f"(installing dj-stripe {DJSTRIPE_VERSION} into {DJSTRIPE_VENV})", flush=True)
+        subprocess.run([sys.executable, "-m", "venv", "--clear", str(DJSTRIPE_VENV)], check=True)
+        subprocess.run(
+            [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
+            + [f"dj-stripe=={DJSTRIPE_VERSION}", "gunicorn", "psycopg[binary]", "dj-database-url"],
+            check=True,
+        )
+        marker.touch()
+    return str(python)
+
+
+def prepare_djstripe(database_url: str) -> None:
+    """Migrate dj-stripe's database and give it the endpoint (same secret) the run posts to."""
+    python = djstripe_python()
+    env = django_env(database_url, "benchmarks.djstripe_settings")
+    subprocess.run(
+        [python, "-m", "django", "migrate", "--noinput", "-v", "0"], cwd=ROOT, env=env, check=True
+    )
+    run_script(
+        python,
+        "import django; django.setup()\n"
+        "from djstripe.models import WebhookEndpoint, WebhookEventTrigger\n"
+        "WebhookEventTrigger.objects.all().delete(); WebhookEndpoint.objects.all().delete()\n"
+        "WebhookEndpoint.objects.create(id='we_bench', livemode=False, enabled_events=['*'],"
+        f" secret={SECRET!r}, status='enabled', url='https://shop.example.com/stripe/',"
+        f" djstripe_uuid={DJSTRIPE_ENDPOINT!r})\n",
+        env,
+    )
+
+
+def count_djstripe_rows(database_url: str) -> int:
+    out = run_script(
+        djstripe_python(),
+        "import django; django.setup()\n"
+        "from djstripe.models import WebhookEventTrigger\n"
+        "print(WebhookEventTrigger.objects.filter(valid=True, exception='').count())\n",
+        django_env(database_url, "benchmarks.djstripe_settings"),
+    )
+    return int(out.strip().splitlines()[-1])
+
+
+# Servers ---------------------------------------------------------------------------------------
+
+
+def start_gunicorn(
+    python: str, env: dict[str, str], args: argparse.Namespace, probe: str
+) -> tuple[subprocess.Popen, int]:
     port = free_port()
-    gunicorn = Path(sys.executable).with_name("gunicorn")
     process = subprocess.Popen(
-        [
-            str(gunicorn),
-            "django.core.wsgi:get_wsgi_application()",
-            "--bind",
-            f"127.0.0.1:{port}",
-            "--workers",
-            str(workers),
-            "--worker-class",
-            "gthread",
-            "--threads",
-            str(threads),
-            "--keep-alive",
-            "30",
-            "--log-level",
-            "warning",
-        ],
+        [str(Path(python).with_name("gunicorn")), "django.core.wsgi:get_wsgi_application()"]
+        + ["--bind", f"127.0.0.1:{port}", "--workers", str(args.workers)]
+        + ["--worker-class", "gthread", "--threads", str(args.threads)]
+        + ["--keep-alive", "30", "--log-level", "warning"],
         cwd=ROOT,
-        env=django_env(database_url),
+        env=env,
     )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         try:
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-            conn.request("GET", "/bare/")
-            if conn.getresponse().status == 405:
-                return process, port
+            conn.request("GET", probe)
+            conn.getresponse().read()
+            return process, port
         except OSError:
             time.sleep(0.2)
     process.terminate()
@@ -247,46 +326,142 @@ def postgres_reachable(url: str) -> bool:
     return True
 
 
-def bench_database(label: str, url: str, args: argparse.Namespace) -> dict[str, dict]:
-    print(f"\n== {label}: preparing {url}", flush=True)
+def djstripe_url_for(url: str) -> str:
+    """dj-stripe's database: its own, on the same server (or the same disk)."""
+    if url.startswith("sqlite"):
+        # Kept with its virtualenv: dj-stripe's migrations take minutes on a busy machine.
+        return f"sqlite:///{DJSTRIPE_VENV / 'bench.sqlite3'}"
+    return url + "_djstripe"
+
+
+def bench_database(label: str, url: str, args: argparse.Namespace) -> dict[str, float]:
+    print(f"\n== {label}: {url}", flush=True)
     prepare_database(url)
-    server, port = start_gunicorn(url, args.workers, args.threads)
-    results: dict[str, dict] = {}
+    print(f"statements per event (shop's view): {statements_per_event(url)}")
+    prepare_database(url, migrate=False)
+    shop, shop_port = start_gunicorn(sys.executable, django_env(url), args, "/floor/")
+    servers = [shop]
+    paths = {"floor": (shop_port, "/floor/"), "webhook": (shop_port, "/webhook/")}
+    djstripe_db = djstripe_url_for(url)
+    if args.djstripe:
+        if djstripe_db.startswith("postgres"):
+            postgres_reachable(djstripe_db)
+        prepare_djstripe(djstripe_db)
+        env = django_env(djstripe_db, "benchmarks.djstripe_settings")
+        djstripe, dj_port = start_gunicorn(djstripe_python(), env, args, "/")
+        servers.append(djstripe)
+        paths["djstripe"] = (dj_port, f"/stripe/webhook/{DJSTRIPE_ENDPOINT}/")
+    names = list(paths)
+    runs: dict[str, list[dict]] = {name: [] for name in names}
     try:
         with multiprocessing.Pool(args.concurrency) as pool:
-            for path in VARIANTS.values():  # warm every worker and code path
-                run_variant(pool, port, path, args.concurrency * 20, args.concurrency)
+            for port, path in paths.values():  # warm every worker and code path
+                run_variant(pool, port, path, args.concurrency * 25, args.concurrency)
             before = count_rows(url)
-            for name, path in VARIANTS.items():
-                results[name] = run_variant(pool, port, path, args.requests, args.concurrency)
+            dj_before = count_djstripe_rows(djstripe_db) if args.djstripe else 0
+            for round_no in range(args.rounds):
+                order = names[round_no % len(names) :] + names[: round_no % len(names)]
+                for name in order:
+                    port, path = paths[name]
+                    runs[name].append(
+                        run_variant(pool, port, path, args.requests, args.concurrency)
+                    )
+                summary = "  ".join(f"{n} {runs[n][-1]['rps']:.0f}/s" for n in names)
+                print(f"round {round_no + 1}/{args.rounds} ({' > '.join(order)}): {summary}")
             after = count_rows(url)
+            dj_after = count_djstripe_rows(djstripe_db) if args.djstripe else 0
     finally:
-        server.terminate()
-        server.wait(timeout=30)
+        for server in servers:
+            server.terminate()
+            server.wait(timeout=30)
+    return report(args, names, runs, before, after, dj_after - dj_before)
 
-    print(f"{'variant':8} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}")
-    for name, r in results.items():
-        print(f"{name:8} {r['rps']:9.0f} {r['p50']:8.2f} {r['p99']:8.2f} {r['errors']:7d}")
-    real = results["real"]["rps"]
-    print(f"real/bare   = {real / results['bare']['rps']:.2f}")
-    ratio = real / results["insert"]["rps"]
-    verdict = "OK" if ratio >= 0.7 else "BELOW TARGET"
-    print(f"real/insert = {ratio:.2f}  (target >= 0.70: {verdict})")
+
+def report(
+    args: argparse.Namespace,
+    names: list[str],
+    runs: dict[str, list[dict]],
+    before: dict[str, int],
+    after: dict[str, int],
+    djstripe_rows: int,
+) -> dict[str, float]:
+    print(f"{'variant':9} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}   (all rounds)")
+    for name in names:
+        latencies = sorted(x for r in runs[name] for x in r["latencies"])
+        total = sum(len(r["latencies"]) for r in runs[name])
+        rps = total / sum(r["elapsed"] for r in runs[name])
+        p50 = statistics.median(latencies) * 1000
+        p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000
+        errors = sum(r["errors"] for r in runs[name])
+        print(f"{name:9} {rps:8.0f} {p50:8.2f} {p99:8.2f} {errors:7d}")
+    ratios: dict[str, float] = {"errors": sum(r["errors"] for v in runs.values() for r in v)}
+    for ratio, target in TARGETS.items():
+        top, bottom = ratio.split("/")
+        if bottom not in runs:
+            continue
+        per_round = [a["rps"] / b["rps"] for a, b in zip(runs[top], runs[bottom], strict=True)]
+        median = statistics.median(per_round)
+        ratios[ratio] = median
+        verdict = "OK" if median >= target else f"BELOW TARGET by {target - median:.2f}"
+        rounds = " ".join(f"{r:.2f}" for r in per_round)
+        print(
+            f"{ratio:17} = {median:.2f} median of rounds [{rounds}]  "
+            f"(target >= {target}: {verdict})"
+        )
     stored = {k: after[k] - before[k] for k in after}
-    print(
-        f"rows written: plain {stored['plain']}, events {stored['events']}, "
-        f"queued tasks {stored['queued']} (expected {args.requests} each)"
+    expected = args.rounds * args.requests
+    line = (
+        f"rows written: floor {stored['floor']}, events {stored['webhook']}, "
+        f"queued tasks {stored['queued']}"
     )
-    return results
+    if "djstripe" in runs:
+        line += f", dj-stripe triggers {djstripe_rows}"
+    print(f"{line} (expected {expected} each)")
+    counts = [stored["floor"], stored["webhook"], stored["queued"]]
+    if "djstripe" in runs:
+        counts.append(djstripe_rows)
+    if any(count != expected for count in counts):
+        ratios["errors"] += 1
+        print("ROWS MISSING OR EXTRA")
+    return ratios
+
+
+def profile(url: str, requests: int) -> None:
+    """Profile the shop's view and the floor in process (test client, same database)."""
+    prepare_database(url)
+    out = run_script(
+        sys.executable,
+        "import cProfile, io, pstats, uuid, django; django.setup()\n"
+        "from django.test import Client\n"
+        "from benchmarks.webhook import event_payload, sign\n"
+        "client = Client()\n"
+        "def post(path):\n"
+        "    p = event_payload(f'evt_{uuid.uuid4().hex}')\n"
+        "    client.post(path, p, content_type='application/json', HTTP_STRIPE_SIGNATURE=sign(p))\n"
+        "for path in ('/floor/', '/webhook/'):\n"
+        "    for _ in range(50): post(path)\n"
+        "    profiler = cProfile.Profile(); profiler.enable()\n"
+        f"    for _ in range({requests}): post(path)\n"
+        "    profiler.disable(); s = io.StringIO()\n"
+        "    stats = pstats.Stats(profiler, stream=s)\n"
+        f"    print(f'== {{path}}: {{stats.total_tt / {requests} * 1000:.3f}} ms per request"
+        " in process (client and signing included)')\n"
+        "    stats.sort_stats('cumulative').print_stats(40); print(s.getvalue())\n",
+        django_env(url),
+    )
+    print(out)
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--database-url", help="benchmark only this database")
-    parser.add_argument("--requests", type=int, default=3000, help="per variant")
+    parser.add_argument("--rounds", type=int, default=6, help="interleaved rounds")
+    parser.add_argument("--requests", type=int, default=500, help="per variant and round")
     parser.add_argument("--concurrency", type=int, default=4, help="client processes")
     parser.add_argument("--workers", type=int, default=2, help="gunicorn worker processes")
     parser.add_argument("--threads", type=int, default=4, help="threads per gunicorn worker")
+    parser.add_argument("--no-djstripe", dest="djstripe", action="store_false")
+    parser.add_argument("--profile", action="store_true", help="profile in process instead")
     args = parser.parse_args()
 
     targets: list[tuple[str, str]] = []
@@ -300,14 +475,22 @@ def main() -> int:
             targets.append(("PostgreSQL", pg))
         else:
             print(f"(PostgreSQL at {pg} not reachable: skipped)")
+    if args.profile:
+        for label, url in targets:
+            print(f"\n== {label}")
+            profile(url, args.requests)
+        return 0
+    load = os.getloadavg()
     print(
-        f"{args.requests} requests per variant, {args.concurrency} keep-alive clients, "
-        f"gunicorn {args.workers} workers x {args.threads} threads, {os.cpu_count()} CPUs"
+        f"{args.rounds} rounds x {args.requests} requests per variant, {args.concurrency} "
+        f"keep-alive clients, gunicorn {args.workers} workers x {args.threads} threads, "
+        f"{os.cpu_count()} CPUs, load average {load[0]:.1f} at start"
     )
     failed = False
     for label, url in targets:
         results = bench_database(label, url, args)
-        failed |= any(r["errors"] for r in results.values())
+        failed |= bool(results["errors"])
+    print(f"load average {os.getloadavg()[0]:.1f} at the end")
     return 1 if failed else 0
 
 

@@ -11,9 +11,9 @@ from typing import Any
 from . import heartbeat, inbox, outbox, reconciliation, retention, selftest
 
 
-def process_stripe_event(event_pk: int, token: str | None = None) -> str:
-    """Act on a stored Stripe event (``inbox.process``)."""
-    return inbox.process(event_pk, token)
+def process_stripe_event(event: int | str, token: str | None = None) -> str:
+    """Act on a stored Stripe event (``inbox.process``): its pk, or Stripe's event id."""
+    return inbox.process(event, token)
 
 
 def sweep() -> str:
