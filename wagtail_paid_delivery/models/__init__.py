@@ -1,3 +1,4 @@
+from .bundles import BundleItem
 from .copy import DeliveryCopy
 from .events import ClusterHeartbeat, ReconcileMark, StripeEvent
 from .library import LibrarySignIn
@@ -9,6 +10,7 @@ from .purchases import DownloadEvent, DownloadHandoff, DownloadLink, FileDownloa
 
 __all__ = [
     "AbstractProductFile",
+    "BundleItem",
     "ClusterHeartbeat",
     "DeliveryCopy",
     "DownloadEvent",

@@ -67,7 +67,7 @@ def settle_pending(purchase: Purchase) -> Purchase:
 @login_not_required
 @require_safe
 @delivery_headers
-@sensitive_variables("issued", "download_url", "context")  # the link's token
+@sensitive_variables("issued", "download_url", "context", "included")  # the link's token
 def success(request: HttpRequest) -> HttpResponseBase:
     csp_nonce(request)  # before rendering: the site's base template may use it
     session_id = request.GET.get("session_id", "").strip()
@@ -81,6 +81,10 @@ def success(request: HttpRequest) -> HttpResponseBase:
         return _private(response)
     issued = links.success_page_link(purchase) if state == "success" else None
     download_url = issued.url if issued is not None else None
+    included = screens.included_downloads(purchase) if state == "success" else []
+    page = purchase.product_page
+    if included and (page is None or not page.product_files):
+        download_url = None  # a bundle of other products only: their links are the downloads
     product = purchase.product_page
     product_url = (
         product.get_url(request) if state == "failed" and product and product.live else None
@@ -88,8 +92,9 @@ def success(request: HttpRequest) -> HttpResponseBase:
     copy = delivery.copy_for(purchase)
     with languages.speaking(purchase.language):
         context = screens.state_context(copy, state, purchase, download_url, product_url)
+    context["included"] = included
     response = render_for(request, purchase, screens.TEMPLATES["success"], context)
-    if download_url:
+    if download_url or included:
         # The page shows a token: only scripts with the nonce run (views/responses.py). Other
         # states (pending, failed, neutral) show none and keep the site's own scripts.
         add_strict_csp(request, response)
