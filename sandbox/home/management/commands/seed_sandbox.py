@@ -1,4 +1,5 @@
-"""Seed the sandbox: home page, two live products with real files, default copy, an admin.
+"""Seed the sandbox: home page, two live products with real files, a bundle of both, default
+copy, an admin.
 
 Idempotent: a second run finds everything in place and changes nothing. Each run also points the
 default Wagtail Site at 127.0.0.1:<port>, so URLs built from the site root match the port in use.
@@ -19,7 +20,7 @@ from wagtail.models import Page, Site
 
 from sandbox.home import demo_files
 from sandbox.home.models import HomePage
-from wagtail_paid_delivery.models import DeliveryCopy
+from wagtail_paid_delivery.models import BundleItem, DeliveryCopy
 from wagtail_paid_delivery.product.models import ProductFile, ProductPage
 
 ADMIN_USERNAME = "admin"
@@ -79,6 +80,21 @@ PRODUCTS = (
 )
 
 
+#: A bundle of every demo product at its own price: buying it delivers each product's files.
+BUNDLE = DemoProduct(
+    slug="shoreline-bundle",
+    title="Shoreline Bundle",
+    intro="The Field Guide and the Sample Pack together, for less.",
+    body=(
+        "<p>Both products in one purchase. Each one arrives with its own download link, on the "
+        "confirmation page and in one email, and stays in your library.</p>"
+    ),
+    price_amount=2400,
+    currency="USD",
+    files=(),
+)
+
+
 class Command(BaseCommand):
     help = (
         "Create the sandbox's home page, demo products (with files), default delivery copy and "
@@ -100,6 +116,7 @@ class Command(BaseCommand):
             self.ensure_site(home, port)
             DeliveryCopy.objects.get_default()  # post_migrate made it; recreate if deleted
             products = [self.ensure_product(home, spec) for spec in PRODUCTS]
+            products.append(self.ensure_bundle(home, products))
             password_known = self.ensure_admin()
 
         for change in self.changes:
@@ -197,6 +214,21 @@ class Command(BaseCommand):
             # publish from the admin keeps them.
             page = ProductPage.objects.get(pk=page.pk)
             page.save_revision().publish()
+        return page
+
+    def ensure_bundle(self, home: HomePage, included: list[ProductPage]) -> ProductPage:
+        page = self.ensure_product(home, BUNDLE)
+        have = set(BundleItem.objects.filter(bundle=page).values_list("product_id", flat=True))
+        missing = [p for p in included if p.pk not in have]
+        if not missing:
+            return page
+        for order, product in enumerate(included):
+            if product.pk not in have:
+                BundleItem.objects.create(bundle=page, product=product, sort_order=order)
+                self.changes.append(f"Included {product.title!r} in {page.title!r}.")
+        # Published with its items, so the editor shows them and a later publish keeps them.
+        page = ProductPage.objects.get(pk=page.pk)
+        page.save_revision().publish()
         return page
 
     def ensure_file(self, page: ProductPage, spec: DemoFile, order: int) -> bool:
