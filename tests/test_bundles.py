@@ -430,15 +430,8 @@ def bundle_form(page, products, *, publish=True) -> dict:
         slug=page.slug,
         price_amount="30.00",
     )
-    data.update(
-        nested_form_data(
-            {
-                "bundle_items": inline_formset(
-                    [{"product": p.pk, "ORDER": i} for i, p in enumerate(products)]
-                )
-            }
-        )
-    )
+    rows = [{"product": p.pk, "ORDER": i} for i, p in enumerate(products)]
+    data.update(nested_form_data({"bundle_items": inline_formset(rows)}))
     return data
 
 
