@@ -25,7 +25,13 @@ from tests.test_product_admin import edit_url, form_errors, product_data
 from tests.test_shop_desk import handoff_get, url
 from wagtail_paid_delivery import licenses, product_stats, sale_notices, stats
 from wagtail_paid_delivery.fulfillment import fulfill_checkout
-from wagtail_paid_delivery.models import BundleItem, DownloadEvent, DownloadLink, OutboundEmail, Purchase
+from wagtail_paid_delivery.models import (
+    BundleItem,
+    DownloadEvent,
+    DownloadLink,
+    OutboundEmail,
+    Purchase,
+)
 
 S = Purchase.Status
 ORIGIN = "http://testserver"
@@ -327,11 +333,15 @@ def test_a_dispute_suspends_all_and_a_won_dispute_restores_all(
     session_id = bought.stripe_checkout_session_id
     fake_stripe.dispute(session_id)
     with django_capture_on_commit_callbacks(execute=True):
-        assert post_event(client, fake_stripe.last_event("charge.dispute.created")).status_code == 200
+        assert (
+            post_event(client, fake_stripe.last_event("charge.dispute.created")).status_code == 200
+        )
     assert statuses(bought) == {S.DISPUTED}
     fake_stripe.close_dispute(session_id, "won")
     with django_capture_on_commit_callbacks(execute=True):
-        assert post_event(client, fake_stripe.last_event("charge.dispute.closed")).status_code == 200
+        assert (
+            post_event(client, fake_stripe.last_event("charge.dispute.closed")).status_code == 200
+        )
     assert statuses(bought) == {S.PAID}
 
 
@@ -367,9 +377,13 @@ def test_included_purchases_do_not_inflate_sales_revenue_or_sale_notices(bought,
     assert [(r.currency, r.amount) for r in figures.revenue] == [("USD", 3000)]
     for child in included_of(bought).values():
         assert not sale_notices.is_sale(child)
-    assert OutboundEmail.objects.filter(kind=OutboundEmail.Kind.NEW_SALE).values(
-        "purchase"
-    ).distinct().count() <= 1
+    assert (
+        OutboundEmail.objects.filter(kind=OutboundEmail.Kind.NEW_SALE)
+        .values("purchase")
+        .distinct()
+        .count()
+        <= 1
+    )
     app_figures = product_stats.product_stats(shop["app"])
     assert app_figures.sales == 0
 

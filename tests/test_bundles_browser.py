@@ -10,7 +10,6 @@ from __future__ import annotations
 import time
 
 import pytest
-from django.conf import settings
 from django.core.files.base import ContentFile
 from django.test import Client
 from django.urls import reverse
@@ -45,7 +44,8 @@ def test_buyer_gets_every_included_product_and_the_editor_sees_the_bundle(
     settings.WAGTAIL_PAID_DELIVERY = {**settings.WAGTAIL_PAID_DELIVERY, "CHECKOUT_OPTIONS": {}}
     home = guide.get_parent()
     songs = ProductPageFactory(parent=home, title="Dawn chorus recordings", files=0)
-    ProductFileFactory(page=songs, title="Dawn chorus (MP3)", file=ContentFile(b"y" * 4096, name="dawn-chorus.mp3"))
+    recording = ContentFile(b"y" * 4096, name="dawn-chorus.mp3")
+    ProductFileFactory(page=songs, title="Dawn chorus (MP3)", file=recording)
     bundle = ProductPageFactory(
         parent=home,
         title="Birdwatcher's bundle",

@@ -117,9 +117,10 @@ def _restore_refusal(purchase: Purchase) -> str:
     if bundle is not None and bundle.status != S.PAID:
         # Access follows the bundle's money: restoring one product of a suspended bundle would
         # give back what its dispute holds.
-        return str(
-            _("Its bundle “%(title)s” is %(status)s: restore the bundle instead.")
-        ) % {"title": bundle.product_title, "status": bundle.get_status_display()}
+        return str(_("Its bundle “%(title)s” is %(status)s: restore the bundle instead.")) % {
+            "title": bundle.product_title,
+            "status": bundle.get_status_display(),
+        }
     return ""
 
 

@@ -72,9 +72,7 @@ class ProductPageForm(WagtailAdminPageForm):
             and not (formset.can_delete and formset._should_delete_form(form))
         ]
         chosen = [form.cleaned_data["product"] for form in rows]
-        problems = self.instance.bundle_problems(
-            chosen, publishing=not self.is_deferred_validation
-        )
+        problems = self.instance.bundle_problems(chosen, publishing=not self.is_deferred_validation)
         for index, problem in problems.items():
             if index < 0:
                 self.add_error(None, problem)

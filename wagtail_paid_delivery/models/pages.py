@@ -216,27 +216,33 @@ class ProductPageMixin(models.Model):
         specific = page.specific
         values = {"title": page.title}
         if not isinstance(specific, ProductPageMixin):
-            return str(
-                _("“%(title)s” is not a product page: only products can be included.")
-            ) % values
+            return (
+                str(_("“%(title)s” is not a product page: only products can be included.")) % values
+            )
         if self.pk is not None and page.pk == self.pk:
             return str(_("A bundle cannot include itself."))
         if page.pk in seen:
             return str(_("“%(title)s” is included twice.")) % values
         if specific.is_bundle:
-            return str(
-                _(
-                    "“%(title)s” is a bundle itself, and bundles cannot include bundles: "
-                    "include its products instead."
+            return (
+                str(
+                    _(
+                        "“%(title)s” is a bundle itself, and bundles cannot include bundles: "
+                        "include its products instead."
+                    )
                 )
-            ) % values
+                % values
+            )
         if publishing and not specific.live:
-            return str(
-                _(
-                    "“%(title)s” is not published: publish it first, or buyers of this bundle "
-                    "would get nothing from it."
+            return (
+                str(
+                    _(
+                        "“%(title)s” is not published: publish it first, or buyers of this bundle "
+                        "would get nothing from it."
+                    )
                 )
-            ) % values
+                % values
+            )
         return ""
 
     @property
