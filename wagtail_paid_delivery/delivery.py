@@ -8,6 +8,7 @@ by ``outbox``, which records each email it promised and retries it until it is s
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 from django.conf import settings
@@ -62,7 +63,7 @@ def build_delivery_email(
     purchase: Purchase,
     issued: links.IssuedLink | None,
     *,
-    included: list[links.IssuedLink] | tuple[()] = (),
+    included: Sequence[links.IssuedLink] = (),
     copy: DeliveryCopy | None = None,
     to: str | None = None,
 ) -> EmailMultiAlternatives:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Literal
 
 from django.db import transaction
@@ -302,7 +303,7 @@ def _include_bundled(bundle: Purchase, now: Any) -> None:
         if created:
             licenses.issue(child)
             transaction.on_commit(
-                lambda child=child: signals.purchase_paid.send(sender=Purchase, purchase=child)
+                partial(signals.purchase_paid.send, sender=Purchase, purchase=child)
             )
 
 

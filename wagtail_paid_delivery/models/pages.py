@@ -233,7 +233,7 @@ class ProductPageMixin(models.Model):
                 )
                 % values
             )
-        if publishing and not specific.live:
+        if publishing and not specific.live:  # type: ignore[attr-defined]
             return (
                 str(
                     _(
@@ -249,7 +249,7 @@ class ProductPageMixin(models.Model):
     def is_purchasable(self) -> bool:
         # A bundle may have no files of its own: its included products are what it delivers.
         has_files = self.files.exists()  # type: ignore[attr-defined]
-        return bool(self.live) and (has_files or self.is_bundle)
+        return bool(self.live) and (has_files or self.is_bundle)  # type: ignore[attr-defined]
 
     # Delivery rules: the product's own value, else the site default.
 
