@@ -148,6 +148,7 @@ def test_success_page_shows_every_included_product_and_reloads_mint_nothing(clie
     assert len(paths) == 2
     for path in paths:
         assert client.get(path).status_code == 200
+    assert not DownloadLink.objects.filter(purchase=bought).exists()  # no files of its own
     links_before = DownloadLink.objects.count()
     client.get(url_, {"session_id": bought.stripe_checkout_session_id})
     assert DownloadLink.objects.count() == links_before

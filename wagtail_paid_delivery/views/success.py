@@ -79,12 +79,12 @@ def success(request: HttpRequest) -> HttpResponseBase:
     if purchase is None or state is None:
         response = render(request, screens.TEMPLATES["success"], screens.neutral_context())
         return _private(response)
-    issued = links.success_page_link(purchase) if state == "success" else None
-    download_url = issued.url if issued is not None else None
     included = screens.included_downloads(purchase) if state == "success" else []
     page = purchase.product_page
-    if included and (page is None or not page.product_files):
-        download_url = None  # a bundle of other products only: their links are the downloads
+    # A bundle of other products only has no link of its own: theirs are the downloads.
+    own_files = not included or (page is not None and bool(page.product_files))
+    issued = links.success_page_link(purchase) if state == "success" and own_files else None
+    download_url = issued.url if issued is not None else None
     product = purchase.product_page
     product_url = (
         product.get_url(request) if state == "failed" and product and product.live else None
