@@ -506,3 +506,14 @@ def test_a_product_inside_a_bundle_cannot_become_a_bundle(admin_client, home):
     assert "This product is included in “Studio bundle”" in " ".join(errors["__all__"])
     response = admin_client.post(edit_url(app), bundle_form(app, [bundle]))
     assert any("is a bundle itself" in e for e in row_errors(response))
+
+
+@pytest.mark.django_db
+def test_view_as_this_buyer_shows_the_bundles_products_without_making_links(admin_client, bought):
+    links_before = DownloadLink.objects.count()
+    html = admin_client.get(
+        reverse("wagtail_paid_delivery_admin:view_as", args=[bought.pk])
+    ).content.decode()
+    assert "Included in your bundle" in html
+    assert "Download Star atlas" in html
+    assert DownloadLink.objects.count() == links_before

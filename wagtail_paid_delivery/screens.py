@@ -485,6 +485,16 @@ def success_screen(purchase: Purchase) -> tuple[dict[str, Any], str]:
     product_url = "#" if state == "failed" and product is not None and product.live else None
     copy = delivery.copy_for(purchase)
     context = state_context(copy, state, purchase, download_url, product_url)
+    if state == "success":
+        # A bundle's products as the page lists them (read-only: no link is made here).
+        context["included"] = [
+            {
+                "title": child.product_title,
+                "url": "#",
+                "license_key": licenses.key_text(licenses.license_of(child)),
+            }
+            for child in purchase.included.filter(status=Purchase.Status.PAID).order_by("pk")
+        ]
     note = _success_note(purchase, state, link)
     if state == "success" and not download_url:
         note = str(_("The page's link expired or was revoked: it shows no link."))
