@@ -517,3 +517,20 @@ def test_view_as_this_buyer_shows_the_bundles_products_without_making_links(admi
     assert "Included in your bundle" in html
     assert "Download Star atlas" in html
     assert DownloadLink.objects.count() == links_before
+
+
+@pytest.mark.django_db
+def test_resend_from_the_bundles_page_sends_every_included_products_link(
+    client, bought, shop, django_capture_on_commit_callbacks
+):
+    mail.outbox.clear()
+    with django_capture_on_commit_callbacks(execute=True):
+        response = client.post(
+            reverse("wagtail_paid_delivery:resend"),
+            {"email": "ada@example.com", "product": shop["bundle"].pk},
+        )
+    assert response.status_code in (200, 303)
+    [message] = mail.outbox
+    for child in included_of(bought).values():
+        assert DownloadLink.objects.filter(purchase=child, reason="resend").count() == 1
+        assert child.product_title in message.body

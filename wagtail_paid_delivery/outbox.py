@@ -422,7 +422,8 @@ def resend_links(address: str, product_id: int | None = None, request_id: str = 
         return "no_email"
     purchases = Purchase.objects.filter(email__iexact=address, status=Purchase.Status.PAID)
     if product_id is not None:
-        purchases = purchases.filter(product_id=product_id)
+        # A bundle's page asks for its products too: they are what it delivered.
+        purchases = purchases.filter(Q(product_id=product_id) | Q(bundle__product_id=product_id))
     found = list(purchases.order_by("-paid_at", "-pk")[:RESEND_MAX_PURCHASES])
     if not found:
         return "nothing"
