@@ -127,6 +127,10 @@ def test_one_email_with_a_working_link_per_included_product(client, bought, shop
         page = client.get(path)
         assert page.status_code == 200
         assert title in page.content.decode()
+        # Its receipt is the bundle's: the order number the buyer has, no price of its own.
+        assert "Included in" in page.content.decode()
+        assert bought.order_number in page.content.decode()
+        assert "$0.00" not in page.content.decode()
         token = path.rstrip("/").rsplit("/", 1)[1]
         product = shop["app"] if title == "Sketch app" else shop["atlas"]
         for file_id in file_ids(product):
