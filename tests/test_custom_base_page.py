@@ -109,6 +109,7 @@ SCENARIO = textwrap.dedent(
             {"title": "The guide", "file": SimpleUploadedFile("guide.pdf", b"%PDF" * 100)},
         ]),
         "comments": inline_formset([]),
+        "bundle_items": inline_formset([]),
     })
     data["action-publish"] = "Publish"
     response = client.post(add_url, data)

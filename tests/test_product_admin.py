@@ -56,6 +56,7 @@ def product_data(files=None, *, publish=True, initial=0, **fields) -> dict:
         "download_limit": "",
         "files": inline_formset(files or [], initial=initial),
         "comments": inline_formset([]),
+        "bundle_items": inline_formset([]),
     }
     data.update(fields)
     data = nested_form_data(data)

@@ -146,9 +146,11 @@ result = {
     "products": [
         {
             "title": p.title, "live": p.live, "price": p.price_display, "currency": p.currency,
-            "amount": p.price_amount, "url": p.url,
+            "amount": p.price_amount, "url": p.url, "id": p.pk,
             "child_of_home": p.get_parent().specific_class is HomePage,
             "in_revision": len(p.get_latest_revision().content.get("files", [])),
+            "includes": [item["product"] for item in
+                         p.get_latest_revision().content.get("bundle_items", [])],
         }
         for p in ProductPage.objects.order_by("path")
     ],
@@ -203,13 +205,19 @@ def test_seed_sandbox_creates_the_demo_shop_and_a_second_run_changes_nothing(san
     assert state["default_copies"] == 1
     assert state["admin"] == [True, True]
     products = {p["title"]: p for p in state["products"]}
-    assert set(products) == {"Field Guide (PDF)", "Sample Pack (ZIP)"}
+    assert set(products) == {"Field Guide (PDF)", "Sample Pack (ZIP)", "Shoreline Bundle"}
     assert all(p["live"] and p["child_of_home"] for p in products.values())
     # Files are part of the published revision, so editing in the admin keeps them.
     assert {title: p["in_revision"] for title, p in products.items()} == {
         "Field Guide (PDF)": 2,  # and its checklist: "Download all" is offered
         "Sample Pack (ZIP)": 1,
+        "Shoreline Bundle": 0,  # its included products are what it delivers
     }
+    # So are the bundle's included products.
+    assert products["Shoreline Bundle"]["includes"] == [
+        products["Field Guide (PDF)"]["id"],
+        products["Sample Pack (ZIP)"]["id"],
+    ]
     field_guide, sample_pack = products["Field Guide (PDF)"], products["Sample Pack (ZIP)"]
     assert (field_guide["amount"], field_guide["currency"], field_guide["price"]) == (
         1900,

@@ -8,6 +8,7 @@ by ``outbox``, which records each email it promised and retries it until it is s
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 from django.conf import settings
@@ -60,29 +61,40 @@ def link_placeholders(
 
 def build_delivery_email(
     purchase: Purchase,
-    issued: links.IssuedLink,
+    issued: links.IssuedLink | None,
     *,
+    included: Sequence[links.IssuedLink] = (),
     copy: DeliveryCopy | None = None,
     to: str | None = None,
 ) -> EmailMultiAlternatives:
     """The HTML and plain-text message for ``purchase`` with the freshly issued link.
 
+    ``included``: a bundle's links, one per product it included (each with its license key);
+    ``issued`` is then the bundle's own link, or None when the bundle has no files of its own.
     ``copy``: the words to use instead of the product's (the admin preview passes the copy being
     edited). ``to``: the recipient, if not the purchase's address (the outbox sends to the
     address it recorded).
     """
-    link = issued.link
+    first = issued or included[0]
     copy = copy or copy_for(purchase)
-    values = link_placeholders(link, link.download_limit)
+    values = link_placeholders(first.link, first.link.download_limit)
     context = {
         "purchase": purchase,
         "product_title": purchase.product_title,
-        "url": issued.url,
+        "url": issued.url if issued is not None else "",
         "expires": values["expires"],
         "body_html": copy.render("email_body", **values),
         "body_text": copy.render_text("email_body", **values),
         "receipt": receipt.receipt_for(purchase),
         "license_key": licenses.key_text(licenses.license_of(purchase)),
+        "included": [
+            {
+                "title": one.link.purchase.product_title,
+                "url": one.url,
+                "license_key": licenses.key_text(licenses.license_of(one.link.purchase)),
+            }
+            for one in included
+        ],
     }
     # Header injection is impossible (Django refuses newlines), but keep the subject one line.
     subject = " ".join(copy.render_text("email_subject", **values).split())

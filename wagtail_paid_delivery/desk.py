@@ -20,7 +20,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.db import transaction
-from django.db.models import F
+from django.db.models import F, Q
 from django.utils import formats, timezone
 from django.utils.dateparse import parse_datetime
 from django.utils.translation import gettext_lazy as _
@@ -113,7 +113,27 @@ def _suspend_refusal(purchase: Purchase) -> str:
 def _restore_refusal(purchase: Purchase) -> str:
     if purchase.status != S.DISPUTED or purchase.paid_at is None:
         return str(_("Only a suspended purchase (paid, then disputed or suspended) is restored."))
+    bundle = purchase.bundle
+    if bundle is not None and bundle.status != S.PAID:
+        # Access follows the bundle's money: restoring one product of a suspended bundle would
+        # give back what its dispute holds.
+        return str(_("Its bundle “%(title)s” is %(status)s: restore the bundle instead.")) % {
+            "title": bundle.product_title,
+            "status": bundle.get_status_display(),
+        }
     return ""
+
+
+def _included_refusal(purchase: Purchase) -> str:
+    """An included purchase has no money and no address of its own: its bundle's are used."""
+    if purchase.bundle is None:
+        return ""
+    return str(
+        _(
+            "This product was included in the bundle “%(title)s” (order %(order)s): act on "
+            "the bundle, and its included products follow."
+        )
+    ) % {"title": purchase.bundle.product_title, "order": purchase.bundle.order_number}
 
 
 def _email_refusal(purchase: Purchase) -> str:
@@ -128,6 +148,8 @@ def _email_refusal(purchase: Purchase) -> str:
 def _refund_refusal(purchase: Purchase) -> str:
     # Money that went through Checkout, before or after access ended (an editor may revoke,
     # then refund). A disputed payment is settled through its dispute, in Stripe.
+    if purchase.bundle_id is not None:
+        return _included_refusal(purchase)
     if purchase.source != Purchase.Source.CHECKOUT or not purchase.stripe_payment_intent_id:
         return str(_("Only a payment made through Stripe Checkout can be refunded here."))
     if purchase.status == S.DISPUTED:
@@ -157,7 +179,7 @@ _REFUSALS: dict[str, Callable[[Purchase], str]] = {
     REVOKE: _revoke_refusal,
     SUSPEND: _suspend_refusal,
     RESTORE: _restore_refusal,
-    CORRECT_EMAIL: _email_refusal,
+    CORRECT_EMAIL: lambda purchase: _included_refusal(purchase) or _email_refusal(purchase),
     REFUND: _refund_refusal,
     RELEASE_ACTIVATION: _license_refusal,
 }
@@ -358,11 +380,13 @@ def correct_email(
         locked.email = email
         locked.save(update_fields=["email", "updated_at"])
         outbox.address_corrected(locked, old)
+        # A bundle's included purchases share its buyer (the library finds them by address).
+        Purchase.objects.filter(bundle=locked).update(email=email, updated_at=timezone.now())
         revoked = 0
         if revoke_links:
-            revoked = DownloadLink.objects.filter(purchase=locked, revoked_at=None).update(
-                revoked_at=timezone.now()
-            )
+            revoked = DownloadLink.objects.filter(
+                Q(purchase=locked) | Q(purchase__bundle=locked), revoked_at=None
+            ).update(revoked_at=timezone.now())
         issued = None
         if send_link:
             why_not = _resend_refusal(locked)

@@ -58,10 +58,35 @@ class ProductPageForm(WagtailAdminPageForm):
                     "Stripe Price id empty, or turn pay what you want off."
                 ),
             )
+        bundled = self._check_bundle_items()
         if not self.is_deferred_validation:
             self._check_stripe_price(cleaned)
-            self._require_files()
+            if not bundled:
+                self._require_files()
         return cleaned
+
+    def _check_bundle_items(self) -> bool:
+        """The bundle's rules (``ProductPageMixin.bundle_problems``), each shown on its row;
+        whether the page includes any product (then it needs no files of its own)."""
+        formset = self.formsets.get("bundle_items")
+        if formset is None:
+            return False
+        formset.is_valid()  # the rows' cleaned_data (see _require_files)
+        rows = [
+            form
+            for form in formset.forms
+            if getattr(form, "cleaned_data", None)
+            and form.cleaned_data.get("product") is not None
+            and not (formset.can_delete and formset._should_delete_form(form))
+        ]
+        chosen = [form.cleaned_data["product"] for form in rows]
+        problems = self.instance.bundle_problems(chosen, publishing=not self.is_deferred_validation)
+        for index, problem in problems.items():
+            if index < 0:
+                self.add_error(None, problem)
+            else:
+                rows[index].add_error("product", problem)
+        return bool(chosen)
 
     def _clean_price(self, cleaned: dict[str, Any]) -> None:
         major = cleaned.get("price_amount")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Literal
 
 from django.db import transaction
@@ -238,6 +239,8 @@ def apply(
         setattr(locked, TIMESTAMPS[transition.to], now)
         fields.add(TIMESTAMPS[transition.to])
     _run_effects(locked, transition.effects, why, now, fields)
+    if DELIVER not in transition.effects:
+        _follow_bundle(locked, said, why)
     return FulfillmentResult(locked, transition.outcome, why)
 
 
@@ -251,6 +254,7 @@ def _run_effects(
         # The key is issued before the email is promised, in the same transaction: the email
         # (rendered later from the purchase) always finds it.
         licenses.issue(locked)
+        _include_bundled(locked, now)
         outbox.promise_delivery(locked)
         outbox.promise_sale_notices(locked)
         transaction.on_commit(lambda: signals.purchase_paid.send(sender=Purchase, purchase=locked))
@@ -266,6 +270,54 @@ def _run_effects(
         transaction.on_commit(
             lambda: signals.purchase_restored.send(sender=Purchase, purchase=locked)
         )
+
+
+# Bundles --------------------------------------------------------------------------------------
+
+
+def _include_bundled(bundle: Purchase, now: Any) -> None:
+    """A paid bundle grants each product it includes now: one included purchase per product
+    (``Source.BUNDLE``, amount 0, never a sale), paid in the bundle's transaction, with its own
+    license key when that product issues them. Links, the library, file versions and update
+    emails then treat it as any paid purchase of that product. The bundle's delivery email
+    carries their links (``outbox``): an included purchase promises no email of its own.
+    Included purchases include nothing (bundles do not nest)."""
+    page = bundle.product_page if bundle.source != Purchase.Source.BUNDLE else None
+    for product in page.included_products if page is not None else []:
+        child, created = Purchase.objects.get_or_create(
+            bundle=bundle,
+            product=product,
+            defaults={
+                "product_title": product.title,
+                "amount": 0,
+                "currency": bundle.currency,
+                "email": bundle.email,
+                "user": bundle.user,
+                "language": bundle.language,
+                "livemode": bundle.livemode,
+                "source": Purchase.Source.BUNDLE,
+                "status": S.PAID,
+                "paid_at": now,
+            },
+        )
+        if created:
+            licenses.issue(child)
+            transaction.on_commit(
+                partial(signals.purchase_paid.send, sender=Purchase, purchase=child)
+            )
+
+
+def _follow_bundle(bundle: Purchase, said: str, reason: str) -> None:
+    """What happened to a bundle purchase happens to its included purchases, by the same table:
+    a refund, a revoke, a dispute take them all back, a won dispute or a restore gives them back.
+    Those an editor revoked on their own stay revoked (final). Locked after the bundle, in id
+    order, so two moves of one bundle never deadlock."""
+    if bundle.source == Purchase.Source.BUNDLE:
+        return
+    for child in Purchase.objects.select_for_update().filter(bundle=bundle).order_by("pk"):
+        fields = {"updated_at"}
+        if apply(child, said, f"with its bundle: {reason}", fields).changed:
+            child.save(update_fields=sorted(fields))
 
 
 # What Stripe says ------------------------------------------------------------------------------

@@ -85,7 +85,7 @@ def listed(match: Q) -> QuerySet[Purchase]:
     disputed since), newest first. Only the paid ones get a button."""
     return (
         Purchase.objects.filter(match, paid_at__isnull=False)
-        .select_related("product", "license_key")
+        .select_related("product", "license_key", "bundle")
         .order_by("-paid_at", "-pk")
     )
 

@@ -132,14 +132,32 @@ def _issue_delivery(email: OutboundEmail) -> list[links.IssuedLink]:
         raise NothingToSend("the purchase no longer exists")
     if purchase.status != Purchase.Status.PAID:
         raise NothingToSend(f"the purchase is {purchase.status}")
+    # A bundle's email is the one email of every product it included: a link per product
+    # (each opens that product's files only), its own first when it has files of its own.
+    included = list(
+        purchase.included.filter(status=Purchase.Status.PAID)
+        .select_related("product")
+        .order_by("pk")
+    )
+    page = purchase.product_page
+    own = not included or page is None or bool(page.product_files)
     with transaction.atomic():
-        return [links.issue_link(purchase, reason=DownloadLink.Reason.WEBHOOK)]
+        return [
+            links.issue_link(one, reason=DownloadLink.Reason.WEBHOOK)
+            for one in ([purchase] if own else []) + included
+        ]
 
 
 def _render_delivery(
     email: OutboundEmail, issued: list[links.IssuedLink]
 ) -> EmailMultiAlternatives:
-    return delivery.build_delivery_email(issued[0].link.purchase, issued[0], to=email.to)
+    # The delivery email (its purchase, perhaps a bundle) or the desk's (one purchase's link).
+    purchase = email.purchase or issued[0].link.purchase
+    own = [one for one in issued if one.link.purchase_id == purchase.pk]
+    included = [one for one in issued if one.link.purchase_id != purchase.pk]
+    return delivery.build_delivery_email(
+        purchase, own[0] if own else None, included=included, to=email.to
+    )
 
 
 def _delivery_sent(email: OutboundEmail, now: datetime) -> None:
@@ -373,6 +391,8 @@ def deliver_purchase(purchase_pk: int) -> str:
             return "missing"
         if purchase.delivery_email_sent_at is not None:
             return "already_sent"  # its record may be gone (RETENTION["emails"])
+        if purchase.bundle_id is not None:
+            return "in_bundle_email"  # its links travel in its bundle's delivery email
         if purchase.status != Purchase.Status.PAID:
             return f"not_paid ({purchase.status})"
         email = promise_delivery(purchase)
@@ -402,7 +422,8 @@ def resend_links(address: str, product_id: int | None = None, request_id: str = 
         return "no_email"
     purchases = Purchase.objects.filter(email__iexact=address, status=Purchase.Status.PAID)
     if product_id is not None:
-        purchases = purchases.filter(product_id=product_id)
+        # A bundle's page asks for its products too: they are what it delivered.
+        purchases = purchases.filter(Q(product_id=product_id) | Q(bundle__product_id=product_id))
     found = list(purchases.order_by("-paid_at", "-pk")[:RESEND_MAX_PURCHASES])
     if not found:
         return "nothing"

@@ -43,6 +43,9 @@ class Receipt:
     #: The product's file titles; empty where the page lists the files itself.
     files: list[str] = field(default_factory=list)
     receipt_url: str = ""
+    #: The bundle this product came in (an included purchase): its title. The order number and
+    #: amounts are then the bundle's business; the receipt shows the bundle's order number.
+    bundle_title: str = ""
 
 
 def record_payment(purchase: Purchase, session: Any, receipt_url: str = "") -> set[str]:
@@ -105,6 +108,18 @@ def receipt_for(purchase: Purchase, *, files: list[Any] | None = None) -> Receip
         product = purchase.product_page
         files = product.product_files if product is not None else []
     complimentary = purchase.source == Purchase.Source.GRANT
+    bundle = purchase.bundle if purchase.bundle_id is not None else None
+    if bundle is not None:
+        # What the buyer paid for is the bundle: its order number, no amount of its own.
+        return Receipt(
+            order_number=bundle.order_number,
+            product_title=purchase.product_title,
+            date=timezone.localtime(purchase.paid_at or purchase.created_at),
+            complimentary=False,
+            lines=[],
+            files=[str(getattr(f, "title", f)) for f in files],
+            bundle_title=bundle.product_title,
+        )
     return Receipt(
         order_number=purchase.order_number,
         product_title=purchase.product_title,

@@ -106,6 +106,23 @@ def state_context(
     }
 
 
+def included_downloads(purchase: Purchase) -> list[dict[str, Any]]:
+    """A paid bundle's included products on its success page: each one's title, its success
+    page link (one per included purchase, as for any purchase: reloads mint nothing) and its
+    license key. Empty for a purchase that is not a bundle."""
+    shown = []
+    for child in purchase.included.filter(status=Purchase.Status.PAID).order_by("pk"):
+        issued = links.success_page_link(child)
+        shown.append(
+            {
+                "title": child.product_title,
+                "url": issued.url if issued is not None else None,
+                "license_key": licenses.key_text(licenses.license_of(child)),
+            }
+        )
+    return shown
+
+
 def checkout_unavailable_context(page: Any, copy: DeliveryCopy) -> dict[str, Any]:
     return {
         "page": page,
@@ -180,6 +197,10 @@ def download_context(
         # The page lists the files with their buttons: the receipt does not repeat them.
         "receipt": receipt.receipt_for(link.purchase, files=[]),
         "copy": copy,
+        # A bundle without files of its own: its products have links of their own.
+        "included_titles": []
+        if files
+        else list(link.purchase.included.order_by("pk").values_list("product_title", flat=True)),
     }
 
 
@@ -472,6 +493,16 @@ def success_screen(purchase: Purchase) -> tuple[dict[str, Any], str]:
     product_url = "#" if state == "failed" and product is not None and product.live else None
     copy = delivery.copy_for(purchase)
     context = state_context(copy, state, purchase, download_url, product_url)
+    if state == "success":
+        # A bundle's products as the page lists them (read-only: no link is made here).
+        context["included"] = [
+            {
+                "title": child.product_title,
+                "url": "#",
+                "license_key": licenses.key_text(licenses.license_of(child)),
+            }
+            for child in purchase.included.filter(status=Purchase.Status.PAID).order_by("pk")
+        ]
     note = _success_note(purchase, state, link)
     if state == "success" and not download_url:
         note = str(_("The page's link expired or was revoked: it shows no link."))

@@ -176,6 +176,8 @@ class PurchaseInspectView(InspectView):
     page_title = _("Purchase")
     #: The action URL names (set by the viewset): desk action → URL name.
     action_url_names: dict[str, str] = {}
+    #: This view's own URL name: a bundle's included purchases and an included one's bundle.
+    purchase_url_name = ""
 
     def get_page_subtitle(self) -> str:
         return str(self.object)
@@ -250,10 +252,26 @@ class PurchaseInspectView(InspectView):
                 # Which version of each file this buyer's links serve (``versions``).
                 "served_files": versions.files_of_purchase(purchase),
                 "past_buyers_get": product.get_past_buyers_get_display() if product else "",
+                **self.bundle_context(),
                 **self.license_context(),
             }
         )
         return context
+
+    def bundle_context(self) -> dict[str, Any]:
+        """A bundle purchase's included purchases, or an included purchase's bundle, each with
+        its inspect URL."""
+        purchase = self.object
+        inspect = self.purchase_url_name
+        bundle = purchase.bundle
+        return {
+            "bundle": bundle,
+            "bundle_url": reverse(inspect, args=[bundle.pk]) if bundle and inspect else "",
+            "included_rows": [
+                {"purchase": child, "url": reverse(inspect, args=[child.pk]) if inspect else ""}
+                for child in purchase.included.order_by("pk")
+            ],
+        }
 
     def license_context(self) -> dict[str, Any]:
         """The purchase's license key, its activations and, per live one, a release button."""
@@ -988,6 +1006,7 @@ class PurchaseViewSet(DeskViewSetMixin, ModelViewSet):
     def get_inspect_view_kwargs(self, **kwargs: Any) -> dict[str, Any]:
         return super().get_inspect_view_kwargs(
             action_url_names={a: self.get_url_name(a.rsplit(".", 1)[1]) for a in ACTION_VIEWS},
+            purchase_url_name=self.get_url_name("inspect"),
             **kwargs,
         )
 

@@ -1,4 +1,5 @@
 from .access import BuyersOnlyRestriction
+from .bundles import BundleItem
 from .copy import DeliveryCopy
 from .events import ClusterHeartbeat, ReconcileMark, StripeEvent
 from .library import LibrarySignIn
@@ -12,6 +13,7 @@ from .versions import FileVersion
 __all__ = [
     "BuyersOnlyRestriction",
     "AbstractProductFile",
+    "BundleItem",
     "ClusterHeartbeat",
     "DeliveryCopy",
     "DownloadEvent",

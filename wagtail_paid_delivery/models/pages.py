@@ -145,6 +145,15 @@ class ProductPageMixin(models.Model):
             heading=_("Price"),
         ),
         InlinePanel("files", heading=_("Files"), label=_("File")),
+        InlinePanel(
+            "bundle_items",
+            heading=_("Included products (bundle)"),
+            label=_("Included product"),
+            help_text=_(
+                "Buying this page grants each product listed here as if it were bought, for "
+                "this page's own price. A bundle cannot include another bundle."
+            ),
+        ),
         #: Read-only: each file's published versions, newest first.
         FileVersionsPanel(),
         MultiFieldPanel(
@@ -180,9 +189,87 @@ class ProductPageMixin(models.Model):
     def product_files(self) -> list[AbstractProductFile]:
         return list(self.files.all())  # type: ignore[attr-defined]
 
+    @cached_property
+    def included_products(self) -> list[Any]:
+        """The products this bundle includes, as their specific pages, in the editor's order;
+        empty for a product that is not a bundle. Only product pages count (``bundles``)."""
+        items = self.bundle_items.select_related("product")  # type: ignore[attr-defined]
+        pages = [item.product.specific for item in items]
+        return [page for page in pages if isinstance(page, ProductPageMixin)]
+
+    @property
+    def is_bundle(self) -> bool:
+        return self.bundle_items.exists()  # type: ignore[attr-defined]
+
+    def bundle_problems(self, chosen: list[Any], *, publishing: bool) -> dict[int, str]:
+        """What is wrong with including ``chosen`` (pages, in the editor's order) in this page,
+        by position in ``chosen`` (-1: the list as a whole); empty when nothing is.
+
+        Bundles do not nest: a bundle inside a bundle would make cycles possible and leave the
+        buyer to guess what they own, so a bundle lists products, not bundles, and a product in a
+        bundle cannot become one. At publish, every included product must be live.
+        """
+        problems: dict[int, str] = {}
+        item_model = self._meta.get_field("bundle_items").related_model
+        if chosen and self.pk:
+            holders = (
+                item_model._default_manager.filter(product_id=self.pk)  # type: ignore[union-attr]
+                .exclude(bundle_id=self.pk)
+                .values_list("bundle__title", flat=True)
+            )
+            if holders:
+                problems[-1] = str(
+                    _(
+                        "This product is included in %(bundles)s, and a bundle cannot include "
+                        "another bundle. Remove it from there first, or include no products here."
+                    )
+                ) % {"bundles": ", ".join(f"“{title}”" for title in sorted(set(holders)))}
+        seen: set[int] = set()
+        for index, page in enumerate(chosen):
+            problem = self._included_problem(page, seen, publishing)
+            if problem:
+                problems[index] = problem
+            seen.add(page.pk)
+        return problems
+
+    def _included_problem(self, page: Any, seen: set[int], publishing: bool) -> str:
+        specific = page.specific
+        values = {"title": page.title}
+        if not isinstance(specific, ProductPageMixin):
+            return (
+                str(_("“%(title)s” is not a product page: only products can be included.")) % values
+            )
+        if self.pk is not None and page.pk == self.pk:
+            return str(_("A bundle cannot include itself."))
+        if page.pk in seen:
+            return str(_("“%(title)s” is included twice.")) % values
+        if specific.is_bundle:
+            return (
+                str(
+                    _(
+                        "“%(title)s” is a bundle itself, and bundles cannot include bundles: "
+                        "include its products instead."
+                    )
+                )
+                % values
+            )
+        if publishing and not specific.live:  # type: ignore[attr-defined]
+            return (
+                str(
+                    _(
+                        "“%(title)s” is not published: publish it first, or buyers of this bundle "
+                        "would get nothing from it."
+                    )
+                )
+                % values
+            )
+        return ""
+
     @property
     def is_purchasable(self) -> bool:
-        return bool(self.live) and self.files.exists()  # type: ignore[attr-defined]
+        # A bundle may have no files of its own: its included products are what it delivers.
+        has_files = self.files.exists()  # type: ignore[attr-defined]
+        return bool(self.live) and (has_files or self.is_bundle)  # type: ignore[attr-defined]
 
     # Delivery rules: the product's own value, else the site default.
 
@@ -364,6 +451,15 @@ def product_file_models() -> list[type[AbstractProductFile]]:
     ]
 
 
+def product_page_models() -> list[type[ProductPageMixin]]:
+    """Every concrete product page model installed (the bundled one, or a site's own)."""
+    return [
+        model
+        for model in apps.get_models()
+        if issubclass(model, ProductPageMixin) and not model._meta.abstract
+    ]
+
+
 def live_product_page(page_id: Any) -> Any:
     """The live product page ``page_id`` as its specific type (a Page and a ProductPageMixin), or
     None (not a product, not live, not a number)."""
@@ -374,12 +470,3 @@ def live_product_page(page_id: Any) -> Any:
     page_model = swapper.load_model("wagtailcore", "Page")
     page = page_model.objects.live().filter(pk=pk).specific().first()
     return page if isinstance(page, ProductPageMixin) else None
-
-
-def product_page_models() -> list[type[Any]]:
-    """Every concrete product page model installed (the bundled one, or a site's own)."""
-    return [
-        model
-        for model in apps.get_models()
-        if issubclass(model, ProductPageMixin) and not model._meta.abstract
-    ]

@@ -31,6 +31,9 @@ class Purchase(models.Model):
     class Source(models.TextChoices):
         CHECKOUT = "checkout", _("Stripe Checkout")
         GRANT = "grant", _("granted by an editor")
+        #: A product included in a bundle that was bought: no money of its own (amount 0),
+        #: never a sale; moves with its bundle (``fulfillment``).
+        BUNDLE = "bundle", _("included in a bundle")
 
     public_id = models.UUIDField(_("public id"), default=uuid.uuid4, unique=True, editable=False)
     # SET_NULL, not PROTECT: unpaid purchases must not block deleting a page. Deleting a product
@@ -82,6 +85,15 @@ class Purchase(models.Model):
     source = models.CharField(
         _("source"), max_length=16, choices=Source.choices, default=Source.CHECKOUT
     )
+    #: The bundle purchase this one was included in (``Source.BUNDLE``); None otherwise.
+    bundle = models.ForeignKey(
+        "self",
+        verbose_name=_("bundle"),
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="included",
+    )
     stripe_checkout_session_id = models.CharField(
         _("Checkout Session id"), max_length=255, unique=True, null=True, blank=True
     )
@@ -127,6 +139,14 @@ class Purchase(models.Model):
         verbose_name_plural = _("purchases")
         ordering = ["-created_at"]
         indexes = [models.Index(fields=["email", "status"])]
+        constraints = [
+            # One included purchase per product of a bundle purchase, however often it is paid.
+            models.UniqueConstraint(
+                fields=["bundle", "product"],
+                condition=models.Q(bundle__isnull=False),
+                name="wpd_one_included_purchase_per_product",
+            )
+        ]
         # Purchases are made by checkout and moved by the state machine, never added, edited or
         # deleted as rows: the shop desk's permissions are what an editor may do with them
         # (``permissions.PurchasePermissionPolicy``; the README's "The shop desk" section).

@@ -67,7 +67,7 @@ def settle_pending(purchase: Purchase) -> Purchase:
 @login_not_required
 @require_safe
 @delivery_headers
-@sensitive_variables("issued", "download_url", "context")  # the link's token
+@sensitive_variables("issued", "download_url", "context", "included")  # the link's token
 def success(request: HttpRequest) -> HttpResponseBase:
     csp_nonce(request)  # before rendering: the site's base template may use it
     session_id = request.GET.get("session_id", "").strip()
@@ -79,7 +79,11 @@ def success(request: HttpRequest) -> HttpResponseBase:
     if purchase is None or state is None:
         response = render(request, screens.TEMPLATES["success"], screens.neutral_context())
         return _private(response)
-    issued = links.success_page_link(purchase) if state == "success" else None
+    included = screens.included_downloads(purchase) if state == "success" else []
+    page = purchase.product_page
+    # A bundle of other products only has no link of its own: theirs are the downloads.
+    own_files = not included or (page is not None and bool(page.product_files))
+    issued = links.success_page_link(purchase) if state == "success" and own_files else None
     download_url = issued.url if issued is not None else None
     product = purchase.product_page
     product_url = (
@@ -88,8 +92,9 @@ def success(request: HttpRequest) -> HttpResponseBase:
     copy = delivery.copy_for(purchase)
     with languages.speaking(purchase.language):
         context = screens.state_context(copy, state, purchase, download_url, product_url)
+    context["included"] = included
     response = render_for(request, purchase, screens.TEMPLATES["success"], context)
-    if download_url:
+    if download_url or included:
         # The page shows a token: only scripts with the nonce run (views/responses.py). Other
         # states (pending, failed, neutral) show none and keep the site's own scripts.
         add_strict_csp(request, response)

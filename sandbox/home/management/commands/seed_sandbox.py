@@ -1,6 +1,6 @@
-"""Seed the sandbox: home page, two live products with real files, default copy, an admin, and
-two articles for the Field Guide's buyers (a whole page restricted to them, and a page with a
-``BuyersOnlyBlock``).
+"""Seed the sandbox: home page, two live products with real files, a bundle of both, default
+copy, an admin, and two articles for the Field Guide's buyers (a whole page restricted to them,
+and a page with a ``BuyersOnlyBlock``).
 
 Idempotent: a second run finds everything in place and changes nothing. Each run also points the
 default Wagtail Site at 127.0.0.1:<port>, so URLs built from the site root match the port in use.
@@ -21,7 +21,7 @@ from wagtail.models import Page, Site
 
 from sandbox.home import demo_files
 from sandbox.home.models import ArticlePage, HomePage
-from wagtail_paid_delivery.models import BuyersOnlyRestriction, DeliveryCopy
+from wagtail_paid_delivery.models import BundleItem, BuyersOnlyRestriction, DeliveryCopy
 from wagtail_paid_delivery.product.models import ProductFile, ProductPage
 
 ADMIN_USERNAME = "admin"
@@ -95,6 +95,19 @@ NOTES_FOR_BUYERS = (
     "<p><b>Tide table, next season:</b> spring tides on the 3rd and the 18th of each month; go "
     "out two hours before high water.</p>"
 )
+#: A bundle of every demo product at its own price: buying it delivers each product's files.
+BUNDLE = DemoProduct(
+    slug="shoreline-bundle",
+    title="Shoreline Bundle",
+    intro="The Field Guide and the Sample Pack together, for less.",
+    body=(
+        "<p>Both products in one purchase. Each one arrives with its own download link, on the "
+        "confirmation page and in one email, and stays in your library.</p>"
+    ),
+    price_amount=2400,
+    currency="USD",
+    files=(),
+)
 
 
 class Command(BaseCommand):
@@ -118,6 +131,7 @@ class Command(BaseCommand):
             self.ensure_site(home, port)
             DeliveryCopy.objects.get_default()  # post_migrate made it; recreate if deleted
             products = [self.ensure_product(home, spec) for spec in PRODUCTS]
+            products.append(self.ensure_bundle(home, products))
             articles = self.ensure_articles(home, products[0])
             password_known = self.ensure_admin()
 
@@ -218,6 +232,21 @@ class Command(BaseCommand):
             # publish from the admin keeps them.
             page = ProductPage.objects.get(pk=page.pk)
             page.save_revision().publish()
+        return page
+
+    def ensure_bundle(self, home: HomePage, included: list[ProductPage]) -> ProductPage:
+        page = self.ensure_product(home, BUNDLE)
+        have = set(BundleItem.objects.filter(bundle=page).values_list("product_id", flat=True))
+        missing = [p for p in included if p.pk not in have]
+        if not missing:
+            return page
+        for order, product in enumerate(included):
+            if product.pk not in have:
+                BundleItem.objects.create(bundle=page, product=product, sort_order=order)
+                self.changes.append(f"Included {product.title!r} in {page.title!r}.")
+        # Published with its items, so the editor shows them and a later publish keeps them.
+        page = ProductPage.objects.get(pk=page.pk)
+        page.save_revision().publish()
         return page
 
     def ensure_file(self, page: ProductPage, spec: DemoFile, order: int) -> bool:
