@@ -707,7 +707,7 @@ def test_ctrl_c_stops_runserver_and_qcluster_with_nothing_left(sandbox):
 
 
 @pytest.mark.browser
-def test_browser_home_lists_both_products_with_prices_and_opens_a_product(
+def test_browser_home_lists_the_products_and_the_bundle_with_prices_and_opens_a_product(
     chromium_path, running_sandbox, headless_chromium
 ):
     page = headless_chromium.new_page()
@@ -715,10 +715,12 @@ def test_browser_home_lists_both_products_with_prices_and_opens_a_product(
     try:
         page.goto(base + "/", wait_until="networkidle")
         cards = page.locator(".product-card")
-        assert cards.count() == 2
-        texts = [cards.nth(i).inner_text() for i in range(2)]
+        assert cards.count() == 3
+        texts = [cards.nth(i).inner_text() for i in range(3)]
         field_guide = next(t for t in texts if "Field Guide (PDF)" in t)
         sample_pack = next(t for t in texts if "Sample Pack (ZIP)" in t)
+        bundle = next(t for t in texts if "Shoreline Bundle" in t)
+        assert "$24.00" in bundle
         assert "$19.00" in field_guide
         assert "¥1,200" in sample_pack and "¥1,200." not in sample_pack
         assert "Sandbox Shop" in page.locator("header").inner_text()
