@@ -12,10 +12,12 @@ delivery emails (the file mail backend) through the emulator in a second gunicor
 
 It prints webhook acknowledgements per second, purchases paid and fulfilled (delivery email
 written) per second, p50/p99 from each purchase's first webhook arrival (``StripeEvent
-.received_at``) to its delivery email's ``sent_at``, and asserts every purchase paid once with
-one delivery email. Without ``--delay-ms`` it makes two runs, the emulator answering at once
-(target: fulfilled/s >= 0.4 x acknowledged/s) and answering each call after 250 ms (target:
-p99 payment-to-email < 60 s), the second with ``--delayed-workers`` cluster workers.
+.received_at``) to its delivery email's ``sent_at``, the CPU the shop spent per webhook and the
+cluster and the emulator per purchase (which the machine's load changes less than the rates),
+and asserts every purchase paid once with one delivery email. Without ``--delay-ms`` it makes
+two runs, the emulator answering at once (target: fulfilled/s >= 0.4 x acknowledged/s) and
+answering each call after 250 ms (target: p99 payment-to-email < 60 s), the second with
+``--delayed-workers`` cluster workers.
 
 The processes come from tests/processes.py (each in its own process group, all killed at the
 end); their settings are benchmarks/settings_burst.py. The database (``--database-url``,
@@ -173,6 +175,21 @@ def check_each_paid_once(count: int, mail_dir: Path) -> None:
     assert OutboundEmail.objects.filter(kind="delivery").count() == count
 
 
+def group_cpu(pgid: int) -> float:
+    """CPU seconds used so far by a process group's live processes and the children they reaped
+    (gunicorn's and django-q2's recycled workers). Unlike rates, it does not depend on what
+    else the machine runs. PostgreSQL's own processes are not counted."""
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[2]) == pgid:
+            total += sum(int(v) for v in fields[11:15])  # utime, stime, cutime, cstime
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def percentile(sorted_values: list[float], share: float) -> float:
     return sorted_values[min(len(sorted_values) - 1, int(len(sorted_values) * share))]
 
@@ -224,7 +241,7 @@ def run(args: argparse.Namespace, delay_ms: int, workers: int) -> dict[str, floa
     with started(env, tmp / "logs") as processes:
         done = processes.manage("migrate", "--noinput", timeout=300)
         assert done.returncode == 0, done.stderr
-        processes.gunicorn(args.shop_port, "shop")
+        shop = processes.gunicorn(args.shop_port, "shop")
         stripe = processes.gunicorn(args.stripe_port, "stripe")
         t = time.monotonic()
         events = prepare_shop(args.purchases)
@@ -233,12 +250,15 @@ def run(args: argparse.Namespace, delay_ms: int, workers: int) -> dict[str, floa
             # "Stripe" answers each call after the delay from now on (checkouts went quickly).
             stripe.kill()
             slow = Processes({**env, "STRIPE_EMULATOR_DELAY_MS": str(delay_ms)}, tmp / "logs")
-            processes.groups.append(slow.gunicorn(args.stripe_port, "stripe-slow"))
+            stripe = slow.gunicorn(args.stripe_port, "stripe-slow")
+            processes.groups.append(stripe)
         cluster = processes.start("cluster", [sys.executable, "-m", "django", "qcluster"])
         wait_for(processes.says(cluster, "running"), 60, every=0.05)
 
         order = deliveries(list(events.values()), random.Random(15))
         poster = Poster(args.shop_port)
+        groups = {"shop": shop, "cluster": cluster, "stripe": stripe}
+        cpu_before = {name: group_cpu(group.pgid) for name, group in groups.items()}
         start = time.time()
         with ThreadPoolExecutor(args.clients) as pool:
             answers = list(pool.map(poster.post, order))
@@ -251,9 +271,14 @@ def run(args: argparse.Namespace, delay_ms: int, workers: int) -> dict[str, floa
             return sent >= args.purchases
 
         wait_for(all_sent, 1800, every=0.25)
+        cpu = {name: group_cpu(g.pgid) - cpu_before[name] for name, g in groups.items()}
         time.sleep(1)  # a second delivery of anything would show now
         check_each_paid_once(args.purchases, mail)
         figures = measure(args.purchases, start, acked_at, len(order))
+        # CPU per webhook (the shop; it serves nothing else meanwhile) and per purchase.
+        figures["cpu_ack"] = cpu["shop"] / len(order) * 1000
+        figures["cpu_cluster"] = cpu["cluster"] / args.purchases * 1000
+        figures["cpu_stripe"] = cpu["stripe"] / args.purchases * 1000
     connections.close_all()
     if args.broker == "redis":
         delete_redis_queue(REDIS_URL, queue)
@@ -273,6 +298,12 @@ def report(label: str, figures: dict[str, float], delay_ms: int, workers: int) -
         f"paid -> email {figures['to_email']:.1f} s"
     )
     print(f"  whole burst, first post to last email {figures['total']:.1f} s")
+    print(
+        f"  CPU: {figures['cpu_ack']:.0f} ms per webhook in the shop; per purchase "
+        f"{figures['cpu_cluster']:.0f} ms in the cluster, {figures['cpu_stripe']:.0f} ms in the "
+        f"Stripe emulator (same cores); cost ratio webhook / purchase "
+        f"{figures['cpu_ack'] / (figures['cpu_cluster'] + figures['cpu_stripe']):.2f}"
+    )
     print("  every purchase paid once, one delivery email each: OK")
 
 

@@ -19,6 +19,9 @@ Q_CLUSTER = {
     # A task waits for Stripe at most twice the delay plus our own work: a minute is plenty.
     "timeout": 60,
     "retry": 90,
+    # Successful results are not kept (README, "Deployment"): a kept one is a row written and
+    # the last 250 re-read under a lock, at every task.
+    "save_limit": -1,
     # The pusher hands each worker a few tasks ahead, not workers² (the default).
     "queue_limit": int(os.environ.get("WPD_BURST_WORKERS", "2")) * 4,
 }

@@ -243,3 +243,19 @@ def test_selftest_probes_the_nginx_internal_location_when_nginx_serves(site, set
     code, out = selftest()
     assert code == 1
     assert "FAIL Private file not reachable through the nginx internal location" in out
+
+
+def test_the_queued_run_keeps_its_report_where_successful_results_are_not_kept(site, monkeypatch):
+    # README's deployment settings keep no successful task results (save_limit -1): the report
+    # the self-test page reads is a task result, so its run asks to be kept.
+    from django_q.conf import Conf
+    from django_q.models import Task
+
+    from wagtail_paid_delivery import selftest as module
+
+    monkeypatch.setattr(Conf, "SAVE_LIMIT", -1)
+    module.enqueue()
+    run = module.last_run()
+    assert run is not None and run.completed
+    assert "Schedules exist" in {r.name for r in run.results}
+    assert Task.objects.filter(func=module.TASK).count() == 1

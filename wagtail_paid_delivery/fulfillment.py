@@ -467,6 +467,7 @@ def fulfill_checkout(session_id: str) -> FulfillmentResult:
     problems = line_item_problems(session, purchase) if state.state in ("paid", "won") else []
     with transaction.atomic():
         locked = Purchase.objects.select_for_update().get(pk=purchase.pk)
+        _reuse_product(locked, purchase)
         fields = _record_stripe_facts(locked, session, state, email)
         if state.state in ("paid", "won"):
             fields |= receipt.record_payment(locked, session, state.receipt_url)
@@ -512,9 +513,11 @@ def _session_purchase(session: Any) -> tuple[Purchase | None, str]:
     if public_id is None or metadata.parse_uuid(session.client_reference_id) != public_id:
         logger.warning("Checkout Session %s: purchase ids in metadata do not agree", session.id)
         return None, "purchase id missing or inconsistent"
-    purchase = Purchase.objects.filter(stripe_checkout_session_id=session.id).first()
+    # With its product page: the line items are checked against it.
+    with_product = Purchase.objects.select_related("product")
+    purchase = with_product.filter(stripe_checkout_session_id=session.id).first()
     if purchase is None:
-        purchase = Purchase.objects.filter(public_id=public_id).first()
+        purchase = with_product.filter(public_id=public_id).first()
     if purchase is None or purchase.public_id != public_id:
         logger.error("Checkout Session %s: no matching purchase %s", session.id, public_id)
         return None, "no matching purchase"
@@ -531,6 +534,13 @@ def _session_purchase(session: Any) -> tuple[Purchase | None, str]:
             session.id,
         )
     return purchase, ""
+
+
+def _reuse_product(locked: Purchase, purchase: Purchase) -> None:
+    """Give the freshly locked row the product page ``purchase`` already loaded (the line item
+    check read it), so the delivery's effects (the license key) do not read it again."""
+    if locked.product_id == purchase.product_id and Purchase.product.is_cached(purchase):
+        locked.product = purchase.product
 
 
 def _record_stripe_facts(

@@ -28,7 +28,7 @@ from django.db import IntegrityError, router, transaction
 from django.db.models import F, Q, QuerySet
 from django.utils import timezone
 
-from . import fulfillment, metadata, retry, stripe_api
+from . import fulfillment, metadata, outbox, retry, stripe_api
 from .conf import app_settings
 from .fulfillment import FulfillmentResult
 from .models import StripeEvent
@@ -391,16 +391,20 @@ def process(event_ref: int | str, token: str | None = None) -> str:
         # Done already, or another task holds it, or it waits for its next attempt.
         return f"skipped ({current})"
 
-    try:
-        result = route(event)
-    except Exception as exc:
-        record_failure(event, exc)
-        raise
+    # A purchase this event pays gets its delivery email from this task, right after the
+    # payment commits, not from one more task queued behind the rest of a burst.
+    with outbox.sending_deliveries_here() as paid:
+        try:
+            result = route(event)
+        except Exception as exc:
+            record_failure(event, exc)
+            raise
     if isinstance(result, str):
         record(event.pk, StripeEvent.Status.IGNORED, result)
         return "ignored"
     status = _EVENT_STATUS.get(result.outcome, StripeEvent.Status.PROCESSED)
     record(event.pk, status, result.reason if result.outcome != "fulfilled" else "", result)
+    outbox.send_deliveries(paid)
     return result.outcome
 
 

@@ -39,7 +39,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from email.utils import make_msgid, parseaddr
@@ -655,3 +656,58 @@ def sweep() -> str:
         queued += 1
     failed = OutboundEmail.objects.filter(status=Status.FAILED).count()
     return f"queued {queued}; failed for good {failed}"
+
+
+# Delivery in the paying task -------------------------------------------------------------------
+
+#: The purchases paid while a task that sends their delivery emails itself runs (see
+#: :func:`sending_deliveries_here`); None outside such a task.
+_PAID_HERE: ContextVar[list[int] | None] = ContextVar("wpd_paid_here", default=None)
+
+
+@contextlib.contextmanager
+def sending_deliveries_here() -> Iterator[list[int]]:
+    """Collect the purchases paid (and committed) inside the block, for the caller to send their
+    delivery emails itself once it is done (:func:`send_deliveries`), instead of one more task
+    each waiting behind the queue (``inbox.process`` does this).
+
+    The email was promised with the payment, so nothing is lost if the caller dies before it
+    sends: the sweep sends it. A block left by an exception hands what it collected to the
+    email task instead, so an email never waits for the sweep because of an unrelated error.
+    """
+    paid: list[int] = []
+    reset_token = _PAID_HERE.set(paid)
+    try:
+        yield paid
+    except BaseException:
+        _enqueue_deliveries(paid)
+        raise
+    finally:
+        _PAID_HERE.reset(reset_token)
+
+
+def _enqueue_deliveries(purchase_pks: list[int]) -> None:
+    try:
+        emails = OutboundEmail.objects.filter(kind=Kind.DELIVERY, purchase_id__in=purchase_pks)
+        for email_pk in emails.values_list("pk", flat=True):
+            enqueue(email_pk)
+    except Exception:
+        # The caller's own error is the one to raise; the sweep sends these.
+        logger.exception("Could not enqueue the delivery emails of purchases %s", purchase_pks)
+
+
+def delivery_sent_by_caller(purchase_pk: int) -> bool:
+    """Whether the running task sends ``purchase_pk``'s delivery email itself (inside
+    :func:`sending_deliveries_here`): the ``purchase_paid`` receiver then queues no task for
+    it. The purchase is collected when the current transaction commits (not if it rolls back)."""
+    paid = _PAID_HERE.get()
+    if paid is None:
+        return False
+    transaction.on_commit(lambda: paid.append(purchase_pk))
+    return True
+
+
+def send_deliveries(purchase_pks: list[int]) -> list[str]:
+    """Attempt the delivery email of each purchase, once (:func:`deliver_purchase`: claimed, so
+    a task or the sweep that also has it sends nothing twice); returns the outcomes."""
+    return [deliver_purchase(pk) for pk in dict.fromkeys(purchase_pks)]

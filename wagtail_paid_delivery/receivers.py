@@ -8,6 +8,7 @@ from typing import Any
 from django.db import transaction
 from django.dispatch import receiver
 
+from . import outbox
 from .signals import purchase_paid
 
 logger = logging.getLogger(__name__)
@@ -23,6 +24,8 @@ def enqueue_delivery_email(sender: Any, purchase: Any, **kwargs: Any) -> None:
     # the payment: if this enqueue is lost, the outbox's sweep sends it.
     # A dispute or refund needs no receiver here: links check the purchase's status at every use.
     pk = purchase.pk
+    if outbox.delivery_sent_by_caller(pk):
+        return  # the paying task sends it right after its commit (inbox.process)
     transaction.on_commit(lambda: _enqueue(pk))
 
 

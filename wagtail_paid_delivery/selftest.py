@@ -376,7 +376,9 @@ def enqueue(*, with_stripe: bool = False) -> str:
     """Queue a full run (the HTTP probes included) for the task cluster; returns the task id."""
     from django_q.tasks import async_task
 
-    return str(async_task(TASK, with_stripe=with_stripe, group=TASK))
+    # save=True: its result is the report the page shows, kept even where successful results
+    # are not (Q_CLUSTER["save_limit"] = -1, as README's deployment settings suggest).
+    return str(async_task(TASK, with_stripe=with_stripe, group=TASK, save=True))
 
 
 @dataclass(frozen=True)
