@@ -22,9 +22,7 @@ for an s in the local part) is another mailbox and never reaches this buyer's da
 
 from __future__ import annotations
 
-import contextlib
 import re
-import string
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -41,6 +39,7 @@ from wagtail.log_actions import log as log_action
 from wagtail.log_actions import registry as log_registry
 
 from . import desk, metadata, timeline
+from .addresses import ASCII_LOWER, address_key, same_address
 from .models import DownloadEvent, DownloadLink, OutboundEmail, Purchase, StripeEvent
 
 #: Wagtail log actions (registered by wagtail_hooks.py).
@@ -51,33 +50,11 @@ ERASED = "[erased]"
 #: django-q2's task that emails a buyer their links: its arguments hold the address typed.
 RESEND_TASK = "wagtail_paid_delivery.tasks.resend_links"
 
-_ASCII_LOWER = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
 #: Anything shaped like an address inside free text.
 _ADDRESS_SHAPED = re.compile(r"[^\s<>\"'(),;:\[\]]+@[^\s<>\"'(),;:\[\]]+")
 
 
 # Comparing addresses -----------------------------------------------------------------------
-
-
-def address_key(email: str) -> str:
-    """What two spellings of one address have in common.
-
-    The local part's ASCII letters in lower case, other characters as they are (mail servers
-    may tell them apart, and a look-alike must not match); the domain in its IDNA (ASCII) form,
-    lower case, as DNS resolves it (``BÜCHER.de`` is ``bücher.de``).
-    """
-    local, at, domain = email.strip().rpartition("@")
-    if not at:
-        return email.strip().translate(_ASCII_LOWER)
-    # Not a valid IDNA name: compared as typed (ASCII case aside).
-    with contextlib.suppress(UnicodeError):
-        domain = domain.encode("idna").decode("ascii")
-    return f"{local.translate(_ASCII_LOWER)}@{domain.translate(_ASCII_LOWER)}"
-
-
-def same_address(one: str, other: str) -> bool:
-    """Whether ``one`` and ``other`` are the same mailbox (an empty address is nobody's)."""
-    return bool(one.strip()) and bool(other.strip()) and address_key(one) == address_key(other)
 
 
 def _local_prefix(email: str) -> str:
@@ -90,7 +67,7 @@ def _mentions(value: Any, email: str) -> bool:
     """Whether a JSON value holds ``email`` in any string (alone or inside text)."""
     key = address_key(email)
     return any(
-        same_address(text, email) or key in text.translate(_ASCII_LOWER) for text in _strings(value)
+        same_address(text, email) or key in text.translate(ASCII_LOWER) for text in _strings(value)
     )
 
 

@@ -38,6 +38,10 @@ class ProductPageForm(WagtailAdminPageForm):
             currency = self.instance.currency or "USD"
             if amount is not None and not self.is_bound:
                 self.initial["price_amount"] = currencies.to_major(amount, currency)
+        if "notify_buyers" in self.fields:
+            # A choice for one publish: every edit starts unticked, so the next publish tells
+            # nobody unless the editor asks again (the revision published keeps the choice).
+            self.initial["notify_buyers"] = False
 
     def clean(self) -> dict[str, Any]:
         cleaned = super().clean()
@@ -50,6 +54,8 @@ class ProductPageForm(WagtailAdminPageForm):
                     "Stripe Price id empty, or turn pay what you want off."
                 ),
             )
+        if cleaned.get("notify_buyers"):
+            self._require_update_copy(cleaned)
         if not self.is_deferred_validation:
             self._check_stripe_price(cleaned)
             self._require_files()
@@ -108,6 +114,11 @@ class ProductPageForm(WagtailAdminPageForm):
             message = problems[0] if problems else None
         if message:
             self.add_error("stripe_price_id", message)
+
+    def _require_update_copy(self, cleaned: dict[str, Any]) -> None:
+        for name in ("update_subject", "update_message"):
+            if name in self.fields and not str(cleaned.get(name) or "").strip():
+                self.add_error(name, _("Write the update email before asking to send it."))
 
     def _require_files(self) -> None:
         formset = self.formsets.get("files")

@@ -6,6 +6,7 @@ from .notifications import ShopNotificationPreference
 from .outbox import OutboundEmail
 from .pages import AbstractProductFile, ProductPageMixin
 from .purchases import DownloadEvent, DownloadHandoff, DownloadLink, FileDownloadCount, Purchase
+from .updates import UpdateNotice, UpdateOptOut, UpdateRecipient
 
 __all__ = [
     "AbstractProductFile",
@@ -24,4 +25,7 @@ __all__ = [
     "ReconcileMark",
     "ShopNotificationPreference",
     "StripeEvent",
+    "UpdateNotice",
+    "UpdateOptOut",
+    "UpdateRecipient",
 ]
