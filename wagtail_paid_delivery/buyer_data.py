@@ -39,8 +39,16 @@ from wagtail.log_actions import log as log_action
 from wagtail.log_actions import registry as log_registry
 
 from . import desk, metadata, timeline
-from .addresses import ASCII_LOWER, address_key, same_address
-from .models import DownloadEvent, DownloadLink, OutboundEmail, Purchase, StripeEvent
+from .addresses import ASCII_LOWER, address_digest, address_key, same_address
+from .models import (
+    DownloadEvent,
+    DownloadLink,
+    OutboundEmail,
+    Purchase,
+    StripeEvent,
+    UpdateOptOut,
+    UpdateRecipient,
+)
 
 #: Wagtail log actions (registered by wagtail_hooks.py).
 EXPORT = "wagtail_paid_delivery.buyer_data_export"
@@ -310,6 +318,7 @@ def export(email: str, *, user: Any = None) -> dict[str, Any]:
         "stripe_events": [_event_dict(e) for e in records.stripe_events],
         "log_entries": [_log_dict(e) for e in records.log_entries],
         "resend_requests": [{"time": _iso(t.started)} for t in records.resend_tasks],
+        "update_emails": _update_emails_dict(records.email),
         "not_included": NOT_INCLUDED,
     }
     if user is not None:
@@ -317,6 +326,14 @@ def export(email: str, *, user: Any = None) -> dict[str, Any]:
             for purchase in records.purchases:
                 log_action(purchase, EXPORT, user=user, title=desk.log_title(purchase))
     return data
+
+
+def _update_emails_dict(email: str) -> dict[str, Any]:
+    opt_out = UpdateOptOut.objects.filter(address_digest=address_digest(email)).first()
+    return {
+        "unsubscribed": opt_out is not None,
+        "unsubscribed_at": _iso(opt_out.created_at) if opt_out else None,
+    }
 
 
 # Erase -------------------------------------------------------------------------------------
@@ -393,6 +410,7 @@ class Erasure:
     download_events: int = 0
     emails: int = 0
     emails_cancelled: int = 0
+    update_opt_outs: int = 0
     stripe_events: int = 0
     log_entries: int = 0
     resend_requests: int = 0
@@ -422,6 +440,16 @@ def _erase_emails(records: BuyerRecords, result: Erasure) -> None:
             email.last_error = "buyer data erased"
         email.save(update_fields=["to", "last_error"])
     result.emails = len(records.emails)
+
+
+def _erase_update_records(email: str, result: Erasure) -> None:
+    # The opt-out names the address (its digest): it goes. The update notices' recipients keep
+    # their rows (what was sent) without the digest, which is unique per notice: the row's own.
+    digest = address_digest(email)
+    result.update_opt_outs, _ = UpdateOptOut.objects.filter(address_digest=digest).delete()
+    for recipient in UpdateRecipient.objects.filter(address_digest=digest):
+        recipient.address_digest = f"erased:{recipient.pk}"
+        recipient.save(update_fields=["address_digest"])
 
 
 def _erase_stripe_events(records: BuyerRecords, user: Any, result: Erasure) -> None:
@@ -476,6 +504,7 @@ def erase(email: str, *, user: Any) -> Erasure:
         now = timezone.now()
         _erase_downloads(records, now, result)
         _erase_emails(records, result)
+        _erase_update_records(email, result)
         _erase_log_entries(records, result)
         _erase_stripe_events(records, user, result)
         for task in records.resend_tasks:

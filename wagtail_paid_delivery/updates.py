@@ -35,6 +35,8 @@ from django.db import IntegrityError, transaction
 from django.http import HttpRequest, HttpResponse
 from django.template.loader import render_to_string
 from django.urls import reverse
+from django.utils.html import format_html
+from django.utils.translation import gettext as _
 
 from . import delivery, links
 from .addresses import address_digest
@@ -180,7 +182,17 @@ def preview_update_email(page: ProductPageMixin, request: HttpRequest) -> HttpRe
         notice, link.purchase, issued, to=SAMPLE_EMAIL, unsubscribe=request.build_absolute_uri(out)
     )
     html = next(content for content, mimetype in message.alternatives if mimetype == "text/html")
-    return HttpResponse(html)
+    # An HTML email shows no subject: the preview says it above the message.
+    head = format_html(
+        '<div style="font:14px system-ui,sans-serif;padding:12px 16px;background:#fff;'
+        'border-bottom:1px solid #e3e6ec;"><strong>{}</strong> {}<br><strong>{}</strong> {}</div>',
+        _("Subject:"),
+        message.subject or _("(no subject yet)"),
+        _("To:"),
+        SAMPLE_EMAIL,
+    )
+    body_start = html.index(">", html.index("<body")) + 1
+    return HttpResponse(html[:body_start] + head + html[body_start:])
 
 
 # Unsubscribing ---------------------------------------------------------------------------------
