@@ -181,7 +181,9 @@ def preview_update_email(page: ProductPageMixin, request: HttpRequest) -> HttpRe
     message = build_update_email(
         notice, link.purchase, issued, to=SAMPLE_EMAIL, unsubscribe=request.build_absolute_uri(out)
     )
-    html = next(content for content, mimetype in message.alternatives if mimetype == "text/html")
+    html = str(
+        next(content for content, mimetype in message.alternatives if mimetype == "text/html")
+    )
     # An HTML email shows no subject: the preview says it above the message.
     head = format_html(
         '<div style="font:14px system-ui,sans-serif;padding:12px 16px;background:#fff;'
