@@ -4,6 +4,7 @@ desk's progress panel."""
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from datetime import timedelta
@@ -515,3 +516,30 @@ def test_product_panel_is_hidden_from_editors_who_may_not_view_purchases(client,
     html = client.get(edit_url(product)).content.decode()
     assert "Update notice" in html  # the choice is theirs
     assert "Update notices sent" not in html
+
+
+# PostgreSQL: batches at once ----------------------------------------------------------------
+
+
+@pytest.mark.skipif(
+    not os.environ.get("DATABASE_URL", "").startswith("postgres"),
+    reason="row locks are proven on PostgreSQL; SQLite ignores select_for_update and "
+    "serialises writers with 'database is locked' errors instead",
+)
+@override_settings(
+    WAGTAIL_PAID_DELIVERY={"UPDATE_EMAILS_PER_MINUTE": 2, "INSTALLATION_ID": "tests"}
+)
+def test_batches_run_at_once_queue_one_batch_and_email_nobody_twice(product, monkeypatch):
+    from tests.concurrency import run_at_once
+
+    many_buyers(product, 5)
+    monkeypatch.setattr(updates, "enqueue_batch", lambda pk: None)
+    product.notify_buyers, product.update_subject, product.update_message = True, SUBJECT, "x"
+    product.save_revision().publish()
+    notice = UpdateNotice.objects.get()
+
+    results = run_at_once([lambda: tasks.send_update_batch(notice.pk)] * 3 + [tasks.update_notices])
+    assert UpdateRecipient.objects.count() == 2, results
+    assert len(update_emails()) == 2 == len(set(recipients()))
+    notice.refresh_from_db()
+    assert notice.batches == 1
