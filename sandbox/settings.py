@@ -217,6 +217,9 @@ WAGTAIL_PAID_DELIVERY = {
     "LAYOUT_BLOCK": "main",
     # License keys: a signing key made on first start and kept in sandbox/var/ (never deploy it).
     "LICENSE_SIGNING_KEY": _sandbox_license_signing_key(),
+    # Scheduled publishing (and the update emails a scheduled revision asks for) without cron:
+    # a django-q2 schedule runs Wagtail's publish_scheduled every minute.
+    "SCHEDULE_PUBLISHING": True,
 }
 if _stripe_api_base == STRIPE_EMULATOR_URL:
     # The emulator takes the promotion code SANDBOX20 and adds 10 % tax, so a sandbox receipt

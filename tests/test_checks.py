@@ -711,3 +711,32 @@ def test_trusted_proxies_without_the_middleware_is_a_system_check_error(settings
     assert "wagtail_paid_delivery.E086" in proxy_check_ids()
     settings.MIDDLEWARE = [CLIENT_ADDRESS_MIDDLEWARE, *settings.MIDDLEWARE]
     assert not {"wagtail_paid_delivery.E085", "wagtail_paid_delivery.E086"} & proxy_check_ids()
+
+
+# Update emails (E065-E067) ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("rate", [0, -5, 2.5, "60", True, None])
+def test_e065_update_email_rate_must_be_a_positive_whole_number(rate):
+    with _with(UPDATE_EMAILS_PER_MINUTE=rate):
+        assert "wagtail_paid_delivery.E065" in our_ids()
+
+
+def test_e065_a_sane_update_email_rate_passes():
+    with _with(UPDATE_EMAILS_PER_MINUTE=1):
+        assert "wagtail_paid_delivery.E065" not in our_ids()
+
+
+@pytest.mark.parametrize("lifetime", [timedelta(hours=2), 60, "a year", -1])
+def test_e066_unsubscribe_link_lifetime_is_at_least_a_day(lifetime):
+    with _with(UNSUBSCRIBE_LINK_LIFETIME=lifetime):
+        assert "wagtail_paid_delivery.E066" in our_ids()
+    with _with(UNSUBSCRIBE_LINK_LIFETIME=timedelta(days=30)):
+        assert "wagtail_paid_delivery.E066" not in our_ids()
+
+
+def test_e067_schedule_publishing_is_a_boolean():
+    with _with(SCHEDULE_PUBLISHING="yes"):
+        assert "wagtail_paid_delivery.E067" in our_ids()
+    with _with(SCHEDULE_PUBLISHING=True):
+        assert "wagtail_paid_delivery.E067" not in our_ids()

@@ -22,9 +22,7 @@ for an s in the local part) is another mailbox and never reaches this buyer's da
 
 from __future__ import annotations
 
-import contextlib
 import re
-import string
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -41,7 +39,16 @@ from wagtail.log_actions import log as log_action
 from wagtail.log_actions import registry as log_registry
 
 from . import desk, metadata, timeline
-from .models import DownloadEvent, DownloadLink, OutboundEmail, Purchase, StripeEvent
+from .addresses import ASCII_LOWER, address_digest, address_key, same_address
+from .models import (
+    DownloadEvent,
+    DownloadLink,
+    OutboundEmail,
+    Purchase,
+    StripeEvent,
+    UpdateOptOut,
+    UpdateRecipient,
+)
 
 #: Wagtail log actions (registered by wagtail_hooks.py).
 EXPORT = "wagtail_paid_delivery.buyer_data_export"
@@ -51,33 +58,11 @@ ERASED = "[erased]"
 #: django-q2's task that emails a buyer their links: its arguments hold the address typed.
 RESEND_TASK = "wagtail_paid_delivery.tasks.resend_links"
 
-_ASCII_LOWER = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
 #: Anything shaped like an address inside free text.
 _ADDRESS_SHAPED = re.compile(r"[^\s<>\"'(),;:\[\]]+@[^\s<>\"'(),;:\[\]]+")
 
 
 # Comparing addresses -----------------------------------------------------------------------
-
-
-def address_key(email: str) -> str:
-    """What two spellings of one address have in common.
-
-    The local part's ASCII letters in lower case, other characters as they are (mail servers
-    may tell them apart, and a look-alike must not match); the domain in its IDNA (ASCII) form,
-    lower case, as DNS resolves it (``BÜCHER.de`` is ``bücher.de``).
-    """
-    local, at, domain = email.strip().rpartition("@")
-    if not at:
-        return email.strip().translate(_ASCII_LOWER)
-    # Not a valid IDNA name: compared as typed (ASCII case aside).
-    with contextlib.suppress(UnicodeError):
-        domain = domain.encode("idna").decode("ascii")
-    return f"{local.translate(_ASCII_LOWER)}@{domain.translate(_ASCII_LOWER)}"
-
-
-def same_address(one: str, other: str) -> bool:
-    """Whether ``one`` and ``other`` are the same mailbox (an empty address is nobody's)."""
-    return bool(one.strip()) and bool(other.strip()) and address_key(one) == address_key(other)
 
 
 def _local_prefix(email: str) -> str:
@@ -90,7 +75,7 @@ def _mentions(value: Any, email: str) -> bool:
     """Whether a JSON value holds ``email`` in any string (alone or inside text)."""
     key = address_key(email)
     return any(
-        same_address(text, email) or key in text.translate(_ASCII_LOWER) for text in _strings(value)
+        same_address(text, email) or key in text.translate(ASCII_LOWER) for text in _strings(value)
     )
 
 
@@ -333,6 +318,7 @@ def export(email: str, *, user: Any = None) -> dict[str, Any]:
         "stripe_events": [_event_dict(e) for e in records.stripe_events],
         "log_entries": [_log_dict(e) for e in records.log_entries],
         "resend_requests": [{"time": _iso(t.started)} for t in records.resend_tasks],
+        "update_emails": _update_emails_dict(records.email),
         "not_included": NOT_INCLUDED,
     }
     if user is not None:
@@ -340,6 +326,14 @@ def export(email: str, *, user: Any = None) -> dict[str, Any]:
             for purchase in records.purchases:
                 log_action(purchase, EXPORT, user=user, title=desk.log_title(purchase))
     return data
+
+
+def _update_emails_dict(email: str) -> dict[str, Any]:
+    opt_out = UpdateOptOut.objects.filter(address_digest=address_digest(email)).first()
+    return {
+        "unsubscribed": opt_out is not None,
+        "unsubscribed_at": _iso(opt_out.created_at) if opt_out else None,
+    }
 
 
 # Erase -------------------------------------------------------------------------------------
@@ -416,6 +410,7 @@ class Erasure:
     download_events: int = 0
     emails: int = 0
     emails_cancelled: int = 0
+    update_opt_outs: int = 0
     stripe_events: int = 0
     log_entries: int = 0
     resend_requests: int = 0
@@ -445,6 +440,16 @@ def _erase_emails(records: BuyerRecords, result: Erasure) -> None:
             email.last_error = "buyer data erased"
         email.save(update_fields=["to", "last_error"])
     result.emails = len(records.emails)
+
+
+def _erase_update_records(email: str, result: Erasure) -> None:
+    # The opt-out names the address (its digest): it goes. The update notices' recipients keep
+    # their rows (what was sent) without the digest, which is unique per notice: the row's own.
+    digest = address_digest(email)
+    result.update_opt_outs, _ = UpdateOptOut.objects.filter(address_digest=digest).delete()
+    for recipient in UpdateRecipient.objects.filter(address_digest=digest):
+        recipient.address_digest = f"erased:{recipient.pk}"
+        recipient.save(update_fields=["address_digest"])
 
 
 def _erase_stripe_events(records: BuyerRecords, user: Any, result: Erasure) -> None:
@@ -499,6 +504,7 @@ def erase(email: str, *, user: Any) -> Erasure:
         now = timezone.now()
         _erase_downloads(records, now, result)
         _erase_emails(records, result)
+        _erase_update_records(email, result)
         _erase_log_entries(records, result)
         _erase_stripe_events(records, user, result)
         for task in records.resend_tasks:

@@ -908,3 +908,47 @@ def check_license_keys(**kwargs: Any) -> list[CheckMessage]:
                 )
             )
     return errors
+
+
+# Update emails: the rate, the unsubscribe link's lifetime, the publishing schedule (E065-E067).
+
+
+@register(Tags.compatibility)
+def check_update_emails(**kwargs: Any) -> list[CheckMessage]:
+    try:
+        app_settings.user_settings  # noqa: B018 (raises for unknown keys, not a dict)
+    except Exception:  # reported by check_settings
+        return []
+    messages: list[CheckMessage] = []
+    try:
+        app_settings.update_emails_per_minute  # noqa: B018 (validates)
+    except ImproperlyConfigured as error:
+        messages.append(
+            Error(
+                str(error),
+                hint="For example 60 (the default): one batch of 60 update emails a minute.",
+                id=f"{ID}.E065",
+            )
+        )
+    try:
+        lifetime = app_settings.unsubscribe_link_lifetime
+    except (TypeError, ValueError):
+        lifetime = None
+    if lifetime is None or lifetime < timedelta(days=1):
+        messages.append(
+            Error(
+                f"{SETTINGS_NAME}['UNSUBSCRIBE_LINK_LIFETIME'] must be a duration of at least "
+                "a day.",
+                hint="Use a timedelta or seconds, for example timedelta(days=365).",
+                id=f"{ID}.E066",
+            )
+        )
+    if not isinstance(app_settings.SCHEDULE_PUBLISHING, bool):
+        messages.append(
+            Error(
+                f"{SETTINGS_NAME}['SCHEDULE_PUBLISHING'] must be True or False.",
+                hint="True schedules Wagtail's publish_scheduled every minute through django-q2.",
+                id=f"{ID}.E067",
+            )
+        )
+    return messages

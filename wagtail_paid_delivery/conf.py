@@ -71,6 +71,17 @@ DEFAULTS: dict[str, Any] = {
     # (every minute) and reconciliation (every 10 minutes) after each `migrate`. False: schedule
     # them yourself.
     "SCHEDULES": True,
+    # Update emails (a product published with "email past buyers"): how many are queued a
+    # minute, one batch a minute, so a large list does not flood the mail server or its
+    # sending limits. A whole number, at least 1 (E065).
+    "UPDATE_EMAILS_PER_MINUTE": 60,
+    # How long the unsubscribe link in an update email works (timedelta or seconds; at least a
+    # day, E066). A buyer with an older email unsubscribes from the link in the next one.
+    "UNSUBSCRIBE_LINK_LIFETIME": timedelta(days=365),
+    # Also create a django-q2 schedule that runs Wagtail's `publish_scheduled` every minute, so
+    # pages (and their update emails) go live at their scheduled time without cron. Off by
+    # default: a site that runs `publish_scheduled` from cron must not run it twice (E067).
+    "SCHEDULE_PUBLISHING": False,
     # What every order number begins with (up to 12 letters, digits or hyphens, such as
     # "SHOP-"), before its ten random symbols; see the README's "Receipts and order numbers".
     "ORDER_NUMBER_PREFIX": "",
@@ -383,6 +394,20 @@ class PaidDeliverySettings:
     @property
     def library_sign_in_lifetime(self) -> timedelta:
         return _as_timedelta(self.LIBRARY_SIGN_IN_LIFETIME)
+
+    @property
+    def update_emails_per_minute(self) -> int:
+        value = self.UPDATE_EMAILS_PER_MINUTE
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ImproperlyConfigured(
+                f"{SETTINGS_NAME}['UPDATE_EMAILS_PER_MINUTE'] must be a whole number, at least "
+                f"1; it is {value!r}."
+            )
+        return value
+
+    @property
+    def unsubscribe_link_lifetime(self) -> timedelta:
+        return _as_timedelta(self.UNSUBSCRIBE_LINK_LIFETIME)
 
     @property
     def library_session_lifetime(self) -> timedelta:

@@ -43,6 +43,10 @@ class ProductPageForm(WagtailAdminPageForm):
             field = self.fields["past_buyers_get"]
             field.required = False
             field.widget = forms.RadioSelect(choices=field.choices)
+        if "notify_buyers" in self.fields:
+            # A choice for one publish: every edit starts unticked, so the next publish tells
+            # nobody unless the editor asks again (the revision published keeps the choice).
+            self.initial["notify_buyers"] = False
 
     def clean_past_buyers_get(self) -> str:
         return self.cleaned_data.get("past_buyers_get") or self.instance.past_buyers_get
@@ -59,6 +63,8 @@ class ProductPageForm(WagtailAdminPageForm):
                 ),
             )
         bundled = self._check_bundle_items()
+        if cleaned.get("notify_buyers"):
+            self._require_update_copy(cleaned)
         if not self.is_deferred_validation:
             self._check_stripe_price(cleaned)
             if not bundled:
@@ -141,6 +147,11 @@ class ProductPageForm(WagtailAdminPageForm):
             message = problems[0] if problems else None
         if message:
             self.add_error("stripe_price_id", message)
+
+    def _require_update_copy(self, cleaned: dict[str, Any]) -> None:
+        for name in ("update_subject", "update_message"):
+            if name in self.fields and not str(cleaned.get(name) or "").strip():
+                self.add_error(name, _("Write the update email before asking to send it."))
 
     def _require_files(self) -> None:
         formset = self.formsets.get("files")

@@ -29,7 +29,9 @@ the delivery email and a resend issue new links at each attempt; the shop desk's
 link an editor issued, with a new token at each attempt (``links.rekey_link``); the library's
 sign-in email carries a new one-time sign-in link at each attempt (``library.issue_sign_in``); a
 new sale notice (``sale_notices``) carries no link and goes only to an address still told about
-sales; the failed-payment notice carries no link, only the way back to the product page. A new
+sales; the failed-payment notice carries no link, only the way back to the product page; an
+update email (``updates``) carries a new link at each attempt and goes only to a buyer who
+still owns the product and has not unsubscribed. A new
 kind is an ``OutboundEmail.Kind`` choice, one entry in ``KINDS`` and a function that records the
 promise. See docs/architecture.md, "Emails".
 """
@@ -54,9 +56,9 @@ from django.db import IntegrityError, transaction
 from django.db.models import F, Q, QuerySet
 from django.utils import timezone
 
-from . import delivery, languages, library, links, retry, sale_notices
+from . import delivery, languages, library, links, retry, sale_notices, updates
 from .conf import app_settings
-from .models import DownloadLink, OutboundEmail, Purchase
+from .models import DownloadLink, OutboundEmail, Purchase, UpdateNotice, UpdateRecipient
 
 logger = logging.getLogger(__name__)
 
@@ -267,6 +269,32 @@ def _render_payment_failed(
     return delivery.build_payment_failed_email(email.purchase, to=email.to)
 
 
+def _issue_update(email: OutboundEmail) -> list[links.IssuedLink]:
+    # A fresh link at each attempt, while the buyer still owns the product and still wants
+    # update emails (they may have unsubscribed since the batch promised this one).
+    purchase = email.purchase
+    if purchase is None:
+        raise NothingToSend("the purchase no longer exists")
+    if purchase.status not in updates.TOLD_STATUSES:
+        raise NothingToSend(f"the purchase is {purchase.status}")
+    if updates.is_unsubscribed(email.to):
+        raise NothingToSend("the buyer unsubscribed from update emails")
+    with transaction.atomic():
+        return [links.issue_link(purchase, reason=DownloadLink.Reason.UPDATE)]
+
+
+def _render_update(email: OutboundEmail, issued: list[links.IssuedLink]) -> EmailMultiAlternatives:
+    recipient = UpdateRecipient.objects.select_related("notice").get(email=email)
+    purchase = issued[0].link.purchase
+    return updates.build_update_email(
+        recipient.notice,
+        purchase,
+        issued[0],
+        to=email.to,
+        unsubscribe=updates.unsubscribe_url(email.to, purchase=purchase),
+    )
+
+
 #: Each kind of email: which links it carries, how it is rendered, what its sending marks.
 KINDS: dict[str, EmailKind] = {
     Kind.DELIVERY: EmailKind(_issue_delivery, _render_delivery, _delivery_sent),
@@ -280,6 +308,7 @@ KINDS: dict[str, EmailKind] = {
     ),
     Kind.NEW_SALE: EmailKind(_issue_new_sale, _render_new_sale, language=_shop_language),
     Kind.PAYMENT_FAILED: EmailKind(_issue_payment_failed, _render_payment_failed),
+    Kind.UPDATE: EmailKind(_issue_update, _render_update),
 }
 
 
@@ -365,6 +394,30 @@ def promise_sale_notices(purchase: Purchase) -> list[OutboundEmail]:
             promised.append(email)
             transaction.on_commit(partial(enqueue, email.pk))
     return promised
+
+
+def promise_update(notice: UpdateNotice, purchase: Purchase, digest: str) -> UpdateRecipient | None:
+    """One buyer's update email for ``notice`` (``update_runs``): the recipient row and the
+    email's promise in one savepoint, attempted once the caller's transaction commits. None
+    when the buyer already has theirs (the unique constraints: per notice and address, per
+    notice and purchase), so a batch run twice emails nobody twice."""
+    try:
+        with transaction.atomic():
+            recipient = UpdateRecipient.objects.create(
+                notice=notice, purchase=purchase, address_digest=digest
+            )
+            email, _ = promise(
+                Kind.UPDATE,
+                to=purchase.email,
+                purchase=purchase,
+                key=f"update:{notice.pk}:{purchase.pk}",
+            )
+            recipient.email = email
+            recipient.save(update_fields=["email"])
+    except IntegrityError:
+        return None
+    transaction.on_commit(partial(enqueue, email.pk))
+    return recipient
 
 
 def promise_payment_failed(purchase: Purchase) -> OutboundEmail:

@@ -7,8 +7,9 @@ from typing import Any
 
 from django.db import transaction
 from django.dispatch import receiver
+from wagtail.signals import page_published
 
-from . import outbox
+from . import outbox, updates
 from .signals import purchase_paid
 
 logger = logging.getLogger(__name__)
@@ -37,3 +38,13 @@ def _enqueue(purchase_pk: int) -> None:
     except Exception:
         # Not raised: the payment is committed and the other receivers must still run.
         logger.exception("Could not enqueue the delivery email of purchase %s", purchase_pk)
+
+
+@receiver(page_published, dispatch_uid="wagtail_paid_delivery.update_notice")
+def notice_on_publish(sender: Any, instance: Any, revision: Any = None, **kwargs: Any) -> None:
+    # Sent for a publish from the editor and for a scheduled one (publish_scheduled); an alias
+    # is the same product's page elsewhere, not a release.
+    if kwargs.get("alias"):
+        return
+    user = kwargs.get("user") or getattr(revision, "user", None)
+    updates.notice_for_publish(instance, revision, user)

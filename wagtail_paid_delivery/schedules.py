@@ -2,7 +2,9 @@
 
 ``sweep`` re-enqueues Stripe events due for another attempt or whose task was lost, every
 minute; ``email_sweep`` does the same for promised emails (``outbox``), every minute;
-``reconcile`` stores the Stripe events the webhook missed (refunds, disputes, paid
+``update_notices`` queues the due batches of update emails (``update_runs``), every minute;
+``publish_scheduled`` (only with ``SCHEDULE_PUBLISHING``) runs Wagtail's command of that name,
+every minute; ``reconcile`` stores the Stripe events the webhook missed (refunds, disputes, paid
 sessions) and asks Stripe about due pending purchases, every ten minutes; ``cleanup`` removes
 records past their ``RETENTION`` period, once a day. They are upserted by name, so a site never
 adds them by hand, and a changed interval here reaches every site on its next ``migrate``.
@@ -28,7 +30,17 @@ SCHEDULES: dict[str, tuple[str, int]] = {
     "wagtail_paid_delivery.email_sweep": ("wagtail_paid_delivery.tasks.sweep_emails", 1),
     "wagtail_paid_delivery.reconcile": ("wagtail_paid_delivery.tasks.reconcile", 10),
     "wagtail_paid_delivery.cleanup": ("wagtail_paid_delivery.tasks.cleanup", 24 * 60),
+    "wagtail_paid_delivery.update_notices": ("wagtail_paid_delivery.tasks.update_notices", 1),
 }
+#: Only with ``SCHEDULE_PUBLISHING``: Wagtail's scheduled publishing, without cron.
+PUBLISHING: dict[str, tuple[str, int]] = {
+    "wagtail_paid_delivery.publish_scheduled": ("wagtail_paid_delivery.tasks.publish_scheduled", 1),
+}
+
+
+def wanted_schedules() -> dict[str, tuple[str, int]]:
+    """The schedules this site should have now."""
+    return {**SCHEDULES, **(PUBLISHING if app_settings.SCHEDULE_PUBLISHING is True else {})}
 
 
 def ensure_schedules(*, using: str = DEFAULT_DB_ALIAS, **kwargs: Any) -> None:
@@ -40,7 +52,11 @@ def ensure_schedules(*, using: str = DEFAULT_DB_ALIAS, **kwargs: Any) -> None:
 
     if Schedule._meta.db_table not in connections[using].introspection.table_names():
         return  # django_q's own migrations have not run on this database (yet)
-    for name, (func, minutes) in SCHEDULES.items():
+    if app_settings.SCHEDULE_PUBLISHING is not True:
+        # Turned off: ours goes (a site that runs publish_scheduled from cron must not run it
+        # twice).
+        Schedule.objects.using(using).filter(name__in=list(PUBLISHING)).delete()
+    for name, (func, minutes) in wanted_schedules().items():
         wanted = {
             "func": func,
             "schedule_type": Schedule.MINUTES,

@@ -40,6 +40,7 @@ TEMPLATES = {
     "library_request": "wagtail_paid_delivery/library_request.html",
     "library_sent": "wagtail_paid_delivery/library_sent.html",
     "library_sign_in": "wagtail_paid_delivery/library_sign_in.html",
+    "unsubscribe": "wagtail_paid_delivery/unsubscribe.html",
 }
 
 #: Purchases that no longer give access, and the state that explains why: its DeliveryCopy

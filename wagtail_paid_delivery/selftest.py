@@ -27,7 +27,7 @@ from django.utils import timezone
 from . import inbox, outbox, stripe_api
 from .conf import app_settings
 from .models import OutboundEmail, StripeEvent
-from .schedules import SCHEDULES
+from .schedules import wanted_schedules
 from .storage import get_product_storage, storage_errors
 
 #: How long one probe may take (seconds).
@@ -208,7 +208,7 @@ def schedules_exist() -> Result:
     from django_q.models import Schedule
 
     funcs = set(Schedule.objects.values_list("func", flat=True))
-    missing = [name for name, (func, _minutes) in SCHEDULES.items() if func not in funcs]
+    missing = [name for name, (func, _minutes) in wanted_schedules().items() if func not in funcs]
     if missing:
         return Result(
             "Schedules exist",
@@ -217,7 +217,7 @@ def schedules_exist() -> Result:
             "Run `manage.py migrate` (it creates them unless SCHEDULES is False), and keep a "
             "`manage.py qcluster` running.",
         )
-    return Result("Schedules exist", True, f"{len(SCHEDULES)} schedules")
+    return Result("Schedules exist", True, f"{len(wanted_schedules())} schedules")
 
 
 def inbox_not_stuck() -> Result:

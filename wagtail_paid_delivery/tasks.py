@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import heartbeat, inbox, outbox, reconciliation, retention, selftest
+from django.core.management import call_command
+
+from . import heartbeat, inbox, outbox, reconciliation, retention, selftest, update_runs
 
 
 def process_stripe_event(event: int | str, token: str | None = None) -> str:
@@ -69,3 +71,21 @@ def delivery_selftest(with_stripe: bool = False) -> list[dict[str, Any]]:
     """Run every self-test check, the HTTP probes included (queued by the admin's self-test
     page, so the probes never run inside the web request that would wait on them)."""
     return selftest.as_dicts(selftest.run(None, with_stripe=with_stripe))
+
+
+def send_update_batch(notice_pk: int) -> str:
+    """Queue the next batch of an update notice's emails, if it is due."""
+    return update_runs.send_batch(notice_pk)
+
+
+def update_notices() -> str:
+    """Every minute: queue the batches of update notices that are due (a run resumes here after
+    a restart)."""
+    return update_runs.continue_runs()
+
+
+def publish_scheduled() -> str:
+    """Every minute when ``SCHEDULE_PUBLISHING`` is on: Wagtail's ``publish_scheduled``, so
+    pages (and the update emails they ask for) go live on time without cron."""
+    call_command("publish_scheduled")
+    return "published what was due"

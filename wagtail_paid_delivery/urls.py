@@ -2,7 +2,7 @@
 
 from django.urls import path
 
-from .views import archive, checkout, download, library, resend, success
+from .views import archive, checkout, download, library, resend, success, updates
 from .views.licenses import license_endpoint
 from .views.webhook import stripe_webhook
 
@@ -27,4 +27,6 @@ urlpatterns: list = [
     path("library/sign-out/", library.sign_out, name="library_sign_out"),
     path("library/<uuid:public_id>/", library.library_download, name="library_download"),
     path("licenses/", license_endpoint, name="licenses"),
+    # The update emails' unsubscribe link (List-Unsubscribe): GET asks, POST unsubscribes.
+    path("updates/unsubscribe/<str:token>/", updates.unsubscribe, name="unsubscribe"),
 ]

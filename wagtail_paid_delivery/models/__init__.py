@@ -8,6 +8,7 @@ from .notifications import ShopNotificationPreference
 from .outbox import OutboundEmail
 from .pages import AbstractProductFile, ProductPageMixin
 from .purchases import DownloadEvent, DownloadHandoff, DownloadLink, FileDownloadCount, Purchase
+from .updates import UpdateNotice, UpdateOptOut, UpdateRecipient
 from .versions import FileVersion
 
 __all__ = [
@@ -30,4 +31,7 @@ __all__ = [
     "ReconcileMark",
     "ShopNotificationPreference",
     "StripeEvent",
+    "UpdateNotice",
+    "UpdateOptOut",
+    "UpdateRecipient",
 ]

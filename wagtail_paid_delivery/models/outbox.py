@@ -28,6 +28,8 @@ class OutboundEmail(models.Model):
         NEW_SALE = "new_sale", _("new sale notice")
         #: An asynchronous payment (a bank debit) failed: nothing is delivered; try again.
         PAYMENT_FAILED = "payment_failed", _("failed payment notice")
+        #: A product's new release, told to a past buyer (``updates``): one per buyer and notice.
+        UPDATE = "update", _("update notice")
 
     class Status(models.TextChoices):
         #: Not sent yet: waiting for its first attempt, for its next one, or being sent.

@@ -24,7 +24,7 @@ from wagtail.models import Orderable
 from .. import currencies
 from ..conf import app_settings
 from ..forms import ProductPageForm
-from ..panels import FileVersionsPanel, ProductSalesPanel
+from ..panels import FileVersionsPanel, ProductSalesPanel, UpdateNoticesPanel
 from ..storage import get_product_storage, product_file_upload_to, storage_errors
 from .copy import DeliveryCopy
 from .versions import FileVersion
@@ -32,6 +32,8 @@ from .versions import FileVersion
 logger = logging.getLogger(__name__)
 
 DEFAULT_TEMPLATE = "wagtail_paid_delivery/product_page.html"
+#: The product page's preview mode that shows the update email.
+UPDATE_EMAIL_PREVIEW = "update_email"
 #: Bytes read at a time when measuring a stored file.
 CHUNK = 1024 * 1024
 
@@ -132,6 +134,26 @@ class ProductPageMixin(models.Model):
         ),
     )
 
+    #: Tell past buyers on this publish: the choice is stored in the revision being published
+    #: (now or at its go-live) and starts unticked in every edit (``ProductPageForm``), so a
+    #: later publish tells nobody unless asked again. The subject and message are the editor's
+    #: words of the update email (``updates.build_update_email``).
+    notify_buyers = models.BooleanField(
+        _("email past buyers when this is published"),
+        default=False,
+        help_text=_(
+            "Paid buyers and those granted the product get the update email once, with fresh "
+            "download links. Refunded and revoked buyers, and addresses that unsubscribed, "
+            "do not. Preview it with the “Update email” preview mode."
+        ),
+    )
+    update_subject = models.CharField(_("update email subject"), max_length=200, blank=True)
+    update_message = models.TextField(
+        _("update email message"),
+        blank=True,
+        help_text=_("What changed. Plain text; the email adds the download button."),
+    )
+
     #: Panels for the product's own fields; add them to your base page's ``content_panels``.
     product_panels = [
         FieldPanel("intro"),
@@ -165,8 +187,18 @@ class ProductPageMixin(models.Model):
             ],
             heading=_("Delivery"),
         ),
+        MultiFieldPanel(
+            [
+                FieldPanel("notify_buyers"),
+                FieldPanel("update_subject"),
+                FieldPanel("update_message"),
+            ],
+            heading=_("Update notice"),
+        ),
         #: Read-only: sales, revenue, refunds, downloads per file (purchase viewers only).
         ProductSalesPanel(),
+        #: Read-only: each update notice's progress and failures (purchase viewers only).
+        UpdateNoticesPanel(),
     ]
 
     base_form_class = ProductPageForm
@@ -286,6 +318,19 @@ class ProductPageMixin(models.Model):
         if self.download_limit is None:
             return app_settings.DOWNLOAD_LIMIT
         return self.download_limit or None
+
+    # Preview: the page, and the update email as a buyer would read it (unsaved edits included).
+
+    @property
+    def preview_modes(self) -> list[tuple[str, Any]]:
+        return [*super().preview_modes, (UPDATE_EMAIL_PREVIEW, _("Update email"))]  # type: ignore[misc]
+
+    def serve_preview(self, request: Any, mode_name: str) -> Any:
+        if mode_name == UPDATE_EMAIL_PREVIEW:
+            from ..updates import preview_update_email  # Wagtail's preview API; it reads models
+
+            return preview_update_email(self, request)
+        return super().serve_preview(request, mode_name)  # type: ignore[misc]
 
     def get_template(self, request: Any, *args: Any, **kwargs: Any) -> list[str]:
         # The page's own template first (a site may override it), then ours.

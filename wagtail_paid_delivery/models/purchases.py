@@ -205,6 +205,7 @@ class DownloadLink(models.Model):
         RESEND = "resend", _("resend request")
         LIBRARY = "library", _("buyer's library")
         ADMIN = "admin", _("editor")
+        UPDATE = "update", _("update notice")
 
     purchase = models.ForeignKey(
         Purchase, verbose_name=_("purchase"), on_delete=models.CASCADE, related_name="links"
