@@ -60,6 +60,7 @@ def edit_data(page, *, notify=False, subject=SUBJECT, message=MESSAGE, **fields)
         "update_message": message,
         "files": inline_formset(files, initial=len(files)),
         "comments": inline_formset([]),
+        "bundle_items": inline_formset([]),
         **fields,
     }
     if notify:

@@ -35,10 +35,11 @@ from django.db import IntegrityError, transaction
 from django.http import HttpRequest, HttpResponse
 from django.template.loader import render_to_string
 from django.urls import reverse
+from django.utils.formats import date_format
 from django.utils.html import format_html
 from django.utils.translation import gettext as _
 
-from . import delivery, links
+from . import delivery, links, versions
 from .addresses import address_digest
 from .conf import app_settings
 from .models import (
@@ -70,18 +71,49 @@ class ExpiredUnsubscribe(InvalidUnsubscribe):
 
 
 def release_notes(notice: UpdateNotice) -> str:
-    """The release notes an update email shows, as plain text: the editor's message.
+    """The release notes an update email shows, as plain text: the editor's message, then a
+    line for each file version this release brought (title, version, date, the editor's notes).
 
-    The one place the email's notes come from (``build_update_email``, the preview, the desk):
-    a site or a later feature adds to them here (the new file versions' notes, for example).
+    The one place the email's notes come from (``build_update_email``, the preview, the desk).
     """
-    return notice.message
+    lines = [
+        _("%(title)s: version %(number)s, %(date)s")
+        % {"title": title, "number": version.number, "date": date_format(version.created_at)}
+        + (f" — {version.notes.strip()}" if version.notes.strip() else "")
+        for title, version in released_versions(notice)
+    ]
+    return "\n\n".join([notice.message, "\n".join(lines)]) if lines else notice.message
+
+
+def released_versions(notice: UpdateNotice) -> list[tuple[str, Any]]:
+    """The file versions a notice announces, oldest first, each with its file's title: those
+    released after the product's previous notice (the first notice: every version after a
+    file's first) up to this notice."""
+    page = notice.product.specific if notice.product_id else None
+    if page is None or not isinstance(page, ProductPageMixin):
+        return []
+    previous = (
+        UpdateNotice.objects.filter(product_id=notice.product_id, created_at__lt=notice.created_at)
+        .order_by("-created_at")
+        .first()
+    )
+    since = previous.created_at if previous else None
+    announced = [
+        (file.title, version)
+        for file, file_versions in versions.history(page)
+        for version in file_versions
+        if version.created_at <= notice.created_at
+        and (version.created_at > since if since else version.number > 1)
+    ]
+    return sorted(announced, key=lambda item: (item[1].created_at, item[1].file_id))
 
 
 def release_key(page: ProductPageMixin) -> str:
-    """What makes a publish one release: the update email's words as published. The same words
-    published again (the revision again, a bulk publish, a revert) are the same release."""
-    text = f"{page.update_subject.strip()}\0{page.update_message.strip()}"
+    """What makes a publish one release: the update email's words and the product's current file
+    versions as published. The same words and files published again (the revision again, a bulk
+    publish, a revert) are the same release; a new upload with the same words is a new one."""
+    current = sorted((v.file_id, v.number) for v in versions.latest_versions(page))
+    text = f"{page.update_subject.strip()}\0{page.update_message.strip()}\0{current}"
     return hashlib.sha256(text.encode()).hexdigest()
 
 
