@@ -35,9 +35,11 @@ BUYER_MODULES = {
     "library.py",
     "links.py",
     "models/copy.py",
+    "payments.py",  # the receipt's note on a charged amount
     "receipt.py",
     "screens.py",
     "times.py",
+    "updates.py",  # the update email's release notes
     "views/checkout.py",
 }
 
