@@ -33,10 +33,15 @@ from typing import Any, Literal
 from django.apps import apps
 from django.conf import settings
 from django.core import signing
-from django.db import IntegrityError, connection, transaction
+from django.db import IntegrityError, connection, models, transaction
 from django.db.models import F
+from django.db.models.base import ModelState
+from django.db.models.fields.files import FileDescriptor
+from django.db.models.fields.related_descriptors import ForeignKeyDeferredAttribute
+from django.db.models.query_utils import DeferredAttribute
+from django.db.models.signals import post_init, pre_init
 from django.http import HttpRequest
-from django.urls import reverse
+from django.urls import get_script_prefix, get_urlconf, reverse
 from django.utils import timezone
 from django.utils.crypto import salted_hmac
 from django.utils.dateparse import parse_datetime
@@ -299,7 +304,10 @@ def get_product_file(link: DownloadLink, file_id: int) -> AbstractProductFile | 
 class _Columns:
     model: type[Any]
     fields: tuple[Any, ...]
+    attnames: list[str]
     converters: tuple[tuple[int, tuple[Any, ...], Any], ...]
+    #: Whether ``Model.__init__`` would only store the values (see :meth:`instance`).
+    plain: bool
 
     @classmethod
     def of(cls, model: type[Any], alias: str) -> _Columns:
@@ -310,7 +318,8 @@ class _Columns:
             found = connection.ops.get_db_converters(col) + field.get_db_converters(connection)
             if found:
                 converters.append((index, tuple(found), col))
-        return cls(model, fields, tuple(converters))
+        attnames = [f.attname for f in fields]
+        return cls(model, fields, attnames, tuple(converters), _plain_init(model, attnames))
 
     def select(self, alias: str) -> list[str]:
         return [f"{alias}.{connection.ops.quote_name(f.column)}" for f in self.fields]
@@ -322,7 +331,30 @@ class _Columns:
         for index, converters, col in self.converters:
             for converter in converters:
                 values[index] = converter(values[index], col, connection)
-        return self.model.from_db(connection.alias, [f.attname for f in self.fields], values)
+        model = self.model
+        if not self.plain or pre_init.has_listeners(model) or post_init.has_listeners(model):
+            return model.from_db(connection.alias, self.attnames, values)
+        # What from_db would build, without __init__'s per-field setattr and its two signals
+        # (none listens): some fifty columns on every download.
+        instance = model.__new__(model)  # type: ignore[call-overload]
+        instance._state = ModelState()
+        instance._state.adding, instance._state.db = False, connection.alias
+        instance.__dict__.update(zip(self.attnames, values, strict=True))
+        return instance
+
+
+def _plain_init(model: type[Any], attnames: list[str]) -> bool:
+    """Whether ``model(*values)`` only stores each value under its field's attname: Django's own
+    ``__init__`` and ``from_db``, and no attname behind a descriptor that does more on set."""
+    if model.__init__ is not models.Model.__init__ or model.from_db.__func__ is not (
+        models.Model.from_db.__func__  # type: ignore[attr-defined]
+    ):
+        return False
+    return all(type(getattr(model, name, None)) in _STORING for name in attnames)
+
+
+#: Class attributes of a field's attname that store a set value in the instance's __dict__.
+_STORING = (DeferredAttribute, FileDescriptor, ForeignKeyDeferredAttribute)
 
 
 @functools.cache
@@ -532,7 +564,21 @@ def make_handoff(link: DownloadLink, file: AbstractProductFile) -> str:
 
 
 def handoff_url(link: DownloadLink, file: AbstractProductFile) -> str:
-    return reverse("wagtail_paid_delivery:handoff", args=[make_handoff(link, file)])
+    head, tail = _handoff_path(get_script_prefix(), get_urlconf() or settings.ROOT_URLCONF)
+    return f"{head}{make_handoff(link, file)}{tail}"
+
+
+#: Stands for the signed value in a reversed hand-off URL. A signed value is URL-safe base64
+#: and colons, which reverse() leaves as they are, so substituting it gives reverse()'s answer.
+_SIGNED = "SIGNED"
+
+
+@functools.lru_cache(maxsize=16)
+def _handoff_path(prefix: str, urlconf: Any) -> tuple[str, str]:
+    # Resolved once per script prefix and URLconf, not on every button press.
+    path = reverse("wagtail_paid_delivery:handoff", args=[_SIGNED], urlconf=urlconf)
+    head, _, tail = path.rpartition(_SIGNED)
+    return head, tail
 
 
 def read_handoff(value: str) -> Handoff:
@@ -934,25 +980,42 @@ def _served_event(
     return event
 
 
+#: Field classes (exactly these, not subclasses) whose database value is the Python value itself
+#: for the str, int, bool or None the download code sets: their prepare step is skipped.
+_AS_IS = (
+    models.CharField,
+    models.TextField,
+    models.BooleanField,
+    models.IntegerField,
+    models.BigIntegerField,
+    models.PositiveIntegerField,
+    models.PositiveBigIntegerField,
+)
+
+
 @functools.cache
-def _insert_sql(vendor: str, label: str) -> tuple[str, tuple[Any, ...]]:
+def _insert_sql(vendor: str, label: str) -> tuple[str, tuple[tuple[str, Any], ...]]:
+    """The INSERT and, per column, its attribute and the field to prepare it (None: as is)."""
     model = apps.get_model(label)
     fields = tuple(f for f in model._meta.concrete_fields if not f.primary_key)
     columns = ", ".join(connection.ops.quote_name(f.column) for f in fields)
     values = ", ".join(["%s"] * len(fields))
     pk = connection.ops.quote_name(model._meta.pk.column)
     sql = f"INSERT INTO {_table(model)} ({columns}) VALUES ({values}) RETURNING {pk}"  # noqa: S608
-    return sql, fields
+    plain = tuple((f.attname, None if type(f) in _AS_IS else f) for f in fields)
+    return sql, plain
 
 
 def _insert(instance: Any) -> None:
     """``instance.save()`` for a new row of a model without signals or auto fields: the values
     prepared by each field, as save() does, into a statement written once per process."""
     sql, fields = _insert_sql(connection.vendor, instance._meta.label)
+    values = []
+    for attname, field in fields:
+        value = getattr(instance, attname)
+        values.append(value if field is None else field.get_db_prep_save(value, connection))
     with connection.cursor() as cursor:
-        cursor.execute(
-            sql, [f.get_db_prep_save(getattr(instance, f.attname), connection) for f in fields]
-        )
+        cursor.execute(sql, values)
         instance.pk = cursor.fetchone()[0]
     instance._state.adding, instance._state.db = False, connection.alias
 
@@ -988,7 +1051,7 @@ def release_download(event: DownloadEvent) -> None:
 
 
 def record_bytes_sent(event: DownloadEvent, sent: int) -> None:
-    DownloadEvent.objects.filter(pk=event.pk).update(bytes_sent=sent)
+    _execute(f"UPDATE {_table(DownloadEvent)} SET bytes_sent = %s WHERE id = %s", [sent, event.pk])  # noqa: S608
 
 
 # "Download all": one hand-off for several files ------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 from dataclasses import dataclass
@@ -96,6 +97,7 @@ def if_range_allows(header: str | None, etag: str, last_modified: datetime | Non
     )
 
 
+@functools.lru_cache(maxsize=256)  # the same few names on every download
 def content_disposition(filename: str) -> str:
     """``attachment`` with an ASCII fallback and RFC 6266/8187 ``filename*`` for the real name."""
     stem, dot, extension = filename.rpartition(".")
