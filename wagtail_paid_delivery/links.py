@@ -35,11 +35,6 @@ from django.conf import settings
 from django.core import signing
 from django.db import IntegrityError, connection, models, transaction
 from django.db.models import F
-from django.db.models.base import ModelState
-from django.db.models.fields.files import FileDescriptor
-from django.db.models.fields.related_descriptors import ForeignKeyDeferredAttribute
-from django.db.models.query_utils import DeferredAttribute
-from django.db.models.signals import post_init, pre_init
 from django.http import HttpRequest
 from django.urls import get_script_prefix, get_urlconf, reverse
 from django.utils import timezone
@@ -306,8 +301,6 @@ class _Columns:
     fields: tuple[Any, ...]
     attnames: list[str]
     converters: tuple[tuple[int, tuple[Any, ...], Any], ...]
-    #: Whether ``Model.__init__`` would only store the values (see :meth:`instance`).
-    plain: bool
 
     @classmethod
     def of(cls, model: type[Any], alias: str) -> _Columns:
@@ -318,8 +311,7 @@ class _Columns:
             found = connection.ops.get_db_converters(col) + field.get_db_converters(connection)
             if found:
                 converters.append((index, tuple(found), col))
-        attnames = [f.attname for f in fields]
-        return cls(model, fields, attnames, tuple(converters), _plain_init(model, attnames))
+        return cls(model, fields, [f.attname for f in fields], tuple(converters))
 
     def select(self, alias: str) -> list[str]:
         return [f"{alias}.{connection.ops.quote_name(f.column)}" for f in self.fields]
@@ -331,30 +323,7 @@ class _Columns:
         for index, converters, col in self.converters:
             for converter in converters:
                 values[index] = converter(values[index], col, connection)
-        model = self.model
-        if not self.plain or pre_init.has_listeners(model) or post_init.has_listeners(model):
-            return model.from_db(connection.alias, self.attnames, values)
-        # What from_db would build, without __init__'s per-field setattr and its two signals
-        # (none listens): some fifty columns on every download.
-        instance = model.__new__(model)  # type: ignore[call-overload]
-        instance._state = ModelState()
-        instance._state.adding, instance._state.db = False, connection.alias
-        instance.__dict__.update(zip(self.attnames, values, strict=True))
-        return instance
-
-
-def _plain_init(model: type[Any], attnames: list[str]) -> bool:
-    """Whether ``model(*values)`` only stores each value under its field's attname: Django's own
-    ``__init__`` and ``from_db``, and no attname behind a descriptor that does more on set."""
-    if model.__init__ is not models.Model.__init__ or model.from_db.__func__ is not (
-        models.Model.from_db.__func__  # type: ignore[attr-defined]
-    ):
-        return False
-    return all(type(getattr(model, name, None)) in _STORING for name in attnames)
-
-
-#: Class attributes of a field's attname that store a set value in the instance's __dict__.
-_STORING = (DeferredAttribute, FileDescriptor, ForeignKeyDeferredAttribute)
+        return self.model.from_db(connection.alias, self.attnames, values)
 
 
 @functools.cache
