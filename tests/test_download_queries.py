@@ -112,8 +112,8 @@ def test_a_free_follow_up_get_reads_once_and_counts_nothing(
 
 
 def test_the_rows_read_become_the_same_instances_as_the_orms(bought):
-    # Built without Model.__init__ when it would only store the values: equal, field by field,
-    # to what the ORM builds, saved-state included.
+    # Built from the raw row (links' own SQL): equal, field by field, to what the ORM builds,
+    # saved-state included.
     issued, file = bought
     ticket = links.read_handoff(links.make_handoff(issued.link, file))
     link, found = links.find_handoff(ticket)
