@@ -20,7 +20,8 @@ purchase ids. Each step is shot at 1280 px, buyer pages at 390 px too
 7. "The winter chapter" (for buyers of the Field Guide) before buying, after signing in to the
    library, and after a refund.
 
-Each run buys anew; the buyers are ada@example.com (steps 1 to 6) and a new address for step 7.
+Each run buys anew: steps 1 to 3 as ada+<time>@example.com, 4 to 6 as ada@example.com, 7 as
+grace+<time>@example.com.
 """
 
 from __future__ import annotations
@@ -44,6 +45,9 @@ from playwright.sync_api import Page, sync_playwright
 from screenshots import CHROMIUM_ARGS, SANDBOX, read_mail, session_id
 
 BUYER = "ada@example.com"
+#: Steps 1 to 3's past buyer: an address of its own each run, so its one purchase is the one
+#: the update email links to, bought at the version current when the run starts.
+PAST_BUYER = f"ada+{int(time.time())}@example.com"
 PATIENCE = 30.0
 #: The update batch schedule runs once a minute, and publishing queues the run first.
 UPDATE_PATIENCE = 240.0
@@ -89,6 +93,10 @@ class Walk:
     mail: Path
     #: The checklist's bytes as step 1's buyer got them (version 1 on a fresh sandbox).
     bought: bytes = b""
+    #: The new upload: new bytes on every run, so a second run makes a version of its own.
+    new_checklist: bytes = (
+        NEW_CHECKLIST + time.strftime("\r\nEdition of %Y-%m-%d %H:%M:%S\r\n").encode()
+    )
 
     def shoot(self, name: str, buyer_page: bool = True) -> None:
         widths = {1280: 900, 390: 844} if buyer_page else {1280: 900}
@@ -170,7 +178,7 @@ class Walk:
             """(text) => {
                 const h = [...document.querySelectorAll('h2')].find(
                     (e) => e.offsetParent && e.textContent.trim().startsWith(text));
-                window.scrollTo(0, h.getBoundingClientRect().top + window.scrollY - 80);
+                h.scrollIntoView({block: 'start', inline: 'nearest'});
             }""",
             heading,
         )
@@ -178,18 +186,19 @@ class Walk:
 
     def publish(self) -> None:
         """The editor's "Publish" (in the footer's dropdown)."""
-        self.page.locator("button[name=action-publish]").dispatch_event("click")
-        self.page.wait_for_load_state("networkidle")
+        # Waits for the answer: a request sent before it would see the page unpublished.
+        with self.page.expect_navigation(wait_until="networkidle"):
+            self.page.locator("button[name=action-publish]").dispatch_event("click")
 
 
 def step_1_buy(walk: Walk) -> str:
     """A past buyer: the Field Guide, checklist version 1. The download link's URL."""
-    walk.buy("/field-guide/", BUYER, shot="1-buy-field-guide")
+    walk.buy("/field-guide/", PAST_BUYER, shot="1-buy-field-guide")
     walk.page.get_by_role("link", name="Go to your downloads").click()
     walk.page.wait_for_load_state("networkidle")
     walk.shoot("1-download-v1")
     old = walk.bought = walk.download_first("Shoreline checklist")
-    print(f"checklist v1: sha256 {hashlib.sha256(old).hexdigest()}")
+    print(f"checklist as bought: sha256 {hashlib.sha256(old).hexdigest()}")
     return walk.page.url
 
 
@@ -198,9 +207,10 @@ def fill_new_version(walk: Walk, prefix: str) -> None:
     # From memory: a file on disk must outlive the form (autosave and preview read it too).
     walk.page.set_input_files(
         f"input[name={prefix}-file]",
-        {"name": "shoreline-checklist.txt", "mimeType": "text/plain", "buffer": NEW_CHECKLIST},
+        {"name": "shoreline-checklist.txt", "mimeType": "text/plain", "buffer": walk.new_checklist},
     )
     walk.page.fill(f"textarea[name={prefix}-release_notes]", "Second edition: adds the dunlin.")
+    walk.page.check("#id_past_buyers_get_0")  # the latest version (the default)
     walk.page.check("#id_notify_buyers")
     walk.page.fill("#id_update_subject", "The Shoreline checklist, second edition")
     walk.page.fill(
@@ -249,7 +259,7 @@ def step_2_new_version(walk: Walk, field_guide: int) -> float:
 
 
 def step_3_update_email(walk: Walk, since: float, field_guide: int) -> None:
-    message = walk.find_mail(since, BUYER, "second edition", patience=UPDATE_PATIENCE)
+    message = walk.find_mail(since, PAST_BUYER, "second edition", patience=UPDATE_PATIENCE)
     print(f"update email {time.time() - since:.0f} s after publishing: {message['Subject']}")
     print(f"List-Unsubscribe: {message['List-Unsubscribe']}")
     walk.show_email(message)
@@ -258,8 +268,8 @@ def step_3_update_email(walk: Walk, since: float, field_guide: int) -> None:
     walk.goto(link)
     walk.shoot("3-download-v2")
     new = walk.download_first("Shoreline checklist")
-    check(new == NEW_CHECKLIST, "the update email's link did not serve the new checklist")
-    print(f"checklist v2 from the update email: sha256 {hashlib.sha256(new).hexdigest()} (new)")
+    check(new == walk.new_checklist, "the update email's link did not serve the new checklist")
+    print(f"checklist from the update email: sha256 {hashlib.sha256(new).hexdigest()} (new)")
     walk.goto(f"/admin/pages/{field_guide}/edit/")
     walk.scroll_to_panel("Update notices sent")
     walk.shoot("3-admin-update-notices", buyer_page=False)
@@ -271,7 +281,7 @@ def step_3_update_email(walk: Walk, since: float, field_guide: int) -> None:
     walk.goto(link)
     walk.shoot("3-download-bought-version")
     old = walk.download_first("Shoreline checklist")
-    check(old != NEW_CHECKLIST, "under 'the version they bought' the link served the new file")
+    check(old != walk.new_checklist, "under 'the version they bought' the link served the new file")
     check(old == walk.bought or not walk.bought, "the link did not serve the bytes bought")
     print(f"checklist under 'the version they bought': sha256 {hashlib.sha256(old).hexdigest()}")
     walk.goto(f"/admin/pages/{field_guide}/edit/")
