@@ -172,17 +172,14 @@ class Walk:
         self.page.locator("form button[type=submit]").first.click()
         self.page.wait_for_load_state("networkidle")
 
-    def scroll_to_panel(self, heading: str) -> None:
-        """Scroll the editor down (only down) to the panel with this heading."""
-        self.page.evaluate(
-            """(text) => {
-                const h = [...document.querySelectorAll('h2')].find(
-                    (e) => e.offsetParent && e.textContent.trim().startsWith(text));
-                h.scrollIntoView({block: 'start', inline: 'nearest'});
-            }""",
-            heading,
-        )
-        self.page.wait_for_timeout(300)
+    def shoot_panel(self, name: str, heading: str) -> None:
+        """One panel of the editor (the innermost section with this heading), at 1280 px."""
+        title = self.page.locator("h2", has_text=heading)
+        panel = self.page.locator("section", has=title).last
+        panel.scroll_into_view_if_needed()
+        path = self.out / f"live-{name}-1280.png"
+        panel.screenshot(path=str(path))
+        print(path)
 
     def publish(self) -> None:
         """The editor's "Publish" (in the footer's dropdown)."""
@@ -253,8 +250,7 @@ def step_2_new_version(walk: Walk, field_guide: int) -> float:
     walk.publish()
     walk.shoot("2-admin-published", buyer_page=False)
     walk.goto(f"/admin/pages/{field_guide}/edit/")
-    walk.scroll_to_panel("File versions")
-    walk.shoot("2-admin-file-versions", buyer_page=False)
+    walk.shoot_panel("2-admin-file-versions", "File versions")
     return since
 
 
@@ -271,8 +267,7 @@ def step_3_update_email(walk: Walk, since: float, field_guide: int) -> None:
     check(new == walk.new_checklist, "the update email's link did not serve the new checklist")
     print(f"checklist from the update email: sha256 {hashlib.sha256(new).hexdigest()} (new)")
     walk.goto(f"/admin/pages/{field_guide}/edit/")
-    walk.scroll_to_panel("Update notices sent")
-    walk.shoot("3-admin-update-notices", buyer_page=False)
+    walk.shoot_panel("3-admin-update-notices", "Update notices sent")
     # The other policy: past buyers keep the version they bought.
     walk.page.check("#id_past_buyers_get_1")
     walk.page.locator("#id_past_buyers_get_1").scroll_into_view_if_needed()
