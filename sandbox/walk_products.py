@@ -325,7 +325,9 @@ def step_5_license(walk: Walk) -> None:
     walk.page.locator("tbody tr", has_text="Tide Clock").first.locator("a").first.click()
     walk.page.wait_for_load_state("networkidle")
     public_key = walk.page.locator("code.wpd-break").last.inner_text().strip()
-    walk.shoot("5-admin-license", buyer_page=False)
+    walk.shoot("5-admin-purchase", buyer_page=False)
+    shown = walk.page.locator("code.wpd-break").first.inner_text().strip()
+    check(shown == key, "the desk shows another key than the success page")
     product_id, key_id, day = verify_offline(key, public_key)
     print(f"offline: signature good; product {product_id}, key id {key_id}, issued day {day}")
     tampered = key[:-1] + ("A" if key[-1] != "A" else "B")
@@ -346,6 +348,8 @@ def step_5_license(walk: Walk) -> None:
     ):
         status, answer = post_json(endpoint, body)
         print(f"POST shop/licenses/ {body['action']}: {status} {json.dumps(answer)}")
+    walk.page.reload(wait_until="networkidle")  # the desk lists the two activations
+    walk.shoot_panel("5-admin-license", "License key")
 
 
 def step_6_pay_what_you_want(walk: Walk) -> None:
