@@ -278,7 +278,7 @@ def test_seed_sandbox_follows_the_port_and_restores_a_missing_file(sandbox):
     assert "Pointed the default site at 127.0.0.1:8123." in output
     assert after["site"][:2] == ["127.0.0.1", 8123]
     assert "Re-created the missing file" in output
-    assert len(after["files"]) == 3 and after["pages"] == before["pages"]
+    assert len(after["files"]) == 4 and after["pages"] == before["pages"]
     restored = Path(after["files"][0]["path"])
     assert restored.exists() and after["files"][0]["sha256"] == before["files"][0]["sha256"]
 
@@ -513,7 +513,7 @@ def test_run_serves_the_shop_and_never_a_private_file(running_sandbox):
         "from wagtail_paid_delivery.product.models import ProductFile\n"
         "result = [f.file.name for f in ProductFile.objects.all()]"
     )
-    assert len(names) == 3  # the field guide, its checklist, the sample pack
+    assert len(names) == 4  # the field guide, its checklist, the sample pack, the tide clock
     for name in names:
         assert (sandbox.root / "private" / name).exists()
         for prefix in ("/media/", "/private-media/", "/static/", "/", "/shop/", "/documents/"):
