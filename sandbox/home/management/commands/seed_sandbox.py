@@ -86,10 +86,10 @@ PRODUCTS = (
     DemoProduct(
         slug="tide-clock",
         title="Tide Clock (app)",
-        intro="A small app that tells you the next high water. Pay what you want, from $5.",
+        intro="A small app that tells you the next high water.",
         body=(
-            "<p>Choose your price at checkout, from $5. Your receipt carries a license key that "
-            "the app checks; it runs on two computers at once.</p>"
+            "<p>Your receipt carries a license key that the app checks; it runs on two "
+            "computers at once.</p>"
         ),
         price_amount=500,
         currency="USD",
