@@ -147,6 +147,7 @@ result = {
         {
             "title": p.title, "live": p.live, "price": p.price_display, "currency": p.currency,
             "amount": p.price_amount, "url": p.url, "id": p.pk,
+            "pwyw": p.pay_what_you_want, "activations": p.license_activation_limit,
             "child_of_home": p.get_parent().specific_class is HomePage,
             "in_revision": len(p.get_latest_revision().content.get("files", [])),
             "includes": [item["product"] for item in
@@ -205,12 +206,18 @@ def test_seed_sandbox_creates_the_demo_shop_and_a_second_run_changes_nothing(san
     assert state["default_copies"] == 1
     assert state["admin"] == [True, True]
     products = {p["title"]: p for p in state["products"]}
-    assert set(products) == {"Field Guide (PDF)", "Sample Pack (ZIP)", "Shoreline Bundle"}
+    assert set(products) == {
+        "Field Guide (PDF)",
+        "Sample Pack (ZIP)",
+        "Tide Clock (app)",
+        "Shoreline Bundle",
+    }
     assert all(p["live"] and p["child_of_home"] for p in products.values())
     # Files are part of the published revision, so editing in the admin keeps them.
     assert {title: p["in_revision"] for title, p in products.items()} == {
         "Field Guide (PDF)": 2,  # and its checklist: "Download all" is offered
         "Sample Pack (ZIP)": 1,
+        "Tide Clock (app)": 1,
         "Shoreline Bundle": 0,  # its included products are what it delivers
     }
     # So are the bundle's included products.
@@ -230,8 +237,12 @@ def test_seed_sandbox_creates_the_demo_shop_and_a_second_run_changes_nothing(san
         "¥1,200",
     )
 
+    # The app: pay what you want from $5, a license key for two activations.
+    tide_clock = products["Tide Clock (app)"]
+    assert (tide_clock["amount"], tide_clock["pwyw"], tide_clock["activations"]) == (500, True, 2)
+
     files = {Path(f["name"]).name: f for f in state["files"]}
-    assert len(state["files"]) == 3
+    assert len(state["files"]) == 4
     for f in files.values():
         path = Path(f["path"])
         data = path.read_bytes()
@@ -267,7 +278,7 @@ def test_seed_sandbox_follows_the_port_and_restores_a_missing_file(sandbox):
     assert "Pointed the default site at 127.0.0.1:8123." in output
     assert after["site"][:2] == ["127.0.0.1", 8123]
     assert "Re-created the missing file" in output
-    assert len(after["files"]) == 3 and after["pages"] == before["pages"]
+    assert len(after["files"]) == 4 and after["pages"] == before["pages"]
     restored = Path(after["files"][0]["path"])
     assert restored.exists() and after["files"][0]["sha256"] == before["files"][0]["sha256"]
 
@@ -502,7 +513,7 @@ def test_run_serves_the_shop_and_never_a_private_file(running_sandbox):
         "from wagtail_paid_delivery.product.models import ProductFile\n"
         "result = [f.file.name for f in ProductFile.objects.all()]"
     )
-    assert len(names) == 3  # the field guide, its checklist, the sample pack
+    assert len(names) == 4  # the field guide, its checklist, the sample pack, the tide clock
     for name in names:
         assert (sandbox.root / "private" / name).exists()
         for prefix in ("/media/", "/private-media/", "/static/", "/", "/shop/", "/documents/"):
@@ -715,8 +726,8 @@ def test_browser_home_lists_the_products_and_the_bundle_with_prices_and_opens_a_
     try:
         page.goto(base + "/", wait_until="networkidle")
         cards = page.locator(".product-card")
-        assert cards.count() == 3
-        texts = [cards.nth(i).inner_text() for i in range(3)]
+        assert cards.count() == 4
+        texts = [cards.nth(i).inner_text() for i in range(4)]
         field_guide = next(t for t in texts if "Field Guide (PDF)" in t)
         sample_pack = next(t for t in texts if "Sample Pack (ZIP)" in t)
         bundle = next(t for t in texts if "Shoreline Bundle" in t)

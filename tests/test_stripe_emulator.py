@@ -677,6 +677,9 @@ def test_emulator_makes_the_custom_price_and_the_page_asks_for_the_amount(client
     html = client.get(hosted).content.decode()
     assert "Choose your price" in html and "at least $5.00" in html
     assert 'name="amount" value="5.00"' in html
+    # The button does not name the suggested amount: the buyer may type another.
+    assert "Pay the price you chose" in html and "Pay $5.00" not in html
+    assert "Suggested price" in html
 
 
 def test_emulator_refuses_an_amount_below_the_minimum(client, pwyw_hosted, emulator):

@@ -1,4 +1,5 @@
-"""Seed the sandbox: home page, two live products with real files, a bundle of both, default
+"""Seed the sandbox: home page, two live products with real files, a bundle of both, a
+pay-what-you-want app that issues license keys, default
 copy, an admin, and two articles for the Field Guide's buyers (a whole page restricted to them,
 and a page with a ``BuyersOnlyBlock``).
 
@@ -44,6 +45,10 @@ class DemoProduct:
     price_amount: int  # minor units: cents for USD, whole yen for JPY
     currency: str
     files: tuple[DemoFile, ...]
+    #: The price is the minimum; the buyer chooses the amount.
+    pay_what_you_want: bool = False
+    #: A number: each paid purchase gets a license key for this many activations.
+    license_activation_limit: int | None = None
 
 
 PRODUCTS = (
@@ -77,6 +82,20 @@ PRODUCTS = (
         price_amount=1200,
         currency="JPY",
         files=(DemoFile("Sample Pack", "sample-pack.zip", demo_files.sample_pack_zip),),
+    ),
+    DemoProduct(
+        slug="tide-clock",
+        title="Tide Clock (app)",
+        intro="A small app that tells you the next high water.",
+        body=(
+            "<p>Your receipt carries a license key that the app checks; it runs on two "
+            "computers at once.</p>"
+        ),
+        price_amount=500,
+        currency="USD",
+        files=(DemoFile("Tide Clock", "tide-clock.zip", demo_files.tide_clock_zip),),
+        pay_what_you_want=True,
+        license_activation_limit=2,
     ),
 )
 
@@ -131,7 +150,7 @@ class Command(BaseCommand):
             self.ensure_site(home, port)
             DeliveryCopy.objects.get_default()  # post_migrate made it; recreate if deleted
             products = [self.ensure_product(home, spec) for spec in PRODUCTS]
-            products.append(self.ensure_bundle(home, products))
+            products.append(self.ensure_bundle(home, products[:2]))
             articles = self.ensure_articles(home, products[0])
             password_known = self.ensure_admin()
 
@@ -219,6 +238,8 @@ class Command(BaseCommand):
                 body=spec.body,
                 price_amount=spec.price_amount,
                 currency=spec.currency,
+                pay_what_you_want=spec.pay_what_you_want,
+                license_activation_limit=spec.license_activation_limit,
             )
             home.add_child(instance=page)
             self.changes.append(f"Created the product page {spec.title!r}.")
