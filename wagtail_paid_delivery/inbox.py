@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import uuid
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from enum import Enum
@@ -155,10 +154,8 @@ def store(event: dict[str, Any]) -> Stored:
 
     One transaction: the event's row (a redelivery, or a delivery racing this one, finds the
     first row and changes nothing) and, with django-q2's ORM broker on the same database, the
-    task's row. Both rows are made ready (serialised, signed) before the transaction opens, so
-    it holds its locks (SQLite's: the whole database) for two statements and nothing else: a
-    webhook costs four statements (BEGIN, two INSERTs, COMMIT) and a duplicate three. Other
-    brokers enqueue on commit.
+    task's row, queued by ``async_task`` inside it: a webhook costs four statements (BEGIN,
+    two INSERTs, COMMIT) and a duplicate three. Other brokers enqueue on commit.
     """
     reason = ignore_reason(event)
     using = router.db_for_write(StripeEvent)
@@ -178,16 +175,16 @@ def store(event: dict[str, Any]) -> Stored:
             "last_error": reason,
         },
     )
-    insert_task = None
-    if not reason and _enqueues_in_same_transaction():
-        insert_task = _task_insert(connection, event["id"])
+    same_transaction = not reason and _enqueues_in_same_transaction()
     with transaction.atomic(using=using):
         pk = insert_event()
         if pk is not None and not reason:
-            if insert_task:
-                # No savepoint and no catch: if the task's row cannot be written, the event's
-                # goes too and the view answers 500, so Stripe delivers the event again.
-                insert_task()
+            if same_transaction:
+                # django-q2's own async_task, inside the event's transaction: its ORM broker
+                # inserts the task's row here. No savepoint and no catch: if that row cannot be
+                # written, the event's goes too and the view answers 500, so Stripe delivers
+                # the event again. The task names Stripe's event id (``claim`` takes either).
+                _queue_task(event["id"])
             else:
                 transaction.on_commit(lambda: enqueue(pk), using=using)
     if pk is None:
@@ -245,50 +242,6 @@ def _insert_event_portably(values: dict[str, Any]) -> int | None:
         return None
 
 
-def _task_insert(connection: Any, stripe_id: str) -> Callable[[], None]:
-    """A prepared insert of the django-q2 task for an event into the ORM broker's queue.
-
-    The package is the one ``async_task`` would queue (signed by django-q2, read by its
-    cluster), named by Stripe's event id, the task's argument, since the row's pk is not known
-    until it is inserted. The row is what the ORM broker's ``enqueue`` writes.
-    """
-    from django_q.conf import Conf
-    from django_q.models import OrmQ
-    from django_q.signals import pre_enqueue
-    from django_q.signing import SignedPackage
-
-    now = timezone.now()
-    task: dict[str, Any] = {
-        "id": uuid.uuid4().hex,
-        "name": f"stripe-event-{stripe_id}"[:100],
-        "func": TASK,
-        "args": (stripe_id,),
-        "group": TASK_GROUP,
-        "kwargs": {},
-        "started": now,
-    }
-    if Conf.CACHED:
-        task["cached"] = Conf.CACHED
-    if Conf.ACK_FAILURES:
-        task["ack_failure"] = Conf.ACK_FAILURES
-    pre_enqueue.send(sender="django_q", task=task)
-    meta = OrmQ._meta
-    quote = connection.ops.quote_name
-    fields = [meta.get_field(name) for name in ("key", "payload", "lock")]
-    values = (retry.broker().list_key or Conf.CLUSTER_NAME, SignedPackage.dumps(task), now)
-    params = [f.get_db_prep_save(v, connection) for f, v in zip(fields, values, strict=True)]  # type: ignore[union-attr]
-    sql = (
-        f"INSERT INTO {quote(meta.db_table)} "  # noqa: S608  (names from _meta)
-        f"({', '.join(quote(field.column) for field in fields)}) VALUES (%s, %s, %s)"  # type: ignore[union-attr]
-    )
-
-    def insert() -> None:
-        with connection.cursor() as cursor:
-            cursor.execute(sql, params)
-
-    return insert
-
-
 def enqueue(event_pk: int, *, token: str | None = None) -> None:
     """Hand a committed event to django-q2 (after its transaction, or from the sweep).
 
@@ -302,10 +255,10 @@ def enqueue(event_pk: int, *, token: str | None = None) -> None:
         logger.exception("Could not enqueue Stripe event %s", event_pk)
 
 
-def _queue_task(event_pk: int, token: str | None = None) -> None:
+def _queue_task(event_ref: int | str, token: str | None = None) -> None:
     from django_q.tasks import async_task
 
-    args: tuple[Any, ...] = (event_pk, token) if token else (event_pk,)
+    args: tuple[Any, ...] = (event_ref, token) if token else (event_ref,)
     async_task(TASK, *args, group=TASK_GROUP, broker=retry.broker())
 
 
