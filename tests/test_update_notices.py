@@ -20,7 +20,7 @@ from wagtail.models import Site
 from wagtail.test.utils.form_data import inline_formset, nested_form_data, rich_text
 
 from tests.factories import ProductPageFactory, PurchaseFactory
-from wagtail_paid_delivery import buyer_data, outbox, screens, tasks, updates
+from wagtail_paid_delivery import buyer_data, links, outbox, screens, tasks, updates
 from wagtail_paid_delivery.models import (
     DownloadLink,
     OutboundEmail,
@@ -134,6 +134,7 @@ def test_publishing_with_notify_emails_each_buyer_once_with_a_fresh_link(
     url = re.search(r"https?://\S+/d/[^/\s]+/", message.body).group(0)
     assert client.get(url).status_code == 200
     assert link.purchase == buyers["bob"]
+    assert links.find_link(url.rstrip("/").rsplit("/", 1)[1]).pk == link.pk  # the email's own
     # The address's newest purchase is the one its email is about.
     ada = UpdateRecipient.objects.get(purchase__email__iexact="ada@example.com")
     assert ada.purchase == buyers["ada_again"]
@@ -302,6 +303,26 @@ def test_emails_are_queued_in_batches_at_the_configured_rate(admin_client, produ
     make_due(notice)
     assert tasks.update_notices() == "nothing due"
     assert len(set(recipients())) == 5 == len(recipients())
+
+
+@override_settings(
+    WAGTAIL_PAID_DELIVERY={"UPDATE_EMAILS_PER_MINUTE": 2, "INSTALLATION_ID": "tests"}
+)
+def test_a_buyer_whose_address_is_corrected_mid_run_is_not_picked_again(admin_client, product):
+    many_buyers(product, 5)
+    publish_with_notice(admin_client, product)
+    notice = UpdateNotice.objects.get()
+    told = UpdateRecipient.objects.filter(notice=notice).first().purchase
+    # The desk corrects a told buyer's address: a new digest, the same purchase.
+    Purchase.objects.filter(pk=told.pk).update(email="corrected@example.com")
+
+    for _ in range(3):
+        make_due(notice)
+        tasks.update_notices()
+    notice.refresh_from_db()
+    assert notice.queued_at is not None and notice.batches == 3
+    assert len(recipients()) == 5 == len(set(recipients()))
+    assert "corrected@example.com" not in recipients()
 
 
 @override_settings(

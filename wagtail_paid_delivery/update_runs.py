@@ -49,7 +49,10 @@ def next_buyers(notice: UpdateNotice, count: int) -> list[tuple[Purchase, str]]:
     told = set(notice.recipients.values_list("address_digest", flat=True))
     opted_out = set(UpdateOptOut.objects.values_list("address_digest", flat=True))
     chosen: list[tuple[Purchase, str]] = []
-    for purchase in buyers(notice.product_id).iterator():
+    # A purchase told already is skipped by its id too: its address may have been corrected
+    # since (a new digest), and picking it again would stall the run on its unique row.
+    untold = buyers(notice.product_id).exclude(pk__in=notice.recipients.values("purchase_id"))
+    for purchase in untold.iterator():
         digest = address_digest(purchase.email)
         if digest in told or digest in opted_out:
             continue
@@ -76,14 +79,15 @@ def send_batch(notice_pk: int) -> str:
             return "waiting"
         size = app_settings.update_emails_per_minute
         promised = 0
-        for purchase, digest in next_buyers(notice, size):
+        chosen = next_buyers(notice, size)
+        for purchase, digest in chosen:
             if outbox.promise_update(notice, purchase, digest) is not None:
                 promised += 1
         due = notice.next_batch_at or now
         following = due + BATCH_INTERVAL
         notice.next_batch_at = following if following > now else now + BATCH_INTERVAL
         notice.batches += 1
-        if promised < size:
+        if len(chosen) < size:  # no buyer left after this batch
             notice.queued_at = now
             notice.next_batch_at = None
         notice.save(update_fields=["next_batch_at", "batches", "queued_at"])
