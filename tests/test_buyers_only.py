@@ -334,6 +334,13 @@ def test_search_finds_no_restricted_content_when_sites_filter_with_the_helper(ch
     assert chapter.pk not in {p.pk for p in listed} and public.pk in {p.pk for p in listed}
 
 
+def test_the_helper_leaves_out_an_alias_of_a_restricted_page_placed_elsewhere(chapter, home):
+    elsewhere = article(home, title="Elsewhere", body=[("paragraph", "<p>open</p>")])
+    alias = chapter.create_alias(parent=elsewhere, update_slug="chapter-alias")
+    listed = {p.pk for p in access.without_buyers_only(Page.objects.live())}
+    assert alias.pk not in listed and elsewhere.pk in listed
+
+
 @override_settings(ROOT_URLCONF="tests.urls_api")
 def test_wagtails_api_lists_no_restricted_page_through_the_documented_endpoint(
     client, chapter, purchase

@@ -102,9 +102,15 @@ def without_buyers_only(pages: QuerySet[Any]) -> QuerySet[Any]:
     listings, feeds and API, which Wagtail's serve hooks do not cover. Search after filtering:
     ``without_buyers_only(Page.objects.live()).search(query)``."""
     match = Q()
+    restricted = Q()
     for path in BuyersOnlyRestriction.objects.values_list("page__path", flat=True):
         match |= Q(path__startswith=path)
-    return pages.exclude(match) if match else pages
+        restricted |= Q(alias_of__path__startswith=path)
+    if not match:
+        return pages
+    # Aliases elsewhere of restricted pages go too; by id, which search backends can filter on.
+    aliases = list(pages.model.objects.filter(restricted).values_list("pk", flat=True))
+    return pages.exclude(match | Q(pk__in=aliases)) if aliases else pages.exclude(match)
 
 
 def pages_for(product_ids: list[Any]) -> dict[Any, list[Any]]:
