@@ -40,6 +40,7 @@ from django.urls import get_script_prefix, get_urlconf, reverse
 from django.utils import timezone
 from django.utils.crypto import salted_hmac
 from django.utils.dateparse import parse_datetime
+from django.utils.translation import get_language
 from django.utils.translation import gettext_lazy as _
 from django.views.decorators.debug import sensitive_variables
 from wagtail.models import Site
@@ -533,7 +534,9 @@ def make_handoff(link: DownloadLink, file: AbstractProductFile) -> str:
 
 
 def handoff_url(link: DownloadLink, file: AbstractProductFile) -> str:
-    head, tail = _handoff_path(get_script_prefix(), get_urlconf() or settings.ROOT_URLCONF)
+    head, tail = _handoff_path(
+        get_script_prefix(), get_urlconf() or settings.ROOT_URLCONF, get_language()
+    )
     return f"{head}{make_handoff(link, file)}{tail}"
 
 
@@ -543,8 +546,9 @@ _SIGNED = "SIGNED"
 
 
 @functools.lru_cache(maxsize=16)
-def _handoff_path(prefix: str, urlconf: Any) -> tuple[str, str]:
-    # Resolved once per script prefix and URLconf, not on every button press.
+def _handoff_path(prefix: str, urlconf: Any, language: str | None) -> tuple[str, str]:
+    # Resolved once per script prefix, URLconf and language (i18n_patterns prefix the path
+    # with it), not on every button press.
     path = reverse("wagtail_paid_delivery:handoff", args=[_SIGNED], urlconf=urlconf)
     head, _, tail = path.rpartition(_SIGNED)
     return head, tail

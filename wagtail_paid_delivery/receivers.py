@@ -24,6 +24,8 @@ def enqueue_delivery_email(sender: Any, purchase: Any, **kwargs: Any) -> None:
     # purchase_paid told twice still sends one email. The email was promised (recorded) with
     # the payment: if this enqueue is lost, the outbox's sweep sends it.
     # A dispute or refund needs no receiver here: links check the purchase's status at every use.
+    if getattr(purchase, "bundle_id", None):
+        return  # an included purchase's links travel in its bundle's delivery email
     pk = purchase.pk
     if outbox.delivery_sent_by_caller(pk):
         return  # the paying task sends it right after its commit (inbox.process)
