@@ -10,11 +10,12 @@ from types import SimpleNamespace
 
 import pytest
 from django.core import mail
+from django.urls import reverse
 from wagtail.test.utils.form_data import inline_formset, nested_form_data
 
 from tests.test_file_versions import V1, V2, buy, create_product, download, guide, replace_guide
 from tests.test_product_admin import edit_url, form_errors, product_data
-from wagtail_paid_delivery import updates
+from wagtail_paid_delivery import links, updates
 from wagtail_paid_delivery.models import DownloadLink, UpdateNotice
 from wagtail_paid_delivery.product.models import ProductPage
 
@@ -44,7 +45,8 @@ def fresh_link(client, message, purchase):
     """The update email's link: made for this email, and it opens the buyer's download page."""
     url = re.search(r"https?://\S+/d/([^/\s]+)/", message.body)
     assert url, message.body
-    assert DownloadLink.objects.filter(purchase=purchase, reason=DownloadLink.Reason.UPDATE)
+    found = links.find_link(url.group(1))
+    assert (found.purchase_id, found.reason) == (purchase.pk, DownloadLink.Reason.UPDATE)
     assert client.get(url.group(0)).status_code == 200
     return url.group(1)
 
@@ -104,3 +106,23 @@ def test_a_notice_without_a_new_version_carries_the_editors_words_alone(admin_cl
     assert updates.release_notes(notice) == MESSAGE
     body = update_email_to("ada@example.com").body
     assert MESSAGE in body and ": version " not in body
+
+
+def test_the_preview_lists_the_versions_published_since_the_last_notice(admin_client, home):
+    page = create_product(admin_client, home)
+    # A new version published without telling anyone yet.
+    assert replace_guide(admin_client, page, V2, NOTES).status_code == 302
+    page = ProductPage.objects.get(pk=page.pk)
+    files = [
+        {"id": str(f.pk), "title": f.title, "file": "", "release_notes": f.release_notes}
+        for f in page.files.order_by("sort_order")
+    ]
+    data = product_data(**notify())
+    data.update(nested_form_data({"files": inline_formset(files, initial=len(files))}))
+    data.pop("action-publish")
+    url = reverse("wagtailadmin_pages:preview_on_edit", args=[page.pk])
+    assert admin_client.post(url, data).json()["is_valid"] is True
+
+    html = admin_client.get(url, {"mode": "update_email"}).content.decode()
+    assert MESSAGE in html and "The guide: version 2," in html and NOTES in html
+    assert not UpdateNotice.objects.exists()  # a preview records nothing

@@ -208,7 +208,11 @@ def preview_update_email(page: ProductPageMixin, request: HttpRequest) -> HttpRe
     link.purchase.product_title = str(getattr(page, "title", "") or link.purchase.product_title)
     path = reverse("wagtail_paid_delivery:download", args=[SAMPLE_TOKEN])
     issued = links.IssuedLink(link=link, token=SAMPLE_TOKEN, url=request.build_absolute_uri(path))
-    notice = UpdateNotice(subject=page.update_subject, message=page.update_message)
+    # Unsaved, but of this product and dated now: the preview lists the file versions released
+    # since the last notice, as the email would (an upload not yet published is not one yet).
+    notice = UpdateNotice(
+        product_id=page.pk, subject=page.update_subject, message=page.update_message
+    )
     out = reverse("wagtail_paid_delivery:unsubscribe", args=[SAMPLE_TOKEN])
     message = build_update_email(
         notice, link.purchase, issued, to=SAMPLE_EMAIL, unsubscribe=request.build_absolute_uri(out)
