@@ -4,6 +4,7 @@ Takes docs/screenshots/update-*.png (WPD_SCREENSHOTS=1)."""
 
 from __future__ import annotations
 
+import time
 from urllib.parse import urlsplit
 
 import pytest
@@ -17,6 +18,14 @@ from tests.screenshots import SCREENSHOTS
 from tests.test_download_browser import in_thread
 from tests.test_shop_desk_browser import full_screenshot
 from wagtail_paid_delivery.models import OutboundEmail, UpdateNotice, UpdateOptOut
+
+
+def preview_text(frame) -> str:
+    try:
+        return frame.inner_text("body", timeout=1000)
+    except Exception:  # a frame detached while the preview reloads: read the next one
+        return ""
+
 
 pytestmark = [
     pytest.mark.browser,
@@ -62,12 +71,20 @@ def test_browser_editor_notifies_previews_and_sees_progress_and_buyer_unsubscrib
 
     # The preview panel, in the "Update email" mode: the email as a buyer reads it.
     page.locator('[data-side-panel-toggle="preview"]').click()
-    page.locator("select[data-w-preview-target='mode'], #id_preview_mode").first.select_option(
-        "update_email"
-    )
-    frame = page.frame_locator("iframe[data-w-preview-target='iframe'], #w-preview-iframe").first
-    frame.get_by_text("40 new range maps").wait_for(timeout=20000)
-    frame.get_by_text(SUBJECT).wait_for(timeout=5000)
+    mode = page.locator("select[data-w-preview-target='mode'], #id_preview_mode").first
+    # The panel's iframe is replaced as the preview reloads, and a mode chosen before the panel
+    # has loaded can be lost: choose it again until a frame shows the update email with the
+    # words typed above.
+    deadline = time.monotonic() + 30
+    shown = ""
+    while time.monotonic() < deadline and not ("40 new range maps" in shown and SUBJECT in shown):
+        if not any("mode=update_email" in frame.url for frame in page.frames):
+            mode.select_option("" if mode.input_value() == "update_email" else "update_email")
+        page.wait_for_timeout(500)
+        shown = " ".join(
+            preview_text(frame) for frame in page.frames if "update_email" in frame.url
+        )
+    assert "40 new range maps" in shown and SUBJECT in shown, shown
     page.screenshot(path=str(SCREENSHOTS / "update-notice-preview.png"))
     page.locator('[data-side-panel-toggle="preview"]').click()
 
