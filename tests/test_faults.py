@@ -319,8 +319,13 @@ def test_cluster_killed_mid_burst_then_restarted_pays_each_purchase_once_with_on
         """every purchase paid"""
         return paid() == BURST
 
+    def every_event_processed() -> bool:
+        """every event processed (one whose worker died after paying waits for its lease)"""
+        return set(StripeEvent.objects.values_list("status", flat=True)) == {"processed"}
+
     wait_for(everyone_paid, 45)
     wait_for(all_sent(BURST), 30)
+    wait_for(every_event_processed, 45)
     time.sleep(2)  # anything sent twice would show now
 
     assert set(StripeEvent.objects.values_list("status", flat=True)) == {"processed"}
