@@ -14,6 +14,7 @@ from io import StringIO
 
 import pytest
 from django.core.management import call_command
+from django.db import connection
 from django.test import override_settings
 
 from tests.factories import StripeEventFactory
@@ -294,6 +295,28 @@ def test_numbers_survive_the_round_trip(client, db):
     numbers = {"big": 10**4000, "tiny": 5e-324, "neg": -(2**70), "pi": 3.141592653589793}
     assert post(client, body(data={"object": numbers})).status_code == 200
     assert StripeEvent.objects.get().payload["data"]["object"] == numbers
+
+
+def test_numbers_postgresql_cannot_take_as_written_are_stored_as_python_reads_them(client, db):
+    # jsonb refuses a number with more than 16383 decimal places (either way of writing it);
+    # Python reads both as 0.0, and that is what is stored.
+    for i, number in enumerate([b"1e-20000", b"0." + b"0" * 17000 + b"1"]):
+        payload = body(id=f"evt_tiny{i}").replace(b'"livemode": false', b'"livemode": ' + number)
+        assert post(client, payload).content == b"ignored"
+    assert list(StripeEvent.objects.values_list("payload__livemode", flat=True)) == [0.0, 0.0]
+
+
+def test_a_body_is_stored_as_it_came_and_reads_back_as_parsed(client, db):
+    # Stripe's bodies are strict JSON (checked as they arrive), so the text is stored as sent,
+    # not serialised again; what is read back is what was parsed.
+    payload = json.dumps(envelope(data={"object": {"name": "Zoë", "n": 1.5}}), indent=2)
+    assert post(client, payload.encode()).content == b"ignored"
+    stored = StripeEvent.objects.get()
+    assert stored.payload == json.loads(payload)
+    if connection.vendor == "sqlite":  # (jsonb keeps a parsed form, not the text)
+        with connection.cursor() as cursor:
+            cursor.execute(f"SELECT payload FROM {StripeEvent._meta.db_table}")  # noqa: S608
+            assert cursor.fetchone()[0] == payload
 
 
 def test_session_event_of_ours_with_a_junk_session_id_is_ignored_without_calling_stripe(

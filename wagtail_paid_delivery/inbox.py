@@ -149,8 +149,12 @@ class Stored(Enum):
     DUPLICATE = "duplicate"
 
 
-def store(event: dict[str, Any]) -> Stored:
+def store(event: dict[str, Any], text: str | None = None) -> Stored:
     """Keep a verified event and queue it for processing (ours) or record why not (ignored).
+
+    ``text``: the JSON ``event`` was parsed from, stored as it is (``stripe_api.read_webhook``
+    says when it can be: checked strictly, so reading it back gives ``event``); without it the
+    event is serialised.
 
     One transaction: the event's row (a redelivery, or a delivery racing this one, finds the
     first row and changes nothing) and, with django-q2's ORM broker on the same database, the
@@ -174,6 +178,7 @@ def store(event: dict[str, Any]) -> Stored:
             # For an ignored event this field says why, for the admin's events list.
             "last_error": reason,
         },
+        text,
     )
     same_transaction = not reason and _enqueues_in_same_transaction()
     with transaction.atomic(using=using):
@@ -196,9 +201,27 @@ def store(event: dict[str, Any]) -> Stored:
     return Stored.QUEUED
 
 
-def _event_insert(connection: Any, values: dict[str, Any]) -> Callable[[], int | None]:
+#: The columns the event's insert writes, in its statement's order.
+_INSERTED = (
+    "stripe_id",
+    "type",
+    "livemode",
+    "api_version",
+    "payload",
+    "received_at",
+    "status",
+    "attempts",
+    "last_error",
+)
+#: The insert's SQL, by database vendor (it only depends on the model and the quoting).
+_insert_sql: dict[str, str] = {}
+
+
+def _event_insert(
+    connection: Any, values: dict[str, Any], text: str | None = None
+) -> Callable[[], int | None]:
     """A prepared insert of an event unless its Stripe id is stored already; calling it returns
-    the new row's pk, or None.
+    the new row's pk, or None. ``text``: the payload's JSON, stored as it is.
 
     One ``INSERT … ON CONFLICT (stripe_id) DO NOTHING RETURNING id`` (PostgreSQL, SQLite): no
     savepoint, no IntegrityError to recover from, no second query for a duplicate. A delivery
@@ -210,17 +233,16 @@ def _event_insert(connection: Any, values: dict[str, Any]) -> Callable[[], int |
         "sqlite",
     ):
         return lambda: _insert_event_portably(values)
+    sql = _insert_sql.get(connection.vendor) or _build_insert_sql(connection)
     meta = StripeEvent._meta
-    quote = connection.ops.quote_name
-    fields = [meta.get_field(name) for name in values]
-    params = [field.get_db_prep_save(values[field.name], connection) for field in fields]  # type: ignore[union-attr]
-    sql = (
-        f"INSERT INTO {quote(meta.db_table)} "  # noqa: S608  (names from _meta)
-        f"({', '.join(quote(field.column) for field in fields)}) "  # type: ignore[union-attr]
-        f"VALUES ({', '.join(['%s'] * len(params))}) "
-        f"ON CONFLICT ({quote(meta.get_field('stripe_id').column)}) DO NOTHING "  # type: ignore[union-attr]
-        f"RETURNING {quote(meta.pk.column)}"  # type: ignore[union-attr]
-    )
+    params = [
+        # A JSON column takes JSON text as it is (jsonb parses it; SQLite keeps the text): the
+        # parsed body need not be serialised again.
+        text
+        if name == "payload" and text is not None
+        else meta.get_field(name).get_db_prep_save(values[name], connection)  # type: ignore[union-attr]
+        for name in _INSERTED
+    ]
 
     def insert() -> int | None:
         with connection.cursor() as cursor:
@@ -229,6 +251,20 @@ def _event_insert(connection: Any, values: dict[str, Any]) -> Callable[[], int |
         return row[0] if row else None
 
     return insert
+
+
+def _build_insert_sql(connection: Any) -> str:
+    meta = StripeEvent._meta
+    quote = connection.ops.quote_name
+    columns = [meta.get_field(name).column for name in _INSERTED]  # type: ignore[union-attr]
+    sql = _insert_sql[connection.vendor] = (
+        f"INSERT INTO {quote(meta.db_table)} "  # noqa: S608  (names from _meta)
+        f"({', '.join(quote(column) for column in columns)}) "
+        f"VALUES ({', '.join(['%s'] * len(columns))}) "
+        f"ON CONFLICT ({quote(meta.get_field('stripe_id').column)}) DO NOTHING "  # type: ignore[union-attr]
+        f"RETURNING {quote(meta.pk.column)}"  # type: ignore[union-attr]
+    )
+    return sql
 
 
 def _insert_event_portably(values: dict[str, Any]) -> int | None:

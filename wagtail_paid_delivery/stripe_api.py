@@ -424,8 +424,24 @@ def webhook_too_large(length: int) -> bool:
     return length > MAX_WEBHOOK_BYTES
 
 
+@dataclass(frozen=True)
+class WebhookBody:
+    """A verified webhook: the event, and the JSON text to store for it."""
+
+    event: dict[str, Any]
+    #: The body as received when it can be stored as it is (it parsed strictly, so reading it
+    #: back gives ``event``); None when characters had to be replaced (store ``event`` then).
+    text: str | None
+
+
 def verify_webhook(payload: bytes, sig_header: str | None) -> dict[str, Any]:
-    """Check a webhook's ``Stripe-Signature`` and return the parsed JSON body as a plain dict.
+    """Check a webhook's ``Stripe-Signature`` and return the parsed JSON body as a plain dict
+    (see :func:`read_webhook`)."""
+    return read_webhook(payload, sig_header).event
+
+
+def read_webhook(payload: bytes, sig_header: str | None) -> WebhookBody:
+    """Check a webhook's ``Stripe-Signature`` and parse its body as a plain dict.
 
     Every secret in ``STRIPE_WEBHOOK_SECRETS`` is tried, so during a rotation both the old and
     the new secret verify (Stripe then sends one ``v1`` signature per active secret). A
@@ -445,7 +461,11 @@ def verify_webhook(payload: bytes, sig_header: str | None) -> dict[str, Any]:
     except UnicodeDecodeError:
         raise InvalidWebhook("body is not UTF-8") from None
     _check_signature(text, sig_header)
-    return _parse_event(text)
+    event, numbers_as_written = _parse_event(text)
+    # Both can only come from a \u escape (raw NUL is not JSON; UTF-8 has no surrogates).
+    if _UNSTORABLE_ESCAPE.search(text):
+        return WebhookBody(_storable(event), None)
+    return WebhookBody(event, text if numbers_as_written else None)
 
 
 def _check_signature(text: str, sig_header: str | None) -> None:
@@ -508,12 +528,21 @@ def _refuse_constant(name: str) -> Any:
     raise _NotStrictJson("body is not JSON")
 
 
-def _parse_event(text: str) -> dict[str, Any]:
+def _parse_event(text: str) -> tuple[dict[str, Any], bool]:
+    """The event, and whether PostgreSQL's ``jsonb`` takes every number as written (a float
+    with an exponent or a hundred digits may be out of its range though Python reads it)."""
+    odd_floats: list[str] = []
+
+    def parse_float(token: str) -> float:
+        if len(token) > 100 or "e" in token or "E" in token:
+            odd_floats.append(token)
+        return _finite_float(token)
+
     try:
         data = json.loads(
             text,
             object_pairs_hook=_no_duplicate_keys,
-            parse_float=_finite_float,
+            parse_float=parse_float,
             parse_int=_bounded_int,
             parse_constant=_refuse_constant,
         )
@@ -530,8 +559,7 @@ def _parse_event(text: str) -> dict[str, Any]:
     if not isinstance(data.get("type"), str) or not EVENT_TYPE.fullmatch(data["type"]):
         raise InvalidWebhook("event type is not a Stripe event type")
     _check_depth(data)
-    # Both can only come from a \u escape (raw NUL is not JSON; UTF-8 has no surrogates).
-    return _storable(data) if _UNSTORABLE_ESCAPE.search(text) else data
+    return data, not odd_floats
 
 
 def _check_depth(root: Any) -> None:
