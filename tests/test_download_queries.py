@@ -173,3 +173,21 @@ def test_the_hand_off_url_is_what_reverse_gives():
     signed = url.rstrip("/").rsplit("/", 1)[-1]
     assert url == reverse("wagtail_paid_delivery:handoff", args=[signed])
     assert links.read_handoff(signed).link_id == 7
+
+
+def test_deleting_events_leaves_a_hand_off_standing_on_its_count(client, bought):
+    # Retention and erasure delete events; the hand-off keeps its counted request's id (a
+    # reference, not a constraint, so deleting events touches no hand-off), and a follow-up
+    # within the window still rides on that count.
+    issued, file = bought
+    url = client.post(reverse("wagtail_paid_delivery:download_file", args=[issued.token, file.pk]))[
+        "Location"
+    ]
+    get_file(client, url)
+    counted = DownloadEvent.objects.get()
+    DownloadEvent.objects.all().delete()
+    assert DownloadHandoff.objects.get().counted_event_id == counted.pk
+    response, body = get_file(client, url, Range="bytes=100-")
+    assert (response.status_code, body) == (206, DATA[100:])
+    assert counts(issued, file) == (1, 1)
+    assert DownloadEvent.objects.get().counted is False

@@ -329,8 +329,11 @@ class _Columns:
 
 @functools.cache
 def _link_file_sql(vendor: str, by: str) -> tuple[str, list[_Columns]]:
-    """SELECT link, purchase, each file model's row (``%s`` file id), the file's count on the
-    link (``%s`` file id), WHERE link.``by`` = ``%s``. Cached per database vendor."""
+    """SELECT link, purchase, each file model's row and the file's count on the link (file id
+    ``%(file)s``), WHERE link.``by`` = ``%(value)s``. Cached per database vendor.
+
+    Named parameters: Django's SQLite cursor turns ``%s`` into ``?`` with a regular expression
+    over the whole (long) statement on every execution, a mapping with one ``%`` formatting."""
     quote = connection.ops.quote_name
     columns = [_Columns.of(DownloadLink, "l"), _Columns.of(Purchase, "p")]
     joins = []
@@ -340,7 +343,8 @@ def _link_file_sql(vendor: str, by: str) -> tuple[str, list[_Columns]]:
         page = quote(model._meta.get_field("page").column)
         joins.append(
             f"LEFT OUTER JOIN {_table(model)} {alias} "
-            f"ON {alias}.{quote(model._meta.pk.column)} = %s AND {alias}.{page} = p.product_id"
+            f"ON {alias}.{quote(model._meta.pk.column)} = %(file)s "
+            f"AND {alias}.{page} = p.product_id"
         )
     aliases = ["l", "p", *(f"f{index}" for index in range(len(joins)))]
     selected = [name for c, alias in zip(columns, aliases, strict=True) for name in c.select(alias)]
@@ -353,11 +357,14 @@ def _link_file_sql(vendor: str, by: str) -> tuple[str, list[_Columns]]:
             f"WHERE pg.{quote(page_model._meta.pk.column)} = f{index}.{page})"
         )
     counter = _table(FileDownloadCount)
-    count = f"(SELECT c.count FROM {counter} c WHERE c.link_id = l.id AND c.file_id = %s)"  # noqa: S608
+    count = (
+        f"(SELECT c.count FROM {counter} c "  # noqa: S608
+        "WHERE c.link_id = l.id AND c.file_id = %(file)s)"
+    )
     sql = (
         f"SELECT {', '.join(selected)}, {count} FROM {_table(DownloadLink)} l "  # noqa: S608
         f"INNER JOIN {_table(Purchase)} p ON p.id = l.purchase_id {' '.join(joins)} "
-        f"WHERE l.{quote(by)} = %s"
+        f"WHERE l.{quote(by)} = %(value)s"
     )
     return sql, columns
 
@@ -367,7 +374,7 @@ def _find_link_and_file(
 ) -> tuple[DownloadLink | None, AbstractProductFile | None, int]:
     sql, columns = _link_file_sql(connection.vendor, by)
     with connection.cursor() as cursor:
-        cursor.execute(sql, [file_id] * (len(columns) - 2) + [file_id, value])
+        cursor.execute(sql, {"file": file_id, "value": value})
         row = cursor.fetchone()
     if row is None:
         return None, None, 0
@@ -572,8 +579,14 @@ def truncate_ip(address: str | None) -> str | None:
         ip = ipaddress.ip_address((address or "").strip())
     except ValueError:
         return None
-    prefix = 24 if ip.version == 4 else 48
-    return str(ipaddress.ip_network(f"{ip}/{prefix}", strict=False).network_address)
+    # The network address by masking the host bits (cheaper than building an ip_network).
+    if ip.version == 4:
+        return str(ipaddress.IPv4Address(int(ip) & _IPV4_24))
+    return str(ipaddress.IPv6Address(int(ip) & _IPV6_48))
+
+
+_IPV4_24 = (2**32 - 1) ^ (2**8 - 1)
+_IPV6_48 = (2**128 - 1) ^ (2**80 - 1)
 
 
 def _event(
@@ -635,13 +648,13 @@ def reserve_download(
     if connection.vendor == "postgresql":
         terms = _Terms(promised=promised, size=size, may_be_free=may_be_free, now=now)
         return _reserve_in_one_statement(request, link, file.pk, handoff, terms)
-    with transaction.atomic():
-        state = _lock_handoff(link, file, handoff, now)
+    with transaction.atomic(), connection.cursor() as cursor:
+        state = _lock_handoff(cursor, link, file.pk, handoff, now)
         if state.refused_at is None:
             if may_be_free and _free(state, promised=promised, size=size, now=now):
-                return _serve_free(request, link, state, promised=promised, now=now)
-            if _reserve_count(link, file.pk):
-                return _serve_counted(request, link, state, promised=promised, now=now)
+                return _serve_free(cursor, request, link, state, promised=promised, now=now)
+            if _reserve_count(cursor, link, file.pk):
+                return _serve_counted(cursor, request, link, state, promised=promised, now=now)
             # Saved before raising: the refusal outlives this request.
             DownloadHandoff.objects.filter(pk=state.pk).update(refused_at=now)
     raise LinkUsedUp(link)
@@ -799,7 +812,7 @@ def check_handoff(
         raise LinkUsedUp(link)
 
 
-def _free(state: DownloadHandoff, *, promised: int, size: int, now: datetime) -> bool:
+def _free(state: DownloadHandoff | _HandoffRow, *, promised: int, size: int, now: datetime) -> bool:
     """Whether a later request on ``state``'s hand-off rides on the count it already has."""
     return (
         state.counted_at is not None
@@ -824,9 +837,21 @@ def _aware(value: Any) -> datetime | None:
     return timezone.make_aware(parsed, UTC) if parsed is not None else None
 
 
+@dataclass
+class _HandoffRow:
+    """A hand-off's row as the single-file path reads it: the columns its decision needs."""
+
+    pk: int
+    file_id: int
+    nonce: str
+    counted_at: datetime | None
+    bytes_promised: int
+    refused_at: datetime | None
+
+
 def _lock_handoff(
-    link: DownloadLink, file: AbstractProductFile, handoff: Handoff, now: datetime
-) -> DownloadHandoff:
+    cursor: Any, link: DownloadLink, file_id: int, handoff: Handoff, now: datetime
+) -> _HandoffRow:
     """The hand-off's row, created on its first request, locked until the transaction ends.
 
     One statement: an insert that, when the nonce exists, rewrites a column with itself, which
@@ -834,35 +859,18 @@ def _lock_handoff(
     then updates). Every request on the hand-off passes here first, so they queue on it.
     """
     table = _table(DownloadHandoff)
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"INSERT INTO {table} (link_id, file_id, nonce, created_at, bytes_promised) "  # noqa: S608
-            "VALUES (%s, %s, %s, %s, 0) "
-            f"ON CONFLICT (nonce) DO UPDATE SET bytes_promised = {table}.bytes_promised "
-            "RETURNING id, link_id, file_id, created_at, counted_at, counted_event_id, "
-            "bytes_promised, refused_at",
-            [
-                link.pk,
-                file.pk,
-                handoff.nonce,
-                connection.ops.adapt_datetimefield_value(now),
-            ],
-        )
-        pk, link_id, file_id, created, counted, event_id, promised, refused = cursor.fetchone()
-    return DownloadHandoff(
-        pk=pk,
-        link_id=link_id,
-        file_id=file_id,
-        nonce=handoff.nonce,
-        created_at=_aware(created) or now,
-        counted_at=_aware(counted),
-        counted_event_id=event_id,
-        bytes_promised=promised,
-        refused_at=_aware(refused),
+    cursor.execute(
+        f"INSERT INTO {table} (link_id, file_id, nonce, created_at, bytes_promised) "  # noqa: S608
+        "VALUES (%s, %s, %s, %s, 0) "
+        f"ON CONFLICT (nonce) DO UPDATE SET bytes_promised = {table}.bytes_promised "
+        "RETURNING id, counted_at, bytes_promised, refused_at",
+        [link.pk, file_id, handoff.nonce, connection.ops.adapt_datetimefield_value(now)],
     )
+    pk, counted, promised, refused = cursor.fetchone()
+    return _HandoffRow(pk, file_id, handoff.nonce, _aware(counted), promised, _aware(refused))
 
 
-def _reserve_count(link: DownloadLink, file_id: int) -> bool:
+def _reserve_count(cursor: Any, link: DownloadLink, file_id: int) -> bool:
     """Count one download of ``file_id`` on ``link`` unless that file is at the link's limit.
 
     One conditional upsert: the counter row is created at 1, or raised by 1 only while below the
@@ -874,48 +882,53 @@ def _reserve_count(link: DownloadLink, file_id: int) -> bool:
         return False
     table = _table(FileDownloadCount)
     below_limit = f" WHERE {table}.count < %s" if limit is not None else ""
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"INSERT INTO {table} (link_id, file_id, count) VALUES (%s, %s, 1) "  # noqa: S608
-            f"ON CONFLICT (link_id, file_id) DO UPDATE SET count = {table}.count + 1"
-            f"{below_limit} RETURNING count",
-            [link.pk, file_id] + ([limit] if limit is not None else []),
-        )
-        return cursor.fetchone() is not None
+    cursor.execute(
+        f"INSERT INTO {table} (link_id, file_id, count) VALUES (%s, %s, 1) "  # noqa: S608
+        f"ON CONFLICT (link_id, file_id) DO UPDATE SET count = {table}.count + 1"
+        f"{below_limit} RETURNING count",
+        [link.pk, file_id] + ([limit] if limit is not None else []),
+    )
+    return cursor.fetchone() is not None
+
+
+# The statements a download runs every time are written out rather than compiled by the ORM on
+# each request (see _link_file_sql), on the one cursor of the reservation's transaction.
 
 
 def _serve_free(
+    cursor: Any,
     request: HttpRequest,
     link: DownloadLink,
-    state: DownloadHandoff,
+    state: _HandoffRow,
     *,
     promised: int,
     now: datetime,
 ) -> DownloadEvent:
-    _execute(
+    cursor.execute(
         f"UPDATE {_table(DownloadHandoff)} SET bytes_promised = bytes_promised + %s "  # noqa: S608
         "WHERE id = %s",
         [promised, state.pk],
     )
-    return _served_event(request, link, state, counted=False, promised=promised, now=now)
+    return _served_event(cursor, request, link, state, counted=False, promised=promised, now=now)
 
 
 def _serve_counted(
+    cursor: Any,
     request: HttpRequest,
     link: DownloadLink,
-    state: DownloadHandoff,
+    state: _HandoffRow,
     *,
     promised: int,
     now: datetime,
 ) -> DownloadEvent:
-    event = _served_event(request, link, state, counted=True, promised=promised, now=now)
+    event = _served_event(cursor, request, link, state, counted=True, promised=promised, now=now)
     # A new count starts a new window and budget, and is the one a release may give back.
-    _execute(
+    cursor.execute(
         f"UPDATE {_table(DownloadHandoff)} SET counted_at = %s, counted_event_id = %s, "  # noqa: S608
         "bytes_promised = %s WHERE id = %s",
         [connection.ops.adapt_datetimefield_value(now), event.pk, promised, state.pk],
     )
-    _execute(
+    cursor.execute(
         f"UPDATE {_table(DownloadLink)} SET download_count = download_count + 1 "  # noqa: S608
         "WHERE id = %s",
         [link.pk],
@@ -923,17 +936,11 @@ def _serve_counted(
     return event
 
 
-def _execute(sql: str, params: list[Any]) -> None:
-    # The statements a download runs every time are written out rather than compiled by the ORM
-    # on each request (see _link_file_sql).
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-
-
 def _served_event(
+    cursor: Any,
     request: HttpRequest,
     link: DownloadLink,
-    state: DownloadHandoff,
+    state: _HandoffRow,
     *,
     counted: bool,
     promised: int,
@@ -949,7 +956,7 @@ def _served_event(
         created_at=now,
         bytes_promised=promised,
     )
-    _insert(event)
+    _insert(cursor, event)
     return event
 
 
@@ -979,7 +986,7 @@ def _insert_sql(vendor: str, label: str) -> tuple[str, tuple[tuple[str, Any], ..
     return sql, plain
 
 
-def _insert(instance: Any) -> None:
+def _insert(cursor: Any, instance: Any) -> None:
     """``instance.save()`` for a new row of a model without signals or auto fields: the values
     prepared by each field, as save() does, into a statement written once per process."""
     sql, fields = _insert_sql(connection.vendor, instance._meta.label)
@@ -987,9 +994,8 @@ def _insert(instance: Any) -> None:
     for attname, field in fields:
         value = getattr(instance, attname)
         values.append(value if field is None else field.get_db_prep_save(value, connection))
-    with connection.cursor() as cursor:
-        cursor.execute(sql, values)
-        instance.pk = cursor.fetchone()[0]
+    cursor.execute(sql, values)
+    instance.pk = cursor.fetchone()[0]
     instance._state.adding, instance._state.db = False, connection.alias
 
 
@@ -1024,7 +1030,11 @@ def release_download(event: DownloadEvent) -> None:
 
 
 def record_bytes_sent(event: DownloadEvent, sent: int) -> None:
-    _execute(f"UPDATE {_table(DownloadEvent)} SET bytes_sent = %s WHERE id = %s", [sent, event.pk])  # noqa: S608
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {_table(DownloadEvent)} SET bytes_sent = %s WHERE id = %s",  # noqa: S608
+            [sent, event.pk],
+        )
 
 
 # "Download all": one hand-off for several files ------------------------------------------------

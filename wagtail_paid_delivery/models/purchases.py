@@ -267,7 +267,9 @@ class DownloadEvent(models.Model):
     outcome = models.CharField(_("outcome"), max_length=32)
     counted = models.BooleanField(_("counted"), default=False)
     #: The hand-off (one button press) the request came through (``DownloadHandoff.nonce``).
-    handoff = models.CharField(_("hand-off"), max_length=32, blank=True, db_index=True)
+    #: Not indexed: no query looks events up by hand-off, and a counted download writes one
+    #: event, so each index is a page more in its commit.
+    handoff = models.CharField(_("hand-off"), max_length=32, blank=True)
     range_header = models.CharField(_("range"), max_length=100, blank=True)
     #: What the response promised (its Content-Length, or what the offload server will send):
     #: what the hand-off's byte budget was charged with.
@@ -303,13 +305,18 @@ class DownloadHandoff(models.Model):
     #: When the download this hand-off's requests stand on was counted (its window starts
     #: there). Empty: no count stands (never served, or the count was given back).
     counted_at = models.DateTimeField(_("counted"), null=True, blank=True)
-    #: The request that counted it (released if its response sent nothing).
+    #: The request that counted it (released if its response sent nothing). Only its id is
+    #: compared (``links.release_download``), so it is neither indexed nor a constraint: every
+    #: counted download writes it, and deleting old events (retention, erasure) leaves hand-offs
+    #: alone. Event ids are never reused, so a deleted event's id matches no later request.
     counted_event = models.ForeignKey(
         DownloadEvent,
         verbose_name=_("counted request"),
         null=True,
         blank=True,
-        on_delete=models.SET_NULL,
+        on_delete=models.DO_NOTHING,
+        db_index=False,
+        db_constraint=False,
         related_name="+",
     )
     #: Bytes promised by the responses served since ``counted_at``, the counted one included.
