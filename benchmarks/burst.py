@@ -190,6 +190,33 @@ def group_cpu(pgid: int) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
+def cluster_split(pgid: int) -> dict[str, float]:
+    """CPU seconds of the cluster's processes by role: its workers (the tasks), and django-q2's
+    own pusher (dequeue, unpickling, signature check), monitor (acknowledgements) and the
+    qcluster and sentinel processes. django-q2's sentinel starts the workers first, then the
+    monitor, then the pusher: its children in pid order say which is which."""
+    procs: dict[int, tuple[int, float]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[2]) == pgid:
+            cpu = sum(int(v) for v in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+            procs[int(stat.parent.name)] = (int(fields[1]), cpu)
+    split = {"workers": 0.0, "monitor": 0.0, "pusher": 0.0, "sentinel": 0.0}
+    sentinels = [pid for pid, (ppid, _) in procs.items() if ppid == pgid]
+    for pid, (_, cpu) in procs.items():
+        if pid == pgid or pid in sentinels:
+            split["sentinel"] += cpu
+    for sentinel in sentinels:
+        children = sorted(pid for pid, (ppid, _) in procs.items() if ppid == sentinel)
+        for role, pid in zip(("pusher", "monitor"), reversed(children), strict=False):
+            split[role] += procs[pid][1]
+        split["workers"] += sum(procs[pid][1] for pid in children[:-2])
+    return split
+
+
 def percentile(sorted_values: list[float], share: float) -> float:
     return sorted_values[min(len(sorted_values) - 1, int(len(sorted_values) * share))]
 
@@ -259,6 +286,7 @@ def run(args: argparse.Namespace, delay_ms: int, workers: int) -> dict[str, floa
         poster = Poster(args.shop_port)
         groups = {"shop": shop, "cluster": cluster, "stripe": stripe}
         cpu_before = {name: group_cpu(group.pgid) for name, group in groups.items()}
+        split_before = cluster_split(cluster.pgid)
         start = time.time()
         with ThreadPoolExecutor(args.clients) as pool:
             answers = list(pool.map(poster.post, order))
@@ -272,6 +300,7 @@ def run(args: argparse.Namespace, delay_ms: int, workers: int) -> dict[str, floa
 
         wait_for(all_sent, 1800, every=0.25)
         cpu = {name: group_cpu(g.pgid) - cpu_before[name] for name, g in groups.items()}
+        split = {k: v - split_before[k] for k, v in cluster_split(cluster.pgid).items()}
         time.sleep(1)  # a second delivery of anything would show now
         check_each_paid_once(args.purchases, mail)
         figures = measure(args.purchases, start, acked_at, len(order))
@@ -279,6 +308,8 @@ def run(args: argparse.Namespace, delay_ms: int, workers: int) -> dict[str, floa
         figures["cpu_ack"] = cpu["shop"] / len(order) * 1000
         figures["cpu_cluster"] = cpu["cluster"] / args.purchases * 1000
         figures["cpu_stripe"] = cpu["stripe"] / args.purchases * 1000
+        for role, seconds in split.items():
+            figures[f"cpu_{role}"] = seconds / args.purchases * 1000
     connections.close_all()
     if args.broker == "redis":
         delete_redis_queue(REDIS_URL, queue)
@@ -303,6 +334,11 @@ def report(label: str, figures: dict[str, float], delay_ms: int, workers: int) -
         f"{figures['cpu_cluster']:.0f} ms in the cluster, {figures['cpu_stripe']:.0f} ms in the "
         f"Stripe emulator (same cores); cost ratio webhook / purchase "
         f"{figures['cpu_ack'] / (figures['cpu_cluster'] + figures['cpu_stripe']):.2f}"
+    )
+    print(
+        f"  of the cluster's: workers {figures['cpu_workers']:.0f} ms, django-q2's pusher "
+        f"{figures['cpu_pusher']:.0f} ms, monitor {figures['cpu_monitor']:.0f} ms, qcluster and "
+        f"sentinel {figures['cpu_sentinel']:.0f} ms"
     )
     print("  every purchase paid once, one delivery email each: OK")
 
