@@ -144,11 +144,10 @@ def _issue_delivery(email: OutboundEmail) -> list[links.IssuedLink]:
     )
     page = purchase.product_page
     own = not included or page is None or bool(page.product_files)
-    with transaction.atomic():
-        return [
-            links.issue_link(one, reason=DownloadLink.Reason.WEBHOOK)
-            for one in ([purchase] if own else []) + included
-        ]
+    purchases = ([purchase] if own else []) + included
+    # One transaction for a bundle's links; a single link is one INSERT, atomic already.
+    with transaction.atomic() if len(purchases) > 1 else contextlib.nullcontext():
+        return [links.issue_link(one, reason=DownloadLink.Reason.WEBHOOK) for one in purchases]
 
 
 def _render_delivery(
