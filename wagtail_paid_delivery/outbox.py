@@ -137,11 +137,11 @@ def _issue_delivery(email: OutboundEmail) -> list[links.IssuedLink]:
         raise NothingToSend(f"the purchase is {purchase.status}")
     # A bundle's email is the one email of every product it included: a link per product
     # (each opens that product's files only), its own first when it has files of its own.
-    included = list(
-        purchase.included.filter(status=Purchase.Status.PAID)
-        .select_related("product")
-        .order_by("pk")
-    )
+    paid_included = purchase.included.filter(status=Purchase.Status.PAID)
+    # Most purchases are no bundle: one narrow query says so.
+    included = []
+    if paid_included.exists():
+        included = list(paid_included.select_related("product").order_by("pk"))
     page = purchase.product_page
     own = not included or page is None or bool(page.product_files)
     purchases = ([purchase] if own else []) + included
