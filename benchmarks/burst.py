@@ -191,29 +191,33 @@ def group_cpu(pgid: int) -> float:
 
 
 def cluster_split(pgid: int) -> dict[str, float]:
-    """CPU seconds of the cluster's processes by role: its workers (the tasks), and django-q2's
+    """CPU seconds of the cluster's processes by role: its workers (the tasks, with those
+    django-q2 recycled after ``recycle`` tasks, whose CPU the sentinel reaped), and django-q2's
     own pusher (dequeue, unpickling, signature check), monitor (acknowledgements) and the
     qcluster and sentinel processes. django-q2's sentinel starts the workers first, then the
     monitor, then the pusher: its children in pid order say which is which."""
-    procs: dict[int, tuple[int, float]] = {}
+    procs: dict[int, tuple[int, float, float]] = {}  # pid: ppid, own CPU, reaped children's
+    tick = os.sysconf("SC_CLK_TCK")
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             fields = stat.read_text().rsplit(")", 1)[1].split()
         except (OSError, IndexError):
             continue
         if int(fields[2]) == pgid:
-            cpu = sum(int(v) for v in fields[11:15]) / os.sysconf("SC_CLK_TCK")
-            procs[int(stat.parent.name)] = (int(fields[1]), cpu)
+            own = sum(int(v) for v in fields[11:13]) / tick
+            reaped = sum(int(v) for v in fields[13:15]) / tick
+            procs[int(stat.parent.name)] = (int(fields[1]), own, reaped)
     split = {"workers": 0.0, "monitor": 0.0, "pusher": 0.0, "sentinel": 0.0}
-    sentinels = [pid for pid, (ppid, _) in procs.items() if ppid == pgid]
-    for pid, (_, cpu) in procs.items():
+    sentinels = [pid for pid, (ppid, _, _) in procs.items() if ppid == pgid]
+    for pid, (_, own, reaped) in procs.items():
         if pid == pgid or pid in sentinels:
-            split["sentinel"] += cpu
+            split["sentinel"] += own
+            split["workers" if pid in sentinels else "sentinel"] += reaped
     for sentinel in sentinels:
-        children = sorted(pid for pid, (ppid, _) in procs.items() if ppid == sentinel)
+        children = sorted(pid for pid, (ppid, _, _) in procs.items() if ppid == sentinel)
         for role, pid in zip(("pusher", "monitor"), reversed(children), strict=False):
-            split[role] += procs[pid][1]
-        split["workers"] += sum(procs[pid][1] for pid in children[:-2])
+            split[role] += sum(procs[pid][1:])
+        split["workers"] += sum(sum(procs[pid][1:]) for pid in children[:-2])
     return split
 
 
