@@ -195,8 +195,9 @@ def cluster_split(pgid: int) -> dict[str, float]:
     django-q2 recycled after ``recycle`` tasks, whose CPU the sentinel reaped), and django-q2's
     own pusher (dequeue, unpickling, signature check), monitor (acknowledgements) and the
     qcluster and sentinel processes. django-q2's sentinel starts the workers first, then the
-    monitor, then the pusher: its children in pid order say which is which."""
-    procs: dict[int, tuple[int, float, float]] = {}  # pid: ppid, own CPU, reaped children's
+    monitor, then the pusher, at once: of its children started in that first second, the last
+    two are those (a recycled worker starts later)."""
+    procs: dict[int, tuple[int, int, float, float]] = {}  # ppid, start, own CPU, reaped CPU
     tick = os.sysconf("SC_CLK_TCK")
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
@@ -206,18 +207,21 @@ def cluster_split(pgid: int) -> dict[str, float]:
         if int(fields[2]) == pgid:
             own = sum(int(v) for v in fields[11:13]) / tick
             reaped = sum(int(v) for v in fields[13:15]) / tick
-            procs[int(stat.parent.name)] = (int(fields[1]), own, reaped)
+            procs[int(stat.parent.name)] = (int(fields[1]), int(fields[19]), own, reaped)
     split = {"workers": 0.0, "monitor": 0.0, "pusher": 0.0, "sentinel": 0.0}
-    sentinels = [pid for pid, (ppid, _, _) in procs.items() if ppid == pgid]
-    for pid, (_, own, reaped) in procs.items():
+    sentinels = [pid for pid, values in procs.items() if values[0] == pgid]
+    for pid, (_, _, own, reaped) in procs.items():
         if pid == pgid or pid in sentinels:
             split["sentinel"] += own
             split["workers" if pid in sentinels else "sentinel"] += reaped
     for sentinel in sentinels:
-        children = sorted(pid for pid, (ppid, _, _) in procs.items() if ppid == sentinel)
-        for role, pid in zip(("pusher", "monitor"), reversed(children), strict=False):
-            split[role] += sum(procs[pid][1:])
-        split["workers"] += sum(sum(procs[pid][1:]) for pid in children[:-2])
+        children = sorted(pid for pid, values in procs.items() if values[0] == sentinel)
+        first = min((procs[pid][1] for pid in children), default=0)
+        initial = [pid for pid in children if procs[pid][1] <= first + tick]
+        for role, pid in zip(("pusher", "monitor"), reversed(initial), strict=False):
+            split[role] += sum(procs[pid][2:])
+        for pid in set(children) - set(initial[-2:]):
+            split["workers"] += sum(procs[pid][2:])
     return split
 
 
