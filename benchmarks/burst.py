@@ -1,7 +1,7 @@
 """A launch-day burst, end to end: webhooks at once, a real cluster, Stripe's emulator as Stripe.
 
     python benchmarks/burst.py [--purchases 1000 | --quick] [--delay-ms MS] [--workers N]
-                               [--broker orm|redis] [--clients 16]
+                               [--broker orm|redis] [--clients 16] [--profile]
 
 N pending purchases (checked out through the shop's Buy view, each with its session at the
 emulator) are paid at the emulator; their ``checkout.session.completed`` events, signed with
@@ -18,6 +18,11 @@ and asserts every purchase paid once with one delivery email. Without ``--delay-
 two runs, the emulator answering at once (target: fulfilled/s >= 0.4 x acknowledged/s) and
 answering each call after 250 ms (target: p99 payment-to-email < 60 s), the second with
 ``--delayed-workers`` cluster workers.
+
+``--profile`` instead runs the paying task in process (cProfile, CPU time), with the emulator in
+gunicorn as Stripe and the benchmark's settings: ``--purchases`` events stored as the webhook
+stores them, 5 run first to warm up, then half timed without the profiler and half profiled;
+it prints the CPU per task, our functions' share of it and the statements of one task.
 
 The processes come from tests/processes.py (each in its own process group, all killed at the
 end); their settings are benchmarks/settings_burst.py. The database (``--database-url``,
@@ -324,6 +329,69 @@ def run(args: argparse.Namespace, delay_ms: int, workers: int) -> dict[str, floa
     return figures
 
 
+def profile(args: argparse.Namespace) -> None:
+    """The paying task in process: CPU per task, the profile's shares, one task's statements."""
+    import cProfile
+    import io
+    import pstats
+
+    from django.db import close_old_connections, connection, connections
+    from django.test.utils import CaptureQueriesContext
+
+    from wagtail_paid_delivery import inbox, tasks
+
+    connections.close_all()
+    recreate_database(args.database_url)
+    tmp = Path(tempfile.mkdtemp(prefix="wpd-burst-profile-"))
+    (tmp / "logs").mkdir()
+    env = {**os.environ, "STRIPE_EMULATOR_DELAY_MS": "0"}
+    with started(env, tmp / "logs") as processes:
+        done = processes.manage("migrate", "--noinput", timeout=300)
+        assert done.returncode == 0, done.stderr
+        processes.gunicorn(args.stripe_port, "stripe")
+        ids = []
+        for payload in prepare_shop(args.purchases + 6).values():
+            event = json.loads(payload)
+            inbox.store(event)
+            ids.append(event["id"])
+
+        def run(event_id: str) -> None:
+            close_old_connections()  # as django-q2's worker does before each task
+            assert tasks.process_stripe_event(event_id) == "fulfilled"
+
+        for event_id in ids[:5]:
+            run(event_id)
+        half = (len(ids) - 6) // 2
+        started_cpu = time.process_time()
+        for event_id in ids[5 : 5 + half]:
+            run(event_id)
+        cpu = (time.process_time() - started_cpu) / half * 1000
+        profiler = cProfile.Profile(time.process_time)
+        for event_id in ids[5 + half : -1]:
+            profiler.enable()
+            run(event_id)
+            profiler.disable()
+        with CaptureQueriesContext(connection) as queries:
+            run(ids[-1])
+    connections.close_all()
+    out = io.StringIO()
+    stats = pstats.Stats(profiler, stream=out)
+    total = stats.total_tt  # type: ignore[attr-defined]
+    print(f"CPU per paying task: {cpu:.1f} ms ({half} tasks, no profiler)")
+    print("Share of the profiled tasks' CPU, our functions and Wagtail's (cumulative):")
+    rows = stats.stats  # type: ignore[attr-defined]
+    ours = [
+        (cumulative, f"{Path(file).name}:{line} {name}")
+        for (file, line, name), (_, _, _, cumulative, _) in rows.items()
+        if "wagtail_paid_delivery" in file or "wagtail/models" in file
+    ]
+    for cumulative, where in sorted(ours, reverse=True)[:40]:
+        print(f"  {cumulative / total:6.1%}  {where}")
+    print(f"{len(queries.captured_queries)} statements in one paying task:")
+    for query in queries.captured_queries:
+        print(f"  {query['sql'][:110]}")
+
+
 def report(label: str, figures: dict[str, float], delay_ms: int, workers: int) -> None:
     ratio = figures["fulfilled"] / figures["acks"]
     print(f"\n== {label}: Stripe answers after {delay_ms} ms, cluster of {workers} workers")
@@ -363,6 +431,7 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--broker", choices=["orm", "redis"], default="orm")
     parser.add_argument("--clients", type=int, default=16, help="posting threads")
     parser.add_argument("--database-url", default=DEFAULT_DB)
+    parser.add_argument("--profile", action="store_true", help="profile the paying task instead")
     args = parser.parse_args()
     if args.quick:
         args.purchases = 100
@@ -396,6 +465,9 @@ def main() -> int:
     import django
 
     django.setup()
+    if args.profile:
+        profile(args)
+        return 0
     runs = [(args.delay_ms, args.workers)] if args.delay_ms is not None else []
     runs = runs or [(0, args.workers), (250, args.delayed_workers)]
     print(
