@@ -445,19 +445,17 @@ def deliver_purchase(purchase_pk: int, product: Any = None) -> str:
     email = OutboundEmail.objects.filter(kind=Kind.DELIVERY, purchase_id=purchase_pk).first()
     if email is not None:
         return _why_not(email.status)  # sent, or another worker has it, or not due yet
-    if email is None:
-        purchase = Purchase.objects.filter(pk=purchase_pk).first()
-        if purchase is None:
-            logger.warning("Delivery email: purchase %s no longer exists", purchase_pk)
-            return "missing"
-        if purchase.delivery_email_sent_at is not None:
-            return "already_sent"  # its record may be gone (RETENTION["emails"])
-        if purchase.bundle_id is not None:
-            return "in_bundle_email"  # its links travel in its bundle's delivery email
-        if purchase.status != Purchase.Status.PAID:
-            return f"not_paid ({purchase.status})"
-        email = promise_delivery(purchase)
-    return attempt(email.pk)
+    purchase = Purchase.objects.filter(pk=purchase_pk).first()
+    if purchase is None:
+        logger.warning("Delivery email: purchase %s no longer exists", purchase_pk)
+        return "missing"
+    if purchase.delivery_email_sent_at is not None:
+        return "already_sent"  # its record may be gone (RETENTION["emails"])
+    if purchase.bundle_id is not None:
+        return "in_bundle_email"  # its links travel in its bundle's delivery email
+    if purchase.status != Purchase.Status.PAID:
+        return f"not_paid ({purchase.status})"
+    return attempt(promise_delivery(purchase).pk)
 
 
 def promise_desk_email(purchase: Purchase, link: DownloadLink) -> OutboundEmail:
