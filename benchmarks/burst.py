@@ -1,7 +1,7 @@
 """A launch-day burst, end to end: webhooks at once, a real cluster, Stripe's emulator as Stripe.
 
     python benchmarks/burst.py [--purchases 1000 | --quick] [--delay-ms MS] [--workers N]
-                               [--broker orm|redis] [--clients 16]
+                               [--broker orm|redis] [--clients 16] [--profile]
 
 N pending purchases (checked out through the shop's Buy view, each with its session at the
 emulator) are paid at the emulator; their ``checkout.session.completed`` events, signed with
@@ -18,6 +18,11 @@ and asserts every purchase paid once with one delivery email. Without ``--delay-
 two runs, the emulator answering at once (target: fulfilled/s >= 0.4 x acknowledged/s) and
 answering each call after 250 ms (target: p99 payment-to-email < 60 s), the second with
 ``--delayed-workers`` cluster workers.
+
+``--profile`` instead runs the paying task in process (cProfile, CPU time), with the emulator in
+gunicorn as Stripe and the benchmark's settings: ``--purchases`` events stored as the webhook
+stores them, 5 run first to warm up, then half timed without the profiler and half profiled;
+it prints the CPU per task, our functions' share of it and the statements of one task.
 
 The processes come from tests/processes.py (each in its own process group, all killed at the
 end); their settings are benchmarks/settings_burst.py. The database (``--database-url``,
@@ -190,6 +195,41 @@ def group_cpu(pgid: int) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
+def cluster_split(pgid: int) -> dict[str, float]:
+    """CPU seconds of the cluster's processes by role: its workers (the tasks, with those
+    django-q2 recycled after ``recycle`` tasks, whose CPU the sentinel reaped), and django-q2's
+    own pusher (dequeue, unpickling, signature check), monitor (acknowledgements) and the
+    qcluster and sentinel processes. django-q2's sentinel starts the workers first, then the
+    monitor, then the pusher, at once: of its children started in that first second, the last
+    two are those (a recycled worker starts later)."""
+    procs: dict[int, tuple[int, int, float, float]] = {}  # ppid, start, own CPU, reaped CPU
+    tick = os.sysconf("SC_CLK_TCK")
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[2]) == pgid:
+            own = sum(int(v) for v in fields[11:13]) / tick
+            reaped = sum(int(v) for v in fields[13:15]) / tick
+            procs[int(stat.parent.name)] = (int(fields[1]), int(fields[19]), own, reaped)
+    split = {"workers": 0.0, "monitor": 0.0, "pusher": 0.0, "sentinel": 0.0}
+    sentinels = [pid for pid, values in procs.items() if values[0] == pgid]
+    for pid, (_, _, own, reaped) in procs.items():
+        if pid == pgid or pid in sentinels:
+            split["sentinel"] += own
+            split["workers" if pid in sentinels else "sentinel"] += reaped
+    for sentinel in sentinels:
+        children = sorted(pid for pid, values in procs.items() if values[0] == sentinel)
+        first = min((procs[pid][1] for pid in children), default=0)
+        initial = [pid for pid in children if procs[pid][1] <= first + tick]
+        for role, pid in zip(("pusher", "monitor"), reversed(initial), strict=False):
+            split[role] += sum(procs[pid][2:])
+        for pid in set(children) - set(initial[-2:]):
+            split["workers"] += sum(procs[pid][2:])
+    return split
+
+
 def percentile(sorted_values: list[float], share: float) -> float:
     return sorted_values[min(len(sorted_values) - 1, int(len(sorted_values) * share))]
 
@@ -259,6 +299,7 @@ def run(args: argparse.Namespace, delay_ms: int, workers: int) -> dict[str, floa
         poster = Poster(args.shop_port)
         groups = {"shop": shop, "cluster": cluster, "stripe": stripe}
         cpu_before = {name: group_cpu(group.pgid) for name, group in groups.items()}
+        split_before = cluster_split(cluster.pgid)
         start = time.time()
         with ThreadPoolExecutor(args.clients) as pool:
             answers = list(pool.map(poster.post, order))
@@ -272,6 +313,7 @@ def run(args: argparse.Namespace, delay_ms: int, workers: int) -> dict[str, floa
 
         wait_for(all_sent, 1800, every=0.25)
         cpu = {name: group_cpu(g.pgid) - cpu_before[name] for name, g in groups.items()}
+        split = {k: v - split_before[k] for k, v in cluster_split(cluster.pgid).items()}
         time.sleep(1)  # a second delivery of anything would show now
         check_each_paid_once(args.purchases, mail)
         figures = measure(args.purchases, start, acked_at, len(order))
@@ -279,10 +321,75 @@ def run(args: argparse.Namespace, delay_ms: int, workers: int) -> dict[str, floa
         figures["cpu_ack"] = cpu["shop"] / len(order) * 1000
         figures["cpu_cluster"] = cpu["cluster"] / args.purchases * 1000
         figures["cpu_stripe"] = cpu["stripe"] / args.purchases * 1000
+        for role, seconds in split.items():
+            figures[f"cpu_{role}"] = seconds / args.purchases * 1000
     connections.close_all()
     if args.broker == "redis":
         delete_redis_queue(REDIS_URL, queue)
     return figures
+
+
+def profile(args: argparse.Namespace) -> None:
+    """The paying task in process: CPU per task, the profile's shares, one task's statements."""
+    import cProfile
+    import io
+    import pstats
+
+    from django.db import close_old_connections, connection, connections
+    from django.test.utils import CaptureQueriesContext
+
+    from wagtail_paid_delivery import inbox, tasks
+
+    connections.close_all()
+    recreate_database(args.database_url)
+    tmp = Path(tempfile.mkdtemp(prefix="wpd-burst-profile-"))
+    (tmp / "logs").mkdir()
+    env = {**os.environ, "STRIPE_EMULATOR_DELAY_MS": "0"}
+    with started(env, tmp / "logs") as processes:
+        done = processes.manage("migrate", "--noinput", timeout=300)
+        assert done.returncode == 0, done.stderr
+        processes.gunicorn(args.stripe_port, "stripe")
+        ids = []
+        for payload in prepare_shop(args.purchases + 6).values():
+            event = json.loads(payload)
+            inbox.store(event)
+            ids.append(event["id"])
+
+        def run(event_id: str) -> None:
+            close_old_connections()  # as django-q2's worker does before each task
+            assert tasks.process_stripe_event(event_id) == "fulfilled"
+
+        for event_id in ids[:5]:
+            run(event_id)
+        half = (len(ids) - 6) // 2
+        started_cpu = time.process_time()
+        for event_id in ids[5 : 5 + half]:
+            run(event_id)
+        cpu = (time.process_time() - started_cpu) / half * 1000
+        profiler = cProfile.Profile(time.process_time)
+        for event_id in ids[5 + half : -1]:
+            profiler.enable()
+            run(event_id)
+            profiler.disable()
+        with CaptureQueriesContext(connection) as queries:
+            run(ids[-1])
+    connections.close_all()
+    out = io.StringIO()
+    stats = pstats.Stats(profiler, stream=out)
+    total = stats.total_tt  # type: ignore[attr-defined]
+    print(f"CPU per paying task: {cpu:.1f} ms ({half} tasks, no profiler)")
+    print("Share of the profiled tasks' CPU, our functions and Wagtail's (cumulative):")
+    rows = stats.stats  # type: ignore[attr-defined]
+    ours = [
+        (cumulative, f"{Path(file).name}:{line} {name}")
+        for (file, line, name), (_, _, _, cumulative, _) in rows.items()
+        if "wagtail_paid_delivery" in file or "wagtail/models" in file
+    ]
+    for cumulative, where in sorted(ours, reverse=True)[:40]:
+        print(f"  {cumulative / total:6.1%}  {where}")
+    print(f"{len(queries.captured_queries)} statements in one paying task:")
+    for query in queries.captured_queries:
+        print(f"  {query['sql'][:110]}")
 
 
 def report(label: str, figures: dict[str, float], delay_ms: int, workers: int) -> None:
@@ -304,6 +411,11 @@ def report(label: str, figures: dict[str, float], delay_ms: int, workers: int) -
         f"Stripe emulator (same cores); cost ratio webhook / purchase "
         f"{figures['cpu_ack'] / (figures['cpu_cluster'] + figures['cpu_stripe']):.2f}"
     )
+    print(
+        f"  of the cluster's: workers {figures['cpu_workers']:.0f} ms, django-q2's pusher "
+        f"{figures['cpu_pusher']:.0f} ms, monitor {figures['cpu_monitor']:.0f} ms, qcluster and "
+        f"sentinel {figures['cpu_sentinel']:.0f} ms"
+    )
     print("  every purchase paid once, one delivery email each: OK")
 
 
@@ -319,6 +431,7 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--broker", choices=["orm", "redis"], default="orm")
     parser.add_argument("--clients", type=int, default=16, help="posting threads")
     parser.add_argument("--database-url", default=DEFAULT_DB)
+    parser.add_argument("--profile", action="store_true", help="profile the paying task instead")
     args = parser.parse_args()
     if args.quick:
         args.purchases = 100
@@ -352,6 +465,9 @@ def main() -> int:
     import django
 
     django.setup()
+    if args.profile:
+        profile(args)
+        return 0
     runs = [(args.delay_ms, args.workers)] if args.delay_ms is not None else []
     runs = runs or [(0, args.workers), (250, args.delayed_workers)]
     print(

@@ -33,3 +33,14 @@ WAGTAIL_PAID_DELIVERY = {
 }
 
 LOGGING = {"version": 1, "disable_existing_loggers": False, "root": {"level": "WARNING"}}
+
+# As docs/deployment.md recommends: each process keeps its connection (gunicorn's threads, the
+# cluster's workers, pusher and monitor), instead of one new PostgreSQL backend per request and
+# per task.
+DATABASES = {
+    "default": {
+        **DATABASES["default"],  # noqa: F405
+        "CONN_MAX_AGE": int(os.environ.get("WPD_BURST_CMA", "60")),
+        "CONN_HEALTH_CHECKS": True,
+    }
+}

@@ -17,6 +17,15 @@ def _no_rate_limit_counted_yet():
     caches[app_settings.rate_limit_cache].clear()
 
 
+@pytest.fixture(autouse=True)
+def _sale_notice_staff_read_afresh():
+    """A test's rollback sends no signals: the staff one test opted in must not be told about
+    the next test's sales from this process's cache."""
+    from wagtail_paid_delivery import sale_notices
+
+    sale_notices.forget_staff()
+
+
 @pytest.fixture
 def home(db):
     from tests.factories import home_page

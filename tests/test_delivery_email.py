@@ -8,10 +8,12 @@ from django.core import mail
 from django.db import connection
 from django.utils import timezone
 from django_q.models import Task
+from wagtail.models import Page, Site
 
 from tests.concurrency import run_at_once
 from tests.factories import DeliveryCopyFactory, ProductPageFactory, PurchaseFactory
-from wagtail_paid_delivery import tasks
+from tests.testapp.models import HomePage
+from wagtail_paid_delivery import links, tasks
 from wagtail_paid_delivery.models import DownloadLink, OutboundEmail, Purchase
 from wagtail_paid_delivery.signals import purchase_paid
 
@@ -127,3 +129,23 @@ def test_concurrent_runs_send_once(home, settings):
     assert len(mail.outbox) == 1
     assert DownloadLink.objects.filter(purchase=purchase).count() == 1
     assert OutboundEmail.objects.filter(purchase=purchase).count() == 1
+
+
+def test_emailed_links_start_at_the_products_own_site_from_wagtails_cached_root_paths(
+    home, django_assert_num_queries
+):
+    other_home = HomePage(title="Other shop", slug="other-shop")
+    Page.get_first_root_node().add_child(instance=other_home)
+    Site.objects.create(hostname="books.example.com", port=443, root_page=other_home)
+    product = ProductPageFactory(parent=other_home, title="Atlas")
+    purchase = Purchase.objects.select_related("product").get(
+        pk=PurchaseFactory(product=product).pk
+    )
+    assert links.site_root_url(purchase) == "https://books.example.com"
+    # Wagtail keeps the site root paths cached: an email's URL costs no Site query.
+    with django_assert_num_queries(0):
+        assert links.site_root_url(purchase) == "https://books.example.com"
+    at_home = Purchase.objects.select_related("product").get(
+        pk=PurchaseFactory(product=ProductPageFactory(parent=home)).pk
+    )
+    assert links.site_root_url(at_home) == "http://testserver"

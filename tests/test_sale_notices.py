@@ -20,7 +20,7 @@ from tests.mail_backends import DownBackend
 from tests.settings import WAGTAIL_PAID_DELIVERY as SETTINGS
 from tests.stripe_fake import event_for, post_event, start_checkout
 from tests.test_fulfillment import needs_postgres
-from wagtail_paid_delivery import fulfillment, tasks, timeline
+from wagtail_paid_delivery import fulfillment, sale_notices, tasks, timeline
 from wagtail_paid_delivery.models import OutboundEmail, Purchase, ShopNotificationPreference
 
 pytestmark = pytest.mark.django_db
@@ -285,6 +285,53 @@ def test_a_notice_waiting_for_a_retry_is_cancelled_when_its_reader_loses_the_per
     assert notice.status == OutboundEmail.Status.CANCELLED
     assert notice.last_error == "the address is no longer told about new sales"
     assert notices() == []
+
+
+def test_staff_are_read_once_a_minute_for_promises_and_afresh_at_each_attempt(
+    client, fake_stripe, home, monkeypatch, django_capture_on_commit_callbacks
+):
+    clerk = viewer("clerk")
+    late = viewer("late", opted_in=False)
+    first = PurchaseFactory(product=ProductPageFactory(parent=home, title="Atlas"))
+    pay(client, fake_stripe, first, django_capture_on_commit_callbacks)
+    assert [m.to for m in notices()] == [[clerk.email]]
+
+    # Changed by another process (a queryset update: no signal reaches this one). The new
+    # opt-in waits for the minute; the opt-out is seen at the attempt, which cancels the notice
+    # promised meanwhile.
+    ShopNotificationPreference.objects.filter(user=late).update(email_new_sales=True)
+    ShopNotificationPreference.objects.filter(user=clerk).update(email_new_sales=False)
+    mail.outbox.clear()
+    second = PurchaseFactory(product=first.product)
+    pay(client, fake_stripe, second, django_capture_on_commit_callbacks)
+    assert notices() == []
+    cancelled = OutboundEmail.objects.get(kind=NEW_SALE, purchase=second)
+    assert (cancelled.to, cancelled.status) == (clerk.email, OutboundEmail.Status.CANCELLED)
+    assert not OutboundEmail.objects.filter(kind=NEW_SALE, to=late.email).exists()
+
+    # Once the minute is over, the staff are read again.
+    monkeypatch.setattr(sale_notices, "STAFF_CACHE_SECONDS", 0)
+    third = PurchaseFactory(product=first.product)
+    pay(client, fake_stripe, third, django_capture_on_commit_callbacks)
+    assert [m.to for m in notices()] == [[late.email]]
+
+
+def test_a_change_in_this_process_is_seen_at_the_next_promise(
+    client, fake_stripe, home, django_capture_on_commit_callbacks
+):
+    clerk = viewer("clerk")
+    first = PurchaseFactory(product=ProductPageFactory(parent=home, title="Atlas"))
+    pay(client, fake_stripe, first, django_capture_on_commit_callbacks)
+    assert [m.to for m in notices()] == [[clerk.email]]
+
+    boss = UserFactory(username="boss", is_superuser=True)  # saved here: the list is forgotten
+    ShopNotificationPreference.objects.create(user=boss, email_new_sales=True)
+    clerk.groups.get().permissions.clear()
+    mail.outbox.clear()
+    second = PurchaseFactory(product=first.product)
+    pay(client, fake_stripe, second, django_capture_on_commit_callbacks)
+    assert [m.to for m in notices()] == [[boss.email]]
+    assert not OutboundEmail.objects.filter(kind=NEW_SALE, purchase=second, to=clerk.email)
 
 
 # Durable, like every email ---------------------------------------------------------------------

@@ -393,7 +393,7 @@ def process(event_ref: int | str, token: str | None = None) -> str:
         return "ignored"
     status = _EVENT_STATUS.get(result.outcome, StripeEvent.Status.PROCESSED)
     record(event.pk, status, result.reason if result.outcome != "fulfilled" else "", result)
-    outbox.send_deliveries(paid)
+    outbox.send_deliveries(paid, paid)
     return result.outcome
 
 

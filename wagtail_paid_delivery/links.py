@@ -423,13 +423,20 @@ def site_root_url(purchase: Purchase | None = None) -> str:
     The product's own site when known, else the default site, else ``WAGTAILADMIN_BASE_URL``.
     """
     root = ""
-    if purchase is not None and purchase.product_id:
-        site = purchase.product.get_site() if purchase.product else None
-        root = site.root_url if site else ""
+    if purchase is not None and purchase.product_id and purchase.product:
+        # Wagtail's cached site root paths (as ``page.url`` uses): no Site query per email.
+        parts = purchase.product.get_url_parts()
+        root = (parts[1] or _site_root(parts[0])) if parts else ""
     if not root:
         site = Site.objects.filter(is_default_site=True).first()
         root = site.root_url if site else getattr(settings, "WAGTAILADMIN_BASE_URL", "")
     return str(root).rstrip("/")
+
+
+def _site_root(site_id: int) -> str:
+    """The root URL of a site Wagtail could not reverse a page URL in (``get_url_parts``)."""
+    site = Site.objects.filter(pk=site_id).first()
+    return str(site.root_url) if site else ""
 
 
 # The success page's link --------------------------------------------------------------------

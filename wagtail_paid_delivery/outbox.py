@@ -41,7 +41,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -137,18 +137,17 @@ def _issue_delivery(email: OutboundEmail) -> list[links.IssuedLink]:
         raise NothingToSend(f"the purchase is {purchase.status}")
     # A bundle's email is the one email of every product it included: a link per product
     # (each opens that product's files only), its own first when it has files of its own.
-    included = list(
-        purchase.included.filter(status=Purchase.Status.PAID)
-        .select_related("product")
-        .order_by("pk")
-    )
+    paid_included = purchase.included.filter(status=Purchase.Status.PAID)
+    # Most purchases are no bundle: one narrow query says so.
+    included = []
+    if paid_included.exists():
+        included = list(paid_included.select_related("product").order_by("pk"))
     page = purchase.product_page
     own = not included or page is None or bool(page.product_files)
-    with transaction.atomic():
-        return [
-            links.issue_link(one, reason=DownloadLink.Reason.WEBHOOK)
-            for one in ([purchase] if own else []) + included
-        ]
+    purchases = ([purchase] if own else []) + included
+    # One transaction for a bundle's links; a single link is one INSERT, atomic already.
+    with transaction.atomic() if len(purchases) > 1 else contextlib.nullcontext():
+        return [links.issue_link(one, reason=DownloadLink.Reason.WEBHOOK) for one in purchases]
 
 
 def _render_delivery(
@@ -386,7 +385,7 @@ def promise_sale_notices(purchase: Purchase) -> list[OutboundEmail]:
     if not sale_notices.is_sale(purchase):
         return []
     promised = []
-    for address in sale_notices.recipients():
+    for address in sale_notices.recipients(cached=True):
         digest = hashlib.sha256(address.lower().encode()).hexdigest()[:32]
         key = f"new_sale:{purchase.pk}:{digest}"
         email, new = promise(Kind.NEW_SALE, to=address, purchase=purchase, key=key)
@@ -430,27 +429,33 @@ def promise_payment_failed(purchase: Purchase) -> OutboundEmail:
     return email
 
 
-def deliver_purchase(purchase_pk: int) -> str:
+def deliver_purchase(purchase_pk: int, product: Any = None) -> str:
     """Send the delivery email of a paid purchase, once; returns the outcome.
 
     The ``purchase_paid`` task. The email is promised if it was not yet (``purchase_paid``
     told by other code than ``fulfillment``), then attempted. A purchase told paid twice has one
     email: the second run finds it sent (``already_sent``) or being sent (``waiting``).
+    ``product``: the purchase's specific product page, when the caller has just read it (the
+    paying task): the email renders from it instead of reading it again.
     """
+    # Usually the promise is there, waiting: claimed by its purchase, without looking it up.
+    claimed = _claim(Q(kind=Kind.DELIVERY, purchase_id=purchase_pk), product=product)
+    if claimed is not None:
+        return _attempt(claimed)
     email = OutboundEmail.objects.filter(kind=Kind.DELIVERY, purchase_id=purchase_pk).first()
-    if email is None:
-        purchase = Purchase.objects.filter(pk=purchase_pk).first()
-        if purchase is None:
-            logger.warning("Delivery email: purchase %s no longer exists", purchase_pk)
-            return "missing"
-        if purchase.delivery_email_sent_at is not None:
-            return "already_sent"  # its record may be gone (RETENTION["emails"])
-        if purchase.bundle_id is not None:
-            return "in_bundle_email"  # its links travel in its bundle's delivery email
-        if purchase.status != Purchase.Status.PAID:
-            return f"not_paid ({purchase.status})"
-        email = promise_delivery(purchase)
-    return attempt(email.pk)
+    if email is not None:
+        return _why_not(email.status)  # sent, or another worker has it, or not due yet
+    purchase = Purchase.objects.filter(pk=purchase_pk).first()
+    if purchase is None:
+        logger.warning("Delivery email: purchase %s no longer exists", purchase_pk)
+        return "missing"
+    if purchase.delivery_email_sent_at is not None:
+        return "already_sent"  # its record may be gone (RETENTION["emails"])
+    if purchase.bundle_id is not None:
+        return "in_bundle_email"  # its links travel in its bundle's delivery email
+    if purchase.status != Purchase.Status.PAID:
+        return f"not_paid ({purchase.status})"
+    return attempt(promise_delivery(purchase).pk)
 
 
 def promise_desk_email(purchase: Purchase, link: DownloadLink) -> OutboundEmail:
@@ -519,13 +524,18 @@ def claim(email_pk: int, token: str | None = None) -> OutboundEmail | None:
     queue: the task that arrives first sends it). The claim counts the attempt and leases the
     row, and it commits before anything is sent.
     """
+    return _claim(Q(pk=email_pk), token)
+
+
+def _claim(which: Q, token: str | None = None, product: Any = None) -> OutboundEmail | None:
+    """:func:`claim` of the email ``which`` names (``product``: see :func:`deliver_purchase`)."""
     now = timezone.now()
     free = Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now) | Q(attempts=0)
     if token:
         with contextlib.suppress(ValueError):
             free |= Q(next_attempt_at=datetime.fromisoformat(token))
     claimed = (
-        OutboundEmail.objects.filter(pk=email_pk, status=Status.PENDING)
+        OutboundEmail.objects.filter(which, status=Status.PENDING)
         .filter(free)
         .update(
             attempts=F("attempts") + 1, next_attempt_at=now + retry.lease(), last_attempt_at=now
@@ -533,7 +543,17 @@ def claim(email_pk: int, token: str | None = None) -> OutboundEmail | None:
     )
     if not claimed:
         return None
-    return OutboundEmail.objects.select_related("purchase__product").get(pk=email_pk)
+    # The purchase (its status now) and its license key (the receipt shows it) in one query.
+    related = ["purchase", "purchase__license_key"]
+    email = (
+        OutboundEmail.objects.select_related(*related, *([] if product else ["purchase__product"]))
+        .filter(which)
+        .get()
+    )
+    purchase = email.purchase
+    if product is not None and purchase is not None and purchase.product_id == product.pk:
+        purchase.product = product
+    return email
 
 
 def attempt(email_pk: int, token: str | None = None) -> str:
@@ -546,6 +566,11 @@ def attempt(email_pk: int, token: str | None = None) -> str:
     email = claim(email_pk, token)
     if email is None:
         return _why_not_claimed(email_pk)
+    return _attempt(email)
+
+
+def _attempt(email: OutboundEmail) -> str:
+    """One attempt at a claimed email (:func:`attempt`)."""
     issued: list[Any] = []
     try:
         kind = KINDS[email.kind]
@@ -572,6 +597,10 @@ def _why_not_claimed(email_pk: int) -> str:
     if status is None:
         logger.warning("Email %s no longer exists", email_pk)
         return "missing"
+    return _why_not(status)
+
+
+def _why_not(status: str) -> str:
     if status == Status.SENT:
         return "already_sent"
     # Pending: another worker is sending it, or it waits for its next attempt.
@@ -714,12 +743,13 @@ def sweep() -> str:
 # Delivery in the paying task -------------------------------------------------------------------
 
 #: The purchases paid while a task that sends their delivery emails itself runs (see
-#: :func:`sending_deliveries_here`); None outside such a task.
-_PAID_HERE: ContextVar[list[int] | None] = ContextVar("wpd_paid_here", default=None)
+#: :func:`sending_deliveries_here`), each with the product page its payment read (or None);
+#: None outside such a task.
+_PAID_HERE: ContextVar[dict[int, Any] | None] = ContextVar("wpd_paid_here", default=None)
 
 
 @contextlib.contextmanager
-def sending_deliveries_here() -> Iterator[list[int]]:
+def sending_deliveries_here() -> Iterator[dict[int, Any]]:
     """Collect the purchases paid (and committed) inside the block, for the caller to send their
     delivery emails itself once it is done (:func:`send_deliveries`), instead of one more task
     each waiting behind the queue (``inbox.process`` does this).
@@ -728,12 +758,12 @@ def sending_deliveries_here() -> Iterator[list[int]]:
     sends: the sweep sends it. A block left by an exception hands what it collected to the
     email task instead, so an email never waits for the sweep because of an unrelated error.
     """
-    paid: list[int] = []
+    paid: dict[int, Any] = {}
     reset_token = _PAID_HERE.set(paid)
     try:
         yield paid
     except BaseException:
-        _enqueue_deliveries(paid)
+        _enqueue_deliveries(list(paid))
         raise
     finally:
         _PAID_HERE.reset(reset_token)
@@ -749,18 +779,25 @@ def _enqueue_deliveries(purchase_pks: list[int]) -> None:
         logger.exception("Could not enqueue the delivery emails of purchases %s", purchase_pks)
 
 
-def delivery_sent_by_caller(purchase_pk: int) -> bool:
-    """Whether the running task sends ``purchase_pk``'s delivery email itself (inside
+def delivery_sent_by_caller(purchase: Purchase) -> bool:
+    """Whether the running task sends ``purchase``'s delivery email itself (inside
     :func:`sending_deliveries_here`): the ``purchase_paid`` receiver then queues no task for
-    it. The purchase is collected when the current transaction commits (not if it rolls back)."""
+    it. The purchase is collected when the current transaction commits (not if it rolls back),
+    with the product page its payment loaded, which the email then reuses."""
     paid = _PAID_HERE.get()
     if paid is None:
         return False
-    transaction.on_commit(lambda: paid.append(purchase_pk))
+    product = purchase.product if Purchase.product.is_cached(purchase) else None
+    transaction.on_commit(partial(paid.__setitem__, purchase.pk, product))
     return True
 
 
-def send_deliveries(purchase_pks: list[int]) -> list[str]:
+def send_deliveries(
+    purchase_pks: Iterable[int], products: Mapping[int, Any] | None = None
+) -> list[str]:
     """Attempt the delivery email of each purchase, once (:func:`deliver_purchase`: claimed, so
-    a task or the sweep that also has it sends nothing twice); returns the outcomes."""
-    return [deliver_purchase(pk) for pk in dict.fromkeys(purchase_pks)]
+    a task or the sweep that also has it sends nothing twice); returns the outcomes.
+    ``products``: purchase pk → its product page just read (what
+    :func:`sending_deliveries_here` collects)."""
+    products = products or {}
+    return [deliver_purchase(pk, products.get(pk)) for pk in dict.fromkeys(purchase_pks)]

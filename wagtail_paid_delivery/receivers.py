@@ -5,11 +5,15 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Group, Permission
 from django.db import transaction
+from django.db.models.signals import m2m_changed, post_delete, post_save
 from django.dispatch import receiver
 from wagtail.signals import page_published
 
-from . import outbox, updates
+from . import outbox, sale_notices, updates
+from .models import ShopNotificationPreference
 from .signals import purchase_paid
 
 logger = logging.getLogger(__name__)
@@ -27,7 +31,7 @@ def enqueue_delivery_email(sender: Any, purchase: Any, **kwargs: Any) -> None:
     if getattr(purchase, "bundle_id", None):
         return  # an included purchase's links travel in its bundle's delivery email
     pk = purchase.pk
-    if outbox.delivery_sent_by_caller(pk):
+    if outbox.delivery_sent_by_caller(purchase):
         return  # the paying task sends it right after its commit (inbox.process)
     transaction.on_commit(lambda: _enqueue(pk))
 
@@ -50,3 +54,20 @@ def notice_on_publish(sender: Any, instance: Any, revision: Any = None, **kwargs
         return
     user = kwargs.get("user") or getattr(revision, "user", None)
     updates.notice_for_publish(instance, revision, user)
+
+
+def _forget_sale_notice_staff(sender: Any, **kwargs: Any) -> None:
+    sale_notices.forget_staff()
+
+
+# Who is told about new sales depends on these: a change forgets this process's cached list.
+_User = get_user_model()
+for _model in (_User, Group, Permission, ShopNotificationPreference):
+    for _signal in (post_save, post_delete):
+        _signal.connect(
+            _forget_sale_notice_staff, sender=_model, dispatch_uid=f"wpd.staff.{_model}"
+        )
+for _through in (_User.groups.through, _User.user_permissions.through, Group.permissions.through):
+    m2m_changed.connect(
+        _forget_sale_notice_staff, sender=_through, dispatch_uid=f"wpd.staff.{_through}"
+    )

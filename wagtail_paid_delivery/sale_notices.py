@@ -13,6 +13,7 @@ for links in its notification emails), never to the buyer's download page: it ca
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from django.conf import settings
@@ -47,12 +48,40 @@ def opted_in_staff() -> Any:
     )
 
 
-def recipients() -> list[str]:
+#: How long a process reuses the opted-in staff's addresses when it promises notices (every
+#: purchase paid in a burst would otherwise ask Wagtail's permission policy again). A change
+#: made in this process forgets them at once (``receivers``); one made in another process (the
+#: admin's, while a task cluster pays) is seen within this many seconds. Losing the permission
+#: or opting out stops a notice promised meanwhile: each attempt asks again, uncached.
+STAFF_CACHE_SECONDS = 60.0
+
+#: (when read, the addresses), per process.
+_staff_cache: tuple[float, list[str]] | None = None
+
+
+def _staff_addresses(cached: bool) -> list[str]:
+    global _staff_cache
+    now = time.monotonic()
+    if cached and _staff_cache is not None and now - _staff_cache[0] < STAFF_CACHE_SECONDS:
+        return _staff_cache[1]
+    addresses = list(opted_in_staff().order_by("pk").values_list("email", flat=True))
+    _staff_cache = (now, addresses)
+    return addresses
+
+
+def forget_staff() -> None:
+    """Read the opted-in staff again at the next promise (a user, a group, a permission or a
+    notification choice changed)."""
+    global _staff_cache
+    _staff_cache = None
+
+
+def recipients(*, cached: bool = False) -> list[str]:
     """Every address a new sale is told to now: ``NEW_SALE_EMAILS``, then the opted-in staff,
-    each address once (compared without case)."""
+    each address once (compared without case). ``cached``: the staff as read at most
+    ``STAFF_CACHE_SECONDS`` ago (for promises; an attempt asks afresh)."""
     found: dict[str, str] = {}
-    addresses = [*app_settings.new_sale_emails]
-    addresses += opted_in_staff().order_by("pk").values_list("email", flat=True)
+    addresses = [*app_settings.new_sale_emails, *_staff_addresses(cached)]
     for address in addresses:
         found.setdefault(address.strip().lower(), address.strip())
     return list(found.values())

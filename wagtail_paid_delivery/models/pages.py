@@ -225,8 +225,14 @@ class ProductPageMixin(models.Model):
     def included_products(self) -> list[Any]:
         """The products this bundle includes, as their specific pages, in the editor's order;
         empty for a product that is not a bundle. Only product pages count (``bundles``)."""
-        items = self.bundle_items.select_related("product")  # type: ignore[attr-defined]
-        pages = [item.product.specific for item in items]
+        items = self.bundle_items  # type: ignore[attr-defined]
+        # The ids first: most products are no bundle, and that costs one narrow query.
+        ids = list(items.values_list("product_id", flat=True))
+        if not ids:
+            return []
+        page_model = items.model._meta.get_field("product").related_model
+        found = {page.pk: page for page in page_model.objects.filter(pk__in=ids).specific()}
+        pages = [found.get(pk) for pk in ids]
         return [page for page in pages if isinstance(page, ProductPageMixin)]
 
     @property
