@@ -309,7 +309,9 @@ def test_numbers_postgresql_cannot_take_as_written_are_stored_as_python_reads_th
 def test_a_body_is_stored_as_it_came_and_reads_back_as_parsed(client, db):
     # Stripe's bodies are strict JSON (checked as they arrive), so the text is stored as sent,
     # not serialised again; what is read back is what was parsed.
-    payload = json.dumps(envelope(data={"object": {"name": "Zoë", "n": 1.5}}), indent=2)
+    payload = json.dumps(
+        envelope(data={"object": {"name": "Zoë", "n": 1.5}}), indent=2, ensure_ascii=False
+    )
     assert post(client, payload.encode()).content == b"ignored"
     stored = StripeEvent.objects.get()
     assert stored.payload == json.loads(payload)
@@ -445,3 +447,25 @@ def test_store_reports_duplicate_only_when_the_event_is_really_stored(db):
     event = {"id": "evt_twice", "type": "x.y", "data": {}}
     assert inbox.store(event) == inbox.Stored.IGNORED
     assert inbox.store(event) == inbox.Stored.DUPLICATE
+
+
+def test_an_address_sent_with_escapes_is_found_by_the_buyer_data_search(client, db):
+    """A sender may escape ASCII (``&`` as ``\\u0026``); the stored payload must still say it
+    plainly, or erasing the buyer's data would miss the event (SQLite searches the text)."""
+    from wagtail_paid_delivery import buyer_data
+
+    raw = json.dumps(
+        {
+            "id": "evt_1Esc",
+            "object": "event",
+            "api_version": "2026-10-28.endive",
+            "created": int(time.time()),
+            "livemode": False,
+            "type": "customer.created",
+            "data": {"object": {"id": "cus_1", "object": "customer", "email": "tom&jerry@x.test"}},
+        }
+    ).replace("&", "\\u0026")
+    assert post_event(client, raw.encode()).content == b"ignored"
+    assert StripeEvent.objects.get().payload["data"]["object"]["email"] == "tom&jerry@x.test"
+    found = buyer_data.find("tom&jerry@x.test").stripe_events
+    assert [e.stripe_id for e in found] == ["evt_1Esc"]
