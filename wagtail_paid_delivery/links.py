@@ -352,9 +352,13 @@ def _link_file_sql(vendor: str, by: str) -> tuple[str, list[_Columns]]:
     for index, model in enumerate(product_file_models()):
         page_model = model._meta.get_field("page").related_model
         page = quote(model._meta.get_field("page").column)
+        # The table of the model that declares the field: a multi-table child's parent, whose
+        # pk has the same value as the child's.
+        policy = page_model._meta.get_field("past_buyers_get")
+        owner = policy.model
         selected.append(
-            f"(SELECT pg.{quote('past_buyers_get')} FROM {_table(page_model)} pg "  # noqa: S608
-            f"WHERE pg.{quote(page_model._meta.pk.column)} = f{index}.{page})"
+            f"(SELECT pg.{quote(policy.column)} FROM {_table(owner)} pg "  # noqa: S608
+            f"WHERE pg.{quote(owner._meta.pk.column)} = f{index}.{page})"
         )
     counter = _table(FileDownloadCount)
     count = (

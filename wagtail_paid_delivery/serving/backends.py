@@ -10,6 +10,7 @@ the request's own Range and If-Range, and so never can.
 from __future__ import annotations
 
 import abc
+import functools
 import inspect
 import logging
 import mimetypes
@@ -380,6 +381,25 @@ class ApacheBackend(_OffloadBackend):
         response["X-Sendfile"] = stored.extra["path"]
 
 
+def _parameters(function: Any) -> frozenset[str]:
+    try:
+        return frozenset(inspect.signature(function).parameters)
+    except (TypeError, ValueError):
+        return frozenset()
+
+
+_function_parameters = functools.cache(_parameters)
+
+
+def url_parameters(storage: Any) -> frozenset[str]:
+    """The names ``storage.url()`` takes, read once per ``url`` function (each download asks)."""
+    url = storage.url
+    function = getattr(url, "__func__", None)  # a bound method: its class's function
+    if function is None:
+        return _parameters(url)
+    return _function_parameters(function)
+
+
 def presign_problem(storage: Any) -> str | None:
     """Why ``storage`` cannot give the presigned backend a short-lived, signed URL; None if it
     can.
@@ -389,11 +409,7 @@ def presign_problem(storage: Any) -> str | None:
     URL is the object's plain, permanent address, which works only for a public object. A
     storage whose ``url()`` takes no ``expire`` cannot be asked for a short URL at all.
     """
-    try:
-        accepted = set(inspect.signature(storage.url).parameters)
-    except (TypeError, ValueError):
-        accepted = set()
-    if "expire" not in accepted:
+    if "expire" not in url_parameters(storage):
         return "its url() takes no 'expire': it cannot make a short-lived URL"
     if getattr(storage, "querystring_auth", True) is False:
         return "its querystring_auth is False: url() is unsigned and never expires"
@@ -425,7 +441,7 @@ class PresignedBackend(_OffloadBackend):
         problem = presign_problem(storage)
         if problem:
             raise FileUnavailable(f"SERVE_BACKEND 's3' refuses the product storage: {problem}")
-        stored.extra["url_parameters"] = "parameters" in inspect.signature(storage.url).parameters
+        stored.extra["url_parameters"] = "parameters" in url_parameters(storage)
 
     def redirect_origins(self, files: Iterable[AbstractProductFile]) -> list[str]:
         # The storage's origin, from one URL signed per storage (signing is local: no request).
