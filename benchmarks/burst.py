@@ -42,6 +42,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -184,15 +185,20 @@ def group_cpu(pgid: int) -> float:
     """CPU seconds used so far by a process group's live processes and the children they reaped
     (gunicorn's and django-q2's recycled workers). Unlike rates, it does not depend on what
     else the machine runs. PostgreSQL's own processes are not counted."""
-    total = 0
+    total = sum(sum(int(v) for v in fields[11:15]) for _, fields in group_stats(pgid))
+    return total / os.sysconf("SC_CLK_TCK")  # utime, stime, cutime, cstime
+
+
+def group_stats(pgid: int) -> Iterator[tuple[int, list[str]]]:
+    """Each live process of group ``pgid``: its pid and the fields of /proc/<pid>/stat after
+    the command name (so ``fields[1]`` is the parent, ``fields[2]`` the group)."""
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             fields = stat.read_text().rsplit(")", 1)[1].split()
         except (OSError, IndexError):
             continue
         if int(fields[2]) == pgid:
-            total += sum(int(v) for v in fields[11:15])  # utime, stime, cutime, cstime
-    return total / os.sysconf("SC_CLK_TCK")
+            yield int(stat.parent.name), fields
 
 
 def cluster_split(pgid: int) -> dict[str, float]:
@@ -204,15 +210,10 @@ def cluster_split(pgid: int) -> dict[str, float]:
     two are those (a recycled worker starts later)."""
     procs: dict[int, tuple[int, int, float, float]] = {}  # ppid, start, own CPU, reaped CPU
     tick = os.sysconf("SC_CLK_TCK")
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if int(fields[2]) == pgid:
-            own = sum(int(v) for v in fields[11:13]) / tick
-            reaped = sum(int(v) for v in fields[13:15]) / tick
-            procs[int(stat.parent.name)] = (int(fields[1]), int(fields[19]), own, reaped)
+    for pid, fields in group_stats(pgid):
+        own = sum(int(v) for v in fields[11:13]) / tick
+        reaped = sum(int(v) for v in fields[13:15]) / tick
+        procs[pid] = (int(fields[1]), int(fields[19]), own, reaped)
     split = {"workers": 0.0, "monitor": 0.0, "pusher": 0.0, "sentinel": 0.0}
     sentinels = [pid for pid, values in procs.items() if values[0] == pgid]
     for pid, (_, _, own, reaped) in procs.items():
